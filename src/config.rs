@@ -1,0 +1,101 @@
+//! Hub settings and their defaults.
+//!
+//! Every setting is set through [`HubBuilder`](crate::HubBuilder); this module holds the values
+//! and the defaults, each chosen to be safe for a server on the open internet.
+
+use std::time::Duration;
+
+/// Default largest inbound message: 64 KiB (larger → close 1009).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+/// Default largest inbound frame payload: 64 KiB (larger → close 1009).
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
+/// Default socket read buffer: 4 KiB (tungstenite's own default is 128 KiB, which an idle
+/// connection would carry forever).
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+/// Default size at which written frames are pushed to the socket before a flush: 8 KiB.
+pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 * 1024;
+/// Default outbound queue bound in messages, per connection.
+pub const DEFAULT_OUTBOUND_MAX_MESSAGES: usize = 1024;
+/// Default outbound queue bound in payload bytes, per connection: 4 MiB. Payloads are shared
+/// between receivers, so this bounds what one slow client can pin, not a copy per client.
+pub const DEFAULT_OUTBOUND_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Default interval between server pings: 30 s.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time a client has to answer a ping: 20 s.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time to wait for the client's close frame after sending ours: 5 s.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time [`Hub::shutdown`](crate::Hub::shutdown) waits for connections to drain: 10 s.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What to do when a client does not read fast enough and its outbound queue is full.
+///
+/// The queue is bounded both in messages and in bytes
+/// ([`HubBuilder::outbound_queue`](crate::HubBuilder::outbound_queue)). Every dropped message is
+/// counted in [`HubStats`](crate::HubStats) and logged at most once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with code [`close_code::SLOW_CONSUMER`](crate::close_code::SLOW_CONSUMER)
+    /// (1013, "try again later"), discarding what is queued. The default: a client that
+    /// misses messages silently is worse than one that knows it must reconnect and catch up.
+    #[default]
+    Disconnect,
+    /// Keep what is queued and drop the new message.
+    DropNewest,
+    /// Drop the oldest queued messages to make room for the new one.
+    DropOldest,
+}
+
+/// All hub settings. Built by [`HubBuilder`](crate::HubBuilder).
+#[derive(Debug, Clone)]
+pub(crate) struct HubConfig {
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_buffer_size: usize,
+    pub(crate) outbound_max_messages: usize,
+    pub(crate) outbound_max_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumerPolicy,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) echo_to_sender: bool,
+    pub(crate) keep_request_headers: bool,
+    pub(crate) max_room_name_len: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            outbound_max_messages: DEFAULT_OUTBOUND_MAX_MESSAGES,
+            outbound_max_bytes: DEFAULT_OUTBOUND_MAX_BYTES,
+            slow_consumer: SlowConsumerPolicy::default(),
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            echo_to_sender: false,
+            keep_request_headers: true,
+            max_room_name_len: crate::route::DEFAULT_MAX_ROOM_NAME_LEN,
+        }
+    }
+}
+
+impl HubConfig {
+    /// The tungstenite settings for one socket.
+    pub(crate) fn websocket_config(
+        &self,
+    ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .write_buffer_size(self.write_buffer_size)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size))
+    }
+}

@@ -1,0 +1,288 @@
+//! [`OutboundQueue`]: the bounded queue between the hub's fan-out and one connection's writer.
+//!
+//! Producers (the fan-out of any room member, the application's `publish`, the connection's own
+//! message hook replying) push under a short mutex and wake the connection task; the task takes
+//! everything queued in one go and writes it with one flush. Nothing here ever waits on a socket,
+//! so a slow client can only ever fill its own queue, and what happens then is the configured
+//! [`SlowConsumerPolicy`].
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+
+use futures_util::task::AtomicWaker;
+
+use crate::config::SlowConsumerPolicy;
+use crate::message::Message;
+
+/// Why the hub wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseIntent {
+    /// Graceful shutdown: write what is queued, then close with 1001.
+    Shutdown,
+    /// The queue overflowed under [`SlowConsumerPolicy::Disconnect`]: close now.
+    SlowConsumer,
+    /// The shutdown grace period is over: drop the socket.
+    Abort,
+}
+
+/// What became of a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushOutcome {
+    /// Queued for writing.
+    Queued,
+    /// Queued, after dropping this many older messages ([`SlowConsumerPolicy::DropOldest`]).
+    QueuedDroppingOldest(usize),
+    /// Not queued: the queue is full ([`SlowConsumerPolicy::DropNewest`]), or this one message is
+    /// larger than the whole byte budget.
+    Dropped,
+    /// Not queued: the queue overflowed and the connection is now being disconnected.
+    Disconnecting,
+    /// Not queued: the connection is already closing.
+    Closed,
+}
+
+/// Queue bounds and overflow policy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub(crate) max_messages: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) policy: SlowConsumerPolicy,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queued: VecDeque<Message>,
+    /// Messages in `queued` plus those taken by the writer and not yet handed to the socket
+    /// layer, so that the bounds cover everything the server holds for this client.
+    messages: usize,
+    /// Payload bytes of the same messages.
+    bytes: usize,
+    close: Option<CloseIntent>,
+}
+
+/// A connection's outbound queue. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct OutboundQueue {
+    state: Mutex<State>,
+    waker: AtomicWaker,
+    limits: QueueLimits,
+}
+
+impl OutboundQueue {
+    pub(crate) fn new(limits: QueueLimits) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            waker: AtomicWaker::new(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections below cannot panic half-way; a poisoned lock still holds a
+        // consistent queue.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers the connection task to be woken by pushes and close requests.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Queues a message for this connection, applying the slow-consumer policy when full.
+    pub(crate) fn push(&self, message: Message) -> PushOutcome {
+        let len = message.len();
+        let limits = self.limits;
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return PushOutcome::Closed;
+        }
+        let fits = |state: &State| {
+            state.messages < limits.max_messages && state.bytes + len <= limits.max_bytes
+        };
+        let mut dropped_oldest = 0;
+        if !fits(&state) {
+            match limits.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    state.close = Some(CloseIntent::SlowConsumer);
+                    state.clear_queued();
+                    drop(state);
+                    self.waker.wake();
+                    return PushOutcome::Disconnecting;
+                }
+                SlowConsumerPolicy::DropNewest => return PushOutcome::Dropped,
+                SlowConsumerPolicy::DropOldest => {
+                    while !fits(&state) {
+                        let Some(oldest) = state.queued.pop_front() else {
+                            // Even an empty queue cannot take it (bytes in flight, or a message
+                            // bigger than the whole budget): drop the newest after all.
+                            return PushOutcome::Dropped;
+                        };
+                        state.messages -= 1;
+                        state.bytes -= oldest.len();
+                        dropped_oldest += 1;
+                    }
+                }
+            }
+        }
+        state.messages += 1;
+        state.bytes += len;
+        state.queued.push_back(message);
+        drop(state);
+        self.waker.wake();
+        if dropped_oldest > 0 {
+            PushOutcome::QueuedDroppingOldest(dropped_oldest)
+        } else {
+            PushOutcome::Queued
+        }
+    }
+
+    /// Moves everything queued to the end of `batch` and returns the close intent, if any.
+    /// Taken messages stay counted against the bounds until [`release`](Self::release).
+    pub(crate) fn take_all(&self, batch: &mut VecDeque<Message>) -> Option<CloseIntent> {
+        let mut state = self.lock();
+        if batch.is_empty() {
+            // Swap rather than copy: the writer's empty deque becomes the new queue.
+            std::mem::swap(batch, &mut state.queued);
+        } else {
+            batch.append(&mut state.queued);
+        }
+        state.close
+    }
+
+    /// The writer handed `messages` taken messages of `bytes` payload bytes to the socket layer
+    /// (or discarded them).
+    pub(crate) fn release(&self, messages: usize, bytes: usize) {
+        let mut state = self.lock();
+        state.messages = state.messages.saturating_sub(messages);
+        state.bytes = state.bytes.saturating_sub(bytes);
+    }
+
+    /// Asks the connection to close. A stronger intent replaces a weaker one
+    /// (`Abort` > `SlowConsumer` > `Shutdown`).
+    pub(crate) fn close(&self, intent: CloseIntent) {
+        let mut state = self.lock();
+        let stronger = match (state.close, intent) {
+            (None, _) => true,
+            (Some(CloseIntent::Abort), _) => false,
+            (Some(_), CloseIntent::Abort) => true,
+            (Some(CloseIntent::Shutdown), CloseIntent::SlowConsumer) => true,
+            (Some(_), _) => false,
+        };
+        if stronger {
+            state.close = Some(intent);
+            if intent != CloseIntent::Shutdown {
+                state.clear_queued();
+            }
+        }
+        drop(state);
+        self.waker.wake();
+    }
+
+    /// The close intent, if any.
+    #[cfg(test)]
+    pub(crate) fn close_intent(&self) -> Option<CloseIntent> {
+        self.lock().close
+    }
+
+    /// `true` when nothing is queued (taken-but-unreleased messages do not count).
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().queued.is_empty()
+    }
+}
+
+impl State {
+    fn clear_queued(&mut self) {
+        for message in self.queued.drain(..) {
+            self.messages -= 1;
+            self.bytes -= message.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(max_messages: usize, max_bytes: usize, policy: SlowConsumerPolicy) -> OutboundQueue {
+        OutboundQueue::new(QueueLimits {
+            max_messages,
+            max_bytes,
+            policy,
+        })
+    }
+
+    fn text(s: &str) -> Message {
+        Message::text(s.to_owned())
+    }
+
+    fn drain(queue: &OutboundQueue) -> Vec<String> {
+        let mut batch = VecDeque::new();
+        let _ = queue.take_all(&mut batch);
+        batch
+            .into_iter()
+            .map(|m| m.as_text().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn disconnect_policy_clears_the_queue_and_refuses_more() {
+        let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
+        assert_eq!(q.push(text("a")), PushOutcome::Queued);
+        assert_eq!(q.push(text("b")), PushOutcome::Queued);
+        assert_eq!(q.push(text("c")), PushOutcome::Disconnecting);
+        assert_eq!(q.close_intent(), Some(CloseIntent::SlowConsumer));
+        assert_eq!(q.push(text("d")), PushOutcome::Closed);
+        assert!(drain(&q).is_empty());
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_oldest() {
+        let q = queue(2, 1024, SlowConsumerPolicy::DropNewest);
+        q.push(text("a"));
+        q.push(text("b"));
+        assert_eq!(q.push(text("c")), PushOutcome::Dropped);
+        assert_eq!(drain(&q), ["a", "b"]);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest() {
+        let q = queue(2, 1024, SlowConsumerPolicy::DropOldest);
+        q.push(text("a"));
+        q.push(text("b"));
+        assert_eq!(q.push(text("c")), PushOutcome::QueuedDroppingOldest(1));
+        assert_eq!(drain(&q), ["b", "c"]);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_taken_but_unwritten_messages() {
+        let q = queue(100, 10, SlowConsumerPolicy::DropNewest);
+        assert_eq!(q.push(text("12345678")), PushOutcome::Queued);
+        assert_eq!(drain(&q).len(), 1);
+        // Taken by the writer but not yet released: still counts.
+        assert_eq!(q.push(text("abc")), PushOutcome::Dropped);
+        q.release(1, 8);
+        assert_eq!(q.push(text("abc")), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_budget_is_dropped_under_drop_oldest() {
+        let q = queue(100, 4, SlowConsumerPolicy::DropOldest);
+        q.push(text("ab"));
+        assert_eq!(q.push(text("abcdefgh")), PushOutcome::Dropped);
+    }
+
+    #[test]
+    fn abort_overrides_shutdown_but_not_the_reverse() {
+        let q = queue(4, 64, SlowConsumerPolicy::Disconnect);
+        q.push(text("a"));
+        q.close(CloseIntent::Shutdown);
+        // Shutdown keeps what is queued so it can be written before the close frame.
+        assert!(!q.is_empty());
+        q.close(CloseIntent::Abort);
+        q.close(CloseIntent::Shutdown);
+        assert_eq!(q.close_intent(), Some(CloseIntent::Abort));
+        assert!(q.is_empty());
+    }
+}

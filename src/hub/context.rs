@@ -1,0 +1,106 @@
+//! [`ConnectionContext`]: what the application knows about one connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{Extensions, HeaderMap, Version, request::Parts};
+
+/// Identifies one connection for the lifetime of its hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number behind the id (unique per hub, increasing).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+/// One connection as hooks see it: its room, and the head of the request that opened it.
+///
+/// Whatever authentication middleware in front of the [`HubLayer`](crate::HubLayer) put in the
+/// request extensions (a `User`, claims, a session) is in [`extensions`](Self::extensions).
+#[derive(Debug)]
+pub struct ConnectionContext {
+    id: ConnectionId,
+    room: Arc<str>,
+    headers: HeaderMap,
+    extensions: Extensions,
+    remote_addr: Option<SocketAddr>,
+    version: Version,
+    connected_at: SystemTime,
+}
+
+impl ConnectionContext {
+    pub(crate) fn new(
+        id: ConnectionId,
+        room: Arc<str>,
+        parts: Parts,
+        remote_addr: Option<SocketAddr>,
+        keep_headers: bool,
+    ) -> Self {
+        let Parts {
+            headers,
+            extensions,
+            version,
+            ..
+        } = parts;
+        Self {
+            id,
+            room,
+            headers: if keep_headers {
+                headers
+            } else {
+                HeaderMap::new()
+            },
+            extensions,
+            remote_addr,
+            version,
+            connected_at: SystemTime::now(),
+        }
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The room this connection joined.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// The upgrade request's headers (empty when
+    /// [`HubBuilder::keep_request_headers`](crate::HubBuilder::keep_request_headers) is off).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The upgrade request's extensions, as the middleware in front of the layer left them.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The client's address, when the server made it available (see
+    /// [`HubLayer::remote_addr`](crate::HubLayer::remote_addr)).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    /// The HTTP version of the handshake (`HTTP/1.1`, or `HTTP/2` for extended CONNECT).
+    pub fn http_version(&self) -> Version {
+        self.version
+    }
+
+    /// When the connection was accepted.
+    pub fn connected_at(&self) -> SystemTime {
+        self.connected_at
+    }
+}

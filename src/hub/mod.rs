@@ -1,0 +1,610 @@
+//! The hub: rooms, local fan-out, and the [`Hub`] handle the application holds.
+
+pub(crate) mod context;
+pub(crate) mod hooks;
+pub(crate) mod registry;
+pub(crate) mod stats;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::config::{HubConfig, SlowConsumerPolicy};
+use crate::connection;
+use crate::connection::queue::{CloseIntent, OutboundQueue, QueueLimits};
+use crate::error::PublishError;
+use crate::handshake::Handshake;
+use crate::log_throttle::LogThrottle;
+use crate::message::Message;
+use crate::rejection::Rejection;
+use crate::route::validate_room_name;
+
+pub use context::{ConnectionContext, ConnectionId};
+pub use hooks::InboundAction;
+pub use stats::HubStats;
+
+use hooks::Hooks;
+use registry::{FanOut, Member, Room, RoomRegistry};
+use stats::Counters;
+
+/// A cloneable handle to a hub of WebSocket rooms.
+///
+/// Build one with [`Hub::builder`], give a clone to each [`HubLayer`](crate::HubLayer), and keep
+/// clones wherever the application publishes. All clones are the same hub.
+///
+/// ```
+/// use tower_ws_hub::{Hub, Message};
+///
+/// # async fn run() -> Result<(), tower_ws_hub::PublishError> {
+/// let hub = Hub::builder().build();
+/// // Queued for every member of "lobby" (none yet, so 0).
+/// let delivered = hub.publish("lobby", Message::text("hello")).await?;
+/// assert_eq!(delivered, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct HubInner {
+    pub(crate) config: HubConfig,
+    pub(crate) hooks: Hooks,
+    pub(crate) registry: RoomRegistry,
+    pub(crate) counters: Counters,
+    broker: Broker,
+    next_id: AtomicU64,
+    shutting_down: AtomicBool,
+    shutdown_started: tokio::sync::Notify,
+    tasks: TaskTracker,
+    drop_log: LogThrottle,
+    upgrade_failure_log: LogThrottle,
+}
+
+impl Hub {
+    /// A builder with production-safe defaults (see [`HubBuilder`]).
+    pub fn builder() -> HubBuilder {
+        HubBuilder::default()
+    }
+
+    pub(crate) fn inner(&self) -> &HubInner {
+        &self.inner
+    }
+
+    /// Publishes a message to every local member of `room` and, with a broker configured, to
+    /// the room's members on every other instance.
+    ///
+    /// Returns how many local members it was queued for. Local delivery never waits on the
+    /// broker.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::InvalidRoom`] for a bad room name, [`PublishError::ShuttingDown`] once
+    /// [`shutdown`](Self::shutdown) started, [`PublishError::BrokerUnavailable`] when local
+    /// members got it but the broker could not take it.
+    pub async fn publish(
+        &self,
+        room: &str,
+        message: impl Into<Message>,
+    ) -> Result<usize, PublishError> {
+        validate_room_name(room, self.inner.config.max_room_name_len)?;
+        if self.is_shutting_down() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let message = message.into();
+        let local = self.inner.registry.get(room);
+        let fan_out = match &local {
+            Some(room) => self.inner.fan_out(room, &message, None),
+            None => {
+                Counters::incr(&self.inner.counters.messages_published);
+                FanOut::default()
+            }
+        };
+        let name: Arc<str> = match &local {
+            Some(room) => Arc::clone(room.name()),
+            None => Arc::from(room),
+        };
+        self.inner.broker.publish(&name, &message)?;
+        Ok(usize::try_from(fan_out.queued).unwrap_or(usize::MAX))
+    }
+
+    /// Number of local members of `room` (0 for a room nobody joined).
+    pub fn room_size(&self, room: &str) -> usize {
+        self.inner.registry.get(room).map_or(0, |room| room.len())
+    }
+
+    /// Names of the rooms that have local members.
+    pub fn rooms(&self) -> Vec<String> {
+        self.inner.registry.names()
+    }
+
+    /// Number of open connections on this instance.
+    pub fn connection_count(&self) -> u64 {
+        self.stats().connections
+    }
+
+    /// A snapshot of the hub's counters.
+    pub fn stats(&self) -> HubStats {
+        self.inner.counters.snapshot(self.inner.registry.len())
+    }
+
+    /// `true` once [`shutdown`](Self::shutdown) has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Shuts the hub down gracefully.
+    ///
+    /// New upgrade requests get `503`; every connection writes what is queued for it, then
+    /// closes with code 1001 ("going away"). Waits up to the
+    /// [shutdown grace period](HubBuilder::shutdown_grace) for connections to finish, then drops
+    /// the ones left. Calling it again (or concurrently) waits for the same shutdown.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if !inner.shutting_down.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                connections = self.connection_count(),
+                "tower-ws-hub: shutting down, closing connections with 1001"
+            );
+            inner.shutdown_started.notify_waiters();
+            inner.close_all(CloseIntent::Shutdown);
+            inner.tasks.close();
+        }
+        let grace = inner.config.shutdown_grace;
+        if tokio::time::timeout(grace, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = inner.tasks.len(),
+                ?grace,
+                "tower-ws-hub: shutdown grace period over, dropping the connections left"
+            );
+            inner.close_all(CloseIntent::Abort);
+            // Aborted drivers finish at their next poll, which the close request triggers.
+            let _ = tokio::time::timeout(Duration::from_secs(1), inner.tasks.wait()).await;
+        }
+        inner.broker.shutdown().await;
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) has been called (by anyone).
+    pub async fn shutdown_started(&self) {
+        let notified = self.inner.shutdown_started.notified();
+        if self.is_shutting_down() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// A future for `axum::serve(..).with_graceful_shutdown(..)`: waits for Ctrl-C, SIGTERM or a
+    /// call to [`shutdown`](Self::shutdown), shuts the hub down gracefully, then resolves so the
+    /// HTTP server can stop too.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router, hub: tower_ws_hub::Hub) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(hub.shutdown_signal())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let hub = self.clone();
+        async move {
+            tokio::select! {
+                () = os_shutdown_signal() => {}
+                () = hub.shutdown_started() => {}
+            }
+            hub.shutdown().await;
+        }
+    }
+
+    /// Accepts a validated upgrade: spawns the connection task and returns the `101`/`200`.
+    pub(crate) fn accept<B>(
+        &self,
+        mut request: Request<B>,
+        room: String,
+        handshake: &Handshake,
+        remote_addr: Option<SocketAddr>,
+    ) -> Result<Response<Bytes>, Rejection> {
+        if self.is_shutting_down() {
+            return Err(
+                Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
+            );
+        }
+        let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+            tracing::error!(
+                "tower-ws-hub: the request carries no upgrade handle: this server cannot hand \
+                 over connections. Serve with axum::serve or hyper-util's \
+                 serve_connection_with_upgrades (for HTTP/2, enable the extended CONNECT protocol)"
+            );
+            return Err(Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this server cannot upgrade connections to WebSocket",
+            ));
+        };
+        let (parts, _body) = request.into_parts();
+        let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let context = ConnectionContext::new(
+            id,
+            Arc::from(room),
+            parts,
+            remote_addr,
+            self.inner.config.keep_request_headers,
+        );
+        let hub = self.clone();
+        self.inner.tasks.spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => connection::serve(hub, context, TokioIo::new(upgraded)).await,
+                Err(error) => hub.inner.upgrade_failed(&error),
+            }
+        });
+        Ok(handshake.response())
+    }
+
+    /// Counts a refused upgrade.
+    pub(crate) fn note_rejection(&self) {
+        Counters::incr(&self.inner.counters.handshakes_rejected);
+    }
+
+    /// Joins a new connection to its room; the returned membership leaves on drop.
+    pub(crate) fn join(
+        &self,
+        context: &ConnectionContext,
+        queue: Arc<OutboundQueue>,
+    ) -> Membership {
+        let inner = &self.inner;
+        let id = context.id();
+        let room = inner.registry.join(
+            context.room(),
+            Member {
+                id,
+                queue: Arc::clone(&queue),
+            },
+            |name| {
+                inner.broker.room_joined(name);
+            },
+        );
+        Counters::incr(&inner.counters.connections_opened);
+        // Joined after shutdown began (the upgrade was in flight): close like everyone else.
+        if self.is_shutting_down() {
+            queue.close(CloseIntent::Shutdown);
+        }
+        Membership {
+            hub: self.clone(),
+            room,
+            id,
+        }
+    }
+
+    pub(crate) fn queue_limits(&self) -> QueueLimits {
+        let config = &self.inner.config;
+        QueueLimits {
+            max_messages: config.outbound_max_messages,
+            max_bytes: config.outbound_max_bytes,
+            policy: config.slow_consumer,
+        }
+    }
+}
+
+impl HubInner {
+    /// Local fan-out plus bookkeeping. Never blocks.
+    pub(crate) fn fan_out(
+        &self,
+        room: &Room,
+        message: &Message,
+        exclude: Option<ConnectionId>,
+    ) -> FanOut {
+        let result = room.fan_out(message, exclude);
+        let counters = &self.counters;
+        Counters::incr(&counters.messages_published);
+        Counters::add(&counters.deliveries, result.queued);
+        if result.dropped > 0 || result.disconnected > 0 {
+            Counters::add(&counters.dropped_messages, result.dropped);
+            Counters::add(&counters.slow_consumer_disconnects, result.disconnected);
+            if let Some(suppressed) = self.drop_log.allow() {
+                tracing::warn!(
+                    room = %room.name(),
+                    dropped = result.dropped,
+                    disconnected = result.disconnected,
+                    similar_events_suppressed = suppressed,
+                    total_dropped = counters.dropped_messages.load(Ordering::Relaxed),
+                    "tower-ws-hub: slow consumers: outbound queues full"
+                );
+            }
+        }
+        result
+    }
+
+    /// A message a client sent (after the message hook): local fan-out, then the broker.
+    pub(crate) fn publish_from(&self, room: &Room, message: Message, sender: ConnectionId) {
+        let exclude = (!self.config.echo_to_sender).then_some(sender);
+        self.fan_out(room, &message, exclude);
+        if let Err(error) = self.broker.publish(room.name(), &message)
+            && let Some(suppressed) = self.drop_log.allow()
+        {
+            tracing::warn!(room = %room.name(), %error, similar_events_suppressed = suppressed,
+                "tower-ws-hub: message not forwarded to other instances");
+        }
+    }
+
+    fn close_all(&self, intent: CloseIntent) {
+        for room in self.registry.all() {
+            room.for_each_member(|member| member.queue.close(intent));
+        }
+    }
+
+    fn upgrade_failed(&self, error: &hyper::Error) {
+        Counters::incr(&self.counters.handshakes_rejected);
+        if let Some(suppressed) = self.upgrade_failure_log.allow() {
+            tracing::error!(
+                %error,
+                similar_events_suppressed = suppressed,
+                "tower-ws-hub: the HTTP server answered 101 but did not hand over the connection. \
+                 It does not support upgrades (tonic's own Server is one such): serve the router \
+                 with axum::serve (tonic: Routes::into_axum_router()) or hyper-util's \
+                 serve_connection_with_upgrades"
+            );
+        }
+    }
+}
+
+/// A connection's place in its room; leaving happens on drop, whatever ended the connection.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    hub: Hub,
+    room: Arc<Room>,
+    id: ConnectionId,
+}
+
+impl Membership {
+    pub(crate) fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let inner = &self.hub.inner;
+        inner
+            .registry
+            .leave(&self.room, self.id, |name| inner.broker.room_left(name));
+        Counters::incr(&inner.counters.connections_closed);
+    }
+}
+
+async fn os_shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Builds a [`Hub`]. Every setting has a production-safe default, listed with its setter.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ws_hub::{Hub, InboundAction, SlowConsumerPolicy};
+///
+/// let hub = Hub::builder()
+///     .max_message_size(16 * 1024)
+///     .ping_interval(Some(Duration::from_secs(15)))
+///     .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
+///     .on_message(|ctx, msg| {
+///         tracing::debug!(room = ctx.room(), len = msg.len(), "message");
+///         InboundAction::Forward(msg)
+///     })
+///     .build();
+/// # drop(hub);
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct HubBuilder {
+    config: HubConfig,
+    hooks: Hooks,
+}
+
+impl HubBuilder {
+    /// Largest inbound message in bytes; a larger one closes the connection with 1009.
+    /// Default: 64 KiB.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is 0.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "max_message_size must be at least 1 byte");
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// Largest inbound frame payload in bytes; a larger one closes the connection with 1009.
+    /// Default: 64 KiB.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is 0.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "max_frame_size must be at least 1 byte");
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// Per-connection socket read buffer. Small keeps idle connections cheap; large reads
+    /// floods of big messages in fewer syscalls. Default: 4 KiB.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is 0.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "read_buffer_size must be at least 1 byte");
+        self.config.read_buffer_size = bytes;
+        self
+    }
+
+    /// Written frames are pushed to the socket whenever this many bytes are pending, and in any
+    /// case once per drained queue. Default: 8 KiB.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.write_buffer_size = bytes;
+        self
+    }
+
+    /// Bounds of each connection's outbound queue: at most `max_messages` messages and
+    /// `max_bytes` payload bytes waiting for the socket. Default: 1024 messages, 4 MiB.
+    ///
+    /// # Panics
+    ///
+    /// If either bound is 0.
+    pub fn outbound_queue(mut self, max_messages: usize, max_bytes: usize) -> Self {
+        assert!(
+            max_messages > 0 && max_bytes > 0,
+            "outbound queue bounds must be at least 1"
+        );
+        self.config.outbound_max_messages = max_messages;
+        self.config.outbound_max_bytes = max_bytes;
+        self
+    }
+
+    /// What to do when a client's outbound queue is full. Default:
+    /// [`SlowConsumerPolicy::Disconnect`] (close code 1013).
+    pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// Interval between server pings; `None` disables them (and with them the detection of dead
+    /// peers). Default: 30 s.
+    ///
+    /// # Panics
+    ///
+    /// If the interval is zero.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        assert!(
+            interval != Some(Duration::ZERO),
+            "ping_interval must be positive (use None to disable pings)"
+        );
+        self.config.ping_interval = interval;
+        self
+    }
+
+    /// How long a client has to answer a ping before it is closed with 1008. Default: 20 s.
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.config.pong_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the client's close frame after sending ours before dropping the
+    /// socket. Default: 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// How long [`Hub::shutdown`] waits for connections to drain and close. Default: 10 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Longest room name in bytes (after percent-decoding), for upgrade requests and for
+    /// [`Hub::publish`]. Default: 256.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is 0.
+    pub fn max_room_name_len(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "max_room_name_len must be at least 1 byte");
+        self.config.max_room_name_len = bytes;
+        self
+    }
+
+    /// Whether a client's messages are also delivered back to itself. Default: `false` (the
+    /// sender is excluded).
+    pub fn echo_to_sender(mut self, echo: bool) -> Self {
+        self.config.echo_to_sender = echo;
+        self
+    }
+
+    /// Whether each connection keeps its upgrade request's headers for hooks
+    /// ([`ConnectionContext::headers`]). Turn off to save memory per connection when no hook
+    /// reads headers; extensions are always kept. Default: `true`.
+    pub fn keep_request_headers(mut self, keep: bool) -> Self {
+        self.config.keep_request_headers = keep;
+        self
+    }
+
+    /// Called once per connection after it joined its room.
+    pub fn on_connect(mut self, hook: impl Fn(&ConnectionContext) + Send + Sync + 'static) -> Self {
+        self.hooks.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called once per connection after it left its room, however it ended.
+    pub fn on_disconnect(
+        mut self,
+        hook: impl Fn(&ConnectionContext) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_disconnect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called for every data message a client sends, before it reaches the room: forward it
+    /// (as is or transformed), reply to the sender only, or drop it. Runs on the connection's
+    /// task, in order, so it must not block; the default forwards everything unchanged.
+    pub fn on_message(
+        mut self,
+        hook: impl Fn(&ConnectionContext, Message) -> InboundAction + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_message = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the in-process hub.
+    pub fn build(self) -> Hub {
+        Hub {
+            inner: Arc::new(HubInner {
+                config: self.config,
+                hooks: self.hooks,
+                registry: RoomRegistry::default(),
+                counters: Counters::default(),
+                broker: Broker::Local,
+                next_id: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+                shutdown_started: tokio::sync::Notify::new(),
+                tasks: TaskTracker::new(),
+                drop_log: LogThrottle::per_second(),
+                upgrade_failure_log: LogThrottle::per_second(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Counters the hub keeps, and the [`HubStats`] snapshot it hands out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The hub's live counters. Relaxed atomics: these are statistics, not synchronisation.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_opened: AtomicU64,
+    pub(crate) connections_closed: AtomicU64,
+    pub(crate) handshakes_rejected: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_published: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) dropped_messages: AtomicU64,
+    pub(crate) slow_consumer_disconnects: AtomicU64,
+    pub(crate) protocol_closes: AtomicU64,
+    pub(crate) pong_timeouts: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn incr(counter: &AtomicU64) {
+        Self::add(counter, 1);
+    }
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// A snapshot of the hub's counters ([`Hub::stats`](crate::Hub::stats)).
+///
+/// Counters only grow; `connections` and `rooms` are the current values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Connections open now.
+    pub connections: u64,
+    /// Rooms with at least one local member now.
+    pub rooms: usize,
+    /// Connections accepted since start.
+    pub connections_opened: u64,
+    /// Connections closed since start.
+    pub connections_closed: u64,
+    /// Upgrade requests refused (bad handshake, shutting down, unsupported server).
+    pub handshakes_rejected: u64,
+    /// Data messages received from clients.
+    pub messages_received: u64,
+    /// Messages published to rooms (by clients and by the application).
+    pub messages_published: u64,
+    /// Messages queued for local receivers (one per receiver).
+    pub deliveries: u64,
+    /// Messages dropped because a receiver's outbound queue was full.
+    pub dropped_messages: u64,
+    /// Connections closed because they did not keep up.
+    pub slow_consumer_disconnects: u64,
+    /// Connections closed for a protocol error, an oversized message or invalid UTF-8.
+    pub protocol_closes: u64,
+    /// Connections closed because they did not answer a ping in time.
+    pub pong_timeouts: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, rooms: usize) -> HubStats {
+        let opened = get(&self.connections_opened);
+        let closed = get(&self.connections_closed);
+        HubStats {
+            connections: opened.saturating_sub(closed),
+            rooms,
+            connections_opened: opened,
+            connections_closed: closed,
+            handshakes_rejected: get(&self.handshakes_rejected),
+            messages_received: get(&self.messages_received),
+            messages_published: get(&self.messages_published),
+            deliveries: get(&self.deliveries),
+            dropped_messages: get(&self.dropped_messages),
+            slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
+            protocol_closes: get(&self.protocol_closes),
+            pong_timeouts: get(&self.pong_timeouts),
+        }
+    }
+}

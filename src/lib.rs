@@ -1,0 +1,72 @@
+//! # tower-ws-hub
+//!
+//! A Tower [`Layer`](tower_layer::Layer) that turns any Tower-based HTTP stack (an axum
+//! `Router`, tonic routes, a plain hyper service) into a WebSocket server with rooms.
+//!
+//! - [`HubLayer`] watches its routes (e.g. `/ws/{room}`), validates the handshake (RFC 6455, and
+//!   RFC 8441 over HTTP/2), answers it, and hands the upgraded socket to the hub. Every other
+//!   request reaches the inner service untouched.
+//! - The [`Hub`] keeps rooms of connections. What a client sends goes to the other members of its
+//!   room; the application publishes to a room from anywhere with [`Hub::publish`].
+//! - Each connection has a bounded outbound queue; a client that stops reading never slows the
+//!   others ([`SlowConsumerPolicy`]).
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use tower_ws_hub::{Hub, HubLayer, Message};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let hub = Hub::builder().build();
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! let server = tokio::spawn(
+//!     axum::serve(listener, app).with_graceful_shutdown(hub.shutdown_signal()).into_future(),
+//! );
+//! hub.publish("lobby", Message::text("hello from the application")).await?;
+//! server.await??;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Serving
+//!
+//! The HTTP server must support upgrades: `axum::serve` does, and so does hyper-util's
+//! `serve_connection_with_upgrades`. tonic's own `Server` does not (it answers `101` and drops
+//! the socket; the hub logs an error saying so): serve tonic routes through `axum::serve` with
+//! `Routes::into_axum_router()`. WebSockets over HTTP/2 need the server to enable the extended
+//! CONNECT protocol (axum: the `http2` feature; hyper: `http2().enable_connect_protocol()`).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+mod broker;
+pub mod close_code;
+mod config;
+mod connection;
+mod error;
+mod handshake;
+mod hub;
+mod layer;
+mod log_throttle;
+mod message;
+mod rejection;
+mod route;
+
+pub use config::{
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_OUTBOUND_MAX_BYTES, DEFAULT_OUTBOUND_MAX_MESSAGES, DEFAULT_PING_INTERVAL,
+    DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_WRITE_BUFFER_SIZE, SlowConsumerPolicy,
+};
+pub use error::PublishError;
+pub use handshake::HandshakeError;
+pub use hub::{ConnectionContext, ConnectionId, Hub, HubBuilder, HubStats, InboundAction};
+pub use layer::{HubBody, HubLayer, HubService, ResponseFuture};
+pub use message::{Message, MessageKind};
+pub use rejection::Rejection;
+pub use route::{
+    DEFAULT_MAX_ROOM_NAME_LEN, InvalidRoutePattern, RoomExtractor, RoomMatch, RoomNameError,
+    validate_room_name,
+};

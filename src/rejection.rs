@@ -1,0 +1,97 @@
+//! [`Rejection`]: the answer to a WebSocket request that will not be upgraded.
+//!
+//! Every refusal the layer gives (a malformed handshake, a bad room name, a server that is
+//! shutting down, a custom extractor saying no) becomes one status code and a short plain-text
+//! reason, so that a client developer staring at a failed handshake learns what to fix.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+
+/// A refused WebSocket request: a status, a plain-text reason and optional extra headers.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_ws_hub::Rejection;
+///
+/// let rejection = Rejection::new(StatusCode::FORBIDDEN, "members only");
+/// assert_eq!(rejection.status(), StatusCode::FORBIDDEN);
+/// assert_eq!(rejection.reason(), "members only");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    status: StatusCode,
+    reason: Cow<'static, str>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Rejection {
+    /// A rejection with this status and reason (sent as a `text/plain` body).
+    pub fn new(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// `400 Bad Request` with this reason.
+    pub fn bad_request(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    /// `403 Forbidden` with this reason.
+    pub fn forbidden(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, reason)
+    }
+
+    /// Adds a response header (e.g. `Retry-After`).
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The plain-text reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The value of an extra header, if set.
+    pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The HTTP response: status, extra headers, `text/plain` reason body.
+    pub fn into_response(self) -> Response<Bytes> {
+        let body = match self.reason {
+            Cow::Borrowed(reason) => Bytes::from_static(reason.as_bytes()),
+            Cow::Owned(reason) => Bytes::from(reason),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for Rejection {}

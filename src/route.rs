@@ -1,0 +1,382 @@
+//! Which requests are WebSocket requests for the hub, and which room they join.
+//!
+//! A [`HubLayer`](crate::HubLayer) recognises its requests with route patterns such as
+//! `/ws/{room}` and, optionally, a custom [`RoomExtractor`]. Patterns match whole path segments
+//! exactly (`/ws/{room}` matches `/ws/lobby` but neither `/ws/lobby/x` nor `/ws/lobby/`); the
+//! `{room}` segment is percent-decoded and validated as a [room name](validate_room_name).
+
+use std::borrow::Cow;
+
+use http::request::Parts;
+use percent_encoding::percent_decode_str;
+
+use crate::rejection::Rejection;
+
+/// Default longest room name, in bytes (after percent-decoding).
+pub const DEFAULT_MAX_ROOM_NAME_LEN: usize = 256;
+
+/// A parsed route pattern such as `/ws/{room}` or `/tenants/{tenant}/chat/{room}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoutePattern {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// The `{room}` segment.
+    Room,
+    /// Any other `{name}` segment: matches any one non-empty segment.
+    Wildcard,
+}
+
+/// Why a route pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRoutePattern {
+    pattern: String,
+    reason: &'static str,
+}
+
+impl std::fmt::Display for InvalidRoutePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid route pattern {:?}: {} (expected something like \"/ws/{{room}}\")",
+            self.pattern, self.reason
+        )
+    }
+}
+
+impl std::error::Error for InvalidRoutePattern {}
+
+impl RoutePattern {
+    /// Parses a pattern: it starts with `/`, has exactly one `{room}` segment, and other segments
+    /// are literals or `{name}` wildcards.
+    pub(crate) fn parse(pattern: &str) -> Result<Self, InvalidRoutePattern> {
+        let invalid = |reason| InvalidRoutePattern {
+            pattern: pattern.to_owned(),
+            reason,
+        };
+        let rest = pattern
+            .strip_prefix('/')
+            .ok_or_else(|| invalid("it must start with '/'"))?;
+        let mut segments = Vec::new();
+        let mut rooms = 0;
+        for part in rest.split('/') {
+            if part.is_empty() {
+                return Err(invalid("empty path segment"));
+            }
+            let segment = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some("room") => {
+                    rooms += 1;
+                    Segment::Room
+                }
+                Some(name) if !name.is_empty() && !name.contains(['{', '}']) => Segment::Wildcard,
+                Some(_) => return Err(invalid("a parameter needs a name, as in {room}")),
+                None if part.contains(['{', '}']) => {
+                    return Err(invalid("a parameter must be a whole segment"));
+                }
+                None => Segment::Literal(part.to_owned()),
+            };
+            segments.push(segment);
+        }
+        match rooms {
+            1 => Ok(Self {
+                source: pattern.to_owned(),
+                segments,
+            }),
+            0 => Err(invalid("it has no {room} segment")),
+            _ => Err(invalid("it has more than one {room} segment")),
+        }
+    }
+
+    /// The raw (still percent-encoded) room segment if `path` matches.
+    pub(crate) fn matches<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let rest = path.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let mut room = None;
+        for segment in &self.segments {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Room => room = Some(part),
+                Segment::Wildcard if part.is_empty() => return None,
+                Segment::Wildcard => {}
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        room
+    }
+
+    /// The pattern as written.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+/// What a [`RoomExtractor`] says about a request.
+#[derive(Debug, Clone)]
+pub enum RoomMatch {
+    /// Not a hub request: it goes to the inner service untouched.
+    Pass,
+    /// A WebSocket request for this room (validated like a `{room}` segment, but not
+    /// percent-decoded: that is the extractor's business).
+    Room(String),
+    /// A hub request that must be refused with this answer.
+    Reject(Rejection),
+}
+
+/// Decides, from the request head, whether a request is for the hub and which room it joins.
+///
+/// Implemented for closures `Fn(&http::request::Parts) -> RoomMatch`. Consulted for requests that
+/// no route pattern matched.
+///
+/// ```
+/// use tower_ws_hub::{RoomMatch, Rejection};
+///
+/// // Rooms from a query string: `/chat?room=lobby`.
+/// let extractor = |parts: &http::request::Parts| {
+///     if parts.uri.path() != "/chat" {
+///         return RoomMatch::Pass;
+///     }
+///     let room = parts
+///         .uri
+///         .query()
+///         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("room=")));
+///     match room {
+///         Some(room) => RoomMatch::Room(room.to_owned()),
+///         None => RoomMatch::Reject(Rejection::bad_request("missing ?room=")),
+///     }
+/// };
+/// # let _ = tower_ws_hub::HubLayer::new(tower_ws_hub::Hub::builder().build()).extractor(extractor);
+/// ```
+pub trait RoomExtractor: Send + Sync + 'static {
+    /// Looks at the request head and says whether it is a hub request.
+    fn extract(&self, parts: &Parts) -> RoomMatch;
+}
+
+impl<F> RoomExtractor for F
+where
+    F: Fn(&Parts) -> RoomMatch + Send + Sync + 'static,
+{
+    fn extract(&self, parts: &Parts) -> RoomMatch {
+        self(parts)
+    }
+}
+
+/// Why a room name was refused (always answered with `400 Bad Request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomNameError {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than the configured limit (bytes, after percent-decoding).
+    TooLong {
+        /// The configured limit.
+        max: usize,
+    },
+    /// The percent-decoded name is not valid UTF-8.
+    NotUtf8,
+    /// The name contains a control character.
+    ControlCharacter,
+}
+
+impl std::fmt::Display for RoomNameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("room name is empty"),
+            Self::TooLong { max } => write!(f, "room name is longer than {max} bytes"),
+            Self::NotUtf8 => f.write_str("room name is not valid UTF-8 after percent-decoding"),
+            Self::ControlCharacter => f.write_str("room name contains a control character"),
+        }
+    }
+}
+
+impl std::error::Error for RoomNameError {}
+
+impl From<RoomNameError> for Rejection {
+    fn from(error: RoomNameError) -> Self {
+        Rejection::bad_request(error.to_string())
+    }
+}
+
+/// Checks a room name: non-empty, at most `max_len` bytes, no control characters.
+///
+/// # Errors
+///
+/// The first rule the name breaks.
+pub fn validate_room_name(name: &str, max_len: usize) -> Result<(), RoomNameError> {
+    if name.is_empty() {
+        return Err(RoomNameError::Empty);
+    }
+    if name.len() > max_len {
+        return Err(RoomNameError::TooLong { max: max_len });
+    }
+    if name.chars().any(char::is_control) {
+        return Err(RoomNameError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// Percent-decodes a raw `{room}` path segment and validates the result.
+pub(crate) fn decode_room_segment(raw: &str, max_len: usize) -> Result<String, RoomNameError> {
+    // Reject before decoding when even the encoded form is hopeless: decoding shrinks by at most 3x.
+    if raw.len() > max_len.saturating_mul(3) {
+        return Err(RoomNameError::TooLong { max: max_len });
+    }
+    let decoded: Cow<'_, str> = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| RoomNameError::NotUtf8)?;
+    validate_room_name(&decoded, max_len)?;
+    Ok(decoded.into_owned())
+}
+
+/// The routes and extractor of one layer: decides what a request is.
+pub(crate) struct RoomRouter {
+    patterns: Vec<RoutePattern>,
+    extractor: Option<Box<dyn RoomExtractor>>,
+    max_room_name_len: usize,
+}
+
+impl std::fmt::Debug for RoomRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomRouter")
+            .field(
+                "patterns",
+                &self
+                    .patterns
+                    .iter()
+                    .map(RoutePattern::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .field("extractor", &self.extractor.is_some())
+            .field("max_room_name_len", &self.max_room_name_len)
+            .finish()
+    }
+}
+
+impl Default for RoomRouter {
+    fn default() -> Self {
+        Self {
+            patterns: Vec::new(),
+            extractor: None,
+            max_room_name_len: DEFAULT_MAX_ROOM_NAME_LEN,
+        }
+    }
+}
+
+impl RoomRouter {
+    pub(crate) fn add_pattern(&mut self, pattern: RoutePattern) {
+        if !self.patterns.contains(&pattern) {
+            self.patterns.push(pattern);
+        }
+    }
+
+    pub(crate) fn set_extractor(&mut self, extractor: Box<dyn RoomExtractor>) {
+        self.extractor = Some(extractor);
+    }
+
+    pub(crate) fn set_max_room_name_len(&mut self, max: usize) {
+        self.max_room_name_len = max;
+    }
+
+    /// `true` when the extractor needs the whole request head, not just the path.
+    pub(crate) fn has_extractor(&self) -> bool {
+        self.extractor.is_some()
+    }
+
+    /// Matches a path against the route patterns only.
+    pub(crate) fn match_path(&self, path: &str) -> Option<Result<String, Rejection>> {
+        self.patterns.iter().find_map(|pattern| {
+            pattern.matches(path).map(|raw| {
+                decode_room_segment(raw, self.max_room_name_len).map_err(Rejection::from)
+            })
+        })
+    }
+
+    /// Asks the custom extractor, then validates the room it names.
+    pub(crate) fn extract(&self, parts: &Parts) -> RoomMatch {
+        let Some(extractor) = &self.extractor else {
+            return RoomMatch::Pass;
+        };
+        match extractor.extract(parts) {
+            RoomMatch::Room(room) => match validate_room_name(&room, self.max_room_name_len) {
+                Ok(()) => RoomMatch::Room(room),
+                Err(error) => RoomMatch::Reject(error.into()),
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(p: &str) -> RoutePattern {
+        RoutePattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn matches_whole_segments_exactly() {
+        let p = pattern("/ws/{room}");
+        assert_eq!(p.matches("/ws/lobby"), Some("lobby"));
+        assert_eq!(p.matches("/ws/lobby/"), None);
+        assert_eq!(p.matches("/ws/lobby/x"), None);
+        assert_eq!(p.matches("/ws"), None);
+        assert_eq!(p.matches("/wsx/lobby"), None);
+        assert_eq!(p.matches("ws/lobby"), None);
+        // An empty room segment matches the pattern; the name check then refuses it.
+        assert_eq!(p.matches("/ws/"), Some(""));
+    }
+
+    #[test]
+    fn wildcards_match_any_non_empty_segment() {
+        let p = pattern("/t/{tenant}/chat/{room}");
+        assert_eq!(p.matches("/t/acme/chat/general"), Some("general"));
+        assert_eq!(p.matches("/t//chat/general"), None);
+        assert_eq!(p.matches("/t/acme/chat"), None);
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_a_reason() {
+        for (bad, why) in [
+            ("ws/{room}", "start with '/'"),
+            ("/ws", "no {room}"),
+            ("/ws/{room}/{room}", "more than one"),
+            ("/ws//{room}", "empty path segment"),
+            ("/ws/x{room}", "whole segment"),
+            ("/ws/{}/{room}", "needs a name"),
+        ] {
+            let error = RoutePattern::parse(bad).unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn room_segments_are_percent_decoded_and_validated() {
+        assert_eq!(decode_room_segment("caf%C3%A9", 256).unwrap(), "café");
+        assert_eq!(decode_room_segment("a%20b", 256).unwrap(), "a b");
+        assert_eq!(decode_room_segment("%FF", 256), Err(RoomNameError::NotUtf8));
+        assert_eq!(
+            decode_room_segment("a%0Ab", 256),
+            Err(RoomNameError::ControlCharacter)
+        );
+        assert_eq!(decode_room_segment("", 256), Err(RoomNameError::Empty));
+        assert_eq!(
+            decode_room_segment(&"x".repeat(257), 256),
+            Err(RoomNameError::TooLong { max: 256 })
+        );
+        assert_eq!(
+            decode_room_segment(&"x".repeat(256), 256).unwrap().len(),
+            256
+        );
+        assert_eq!(
+            decode_room_segment(&"%41".repeat(5), 4),
+            Err(RoomNameError::TooLong { max: 4 })
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Shared test support: serve a router on a free port, connect WebSocket clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tower_ws_hub::{Hub, HubLayer};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a test waits for something that should happen promptly.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// A running server: its address and its hub.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub fn ws_url(&self, room: &str) -> String {
+        format!("ws://{}/ws/{room}", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn connect(&self, room: &str) -> Client {
+        connect(&self.ws_url(room)).await
+    }
+}
+
+/// Serves `app` (already layered) on a free loopback port with axum::serve.
+pub async fn serve_router(app: Router, hub: Hub) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown_hub = hub.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown_hub.shutdown_started().await })
+        .await
+        .unwrap();
+    });
+    Server { addr, hub, task }
+}
+
+/// A hub served at `/ws/{room}` in front of a router with `/` and `/healthz`.
+pub async fn serve_hub(hub: Hub) -> Server {
+    let app = Router::new()
+        .route("/", axum::routing::get(|| async { "index" }))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+    serve_router(app, hub).await
+}
+
+/// Connects a WebSocket client (panics with the server's answer on failure).
+pub async fn connect(url: &str) -> Client {
+    let (ws, response) = tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Waits until `cond` holds (polling), panicking after [`PROMPTLY`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for `n` members in `room`.
+pub async fn wait_members(hub: &Hub, room: &str, n: usize) {
+    eventually(&format!("{n} members in {room}"), || {
+        hub.room_size(room) == n
+    })
+    .await;
+}
+
+/// The next data message (skipping pings/pongs), or panic after [`PROMPTLY`].
+pub async fn next_data(client: &mut Client) -> WsMessage {
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, client.next())
+            .await
+            .expect("no message in time")
+            .expect("stream ended")
+            .expect("read error");
+        match message {
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next text message's text.
+pub async fn next_text(client: &mut Client) -> String {
+    match next_data(client).await {
+        WsMessage::Text(text) => text.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Asserts nothing but control frames arrives within `wait`.
+pub async fn assert_silent(client: &mut Client, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a text message.
+pub async fn send_text(client: &mut Client, text: &str) {
+    client.send(WsMessage::text(text)).await.unwrap();
+}
+
+/// Reads until a close frame arrives; returns its code.
+pub async fn close_code(client: &mut Client) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(PROMPTLY, client.next())
+            .await
+            .expect("no close in time")
+        {
+            Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
