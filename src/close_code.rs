@@ -1,6 +1,6 @@
 //! WebSocket close codes the server sends, and when (RFC 6455 §7.4).
 
-/// 1000: normal closure (answering a client's close).
+/// 1000: normal closure (answering a client's close, or the idle timeout).
 pub const NORMAL: u16 = 1000;
 /// 1001: the server is shutting down ([`Hub::shutdown`](crate::Hub::shutdown)).
 pub const GOING_AWAY: u16 = 1001;
@@ -9,7 +9,8 @@ pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// 1007: a text message was not valid UTF-8.
 pub const INVALID_PAYLOAD: u16 = 1007;
-/// 1008: policy violation; sent when the client did not answer a ping within the pong timeout.
+/// 1008: policy violation; sent when the client did not answer a ping within the pong timeout,
+/// or sent faster than the inbound rate limit.
 pub const POLICY_VIOLATION: u16 = 1008;
 /// 1009: a message or frame was larger than the configured limit.
 pub const MESSAGE_TOO_BIG: u16 = 1009;

@@ -25,6 +25,8 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default time to wait for the client's close frame after sending ours: 5 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time the server may take to hand over an upgraded socket: 10 s.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time [`Hub::shutdown`](crate::Hub::shutdown) waits for connections to drain: 10 s.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -64,6 +66,18 @@ pub(crate) struct HubConfig {
     pub(crate) echo_to_sender: bool,
     pub(crate) keep_request_headers: bool,
     pub(crate) max_room_name_len: usize,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_room_connections: Option<usize>,
+    pub(crate) inbound_rate: Option<RateLimit>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) upgrade_timeout: Duration,
+}
+
+/// A token-bucket rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RateLimit {
+    pub(crate) per_second: f64,
+    pub(crate) burst: u32,
 }
 
 impl Default for HubConfig {
@@ -83,6 +97,11 @@ impl Default for HubConfig {
             echo_to_sender: false,
             keep_request_headers: true,
             max_room_name_len: crate::route::DEFAULT_MAX_ROOM_NAME_LEN,
+            max_connections: None,
+            max_room_connections: None,
+            inbound_rate: None,
+            idle_timeout: None,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
         }
     }
 }

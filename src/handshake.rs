@@ -126,6 +126,46 @@ pub(crate) enum Handshake {
     Http2,
 }
 
+/// Subprotocol negotiation (RFC 6455 §4.2.2): the server picks one of the protocols the client
+/// offered in `Sec-WebSocket-Protocol`, or none.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Subprotocols {
+    /// What this server speaks, in no particular order (the client's order decides).
+    pub(crate) supported: Vec<HeaderValue>,
+    /// Refuse clients that offer none of them (400).
+    pub(crate) required: bool,
+}
+
+impl Subprotocols {
+    /// The first protocol in the client's list (its order of preference) that the server
+    /// speaks. `Ok(None)` when none matches and none is required.
+    pub(crate) fn select(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, Rejection> {
+        let chosen = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .find_map(|offered| {
+                self.supported
+                    .iter()
+                    .find(|supported| supported.as_bytes() == offered)
+                    .cloned()
+            });
+        if chosen.is_none() && self.required {
+            let speaks: Vec<&str> = self
+                .supported
+                .iter()
+                .filter_map(|p| p.to_str().ok())
+                .collect();
+            return Err(Rejection::bad_request(format!(
+                "a Sec-WebSocket-Protocol is required; this server speaks: {}",
+                speaks.join(", ")
+            )));
+        }
+        Ok(chosen)
+    }
+}
+
 impl Handshake {
     /// Validates a request that a route or extractor claimed for the hub.
     pub(crate) fn validate<B>(request: &Request<B>) -> Result<Self, HandshakeError> {
@@ -172,9 +212,15 @@ impl Handshake {
         }
     }
 
-    /// The success response: `101` with the upgrade headers, or `200` for HTTP/2.
-    pub(crate) fn response(&self) -> Response<Bytes> {
+    /// The success response: `101` with the upgrade headers, or `200` for HTTP/2, naming the
+    /// chosen subprotocol if any.
+    pub(crate) fn response(&self, protocol: Option<&HeaderValue>) -> Response<Bytes> {
         let mut response = Response::new(Bytes::new());
+        if let Some(protocol) = protocol {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+        }
         match self {
             Self::Http1 { accept } => {
                 *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -238,7 +284,7 @@ mod tests {
             }
         );
         assert_eq!(
-            handshake.response().status(),
+            handshake.response(None).status(),
             StatusCode::SWITCHING_PROTOCOLS
         );
     }
@@ -353,6 +399,40 @@ mod tests {
         assert_eq!(method.header(&header::ALLOW).unwrap(), "GET");
         let upgrade: Rejection = HandshakeError::MissingUpgradeWebSocket.into();
         assert_eq!(upgrade.header(&header::UPGRADE).unwrap(), "websocket");
+    }
+
+    #[test]
+    fn the_clients_first_supported_protocol_wins() {
+        let protocols = Subprotocols {
+            supported: vec![
+                HeaderValue::from_static("chat.v1"),
+                HeaderValue::from_static("chat.v2"),
+            ],
+            required: false,
+        };
+        let mut headers = HeaderMap::new();
+        assert_eq!(protocols.select(&headers).unwrap(), None);
+        headers.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("mqtt, chat.v2"),
+        );
+        headers.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat.v1"),
+        );
+        assert_eq!(protocols.select(&headers).unwrap().unwrap(), "chat.v2");
+        let required = Subprotocols {
+            required: true,
+            ..protocols
+        };
+        let mut other = HeaderMap::new();
+        other.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("CHAT.V1"),
+        );
+        let rejection = required.select(&other).unwrap_err();
+        assert_eq!(rejection.status(), StatusCode::BAD_REQUEST);
+        assert!(rejection.reason().contains("chat.v1, chat.v2"));
     }
 
     #[test]

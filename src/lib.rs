@@ -41,6 +41,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+mod authorize;
 mod broker;
 pub mod close_code;
 mod config;
@@ -51,20 +52,23 @@ mod hub;
 mod layer;
 mod log_throttle;
 mod message;
+mod origin;
 mod rejection;
 mod route;
 
+pub use authorize::{Authorization, AuthorizationFuture, RoomAuthorizer};
 pub use config::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_OUTBOUND_MAX_BYTES, DEFAULT_OUTBOUND_MAX_MESSAGES, DEFAULT_PING_INTERVAL,
     DEFAULT_PONG_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_WRITE_BUFFER_SIZE, SlowConsumerPolicy,
+    DEFAULT_UPGRADE_TIMEOUT, DEFAULT_WRITE_BUFFER_SIZE, SlowConsumerPolicy,
 };
 pub use error::PublishError;
 pub use handshake::HandshakeError;
 pub use hub::{ConnectionContext, ConnectionId, Hub, HubBuilder, HubStats, InboundAction};
 pub use layer::{HubBody, HubLayer, HubService, ResponseFuture};
 pub use message::{Message, MessageKind};
+pub use origin::OriginPolicy;
 pub use rejection::Rejection;
 pub use route::{
     DEFAULT_MAX_ROOM_NAME_LEN, InvalidRoutePattern, RoomExtractor, RoomMatch, RoomNameError,

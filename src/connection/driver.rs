@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
 use crate::close_code;
+use crate::config::RateLimit;
 use crate::connection::queue::{CloseIntent, OutboundQueue, PushOutcome};
 use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
@@ -69,10 +70,43 @@ enum Phase {
 #[derive(Debug, Clone, Copy)]
 enum Heartbeat {
     Disabled,
-    /// Next ping due when the timer fires.
+    /// Next ping due at `heartbeat_at`.
     Idle,
-    /// A ping went out at this instant; the timer fires at the pong deadline.
+    /// A ping went out at this instant; `heartbeat_at` is the pong deadline.
     AwaitingPong(Instant),
+}
+
+/// Inbound rate limit: a token bucket.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    per_second: f64,
+    burst: f64,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit, now: Instant) -> Self {
+        let burst = f64::from(limit.burst);
+        Self {
+            tokens: burst,
+            last: now,
+            per_second: limit.per_second,
+            burst,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub(crate) struct Driver<'a, S> {
@@ -82,8 +116,14 @@ pub(crate) struct Driver<'a, S> {
     context: &'a ConnectionContext,
     /// Messages taken from the queue and not yet handed to tungstenite.
     batch: VecDeque<Message>,
+    /// Fires at the earliest of the heartbeat event and the idle deadline, or at the close
+    /// deadline once closing.
     timer: Pin<Box<Sleep>>,
     heartbeat: Heartbeat,
+    heartbeat_at: Instant,
+    /// Last data message from the client (kept only with an idle timeout).
+    last_data: Instant,
+    rate: Option<TokenBucket>,
     ping_due: bool,
     needs_flush: bool,
     phase: Phase,
@@ -165,10 +205,15 @@ where
         membership: &'a Membership,
         context: &'a ConnectionContext,
     ) -> Self {
-        let ping_interval = membership.hub().inner().config.ping_interval;
-        let (heartbeat, first_deadline) = match ping_interval {
-            Some(interval) => (Heartbeat::Idle, interval),
-            None => (Heartbeat::Disabled, FAR_FUTURE),
+        let config = &membership.hub().inner().config;
+        let now = Instant::now();
+        let (heartbeat, heartbeat_at) = match config.ping_interval {
+            Some(interval) => (Heartbeat::Idle, now + interval),
+            None => (Heartbeat::Disabled, now + FAR_FUTURE),
+        };
+        let first_deadline = match config.idle_timeout {
+            Some(idle) => heartbeat_at.min(now + idle),
+            None => heartbeat_at,
         };
         Self {
             ws,
@@ -176,8 +221,13 @@ where
             membership,
             context,
             batch: VecDeque::new(),
-            timer: Box::pin(tokio::time::sleep(first_deadline)),
+            timer: Box::pin(tokio::time::sleep_until(first_deadline)),
             heartbeat,
+            heartbeat_at,
+            last_data: now,
+            rate: config
+                .inbound_rate
+                .map(|limit| TokenBucket::new(limit, now)),
             ping_due: false,
             needs_flush: false,
             phase: Phase::Open,
@@ -237,10 +287,25 @@ where
         Poll::Pending
     }
 
-    /// One data message from the client: hook, then fan-out or reply.
+    /// One data message from the client: rate limit, hook, then fan-out or reply.
     fn on_message(&mut self, message: Message) {
         let hub = self.membership.hub().inner();
         Counters::incr(&hub.counters.messages_received);
+        if self.rate.is_some() || hub.config.idle_timeout.is_some() {
+            let now = Instant::now();
+            self.last_data = now;
+            if let Some(rate) = &mut self.rate
+                && !rate.take(now)
+            {
+                Counters::incr(&hub.counters.rate_limit_closes);
+                tracing::debug!(id = %self.context.id(), "tower-ws-hub: inbound rate limit exceeded");
+                self.begin_close(
+                    close_frame(close_code::POLICY_VIOLATION, "rate limit exceeded"),
+                    false,
+                );
+                return;
+            }
+        }
         match hub.hooks.inbound(self.context, message) {
             InboundAction::Forward(message) => {
                 hub.publish_from(self.membership.room(), message, self.context.id());
@@ -257,37 +322,56 @@ where
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            match (&self.phase, self.heartbeat) {
-                (Phase::Open, Heartbeat::Idle) => {
-                    self.ping_due = true;
-                    self.heartbeat = Heartbeat::AwaitingPong(now);
-                    let timeout = self.config().pong_timeout;
-                    self.timer.as_mut().reset(now + timeout);
-                }
-                (Phase::Open, Heartbeat::AwaitingPong(_)) => {
-                    Counters::incr(&self.counters().pong_timeouts);
-                    tracing::debug!(id = %self.context.id(), "tower-ws-hub: pong timeout");
-                    self.begin_close(
-                        close_frame(close_code::POLICY_VIOLATION, "pong timeout"),
-                        false,
-                    );
-                }
-                (Phase::Open, Heartbeat::Disabled) => {
-                    self.timer.as_mut().reset(now + FAR_FUTURE);
-                }
+            if !matches!(self.phase, Phase::Open) {
                 // Closing and the peer never answered, or could not even take our close frame.
-                _ => return Poll::Ready(End::CloseTimeout),
+                return Poll::Ready(End::CloseTimeout);
             }
+            let now = Instant::now();
+            if now >= self.heartbeat_at {
+                match self.heartbeat {
+                    Heartbeat::Idle => {
+                        self.ping_due = true;
+                        self.heartbeat = Heartbeat::AwaitingPong(now);
+                        self.heartbeat_at = now + self.config().pong_timeout;
+                    }
+                    Heartbeat::AwaitingPong(_) => {
+                        Counters::incr(&self.counters().pong_timeouts);
+                        tracing::debug!(id = %self.context.id(), "tower-ws-hub: pong timeout");
+                        self.begin_close(
+                            close_frame(close_code::POLICY_VIOLATION, "pong timeout"),
+                            false,
+                        );
+                        continue;
+                    }
+                    Heartbeat::Disabled => self.heartbeat_at = now + FAR_FUTURE,
+                }
+            }
+            if let Some(idle) = self.config().idle_timeout
+                && now >= self.last_data + idle
+            {
+                Counters::incr(&self.counters().idle_timeouts);
+                self.begin_close(close_frame(close_code::NORMAL, "idle timeout"), false);
+                continue;
+            }
+            self.rearm_timer();
         }
         Poll::Pending
+    }
+
+    /// Points the timer at the next heartbeat event or idle deadline, whichever comes first.
+    fn rearm_timer(&mut self) {
+        let at = match self.config().idle_timeout {
+            Some(idle) => self.heartbeat_at.min(self.last_data + idle),
+            None => self.heartbeat_at,
+        };
+        self.timer.as_mut().reset(at);
     }
 
     fn on_pong(&mut self) {
         if let (Phase::Open, Heartbeat::AwaitingPong(sent)) = (&self.phase, self.heartbeat) {
             self.heartbeat = Heartbeat::Idle;
-            let interval = self.config().ping_interval.unwrap_or(FAR_FUTURE);
-            self.timer.as_mut().reset(sent + interval);
+            self.heartbeat_at = sent + self.config().ping_interval.unwrap_or(FAR_FUTURE);
+            self.rearm_timer();
         }
     }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{Extensions, HeaderMap, Version, request::Parts};
+use http::{Extensions, HeaderMap, HeaderValue, Version, request::Parts};
 
 /// Identifies one connection for the lifetime of its hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +33,7 @@ pub struct ConnectionContext {
     room: Arc<str>,
     headers: HeaderMap,
     extensions: Extensions,
+    protocol: Option<HeaderValue>,
     remote_addr: Option<SocketAddr>,
     version: Version,
     connected_at: SystemTime,
@@ -43,6 +44,7 @@ impl ConnectionContext {
         id: ConnectionId,
         room: Arc<str>,
         parts: Parts,
+        protocol: Option<HeaderValue>,
         remote_addr: Option<SocketAddr>,
         keep_headers: bool,
     ) -> Self {
@@ -61,6 +63,7 @@ impl ConnectionContext {
                 HeaderMap::new()
             },
             extensions,
+            protocol,
             remote_addr,
             version,
             connected_at: SystemTime::now(),
@@ -86,6 +89,12 @@ impl ConnectionContext {
     /// The upgrade request's extensions, as the middleware in front of the layer left them.
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
+    }
+
+    /// The subprotocol the server chose from the client's `Sec-WebSocket-Protocol` offer
+    /// (see [`HubLayer::protocols`](crate::HubLayer::protocols)).
+    pub fn protocol(&self) -> Option<&HeaderValue> {
+        self.protocol.as_ref()
     }
 
     /// The client's address, when the server made it available (see

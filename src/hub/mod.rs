@@ -8,11 +8,11 @@ pub(crate) mod stats;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
@@ -64,6 +64,8 @@ pub(crate) struct HubInner {
     pub(crate) counters: Counters,
     broker: Broker,
     next_id: AtomicU64,
+    /// Connections from accepted handshake to end (for the instance limit).
+    reserved: AtomicUsize,
     shutting_down: AtomicBool,
     shutdown_started: tokio::sync::Notify,
     tasks: TaskTracker,
@@ -209,48 +211,76 @@ impl Hub {
         }
     }
 
-    /// Accepts a validated upgrade: spawns the connection task and returns the `101`/`200`.
-    pub(crate) fn accept<B>(
-        &self,
-        mut request: Request<B>,
-        room: String,
-        handshake: &Handshake,
-        remote_addr: Option<SocketAddr>,
-    ) -> Result<Response<Bytes>, Rejection> {
+    /// Takes a place for one more connection in `room`, or refuses: `503` while shutting down
+    /// or when the instance or the room is full.
+    pub(crate) fn reserve(&self, room: &str) -> Result<Reservation, Rejection> {
+        let inner = &self.inner;
+        let unavailable = |reason: &'static str, retry_after: &'static str| {
+            Rejection::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static(retry_after))
+        };
+        if self.is_shutting_down() {
+            return Err(unavailable("server is shutting down", "5"));
+        }
+        let reserved = inner.reserved.fetch_add(1, Ordering::AcqRel) + 1;
+        let reservation = Reservation { hub: self.clone() };
+        if inner
+            .config
+            .max_connections
+            .is_some_and(|max| reserved > max)
+        {
+            return Err(unavailable("server is at its connection limit", "10"));
+        }
+        if let Some(max) = inner.config.max_room_connections
+            && self.room_size(room) >= max
+        {
+            return Err(unavailable("room is full", "10"));
+        }
+        Ok(reservation)
+    }
+
+    /// Starts a connection whose handshake passed every check: spawns its task (which waits
+    /// for the server to hand the socket over) and returns the `101`/`200` response.
+    pub(crate) fn start(&self, pending: PendingConnection) -> Result<Response<Bytes>, Rejection> {
         if self.is_shutting_down() {
             return Err(
                 Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
             );
         }
-        let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
-            tracing::error!(
-                "tower-ws-hub: the request carries no upgrade handle: this server cannot hand \
-                 over connections. Serve with axum::serve or hyper-util's \
-                 serve_connection_with_upgrades (for HTTP/2, enable the extended CONNECT protocol)"
-            );
-            return Err(Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "this server cannot upgrade connections to WebSocket",
-            ));
-        };
-        let (parts, _body) = request.into_parts();
+        let PendingConnection {
+            parts,
+            on_upgrade,
+            room,
+            handshake,
+            protocol,
+            remote_addr,
+            reservation,
+        } = pending;
+        let response = handshake.response(protocol.as_ref());
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let context = ConnectionContext::new(
             id,
             Arc::from(room),
             parts,
+            protocol,
             remote_addr,
             self.inner.config.keep_request_headers,
         );
         let hub = self.clone();
+        let upgrade_timeout = self.inner.config.upgrade_timeout;
         self.inner.tasks.spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => connection::serve(hub, context, TokioIo::new(upgraded)).await,
-                Err(error) => hub.inner.upgrade_failed(&error),
+            let _reservation = reservation;
+            match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
+                Ok(Ok(upgraded)) => connection::serve(hub, context, TokioIo::new(upgraded)).await,
+                Ok(Err(error)) => hub.inner.upgrade_failed(&error),
+                Err(_) => {
+                    Counters::incr(&hub.inner.counters.handshakes_rejected);
+                    tracing::debug!(id = %context.id(), "tower-ws-hub: upgrade not completed in time");
+                }
             }
         });
-        Ok(handshake.response())
+        Ok(response)
     }
 
     /// Counts a refused upgrade.
@@ -358,6 +388,31 @@ impl HubInner {
             );
         }
     }
+}
+
+/// A place reserved for one connection, from the handshake until the connection ends.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    hub: Hub,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.hub.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An upgrade request that passed the handshake, origin, subprotocol, limit and authorization
+/// checks, waiting for [`Hub::start`].
+#[derive(Debug)]
+pub(crate) struct PendingConnection {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) on_upgrade: OnUpgrade,
+    pub(crate) room: String,
+    pub(crate) handshake: Handshake,
+    pub(crate) protocol: Option<HeaderValue>,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) reservation: Reservation,
 }
 
 /// A connection's place in its room; leaving happens on drop, whatever ended the connection.
@@ -548,6 +603,53 @@ impl HubBuilder {
         self
     }
 
+    /// Most connections this instance serves at once (counted from the accepted handshake);
+    /// further upgrade requests get `503` with `Retry-After`. Default: `None` (only the
+    /// process's file-descriptor limit applies).
+    pub fn max_connections(mut self, max: Option<usize>) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// Most local members of one room; further upgrade requests for that room get `503` with
+    /// `Retry-After`. Checked at the handshake, so upgrades completing at the same instant can
+    /// overshoot by the number in flight. Default: `None`.
+    pub fn max_room_connections(mut self, max: Option<usize>) -> Self {
+        self.config.max_room_connections = max;
+        self
+    }
+
+    /// Inbound rate limit per connection: a token bucket refilled at `per_second` messages a
+    /// second holding at most `burst`; a client that sends faster is closed with 1008
+    /// ("rate limit exceeded"). Default: `None` (no limit).
+    ///
+    /// # Panics
+    ///
+    /// If `per_second` is not positive or `burst` is 0.
+    pub fn inbound_rate_limit(mut self, per_second: f64, burst: u32) -> Self {
+        assert!(
+            per_second > 0.0 && per_second.is_finite() && burst > 0,
+            "inbound_rate_limit needs a positive rate and burst"
+        );
+        self.config.inbound_rate = Some(crate::config::RateLimit { per_second, burst });
+        self
+    }
+
+    /// Closes a connection (1000, "idle timeout") after this long without a data message from
+    /// the client. Pings and pongs do not count as activity. Default: `None` (dead peers are
+    /// still detected by the [ping interval](Self::ping_interval)).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long the server may take to hand over the socket after the `101`/`200` answer
+    /// before the connection is abandoned. Default: 10 s.
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.config.upgrade_timeout = timeout;
+        self
+    }
+
     /// Whether a client's messages are also delivered back to itself. Default: `false` (the
     /// sender is excluded).
     pub fn echo_to_sender(mut self, echo: bool) -> Self {
@@ -599,6 +701,7 @@ impl HubBuilder {
                 counters: Counters::default(),
                 broker: Broker::Local,
                 next_id: AtomicU64::new(1),
+                reserved: AtomicUsize::new(0),
                 shutting_down: AtomicBool::new(false),
                 shutdown_started: tokio::sync::Notify::new(),
                 tasks: TaskTracker::new(),

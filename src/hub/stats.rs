@@ -15,6 +15,8 @@ pub(crate) struct Counters {
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) protocol_closes: AtomicU64,
     pub(crate) pong_timeouts: AtomicU64,
+    pub(crate) rate_limit_closes: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
 }
 
 impl Counters {
@@ -61,6 +63,10 @@ pub struct HubStats {
     pub protocol_closes: u64,
     /// Connections closed because they did not answer a ping in time.
     pub pong_timeouts: u64,
+    /// Connections closed for sending faster than the inbound rate limit.
+    pub rate_limit_closes: u64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: u64,
 }
 
 impl Counters {
@@ -80,6 +86,8 @@ impl Counters {
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             protocol_closes: get(&self.protocol_closes),
             pong_timeouts: get(&self.pong_timeouts),
+            rate_limit_closes: get(&self.rate_limit_closes),
+            idle_timeouts: get(&self.idle_timeouts),
         }
     }
 }

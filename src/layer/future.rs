@@ -10,20 +10,35 @@ use pin_project::pin_project;
 
 use super::body::HubBody;
 
-/// Either the inner service's future (pass-through, not boxed) or a hub answer that is ready.
+/// The inner service's future (pass-through, not boxed), a hub answer that is ready, or (only
+/// when a [`RoomAuthorizer`](crate::RoomAuthorizer) is configured) a boxed authorization.
 #[pin_project(project = ResponseFutureProj)]
-#[derive(Debug)]
 pub struct ResponseFuture<F> {
     #[pin]
     kind: Kind<F>,
 }
 
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            Kind::Inner(_) => "Inner",
+            Kind::Ready(_) => "Ready",
+            Kind::Authorizing(_) => "Authorizing",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
 #[pin_project(project = KindProj)]
-#[derive(Debug)]
 enum Kind<F> {
     Inner(#[pin] F),
     Ready(Option<Response<Bytes>>),
+    Authorizing(#[pin] BoxedResponse),
 }
+
+type BoxedResponse = Pin<Box<dyn Future<Output = Response<Bytes>> + Send + 'static>>;
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn inner(future: F) -> Self {
@@ -35,6 +50,12 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn ready(response: Response<Bytes>) -> Self {
         Self {
             kind: Kind::Ready(Some(response)),
+        }
+    }
+
+    pub(crate) fn authorizing(future: BoxedResponse) -> Self {
+        Self {
+            kind: Kind::Authorizing(future),
         }
     }
 }
@@ -56,6 +77,9 @@ where
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Ok(response.map(HubBody::full)))
             }
+            KindProj::Authorizing(future) => future
+                .poll(cx)
+                .map(|response| Ok(response.map(HubBody::full))),
         }
     }
 }

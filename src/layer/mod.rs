@@ -13,13 +13,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::handshake::Handshake;
-use crate::hub::Hub;
+use crate::authorize::{Authorization, RoomAuthorizer};
+use crate::handshake::{Handshake, Subprotocols};
+use crate::hub::{Hub, PendingConnection};
+use crate::origin::OriginPolicy;
 use crate::rejection::Rejection;
 use crate::route::{RoomExtractor, RoomMatch, RoomRouter, RoutePattern};
 
@@ -55,6 +59,9 @@ struct Shared {
     hub: Hub,
     router: RoomRouter,
     remote_addr: Option<Box<RemoteAddrFn>>,
+    origin: OriginPolicy,
+    protocols: Subprotocols,
+    authorizer: Option<Box<dyn RoomAuthorizer>>,
 }
 
 impl std::fmt::Debug for HubLayer {
@@ -62,6 +69,9 @@ impl std::fmt::Debug for HubLayer {
         f.debug_struct("HubLayer")
             .field("router", &self.shared.router)
             .field("remote_addr", &self.shared.remote_addr.is_some())
+            .field("origin", &self.shared.origin)
+            .field("protocols", &self.shared.protocols)
+            .field("authorizer", &self.shared.authorizer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +87,9 @@ impl HubLayer {
                 hub,
                 router,
                 remote_addr: None,
+                origin: OriginPolicy::default(),
+                protocols: Subprotocols::default(),
+                authorizer: None,
             }),
         }
     }
@@ -117,6 +130,56 @@ impl HubLayer {
     /// consulted for requests that no route pattern matched.
     pub fn extractor(mut self, extractor: impl RoomExtractor) -> Self {
         self.shared_mut().router.set_extractor(Box::new(extractor));
+        self
+    }
+
+    /// Which pages may open WebSockets (cross-site WebSocket hijacking protection). Refused
+    /// requests get `403`. Default: [`OriginPolicy::SameOrigin`] (requests without `Origin`,
+    /// i.e. non-browser clients, are allowed).
+    pub fn origin(mut self, policy: OriginPolicy) -> Self {
+        self.shared_mut().origin = policy;
+        self
+    }
+
+    /// The subprotocols this server speaks. The server picks the first one in the client's
+    /// `Sec-WebSocket-Protocol` list that it speaks, answers it in the handshake and exposes it
+    /// as [`ConnectionContext::protocol`](crate::ConnectionContext::protocol). Default: none.
+    ///
+    /// # Panics
+    ///
+    /// If a name is not a valid header value or contains a comma.
+    pub fn protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        self.shared_mut().protocols.supported = protocols
+            .into_iter()
+            .map(|p| {
+                let p = p.as_ref();
+                assert!(
+                    !p.contains(',') && !p.trim().is_empty(),
+                    "invalid subprotocol {p:?}"
+                );
+                HeaderValue::from_str(p.trim())
+                    .unwrap_or_else(|_| panic!("invalid subprotocol {p:?}"))
+            })
+            .collect();
+        self
+    }
+
+    /// Whether clients must offer one of the [`protocols`](Self::protocols): without one the
+    /// upgrade gets `400` with the list of supported protocols. Default: `false`.
+    pub fn require_protocol(mut self, required: bool) -> Self {
+        self.shared_mut().protocols.required = required;
+        self
+    }
+
+    /// Decides, before the upgrade, whether a request may join its room (see
+    /// [`RoomAuthorizer`]). Runs after the handshake, origin and limit checks, so it only sees
+    /// well-formed requests. Default: everyone who passed the middleware in front may join.
+    pub fn authorize(mut self, authorizer: impl RoomAuthorizer) -> Self {
+        self.shared_mut().authorizer = Some(Box::new(authorizer));
         self
     }
 
@@ -192,40 +255,87 @@ impl Shared {
         (Request::from_parts(parts, body), decision)
     }
 
-    fn remote_addr<B>(&self, request: &Request<B>) -> Option<SocketAddr> {
+    fn remote_addr(&self, parts: &Parts) -> Option<SocketAddr> {
         match &self.remote_addr {
-            Some(find) => {
-                // `Parts` cannot be borrowed out of a `Request`; rebuild a head without the body.
-                let mut head = Request::new(());
-                *head.method_mut() = request.method().clone();
-                *head.uri_mut() = request.uri().clone();
-                *head.version_mut() = request.version();
-                *head.headers_mut() = request.headers().clone();
-                *head.extensions_mut() = request.extensions().clone();
-                find(&head.into_parts().0)
-            }
-            None => request.extensions().get::<SocketAddr>().copied(),
+            Some(find) => find(parts),
+            None => parts.extensions.get::<SocketAddr>().copied(),
         }
     }
 
-    /// Validates and answers a hub request.
-    fn upgrade<B>(&self, request: Request<B>, room: String) -> Response<bytes::Bytes> {
-        let hub = &self.hub;
-        let answer = Handshake::validate(&request)
-            .map_err(Rejection::from)
-            .and_then(|handshake| {
-                let remote_addr = self.remote_addr(&request);
-                hub.accept(request, room, &handshake, remote_addr)
-            });
-        answer.unwrap_or_else(|rejection| self.reject(rejection))
+    /// Checks a hub request up to the authorizer and reserves its place.
+    fn prepare<B>(
+        &self,
+        request: Request<B>,
+        room: String,
+    ) -> Result<PendingConnection, Rejection> {
+        let handshake = Handshake::validate(&request)?;
+        let (mut parts, _body) = request.into_parts();
+        self.origin.check(&parts)?;
+        let protocol = self.protocols.select(&parts.headers)?;
+        let reservation = self.hub.reserve(&room)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or_else(no_upgrade_support)?;
+        let remote_addr = self.remote_addr(&parts);
+        Ok(PendingConnection {
+            parts,
+            on_upgrade,
+            room,
+            handshake,
+            protocol,
+            remote_addr,
+            reservation,
+        })
     }
 
-    fn reject(&self, rejection: Rejection) -> Response<bytes::Bytes> {
-        self.hub.note_rejection();
-        tracing::debug!(status = %rejection.status(), reason = rejection.reason(),
-            "tower-ws-hub: upgrade refused");
-        rejection.into_response()
+    fn reject(&self, rejection: Rejection) -> Response<Bytes> {
+        reject(&self.hub, rejection)
     }
+}
+
+fn reject(hub: &Hub, rejection: Rejection) -> Response<Bytes> {
+    hub.note_rejection();
+    tracing::debug!(status = %rejection.status(), reason = rejection.reason(),
+        "tower-ws-hub: upgrade refused");
+    rejection.into_response()
+}
+
+fn no_upgrade_support() -> Rejection {
+    tracing::error!(
+        "tower-ws-hub: the request carries no upgrade handle: this server cannot hand over \
+         connections. Serve with axum::serve or hyper-util's serve_connection_with_upgrades \
+         (for HTTP/2, enable the extended CONNECT protocol)"
+    );
+    Rejection::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "this server cannot upgrade connections to WebSocket",
+    )
+}
+
+/// Validates and answers a hub request (with a boxed future only when authorizing).
+fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> ResponseFuture<F> {
+    let pending = match shared.prepare(request, room) {
+        Ok(pending) => pending,
+        Err(rejection) => return ResponseFuture::ready(shared.reject(rejection)),
+    };
+    let Some(authorizer) = &shared.authorizer else {
+        let response = shared
+            .hub
+            .start(pending)
+            .unwrap_or_else(|rejection| shared.reject(rejection));
+        return ResponseFuture::ready(response);
+    };
+    let decision = authorizer.authorize(&pending.parts, &pending.room);
+    let hub = shared.hub.clone();
+    ResponseFuture::authorizing(Box::pin(async move {
+        match decision.await {
+            Authorization::Allow => hub
+                .start(pending)
+                .unwrap_or_else(|rejection| reject(&hub, rejection)),
+            Authorization::Deny(rejection) => reject(&hub, rejection),
+        }
+    }))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HubService<S>
@@ -245,7 +355,7 @@ where
         match decision {
             RoomMatch::Pass => ResponseFuture::inner(self.inner.call(request)),
             RoomMatch::Reject(rejection) => ResponseFuture::ready(self.shared.reject(rejection)),
-            RoomMatch::Room(room) => ResponseFuture::ready(self.shared.upgrade(request, room)),
+            RoomMatch::Room(room) => upgrade(&self.shared, request, room),
         }
     }
 }

@@ -1,0 +1,242 @@
+//! [`OriginPolicy`]: which web pages may open WebSockets to this server.
+//!
+//! Browsers attach cookies and HTTP auth to WebSocket handshakes from *any* page, and WebSockets
+//! are not subject to CORS. Without an Origin check, a malicious page visited by a logged-in
+//! user can open a socket to your server as that user (cross-site WebSocket hijacking). Browsers
+//! always send `Origin` on WebSocket handshakes and scripts cannot forge it, so checking it
+//! closes the hole. Non-browser clients usually send no `Origin`; they are not exposed to this
+//! attack (they hold their own credentials), so a missing `Origin` is allowed by the same-origin
+//! policy.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderValue, header};
+
+use crate::rejection::Rejection;
+
+type OriginPredicate = dyn Fn(Option<&HeaderValue>, &Parts) -> bool + Send + Sync;
+
+/// Which `Origin` values may open a WebSocket. Refused requests get `403 Forbidden`.
+///
+/// The default is [`OriginPolicy::SameOrigin`]: a page may connect only to the host and port it
+/// was served from, and clients that send no `Origin` (non-browser clients) are allowed.
+///
+/// ```
+/// use tower_ws_hub::OriginPolicy;
+///
+/// let policy = OriginPolicy::allow_list(["https://chat.example.com", "https://example.com"]);
+/// # drop(policy);
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum OriginPolicy {
+    /// `Origin`'s host and port must equal the request's `Host` (or HTTP/2 `:authority`);
+    /// requests without `Origin` are allowed. The default.
+    ///
+    /// Behind a reverse proxy that rewrites `Host`, use an allow-list instead (or have the
+    /// proxy keep the original `Host`).
+    #[default]
+    SameOrigin,
+    /// Only these exact origins (`scheme://host[:port]`, compared case-insensitively); requests
+    /// without `Origin` are allowed.
+    AllowList(Arc<[HeaderValue]>),
+    /// A custom decision from the `Origin` header (if any) and the request head.
+    Predicate(Arc<OriginPredicate>),
+    /// No check at all. Only for servers that authenticate with something a browser does not
+    /// attach automatically (e.g. a token in the first message), or for development.
+    Any,
+}
+
+impl std::fmt::Debug for OriginPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SameOrigin => f.write_str("SameOrigin"),
+            Self::AllowList(list) => f.debug_tuple("AllowList").field(list).finish(),
+            Self::Predicate(_) => f.write_str("Predicate(..)"),
+            Self::Any => f.write_str("Any"),
+        }
+    }
+}
+
+impl OriginPolicy {
+    /// Only these exact origins, e.g. `["https://example.com"]`.
+    ///
+    /// # Panics
+    ///
+    /// If an origin is not a valid header value.
+    pub fn allow_list<I, O>(origins: I) -> Self
+    where
+        I: IntoIterator<Item = O>,
+        O: AsRef<str>,
+    {
+        let list = origins
+            .into_iter()
+            .map(|origin| {
+                let origin = origin.as_ref().trim_end_matches('/');
+                HeaderValue::from_str(origin)
+                    .unwrap_or_else(|_| panic!("invalid origin in allow list: {origin:?}"))
+            })
+            .collect::<Vec<_>>();
+        Self::AllowList(list.into())
+    }
+
+    /// A custom decision: `predicate(origin, request_head)` returns `true` to allow.
+    pub fn predicate(
+        predicate: impl Fn(Option<&HeaderValue>, &Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self::Predicate(Arc::new(predicate))
+    }
+
+    /// Checks a request head.
+    pub(crate) fn check(&self, parts: &Parts) -> Result<(), Rejection> {
+        let origin = parts.headers.get(header::ORIGIN);
+        let allowed = match self {
+            Self::Any => true,
+            Self::Predicate(predicate) => predicate(origin, parts),
+            Self::SameOrigin => origin.is_none_or(|origin| is_same_origin(origin, parts)),
+            Self::AllowList(list) => origin.is_none_or(|origin| {
+                list.iter()
+                    .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+            }),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Rejection::forbidden("origin not allowed"))
+        }
+    }
+}
+
+/// `scheme://host[:port]` of `origin` names the same host and port as the request's authority.
+fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        // Includes the opaque origin "null" (sandboxed iframes, file: pages).
+        return false;
+    };
+    let request_authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let Some(request_authority) = request_authority else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return false,
+    };
+    let (Some((origin_host, origin_port)), Some((host, port))) = (
+        split_host_port(authority),
+        split_host_port(request_authority),
+    ) else {
+        return false;
+    };
+    // The server cannot tell whether the client spoke TLS (a proxy may have terminated it), so
+    // a `Host` without a port matches an origin on its scheme's default port, whichever it is.
+    origin_port.unwrap_or(default_port) == port.unwrap_or(default_port)
+        && origin_host.eq_ignore_ascii_case(host)
+}
+
+/// Splits `host[:port]` (with `[v6]` literals).
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if authority.is_empty() || authority.contains(['/', '@', ' ']) {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(port) => Some(port.parse().ok()?),
+        None => None,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(host: Option<&str>, origin: Option<&str>) -> Parts {
+        let mut builder = http::Request::get("/ws/r");
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn same_origin_compares_host_and_port_with_default_ports() {
+        let policy = OriginPolicy::SameOrigin;
+        let ok = |host, origin| policy.check(&parts(Some(host), Some(origin))).is_ok();
+        // TLS may end at a proxy: a port-less Host matches either default port.
+        assert!(ok("example.com", "https://example.com"));
+        assert!(ok("example.com:443", "https://example.com"));
+        assert!(!ok("example.com:443", "http://example.com"));
+        assert!(ok("example.com", "http://example.com"));
+        assert!(ok("Example.COM:8080", "http://example.com:8080"));
+        assert!(ok("127.0.0.1:3000", "http://127.0.0.1:3000"));
+        assert!(ok("[::1]:3000", "http://[::1]:3000"));
+        assert!(!ok("example.com", "https://evil.example"));
+        assert!(!ok("example.com:3000", "http://example.com:3001"));
+        assert!(!ok("example.com", "null"));
+        assert!(!ok("example.com", "http://example.com@evil"));
+        // No Origin: not a browser, allowed.
+        assert!(policy.check(&parts(Some("example.com"), None)).is_ok());
+    }
+
+    #[test]
+    fn allow_list_is_exact_and_case_insensitive() {
+        let policy = OriginPolicy::allow_list(["https://app.example.com/"]);
+        assert!(
+            policy
+                .check(&parts(None, Some("https://APP.example.com")))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&parts(None, Some("https://app.example.com.evil")))
+                .is_err()
+        );
+        assert!(
+            policy
+                .check(&parts(None, Some("http://app.example.com")))
+                .is_err()
+        );
+        assert!(policy.check(&parts(None, None)).is_ok());
+    }
+
+    #[test]
+    fn rejections_are_403() {
+        let rejection = OriginPolicy::SameOrigin
+            .check(&parts(Some("a.com"), Some("https://b.com")))
+            .unwrap_err();
+        assert_eq!(rejection.status(), http::StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn predicate_sees_the_origin() {
+        let policy = OriginPolicy::predicate(|origin, _| {
+            origin.is_some_and(|o| o.as_bytes().ends_with(b".example.com"))
+        });
+        assert!(
+            policy
+                .check(&parts(None, Some("https://a.example.com")))
+                .is_ok()
+        );
+        assert!(policy.check(&parts(None, None)).is_err());
+    }
+}
