@@ -459,3 +459,66 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request(
+        connection: &[u8],
+        upgrade: &[u8],
+        version: &[u8],
+        key: &[u8],
+    ) -> Option<Request<()>> {
+        Request::get("/ws/r")
+            .header(header::HOST, "h")
+            .header(
+                header::CONNECTION,
+                HeaderValue::from_bytes(connection).ok()?,
+            )
+            .header(header::UPGRADE, HeaderValue::from_bytes(upgrade).ok()?)
+            .header(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_bytes(version).ok()?,
+            )
+            .header(
+                header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_bytes(key).ok()?,
+            )
+            .body(())
+            .ok()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_headers_never_panic(
+            connection in proptest::collection::vec(any::<u8>(), 0..40),
+            upgrade in proptest::collection::vec(any::<u8>(), 0..40),
+            version in proptest::collection::vec(any::<u8>(), 0..4),
+            key in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            if let Some(request) = request(&connection, &upgrade, &version, &key) {
+                let _ = Handshake::validate(&request);
+            }
+        }
+
+        #[test]
+        fn any_16_byte_key_is_accepted_with_the_rfc_accept(bytes in any::<[u8; 16]>()) {
+            let key = STANDARD.encode(bytes);
+            let request = request(b"keep-alive, Upgrade", b"websocket", b"13", key.as_bytes()).unwrap();
+            let expected = derive_accept_key(key.as_bytes());
+            prop_assert_eq!(
+                Handshake::validate(&request),
+                Ok(Handshake::Http1 { accept: HeaderValue::from_str(&expected).unwrap() })
+            );
+        }
+
+        #[test]
+        fn keys_are_accepted_exactly_when_they_decode_to_16_bytes(key in "[A-Za-z0-9+/=]{20,28}") {
+            let request = request(b"upgrade", b"websocket", b"13", key.as_bytes()).unwrap();
+            let decodes_to_16 = STANDARD.decode(&key).is_ok_and(|b| b.len() == 16);
+            prop_assert_eq!(Handshake::validate(&request).is_ok(), decodes_to_16);
+        }
+    }
+}

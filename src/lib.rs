@@ -74,3 +74,8 @@ pub use route::{
     DEFAULT_MAX_ROOM_NAME_LEN, InvalidRoutePattern, RoomExtractor, RoomMatch, RoomNameError,
     validate_room_name,
 };
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -240,3 +240,44 @@ mod tests {
         assert!(policy.check(&parts(None, None)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parts(host: &str, origin: &str) -> Option<Parts> {
+        Some(
+            http::Request::get("/ws/r")
+                .header(header::HOST, HeaderValue::from_str(host).ok()?)
+                .header(header::ORIGIN, HeaderValue::from_str(origin).ok()?)
+                .body(())
+                .ok()?
+                .into_parts()
+                .0,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_hosts_and_origins_never_panic(host in "\\PC{0,30}", origin in "\\PC{0,40}") {
+            if let Some(parts) = parts(&host, &origin) {
+                let _ = OriginPolicy::SameOrigin.check(&parts);
+            }
+        }
+
+        #[test]
+        fn a_page_may_always_connect_to_its_own_host(host in "[a-z][a-z0-9.-]{0,20}", port in 1u16.., https: bool) {
+            let scheme = if https { "https" } else { "http" };
+            let parts = parts(&format!("{host}:{port}"), &format!("{scheme}://{host}:{port}")).unwrap();
+            prop_assert!(OriginPolicy::SameOrigin.check(&parts).is_ok());
+        }
+
+        #[test]
+        fn another_host_is_always_refused(host in "[a-z]{1,10}", other in "[a-z]{1,10}", port in 1u16..) {
+            prop_assume!(host != other);
+            let parts = parts(&format!("{host}.test:{port}"), &format!("http://{other}.test:{port}")).unwrap();
+            prop_assert!(OriginPolicy::SameOrigin.check(&parts).is_err());
+        }
+    }
+}

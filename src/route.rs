@@ -380,3 +380,40 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(raw in ".*", max in 1usize..512) {
+            let _ = decode_room_segment(&raw, max);
+        }
+
+        #[test]
+        fn valid_names_survive_percent_encoding(name in "[^\\p{Cc}]{1,64}") {
+            prop_assume!(name.len() <= DEFAULT_MAX_ROOM_NAME_LEN);
+            let encoded = utf8_percent_encode(&name, NON_ALPHANUMERIC).to_string();
+            prop_assert_eq!(decode_room_segment(&encoded, DEFAULT_MAX_ROOM_NAME_LEN), Ok(name));
+        }
+
+        #[test]
+        fn decoded_names_always_obey_the_rules(raw in "(%[0-9A-Fa-f]{2}|[a-z%]){0,40}", max in 1usize..16) {
+            if let Ok(name) = decode_room_segment(&raw, max) {
+                prop_assert!(!name.is_empty() && name.len() <= max);
+                prop_assert!(!name.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn patterns_match_only_paths_with_as_many_segments(path in "(/[a-z{}%]{0,4}){0,5}") {
+            let pattern = RoutePattern::parse("/ws/{room}").unwrap();
+            if let Some(room) = pattern.matches(&path) {
+                prop_assert_eq!(path.clone(), format!("/ws/{room}"));
+            }
+        }
+    }
+}

@@ -286,3 +286,63 @@ mod tests {
         assert!(q.is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(usize),
+        Take,
+        ReleaseAll,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..300).prop_map(Op::Push),
+            Just(Op::Take),
+            Just(Op::ReleaseAll),
+        ]
+    }
+
+    fn policy() -> impl Strategy<Value = SlowConsumerPolicy> {
+        prop_oneof![
+            Just(SlowConsumerPolicy::Disconnect),
+            Just(SlowConsumerPolicy::DropNewest),
+            Just(SlowConsumerPolicy::DropOldest),
+        ]
+    }
+
+    proptest! {
+        /// Whatever producers and the writer do, the queue never holds more than its bounds.
+        #[test]
+        fn bounds_hold_under_any_interleaving(
+            ops in proptest::collection::vec(op(), 1..200),
+            max_messages in 1usize..20,
+            max_bytes in 1usize..2000,
+            policy in policy(),
+        ) {
+            let queue = OutboundQueue::new(QueueLimits { max_messages, max_bytes, policy });
+            let mut taken: VecDeque<Message> = VecDeque::new();
+            for op in ops {
+                match op {
+                    Op::Push(len) => { queue.push(Message::binary(vec![0u8; len])); }
+                    Op::Take => { let _ = queue.take_all(&mut taken); }
+                    Op::ReleaseAll => {
+                        let bytes = taken.iter().map(Message::len).sum();
+                        queue.release(taken.len(), bytes);
+                        taken.clear();
+                    }
+                }
+                let state = queue.lock();
+                let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Message::len).sum();
+                prop_assert_eq!(state.messages, state.queued.len() + taken.len());
+                prop_assert_eq!(state.bytes, held_bytes);
+                prop_assert!(state.messages <= max_messages);
+                prop_assert!(state.bytes <= max_bytes);
+            }
+        }
+    }
+}
