@@ -47,6 +47,9 @@ pub mod close_code;
 mod config;
 mod connection;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod hub;
 mod layer;
