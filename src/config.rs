@@ -12,8 +12,6 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// Default socket read buffer: 4 KiB (tungstenite's own default is 128 KiB, which an idle
 /// connection would carry forever).
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
-/// Default size at which written frames are pushed to the socket before a flush: 8 KiB.
-pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 8 * 1024;
 /// Default outbound queue bound in messages, per connection.
 pub const DEFAULT_OUTBOUND_MAX_MESSAGES: usize = 1024;
 /// Default outbound queue bound in payload bytes, per connection: 4 MiB. Payloads are shared
@@ -55,7 +53,6 @@ pub(crate) struct HubConfig {
     pub(crate) max_message_size: usize,
     pub(crate) max_frame_size: usize,
     pub(crate) read_buffer_size: usize,
-    pub(crate) write_buffer_size: usize,
     pub(crate) outbound_max_messages: usize,
     pub(crate) outbound_max_bytes: usize,
     pub(crate) slow_consumer: SlowConsumerPolicy,
@@ -86,7 +83,6 @@ impl Default for HubConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
-            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             outbound_max_messages: DEFAULT_OUTBOUND_MAX_MESSAGES,
             outbound_max_bytes: DEFAULT_OUTBOUND_MAX_BYTES,
             slow_consumer: SlowConsumerPolicy::default(),
@@ -107,13 +103,14 @@ impl Default for HubConfig {
 }
 
 impl HubConfig {
-    /// The tungstenite settings for one socket.
+    /// The tungstenite settings for one socket. tungstenite only ever writes control frames
+    /// (data frames bypass it, pre-encoded), so it writes them through at once.
     pub(crate) fn websocket_config(
         &self,
     ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
+            .write_buffer_size(0)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_frame_size))
     }

@@ -7,6 +7,8 @@
 use std::fmt;
 
 use bytes::Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
 /// A WebSocket data message: text or binary.
@@ -140,12 +142,36 @@ impl Message {
         self.len() == 0
     }
 
-    /// The tungstenite message for the socket. Shares the payload, never copies it.
+    /// The tungstenite message (for tests comparing encodings).
+    #[cfg(test)]
     pub(crate) fn into_ws(self) -> tungstenite::Message {
         match self.payload {
             Payload::Text(text) => tungstenite::Message::Text(text),
             Payload::Binary(bytes) => tungstenite::Message::Binary(bytes),
         }
+    }
+
+    /// The complete WebSocket frame for this message as the server sends it (unmasked, final),
+    /// header and payload in one buffer: encoded once per publish, then shared by every
+    /// receiver's socket.
+    pub(crate) fn encode_frame(&self) -> Bytes {
+        let opcode = match self.payload {
+            Payload::Text(_) => OpCode::Data(OpData::Text),
+            Payload::Binary(_) => OpCode::Data(OpData::Binary),
+        };
+        let header = FrameHeader {
+            is_final: true,
+            opcode,
+            ..FrameHeader::default()
+        };
+        let payload = self.payload();
+        let length = payload.len() as u64;
+        let mut frame = Vec::with_capacity(header.len(length) + payload.len());
+        header
+            .format(length, &mut frame)
+            .expect("writing to a Vec cannot fail");
+        frame.extend_from_slice(payload);
+        Bytes::from(frame)
     }
 
     /// A hub message from a tungstenite data message; `None` for control frames.
@@ -226,6 +252,32 @@ mod tests {
             Message::from_ws(tungstenite::Message::Ping(Bytes::new())),
             None
         );
+    }
+
+    #[test]
+    fn frames_are_encoded_as_tungstenite_would() {
+        for message in [
+            Message::text("hi"),
+            Message::binary(vec![7u8; 300]),
+            Message::binary(vec![1u8; 70_000]),
+        ] {
+            let mut expected = Vec::new();
+            let frame = match message.clone().into_ws() {
+                tungstenite::Message::Text(t) => tungstenite::protocol::frame::Frame::message(
+                    t,
+                    OpCode::Data(OpData::Text),
+                    true,
+                ),
+                tungstenite::Message::Binary(b) => tungstenite::protocol::frame::Frame::message(
+                    b,
+                    OpCode::Data(OpData::Binary),
+                    true,
+                ),
+                _ => unreachable!(),
+            };
+            frame.format(&mut expected).unwrap();
+            assert_eq!(&message.encode_frame()[..], &expected[..]);
+        }
     }
 
     #[test]

@@ -1,35 +1,42 @@
 //! [`Driver`]: the future that runs one connection.
 //!
+//! tungstenite's [`WebSocketContext`] does the protocol work on the read side (frame parsing,
+//! unmasking, reassembly, UTF-8 and size checks, answering pings and close frames). Writes go
+//! through the connection's [`Wire`]: data frames arrive pre-encoded from the fan-out, control
+//! frames come from tungstenite, and one vectored write sends as many as the socket takes.
+//!
 //! Each `poll` does, in order:
 //! 1. take everything the outbound queue holds (and any close request from the hub);
-//! 2. the timer: heartbeat ping, pong timeout, or close deadline;
+//! 2. the timer: heartbeat ping, pong timeout, idle timeout, or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
 //!    thread), running the message hook and the fan-out for each data message;
-//! 4. write the pending ping, the taken messages, the close frame when due, then flush once.
+//! 4. send our close frame when due, then write the wire.
 //!
-//! The task is woken by the socket (tokio-tungstenite registers the waker for reads and
-//! writes), by the timer, and by the outbound queue (pushes and close requests).
+//! The task is woken by the socket (reads and writes), by the timer, and by the outbound queue
+//! (pushes and close requests).
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Sink, Stream};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
+use tokio_tungstenite::tungstenite::{self};
 
+use super::io::PollIo;
+use super::queue::{CloseIntent, OutboundQueue, PushOutcome};
+use super::wire::{Wire, Written};
 use crate::close_code;
-use crate::config::RateLimit;
-use crate::connection::queue::{CloseIntent, OutboundQueue, PushOutcome};
+use crate::config::{HubConfig, RateLimit};
 use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
 use crate::message::Message;
@@ -56,15 +63,12 @@ pub(crate) enum End {
 enum Phase {
     /// Reading and writing data.
     Open,
-    /// We want to send `frame`; with `drain`, only after everything queued is written.
-    Closing {
-        frame: Option<CloseFrame>,
-        drain: bool,
-    },
-    /// Our close frame is sent; waiting for the peer's.
-    ClosedByUs,
-    /// The peer sent a close frame; tungstenite queued our answer, which the next read flushes.
-    ClosedByPeer,
+    /// We want to send `frame`; with `drain`, only after every queued data frame is written.
+    Closing { frame: CloseFrame, drain: bool },
+    /// Our close frame is on the wire; waiting for the peer's.
+    CloseSent,
+    /// The peer sent a close frame; tungstenite put our answer on the wire.
+    PeerClosed,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,23 +114,28 @@ impl TokenBucket {
 }
 
 pub(crate) struct Driver<'a, S> {
-    ws: WebSocketStream<S>,
+    io: S,
+    ws: WebSocketContext,
+    /// What tungstenite wrote during the last call (pongs, close frames), bound for the wire.
+    control: BytesMut,
+    wire: Wire,
+    /// Frames taken from the queue, on their way to the wire (kept to reuse its allocation).
+    taken: VecDeque<Bytes>,
     queue: Arc<OutboundQueue>,
     membership: &'a Membership,
     context: &'a ConnectionContext,
-    /// Messages taken from the queue and not yet handed to tungstenite.
-    batch: VecDeque<Message>,
     /// Fires at the earliest of the heartbeat event and the idle deadline, or at the close
     /// deadline once closing.
     timer: Pin<Box<Sleep>>,
     heartbeat: Heartbeat,
     heartbeat_at: Instant,
-    /// Last data message from the client (kept only with an idle timeout).
+    /// Last data message from the client (kept up to date only with an idle timeout).
     last_data: Instant,
     rate: Option<TokenBucket>,
-    ping_due: bool,
-    needs_flush: bool,
     phase: Phase,
+    /// Nothing more will be read: the close handshake is over, or the client sent something
+    /// that makes the rest of the stream meaningless.
+    read_done: bool,
 }
 
 impl<S> std::fmt::Debug for Driver<'_, S> {
@@ -134,7 +143,7 @@ impl<S> std::fmt::Debug for Driver<'_, S> {
         f.debug_struct("Driver")
             .field("id", &self.context.id())
             .field("phase", &self.phase)
-            .field("batch", &self.batch.len())
+            .field("wire", &self.wire)
             .finish_non_exhaustive()
     }
 }
@@ -146,9 +155,18 @@ fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     }
 }
 
+/// The encoded ping frame the heartbeat sends (empty payload).
+fn ping_frame() -> Bytes {
+    let mut frame = Vec::with_capacity(2);
+    Frame::ping(Bytes::new())
+        .format(&mut frame)
+        .expect("writing to a Vec cannot fail");
+    Bytes::from(frame)
+}
+
 /// What a read error means for the connection.
 enum ReadFailure {
-    /// Nothing more can be read or written.
+    /// The socket has no more to give (would block is handled before this).
     Ended(End),
     /// The client broke a rule: send this close frame.
     Close(CloseFrame),
@@ -200,7 +218,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     pub(crate) fn new(
-        ws: WebSocketStream<S>,
+        io: S,
         queue: Arc<OutboundQueue>,
         membership: &'a Membership,
         context: &'a ConnectionContext,
@@ -216,11 +234,14 @@ where
             None => heartbeat_at,
         };
         Self {
-            ws,
+            io,
+            ws: WebSocketContext::new(Role::Server, Some(config.websocket_config())),
+            control: BytesMut::new(),
+            wire: Wire::default(),
+            taken: VecDeque::new(),
             queue,
             membership,
             context,
-            batch: VecDeque::new(),
             timer: Box::pin(tokio::time::sleep_until(first_deadline)),
             heartbeat,
             heartbeat_at,
@@ -228,13 +249,12 @@ where
             rate: config
                 .inbound_rate
                 .map(|limit| TokenBucket::new(limit, now)),
-            ping_due: false,
-            needs_flush: false,
             phase: Phase::Open,
+            read_done: false,
         }
     }
 
-    fn config(&self) -> &crate::config::HubConfig {
+    fn config(&self) -> &HubConfig {
         &self.membership.hub().inner().config
     }
 
@@ -242,36 +262,42 @@ where
         &self.membership.hub().inner().counters
     }
 
-    /// Starts the close handshake (once): `frame` goes out after the queue drains if `drain`.
+    /// Whether data frames may still go out (before our close frame, and not after the peer's).
+    fn sends_data(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Closing { drain: true, .. })
+    }
+
+    fn release(&self, written: Written) {
+        if written.frames > 0 {
+            self.queue.release(written.frames, written.bytes);
+        }
+    }
+
+    /// Starts the close handshake (once): `frame` goes out after the queued data if `drain`,
+    /// at once otherwise.
     fn begin_close(&mut self, frame: CloseFrame, drain: bool) {
         if !matches!(self.phase, Phase::Open) {
             return;
         }
         if !drain {
-            self.discard_batch();
+            let discarded = self.wire.discard_unstarted_data();
+            self.release(discarded);
         }
-        let deadline = self.config().close_timeout
+        let config = self.config();
+        let deadline = config.close_timeout
             + if drain {
-                self.config().shutdown_grace
+                config.shutdown_grace
             } else {
                 Duration::ZERO
             };
         self.timer.as_mut().reset(Instant::now() + deadline);
-        self.phase = Phase::Closing {
-            frame: Some(frame),
-            drain,
-        };
+        self.phase = Phase::Closing { frame, drain };
     }
 
-    fn discard_batch(&mut self) {
-        let bytes = self.batch.iter().map(Message::len).sum();
-        self.queue.release(self.batch.len(), bytes);
-        self.batch.clear();
-    }
-
-    fn on_close_intent(&mut self, intent: CloseIntent) -> Poll<End> {
+    fn on_close_intent(&mut self, intent: CloseIntent) {
         match intent {
-            CloseIntent::Abort => return Poll::Ready(End::Aborted),
+            // Handled by the caller: nothing more is written.
+            CloseIntent::Abort => {}
             CloseIntent::SlowConsumer => self.begin_close(
                 close_frame(
                     close_code::SLOW_CONSUMER,
@@ -284,7 +310,28 @@ where
                 true,
             ),
         }
-        Poll::Pending
+    }
+
+    /// Moves what the queue holds onto the wire (or drops it, when no data may go out).
+    fn take_queued(&mut self) -> Option<CloseIntent> {
+        let intent = self.queue.take_all(&mut self.taken);
+        if self.sends_data() {
+            for frame in self.taken.drain(..) {
+                self.wire.push_data(frame);
+            }
+        } else if !self.taken.is_empty() {
+            let bytes = self.taken.iter().map(Bytes::len).sum();
+            self.queue.release(self.taken.len(), bytes);
+            self.taken.clear();
+        }
+        intent
+    }
+
+    /// Moves what tungstenite wrote (pong answers, close frames) onto the wire.
+    fn take_control(&mut self) {
+        if !self.control.is_empty() {
+            self.wire.push_control(self.control.split().freeze());
+        }
     }
 
     /// One data message from the client: rate limit, hook, then fan-out or reply.
@@ -311,7 +358,8 @@ where
                 hub.publish_from(self.membership.room(), message, self.context.id());
             }
             InboundAction::Reply(message) => {
-                if let PushOutcome::Dropped | PushOutcome::Disconnecting = self.queue.push(message)
+                if let PushOutcome::Dropped | PushOutcome::Disconnecting =
+                    self.queue.push(message.encode_frame())
                 {
                     Counters::incr(&hub.counters.dropped_messages);
                 }
@@ -323,14 +371,14 @@ where
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         while self.timer.as_mut().poll(cx).is_ready() {
             if !matches!(self.phase, Phase::Open) {
-                // Closing and the peer never answered, or could not even take our close frame.
+                // Closing, and the peer never answered or never took our close frame.
                 return Poll::Ready(End::CloseTimeout);
             }
             let now = Instant::now();
             if now >= self.heartbeat_at {
                 match self.heartbeat {
                     Heartbeat::Idle => {
-                        self.ping_due = true;
+                        self.wire.push_control(ping_frame());
                         self.heartbeat = Heartbeat::AwaitingPong(now);
                         self.heartbeat_at = now + self.config().pong_timeout;
                     }
@@ -375,38 +423,49 @@ where
         }
     }
 
+    /// Reads frames until the socket has no more, the budget is spent, or reading is over.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         for _ in 0..READ_BUDGET {
-            let item = match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(End::Closed),
-                Poll::Ready(Some(item)) => item,
-            };
-            match item {
+            if self.read_done {
+                return Poll::Pending;
+            }
+            let result = self.ws.read(&mut PollIo {
+                io: &mut self.io,
+                cx,
+                written: &mut self.control,
+            });
+            self.take_control();
+            match result {
                 Ok(tungstenite::Message::Pong(_)) => self.on_pong(),
-                // tungstenite queued the pong; make sure it is flushed even if nothing else is
-                // written this round.
-                Ok(tungstenite::Message::Ping(_)) => self.needs_flush = true,
+                // tungstenite wrote the pong; `take_control` put it on the wire.
+                Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Frame(_)) => {}
                 Ok(tungstenite::Message::Close(_)) => {
                     if matches!(self.phase, Phase::Open | Phase::Closing { .. }) {
-                        self.discard_batch();
-                        self.phase = Phase::ClosedByPeer;
+                        // Our answer is on the wire; data queued after it must not follow.
+                        let discarded = self.wire.discard_unstarted_data();
+                        self.release(discarded);
+                        self.phase = Phase::PeerClosed;
                     }
-                    self.needs_flush = true;
                 }
-                Ok(tungstenite::Message::Frame(_)) => {}
                 Ok(data) => {
                     // Data after we started closing is not delivered anywhere.
                     if let (Phase::Open, Some(message)) = (&self.phase, Message::from_ws(data)) {
                         self.on_message(message);
                     }
                 }
+                Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Poll::Pending;
+                }
                 Err(error) => match classify(error) {
+                    ReadFailure::Ended(End::Closed) => self.read_done = true,
                     ReadFailure::Ended(end) => return Poll::Ready(end),
                     ReadFailure::Close(frame) => {
+                        // The stream cannot be trusted past a broken frame (tungstenite may not
+                        // even have consumed it): read no more, and end once our close frame
+                        // is written.
+                        self.read_done = true;
                         if !matches!(self.phase, Phase::Open) {
-                            // A second failure while closing: nothing more to say.
-                            return Poll::Ready(End::Closed);
+                            return Poll::Pending;
                         }
                         Counters::incr(&self.counters().protocol_closes);
                         tracing::debug!(id = %self.context.id(), code = u16::from(frame.code),
@@ -421,100 +480,40 @@ where
         Poll::Pending
     }
 
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if matches!(self.phase, Phase::ClosedByPeer | Phase::ClosedByUs) {
-            return self.poll_flush(cx);
+    /// Puts our close frame on the wire once what must precede it is written.
+    fn send_close_when_due(&mut self, cx: &mut Context<'_>) {
+        let Phase::Closing { frame, drain } = &self.phase else {
+            return;
+        };
+        if *drain && self.wire.has_data() {
+            return;
         }
-        if self.ping_due {
-            match self.poll_send(cx, tungstenite::Message::Ping(Bytes::new())) {
-                Poll::Ready(Ok(true)) => self.ping_due = false,
-                Poll::Ready(Ok(false)) => return self.poll_flush(cx),
-                Poll::Ready(Err(end)) => return Poll::Ready(end),
-                Poll::Pending => {}
-            }
-        }
-        let (mut sent, mut sent_bytes) = (0, 0);
-        let mut failure: Option<End> = None;
-        while let Some(message) = self.batch.front() {
-            match Pin::new(&mut self.ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => {
-                    failure = Some(End::Io(error.to_string()));
-                    break;
-                }
-                Poll::Pending => break,
-            }
-            sent_bytes += message.len();
-            sent += 1;
-            let message = self.batch.pop_front().expect("front() was Some");
-            if let Err(error) = Pin::new(&mut self.ws).start_send(message.into_ws()) {
-                failure = Some(End::Io(error.to_string()));
-                break;
-            }
-            self.needs_flush = true;
-        }
-        if sent > 0 {
-            self.queue.release(sent, sent_bytes);
-        }
-        if let Some(end) = failure {
-            return Poll::Ready(end);
-        }
-        if let Phase::Closing { frame, drain } = &mut self.phase
-            && (!*drain || self.batch.is_empty())
-        {
-            let frame = frame.take();
-            match self.poll_send(cx, tungstenite::Message::Close(frame.clone())) {
-                Poll::Ready(Ok(_)) => self.phase = Phase::ClosedByUs,
-                Poll::Ready(Err(end)) => return Poll::Ready(end),
-                Poll::Pending => {
-                    if let Phase::Closing { frame: slot, .. } = &mut self.phase {
-                        *slot = frame;
-                    }
-                }
-            }
-        }
-        if self.batch.capacity() > 64 && self.batch.is_empty() {
-            // Do not keep a burst's worth of capacity on an idle connection.
-            self.batch = VecDeque::new();
-        }
-        self.poll_flush(cx)
-    }
-
-    /// Sends one frame if the sink is ready. `Ok(false)`: the connection can no longer send
-    /// (closing), which is not an error.
-    fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-        frame: tungstenite::Message,
-    ) -> Poll<Result<bool, End>> {
-        match Pin::new(&mut self.ws).poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(error)) => Poll::Ready(Err(End::Io(error.to_string()))),
-            Poll::Ready(Ok(())) => match Pin::new(&mut self.ws).start_send(frame) {
-                Ok(()) => {
-                    self.needs_flush = true;
-                    Poll::Ready(Ok(true))
-                }
-                Err(WsError::Protocol(ProtocolError::SendAfterClosing)) => Poll::Ready(Ok(false)),
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    Poll::Ready(Err(End::Closed))
-                }
-                Err(error) => Poll::Ready(Err(End::Io(error.to_string()))),
+        let frame = frame.clone();
+        // tungstenite records that we sent a close (so the peer's answers it) and writes the
+        // frame, which lands in `control`.
+        let _ = self.ws.close(
+            &mut PollIo {
+                io: &mut self.io,
+                cx,
+                written: &mut self.control,
             },
-        }
+            Some(frame),
+        );
+        self.take_control();
+        self.phase = Phase::CloseSent;
     }
 
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if !self.needs_flush {
-            return Poll::Pending;
-        }
-        match Pin::new(&mut self.ws).poll_flush(cx) {
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let mut written = Written::default();
+        let result = self.wire.poll_write(&mut self.io, cx, &mut written);
+        self.release(written);
+        match result {
             Poll::Ready(Ok(())) => {
-                self.needs_flush = false;
+                if self.read_done && matches!(self.phase, Phase::CloseSent | Phase::PeerClosed) {
+                    // Handshake complete and our last frame written.
+                    return Poll::Ready(End::Closed);
+                }
                 Poll::Pending
-            }
-            Poll::Ready(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                Poll::Ready(End::Closed)
             }
             Poll::Ready(Err(error)) => Poll::Ready(End::Io(error.to_string())),
             Poll::Pending => Poll::Pending,
@@ -532,14 +531,10 @@ where
         let this = &mut *self;
         // Register before looking at the queue, so that a push between the two is not missed.
         this.queue.register(cx.waker());
-        if let Some(intent) = this.queue.take_all(&mut this.batch)
-            && let Poll::Ready(end) = this.on_close_intent(intent)
-        {
-            return Poll::Ready(end);
-        }
-        if !matches!(this.phase, Phase::Open | Phase::Closing { drain: true, .. }) {
-            // Closing without draining: what arrives now is never written.
-            this.discard_batch();
+        match this.take_queued() {
+            Some(CloseIntent::Abort) => return Poll::Ready(End::Aborted),
+            Some(intent) => this.on_close_intent(intent),
+            None => {}
         }
         if let Poll::Ready(end) = this.poll_timer(cx) {
             return Poll::Ready(end);
@@ -547,9 +542,18 @@ where
         if let Poll::Ready(end) = this.poll_read(cx) {
             return Poll::Ready(end);
         }
-        // Reading may have started a close (protocol error, peer close) or queued replies.
+        // Reading may have started a close (protocol error, rate limit); a reply it queued woke
+        // this task, which will take it on the next poll.
+        this.send_close_when_due(cx);
         if let Poll::Ready(end) = this.poll_write(cx) {
             return Poll::Ready(end);
+        }
+        // Writing may have drained what had to precede our close frame.
+        if matches!(this.phase, Phase::Closing { .. }) {
+            this.send_close_when_due(cx);
+            if let Poll::Ready(end) = this.poll_write(cx) {
+                return Poll::Ready(end);
+            }
         }
         Poll::Pending
     }
@@ -558,7 +562,11 @@ where
 impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
         // Whatever was taken and never written no longer counts against the queue.
-        let bytes = self.batch.iter().map(Message::len).sum();
-        self.queue.release(self.batch.len(), bytes);
+        let pending = self.wire.pending_data();
+        let taken_bytes = self.taken.iter().map(Bytes::len).sum::<usize>();
+        self.queue.release(
+            pending.frames + self.taken.len(),
+            pending.bytes + taken_bytes,
+        );
     }
 }

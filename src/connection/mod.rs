@@ -1,20 +1,21 @@
 //! One WebSocket connection, from the upgraded socket to its last byte.
 //!
 //! Each connection is a single task running a [`Driver`](driver::Driver): one `poll` reads
-//! frames, runs the message hook and fans out, writes everything the outbound queue holds
-//! followed by a single flush, answers and sends pings, and walks the close handshake. There
-//! is no lock around the socket and no second task per connection.
+//! frames (tungstenite's protocol state machine), runs the message hook and fans out, writes
+//! everything the outbound queue holds with vectored writes of pre-encoded frames
+//! ([`wire`]), answers and sends pings, and walks the close handshake. There is no lock around
+//! the socket and no second task per connection.
 //!
 //! Close codes the server sends are listed in [`close_code`](crate::close_code).
 
 mod driver;
+mod io;
 pub(crate) mod queue;
+mod wire;
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::hub::{ConnectionContext, Hub};
 use queue::OutboundQueue;
@@ -25,15 +26,13 @@ pub(crate) async fn serve<S>(hub: Hub, context: ConnectionContext, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = hub.inner().config.websocket_config();
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let queue = Arc::new(OutboundQueue::new(hub.queue_limits()));
     let membership = hub.join(&context, Arc::clone(&queue));
     if let Some(hook) = &hub.inner().hooks.on_connect {
         hook(&context);
     }
     tracing::debug!(id = %context.id(), room = context.room(), "tower-ws-hub: connection open");
-    let end = driver::Driver::new(ws, queue, &membership, &context).await;
+    let end = driver::Driver::new(io, queue, &membership, &context).await;
     tracing::debug!(id = %context.id(), room = context.room(), ?end, "tower-ws-hub: connection closed");
     drop(membership);
     if let Some(hook) = &hub.inner().hooks.on_disconnect {

@@ -13,7 +13,7 @@ use std::task::Waker;
 use futures_util::task::AtomicWaker;
 
 use crate::config::SlowConsumerPolicy;
-use crate::message::Message;
+use bytes::Bytes;
 
 /// Why the hub wants a connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,12 @@ pub(crate) struct QueueLimits {
 
 #[derive(Debug, Default)]
 struct State {
-    queued: VecDeque<Message>,
+    /// Encoded frames (header and payload), shared with every other receiver.
+    queued: VecDeque<Bytes>,
     /// Messages in `queued` plus those taken by the writer and not yet handed to the socket
     /// layer, so that the bounds cover everything the server holds for this client.
     messages: usize,
-    /// Payload bytes of the same messages.
+    /// Frame bytes of the same messages.
     bytes: usize,
     close: Option<CloseIntent>,
 }
@@ -89,9 +90,9 @@ impl OutboundQueue {
         self.waker.register(waker);
     }
 
-    /// Queues a message for this connection, applying the slow-consumer policy when full.
-    pub(crate) fn push(&self, message: Message) -> PushOutcome {
-        let len = message.len();
+    /// Queues an encoded frame for this connection, applying the slow-consumer policy when full.
+    pub(crate) fn push(&self, frame: Bytes) -> PushOutcome {
+        let len = frame.len();
         let limits = self.limits;
         let mut state = self.lock();
         if state.close.is_some() {
@@ -127,7 +128,7 @@ impl OutboundQueue {
         }
         state.messages += 1;
         state.bytes += len;
-        state.queued.push_back(message);
+        state.queued.push_back(frame);
         drop(state);
         self.waker.wake();
         if dropped_oldest > 0 {
@@ -139,7 +140,7 @@ impl OutboundQueue {
 
     /// Moves everything queued to the end of `batch` and returns the close intent, if any.
     /// Taken messages stay counted against the bounds until [`release`](Self::release).
-    pub(crate) fn take_all(&self, batch: &mut VecDeque<Message>) -> Option<CloseIntent> {
+    pub(crate) fn take_all(&self, batch: &mut VecDeque<Bytes>) -> Option<CloseIntent> {
         let mut state = self.lock();
         if batch.is_empty() {
             // Swap rather than copy: the writer's empty deque becomes the new queue.
@@ -194,9 +195,9 @@ impl OutboundQueue {
 
 impl State {
     fn clear_queued(&mut self) {
-        for message in self.queued.drain(..) {
+        for frame in self.queued.drain(..) {
             self.messages -= 1;
-            self.bytes -= message.len();
+            self.bytes -= frame.len();
         }
     }
 }
@@ -213,8 +214,8 @@ mod tests {
         })
     }
 
-    fn text(s: &str) -> Message {
-        Message::text(s.to_owned())
+    fn text(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
     }
 
     fn drain(queue: &OutboundQueue) -> Vec<String> {
@@ -222,7 +223,7 @@ mod tests {
         let _ = queue.take_all(&mut batch);
         batch
             .into_iter()
-            .map(|m| m.as_text().unwrap().to_owned())
+            .map(|frame| String::from_utf8(frame.to_vec()).unwrap())
             .collect()
     }
 
@@ -325,19 +326,19 @@ mod properties {
             policy in policy(),
         ) {
             let queue = OutboundQueue::new(QueueLimits { max_messages, max_bytes, policy });
-            let mut taken: VecDeque<Message> = VecDeque::new();
+            let mut taken: VecDeque<Bytes> = VecDeque::new();
             for op in ops {
                 match op {
-                    Op::Push(len) => { queue.push(Message::binary(vec![0u8; len])); }
+                    Op::Push(len) => { queue.push(Bytes::from(vec![0u8; len])); }
                     Op::Take => { let _ = queue.take_all(&mut taken); }
                     Op::ReleaseAll => {
-                        let bytes = taken.iter().map(Message::len).sum();
+                        let bytes = taken.iter().map(Bytes::len).sum();
                         queue.release(taken.len(), bytes);
                         taken.clear();
                     }
                 }
                 let state = queue.lock();
-                let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Message::len).sum();
+                let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Bytes::len).sum();
                 prop_assert_eq!(state.messages, state.queued.len() + taken.len());
                 prop_assert_eq!(state.bytes, held_bytes);
                 prop_assert!(state.messages <= max_messages);

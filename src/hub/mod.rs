@@ -527,13 +527,6 @@ impl HubBuilder {
         self
     }
 
-    /// Written frames are pushed to the socket whenever this many bytes are pending, and in any
-    /// case once per drained queue. Default: 8 KiB.
-    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
-        self.config.write_buffer_size = bytes;
-        self
-    }
-
     /// Bounds of each connection's outbound queue: at most `max_messages` messages and
     /// `max_bytes` payload bytes waiting for the socket. Default: 1024 messages, 4 MiB.
     ///

@@ -53,14 +53,20 @@ impl Room {
         read(&self.members).len()
     }
 
-    /// Queues `message` for every member but `exclude`. The payload is shared, never copied.
+    /// Queues `message` for every member but `exclude`. The frame is encoded once, here, and
+    /// shared by every receiver's queue and socket write.
     pub(crate) fn fan_out(&self, message: &Message, exclude: Option<ConnectionId>) -> FanOut {
         let mut result = FanOut::default();
-        for member in read(&self.members).iter() {
+        let members = read(&self.members);
+        if members.iter().all(|member| Some(member.id) == exclude) {
+            return result;
+        }
+        let frame = message.encode_frame();
+        for member in members.iter() {
             if Some(member.id) == exclude {
                 continue;
             }
-            match member.queue.push(message.clone()) {
+            match member.queue.push(frame.clone()) {
                 PushOutcome::Queued => result.queued += 1,
                 PushOutcome::QueuedDroppingOldest(n) => {
                     result.queued += 1;
