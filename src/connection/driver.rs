@@ -501,6 +501,10 @@ where
         );
         self.take_control();
         self.phase = Phase::CloseSent;
+        // From here on the client has `close_timeout` to answer, whatever the wait before was
+        // (a shutdown allows for draining the queue first).
+        let close_timeout = self.config().close_timeout;
+        self.timer.as_mut().reset(Instant::now() + close_timeout);
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {

@@ -1,0 +1,147 @@
+//! Authentication in front of the hub: an ordinary axum middleware checks a bearer token, puts
+//! the `User` it stands for into the request extensions, or answers `401`. Unauthenticated
+//! upgrade requests never reach the hub. The hub's message hook then reads the `User` from
+//! `ConnectionContext::extensions()` and stamps its name on every message (`"alice: hello"`).
+//!
+//! Browsers cannot set headers on a WebSocket request, so the token is taken from
+//! `Authorization: Bearer <token>` or, failing that, from a `?token=<token>` query parameter.
+//! (Query strings end up in access logs: prefer short-lived tokens for them in production.)
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --example auth                    # listens on 127.0.0.1:3002 ($ADDR to change)
+//! ```
+//!
+//! Then, with [websocat](https://github.com/vi/websocat), in two terminals:
+//!
+//! ```text
+//! websocat -H 'Authorization: Bearer alice-token' ws://127.0.0.1:3002/ws/lobby
+//! websocat 'ws://127.0.0.1:3002/ws/lobby?token=bob-token'
+//! ```
+//!
+//! What one types, the other sees as `alice: ...` or `bob: ...`. Without a valid token:
+//!
+//! ```text
+//! curl -i http://127.0.0.1:3002/ws/lobby      # 401 Unauthorized
+//! curl -H 'Authorization: Bearer bob-token' http://127.0.0.1:3002/whoami
+//! ```
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use tower_ws_hub::{ConnectionContext, Hub, HubLayer, InboundAction, Message};
+use tracing_subscriber::EnvFilter;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who made the request, as established by [`authenticate`].
+#[derive(Clone, Debug)]
+struct User {
+    name: Arc<str>,
+}
+
+/// The token store. A real application would ask its session store or verify a JWT here.
+fn user_for_token(token: &str) -> Option<User> {
+    const TOKENS: &[(&str, &str)] = &[("alice-token", "alice"), ("bob-token", "bob")];
+    TOKENS
+        .iter()
+        .find(|(known, _)| *known == token)
+        .map(|(_, name)| User {
+            name: Arc::from(*name),
+        })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3002".to_owned());
+    let hub = Hub::builder().on_message(stamp_sender).build();
+
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        // The hub layer: `/ws/{room}` becomes WebSocket rooms.
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        // Order matters: in axum each `.layer(..)` wraps everything above it, so the layer added
+        // LAST runs FIRST. Authentication is added after the hub layer, so it sees every request,
+        // upgrades included, before the hub does. Swap the two lines and the hub would accept
+        // WebSockets without ever asking for a token.
+        .layer(middleware::from_fn(authenticate));
+
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(%local_addr, "auth example listening: ws://{local_addr}/ws/<room>?token=alice-token");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(hub.shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Middleware: finds the token, looks it up, and either inserts the `User` or answers `401`.
+async fn authenticate(mut request: Request, next: Next) -> Response {
+    let token = bearer_token(request.headers()).or_else(|| query_token(request.uri()));
+    let Some(token) = token else {
+        return unauthorized("missing token: send `Authorization: Bearer <token>` or `?token=`");
+    };
+    let Some(user) = user_for_token(token) else {
+        tracing::info!(path = request.uri().path(), "refused an invalid token");
+        return unauthorized("invalid token");
+    };
+    request.extensions_mut().insert(user);
+    next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// The `token` query parameter. Tokens here are URL-safe, so no percent-decoding is needed (an
+/// encoded token simply does not match).
+fn query_token(uri: &Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .filter(|token| !token.is_empty())
+}
+
+fn unauthorized(reason: &'static str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+        reason,
+    )
+        .into_response()
+}
+
+/// The hub's message hook: what alice sends reaches the room as `alice: <text>`.
+fn stamp_sender(ctx: &ConnectionContext, message: Message) -> InboundAction {
+    // Always present: the middleware refuses requests without a user before the hub sees them.
+    let Some(user) = ctx.extensions().get::<User>() else {
+        return InboundAction::Drop;
+    };
+    match message.as_text() {
+        Some(text) => InboundAction::Forward(Message::text(format!("{}: {text}", user.name))),
+        None => InboundAction::Reply(Message::text("only text messages are supported")),
+    }
+}
+
+async fn whoami(Extension(user): Extension<User>) -> String {
+    format!("{}\n", user.name)
+}

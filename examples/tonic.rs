@@ -1,0 +1,86 @@
+//! gRPC and WebSocket rooms on one port: tonic routes turned into an axum `Router`, with a
+//! `HubLayer` in front, served by `axum::serve`.
+//!
+//! The gRPC service here is the standard health service (`grpc.health.v1.Health`, from
+//! tonic-health); your own services are added the same way with `Routes::add_service`. gRPC
+//! clients speak HTTP/2, WebSocket clients HTTP/1.1 (or HTTP/2 extended CONNECT): `axum::serve`
+//! (with axum's `http2` feature) tells them apart on the same port.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --example tonic                   # listens on 127.0.0.1:3001 ($ADDR to change)
+//! ```
+//!
+//! Try it with [grpcurl](https://github.com/fullstorydev/grpcurl) (the health service has no
+//! reflection, so give it the proto file, or use `grpc-health-probe -addr=127.0.0.1:3001`) and
+//! [websocat](https://github.com/vi/websocat):
+//!
+//! ```text
+//! grpcurl -plaintext -proto health.proto 127.0.0.1:3001 grpc.health.v1.Health/Check
+//! websocat ws://127.0.0.1:3001/ws/lobby
+//! ```
+//!
+//! On Ctrl-C or SIGTERM the health status turns to NOT_SERVING while WebSocket clients are
+//! closed with 1001, then the server stops.
+
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tower_ws_hub::{Hub, HubLayer};
+use tracing_subscriber::EnvFilter;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3001".to_owned());
+    let hub = Hub::builder().build();
+
+    // The overall health (service "") starts as SERVING.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+
+    // Why not `tonic::transport::Server`? It serves each connection without upgrade support:
+    // it would let the hub answer `101 Switching Protocols` and then drop the socket, because
+    // the connection is never handed over. Tonic routes are an axum `Router` underneath, so
+    // serve that with `axum::serve`, which does support upgrades (HTTP/1.1 `Upgrade`, and
+    // HTTP/2 extended CONNECT with axum's `http2` feature).
+    let app = Routes::new(health_service)
+        // .add_service(MyServiceServer::new(my_service))
+        .prepare()
+        .into_axum_router()
+        // Wraps the gRPC routes and their fallback: `/ws/{room}` is answered before routing.
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+
+    // Report NOT_SERVING as soon as shutdown starts, so load balancers stop sending traffic
+    // while the WebSocket clients are being closed.
+    tokio::spawn({
+        let hub = hub.clone();
+        let health_reporter = health_reporter.clone();
+        async move {
+            hub.shutdown_started().await;
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(
+        %local_addr,
+        "gRPC (grpc.health.v1.Health) and WebSockets (ws://{local_addr}/ws/<room>) listening"
+    );
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(hub.shutdown_signal())
+        .await?;
+
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! Runs the example programs (`examples/*.rs`) as real processes and talks to them over the
+//! network, like a user would.
+//!
+//! The binaries come from `target/<profile>/examples/`, built by `cargo test` (or
+//! `cargo build --examples`). Each example gets a free port through `$ADDR`; its output goes to a
+//! log file that is printed when a test fails.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long to wait for something that should happen promptly.
+const PROMPTLY: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// Running an example
+// ---------------------------------------------------------------------------------------------
+
+/// A running example process; killed on drop (so a failing test never leaves it behind), and its
+/// log printed if the test is failing.
+struct Example {
+    name: &'static str,
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Example {
+    /// Starts `target/<profile>/examples/<name>` on a free port and waits until it accepts.
+    async fn start(name: &'static str) -> Self {
+        let binary = example_binary(name);
+        let addr = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "tower-ws-hub-example-{name}-{}-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create the example's log file");
+        let stderr = log_file.try_clone().expect("clone the log file handle");
+        let child = tokio::process::Command::new(&binary)
+            .env("ADDR", addr.to_string())
+            .env("RUST_LOG", "info,tower_ws_hub=debug")
+            .env_remove("REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut example = Self {
+            name,
+            child,
+            addr,
+            log,
+        };
+        example.wait_until_accepting().await;
+        example
+    }
+
+    async fn wait_until_accepting(&mut self) {
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        loop {
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("poll the example process") {
+                panic!(
+                    "example {} exited before listening on {} ({status})",
+                    self.name, self.addr
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "example {} did not listen on {} within {PROMPTLY:?}",
+                self.name,
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let pid = self.child.id().expect("the example is still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed: {status}");
+    }
+
+    /// Waits for the process to exit.
+    async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(PROMPTLY, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("example {} did not exit within {PROMPTLY:?}", self.name))
+            .expect("wait for the example")
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "---- output of example {} ----\n{log}---- end ----",
+                self.name
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `target/<profile>/examples/<name>`, found from this test binary's own path
+/// (`target/<profile>/deps/examples-<hash>`).
+fn example_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&binary)
+        .and_then(|meta| meta.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "example binary {} not found: run `cargo build --examples` (same profile and \
+                 target dir as the tests) first; `cargo test --test examples` alone does not \
+                 build examples",
+                binary.display()
+            )
+        });
+    // `cargo test --test examples` rebuilds this test but not the examples: refuse to test an
+    // example binary older than the code it is made of.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = [
+        root.join("Cargo.toml"),
+        root.join("src"),
+        root.join("examples").join(format!("{name}.rs")),
+    ];
+    if let Some(newest) = sources.iter().filter_map(|path| newest_mtime(path)).max() {
+        assert!(
+            built >= newest,
+            "example binary {} is older than its sources: run `cargo build --examples` first",
+            binary.display()
+        );
+    }
+    binary
+}
+
+/// The latest modification time of a file, or of any file under a directory.
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
+        .max()
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+async fn http(method: &str, url: &str, body: &str) -> (StatusCode, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("a valid request");
+    let response = tokio::time::timeout(PROMPTLY, client.request(request))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url} timed out"))
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read the response body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Connects a WebSocket client, or returns the status the server answered instead of `101`.
+async fn try_connect(url: &str, authorization: Option<&str>) -> Result<Client, Option<StatusCode>> {
+    let mut request = url.into_client_request().expect("a valid WebSocket URL");
+    if let Some(value) = authorization {
+        request.headers_mut().insert(
+            "authorization",
+            value.parse().expect("a valid header value"),
+        );
+    }
+    let connecting = tokio_tungstenite::connect_async(request);
+    match tokio::time::timeout(PROMPTLY, connecting).await {
+        Err(_) => panic!("connecting to {url} timed out"),
+        Ok(Ok((client, response))) => {
+            assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+            Ok(client)
+        }
+        Ok(Err(WsError::Http(response))) => Err(Some(response.status())),
+        Ok(Err(error)) => {
+            eprintln!("connecting to {url}: {error}");
+            Err(None)
+        }
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    try_connect(url, None)
+        .await
+        .unwrap_or_else(|status| panic!("connect to {url}: answered {status:?}"))
+}
+
+/// The next data message as text (control frames skipped).
+async fn next_text(client: &mut Client) -> String {
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, client.next())
+            .await
+            .expect("no message within the timeout")
+            .expect("the connection ended")
+            .expect("a WebSocket error");
+        match message {
+            WsMessage::Text(text) => return text.to_string(),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Sends `text` from `sender` until `receiver` gets a message, and returns that message.
+///
+/// The example runs in another process, so the test cannot ask its hub whether the receiver has
+/// joined its room yet (joining finishes just after the `101`); resending covers that gap.
+async fn send_until_received(sender: &mut Client, receiver: &mut Client, text: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        sender
+            .send(WsMessage::text(text))
+            .await
+            .expect("send a message");
+        if let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(250), next_text(receiver)).await
+        {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{text:?} never reached the other client"
+        );
+    }
+}
+
+/// Reads until the server's close frame and returns its code, after completing the closing
+/// handshake (the client's reply goes out on the next read, which then sees the end).
+async fn close_code(client: &mut Client) -> CloseCode {
+    let code = loop {
+        let message = tokio::time::timeout(PROMPTLY, client.next())
+            .await
+            .expect("no close frame within the timeout");
+        match message {
+            Some(Ok(WsMessage::Close(Some(frame)))) => break frame.code,
+            Some(Ok(WsMessage::Close(None))) => panic!("close frame without a code"),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("connection failed before the close frame: {error}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    };
+    let rest = tokio::time::timeout(PROMPTLY, client.next())
+        .await
+        .expect("the server did not end the connection after the close handshake");
+    assert!(
+        matches!(rest, None | Some(Err(WsError::ConnectionClosed))),
+        "unexpected after the close frame: {rest:?}"
+    );
+    code
+}
+
+// ---------------------------------------------------------------------------------------------
+// chat
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn chat_serves_the_page_rooms_publishing_and_shuts_down_gracefully() {
+    let mut chat = Example::start("chat").await;
+
+    let (status, page) = http("GET", &chat.http_url("/"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.to_ascii_lowercase().starts_with("<!doctype html>"));
+    assert!(
+        page.contains("new WebSocket("),
+        "the page opens a WebSocket"
+    );
+    assert!(page.contains("/ws/"), "the page shows the WebSocket URL");
+
+    let (status, body) = http("GET", &chat.http_url("/healthz"), "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+
+    // Two clients in one room talk to each other.
+    let mut a = connect(&chat.ws_url("/ws/lobby")).await;
+    let mut b = connect(&chat.ws_url("/ws/lobby")).await;
+    assert_eq!(send_until_received(&mut a, &mut b, "hi b").await, "hi b");
+    // (`b` may get more copies of "hi b" if it was resent; `a` gets exactly what `b` sends.)
+    b.send(WsMessage::text("hi a")).await.unwrap();
+    assert_eq!(next_text(&mut a).await, "hi a");
+
+    // HTTP publishing reaches a client in that room, and says how many got it.
+    let mut r = connect(&chat.ws_url("/ws/r")).await;
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (status, body) = http("POST", &chat.http_url("/rooms/r/messages"), "from http").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        if body.trim() == r#"{"delivered":1}"# {
+            break;
+        }
+        assert_eq!(body.trim(), r#"{"delivered":0}"#, "until `r` has joined");
+        assert!(tokio::time::Instant::now() < deadline, "`r` never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(next_text(&mut r).await, "from http");
+
+    // An invalid room name is refused.
+    let (status, _) = http("POST", &chat.http_url("/rooms/a%0Ab/messages"), "x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // SIGTERM: every client is told "going away", then the process exits cleanly.
+    chat.terminate();
+    for client in [&mut a, &mut b, &mut r] {
+        assert_eq!(close_code(client).await, CloseCode::Away);
+    }
+    let status = chat.wait().await;
+    assert!(status.success(), "chat exited with {status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// tonic
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tonic_serves_grpc_and_websockets_on_one_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let mut example = Example::start("tonic").await;
+
+    let channel = tonic::transport::Endpoint::from_shared(example.http_url(""))
+        .expect("a valid endpoint")
+        .connect_timeout(PROMPTLY)
+        .connect()
+        .await
+        .expect("connect the gRPC channel");
+    let mut health = HealthClient::new(channel);
+    let response = tokio::time::timeout(
+        PROMPTLY,
+        health.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("gRPC check timed out")
+    .expect("gRPC check failed")
+    .into_inner();
+    assert_eq!(response.status(), ServingStatus::Serving);
+
+    let mut a = connect(&example.ws_url("/ws/grpc-side")).await;
+    let mut b = connect(&example.ws_url("/ws/grpc-side")).await;
+    assert_eq!(send_until_received(&mut a, &mut b, "hello").await, "hello");
+
+    drop(health);
+    example.terminate();
+    for client in [&mut a, &mut b] {
+        assert_eq!(close_code(client).await, CloseCode::Away);
+    }
+    let status = example.wait().await;
+    assert!(status.success(), "tonic example exited with {status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// auth
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn auth_refuses_upgrades_without_a_valid_token_and_stamps_names() {
+    let example = Example::start("auth").await;
+    let url = example.ws_url("/ws/lobby");
+
+    assert_eq!(
+        try_connect(&url, None).await.err(),
+        Some(Some(StatusCode::UNAUTHORIZED)),
+        "no token"
+    );
+    assert_eq!(
+        try_connect(&url, Some("Bearer mallory-token")).await.err(),
+        Some(Some(StatusCode::UNAUTHORIZED)),
+        "invalid token in the header"
+    );
+    assert_eq!(
+        try_connect(&format!("{url}?token=mallory-token"), None)
+            .await
+            .err(),
+        Some(Some(StatusCode::UNAUTHORIZED)),
+        "invalid token in the query"
+    );
+
+    // Valid tokens: alice in the header, bob in the query string (as a browser would).
+    let mut alice = try_connect(&url, Some("Bearer alice-token"))
+        .await
+        .unwrap_or_else(|status| panic!("alice refused: {status:?}"));
+    let mut bob = try_connect(&format!("{url}?token=bob-token"), None)
+        .await
+        .unwrap_or_else(|status| panic!("bob refused: {status:?}"));
+    assert_eq!(
+        send_until_received(&mut alice, &mut bob, "hi").await,
+        "alice: hi"
+    );
+    bob.send(WsMessage::text("hello alice")).await.unwrap();
+    assert_eq!(next_text(&mut alice).await, "bob: hello alice");
+}
