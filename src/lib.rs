@@ -47,11 +47,11 @@ pub mod close_code;
 mod config;
 mod connection;
 mod error;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 mod handshake;
 mod hub;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod layer;
 mod log_throttle;
 mod message;

@@ -25,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
         builder = builder.header(header.name, header.value);
     }
     if let Ok(request) = builder.body(()) {
-        let _ = tower_ws_hub::fuzzing::check_handshake(request);
+        let _ = tower_ws_hub::internals::check_handshake(request);
     }
 });

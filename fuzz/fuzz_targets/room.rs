@@ -10,9 +10,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max = 1 + usize::from(data.first().copied().unwrap_or(0));
-    if let Some(Ok(room)) = tower_ws_hub::fuzzing::room_from_path(text, max) {
+    if let Some(Ok(room)) = tower_ws_hub::internals::room_from_path(text, max) {
         assert!(!room.is_empty() && room.len() <= max);
         assert!(!room.chars().any(char::is_control));
     }
-    let _ = tower_ws_hub::fuzzing::parse_pattern(text);
+    let _ = tower_ws_hub::internals::parse_pattern(text);
 });

@@ -1,0 +1,59 @@
+//! Micro-benchmarks of the per-message and per-request hot paths.
+//!
+//! ```text
+//! cargo bench --features internals --bench hot_paths
+//! ```
+//!
+//! - `fan_out/1000`: encode one message and queue it for 1000 in-process receivers, then drain
+//!   their queues as their writers would (no sockets: the hub's own cost per publish);
+//! - `encode_frame`: a message's WebSocket frame, built once per publish;
+//! - `route`: matching a path against `/ws/{room}` and decoding the room.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tower_ws_hub::Message;
+use tower_ws_hub::internals::{FanOutFixture, room_from_path};
+
+fn fan_out(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fan_out");
+    for members in [100usize, 1000] {
+        let mut fixture = FanOutFixture::new(members, 64);
+        let message = Message::text("x".repeat(64));
+        group.throughput(Throughput::Elements(members as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter(|| {
+                black_box(fixture.publish(&message));
+                fixture.drain();
+            });
+        });
+    }
+    group.finish();
+}
+
+fn encode_frame(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode_frame");
+    for size in [64usize, 4096, 65536] {
+        let message = Message::binary(vec![7u8; size]);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &message, |b, message| {
+            b.iter(|| black_box(tower_ws_hub::internals::encode_frame(message)));
+        });
+    }
+    group.finish();
+}
+
+fn route(c: &mut Criterion) {
+    c.bench_function("route/plain", |b| {
+        b.iter(|| black_box(room_from_path(black_box("/ws/lobby"), 256)));
+    });
+    c.bench_function("route/percent_encoded", |b| {
+        b.iter(|| black_box(room_from_path(black_box("/ws/caf%C3%A9-%F0%9F%8E%89"), 256)));
+    });
+    c.bench_function("route/miss", |b| {
+        b.iter(|| black_box(room_from_path(black_box("/api/v1/users/42"), 256)));
+    });
+}
+
+criterion_group!(benches, fan_out, encode_frame, route);
+criterion_main!(benches);
