@@ -51,13 +51,11 @@ impl std::error::Error for RedisConfigError {}
 /// own dedicated subscriber connections from a [`redis::Client`](deadpool_redis::redis::Client)
 /// that points at the same Redis.
 ///
-/// ```
-/// use std::time::Duration;
+/// ```no_run
 /// use tower_ws_hub::Hub;
-/// use tower_ws_hub::redis::RedisConfig;
+/// use tower_ws_hub::redis::{RedisConfig, deadpool_redis};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// // Everything from one URL: the hub makes its own pool and subscriber connections.
 /// let config = RedisConfig::from_url("redis://127.0.0.1:6379")?
 ///     .channel_prefix("chat")

@@ -21,7 +21,7 @@ use crate::message::Message;
 /// use tower_ws_hub::Message;
 /// use tower_ws_hub::redis::Emitter;
 ///
-/// # async fn run(pool: deadpool_redis::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(pool: tower_ws_hub::redis::deadpool_redis::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let emitter = Emitter::new(); // the hubs' default prefix
 /// let mut connection = pool.get().await?;
 /// let instances = emitter.emit(&mut connection, "lobby", Message::text("maintenance at 5")).await?;
