@@ -487,3 +487,45 @@ async fn a_subscriber_connection_that_silently_stops_receiving_is_detected_and_r
     })
     .await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_the_subscriber_connections() {
+    let redis = RedisServer::start().await;
+    let a = instance(Hub::builder(), config(&redis.url())).await;
+    // The test's client never answers the close frame: do not wait for it long.
+    let b = instance(
+        Hub::builder()
+            .close_timeout(Duration::from_millis(100))
+            .shutdown_grace(Duration::from_millis(200)),
+        config(&redis.url()),
+    )
+    .await;
+    let (_ca, _cb) = one_client_each(&a, &b, "r").await;
+    let mut plain = redis.connection().await;
+    assert_eq!(numsub(&mut plain, "tower-ws-hub:r").await, 2);
+
+    tokio::time::timeout(PROMPTLY, b.hub.shutdown())
+        .await
+        .expect("shutdown finished");
+    eventually_async("B's subscription is gone", || {
+        let mut plain = plain.clone();
+        async move { numsub(&mut plain, "tower-ws-hub:r").await == 1 }
+    })
+    .await;
+    assert!(!b.hub.broker_status().connected);
+}
+
+/// [`eventually`] for a condition that needs to ask Redis.
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -230,6 +230,20 @@ impl Envelope {
     }
 }
 
+/// The origin of what looks like an envelope, without checking or copying the rest: lets an
+/// instance skip its own messages (every one of which Redis sends back) at no cost.
+pub(crate) fn peek_origin(bytes: &[u8]) -> Option<InstanceId> {
+    if bytes.len() < ENVELOPE_HEADER_LEN
+        || bytes[0] != ENVELOPE_MAGIC
+        || bytes[1] != ENVELOPE_VERSION
+    {
+        return None;
+    }
+    let mut origin = [0u8; 16];
+    origin.copy_from_slice(&bytes[3..ENVELOPE_HEADER_LEN]);
+    Some(InstanceId(origin))
+}
+
 /// Writes an envelope into `out` (a `Vec`, or a Redis command argument directly).
 pub(crate) fn write_envelope(out: &mut impl std::io::Write, origin: InstanceId, message: &Message) {
     let kind = match message.kind() {
@@ -358,6 +372,14 @@ mod tests {
         for error in errors {
             assert!(!error.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn the_origin_can_be_read_without_decoding() {
+        let bytes = Envelope::new(ORIGIN, Message::text("x")).encode();
+        assert_eq!(peek_origin(&bytes), Some(ORIGIN));
+        assert_eq!(peek_origin(&bytes[..ENVELOPE_HEADER_LEN - 1]), None);
+        assert_eq!(peek_origin(b"{\"not\":\"an envelope at all\"}"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::envelope::Envelope;
+use super::envelope::{Envelope, peek_origin};
 use super::{RedisConfig, Shared, SubscriberSlot, lock};
 use crate::hub::HubInner;
 
@@ -177,9 +177,12 @@ impl Subscriber {
             return;
         };
         let shared = &self.shared;
-        match Envelope::decode(message.get_payload_bytes()) {
-            // Our own message, back from Redis: local members already have it.
-            Ok(envelope) if envelope.origin() == shared.instance => {}
+        let payload = message.get_payload_bytes();
+        // Our own message, back from Redis: local members already have it.
+        if peek_origin(payload) == Some(shared.instance) {
+            return;
+        }
+        match Envelope::decode(payload) {
             Ok(envelope) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(hub) = self.hub.upgrade() {
@@ -192,7 +195,7 @@ impl Subscriber {
                     tracing::warn!(
                         %room,
                         %error,
-                        len = message.get_payload_bytes().len(),
+                        len = payload.len(),
                         similar_events_suppressed = suppressed,
                         total_invalid = total,
                         "tower-ws-hub: dropped a payload on a room channel that is not a valid \
