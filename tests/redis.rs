@@ -338,6 +338,55 @@ async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_re
 }
 
 #[tokio::test]
+async fn when_redis_is_too_slow_publishes_fail_fast_and_are_counted() {
+    let redis = RedisServer::start().await;
+    let a = instance(
+        Hub::builder(),
+        config(&redis.url()).publisher_tasks(1).publish_queue(4),
+    )
+    .await;
+    let mut listener = a.connect("r").await;
+    wait_subscribed(&a.hub, 1).await;
+
+    // Redis stops answering anyone for a second (a stand-in for an overloaded server).
+    let mut plain = redis.connection().await;
+    let sleeper = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async(&mut plain)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut refused = 0;
+    for i in 0..50 {
+        match a.hub.publish("r", Message::text(i.to_string())).await {
+            Ok(_) => {}
+            Err(PublishError::BrokerUnavailable(_)) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused > 0, "a full queue must refuse, not wait");
+    // Local delivery did not wait for Redis.
+    for i in 0..50 {
+        assert_eq!(next_text(&mut listener).await, i.to_string());
+    }
+    let status = a.hub.broker_status();
+    assert!(
+        status.publish_dropped + status.publish_failures >= refused,
+        "{status:?}"
+    );
+    sleeper.await.unwrap();
+
+    // Once Redis answers again, the instance is back by itself.
+    wait_subscribed(&a.hub, 1).await;
+    eventually("publishing is back", || {
+        a.hub.broker_status().publisher_connected
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn garbage_on_a_room_channel_is_dropped_and_counted_without_disconnecting_anyone() {
     let redis = RedisServer::start().await;
     let (a, b) = pair(&redis).await;

@@ -70,6 +70,8 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
             .args(["--protected-mode", "no", "--logfile", ""])
+            // For DEBUG SLEEP: a Redis that is up but too slow.
+            .args(["--enable-debug-command", "local"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
