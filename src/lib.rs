@@ -55,6 +55,7 @@ mod rejection;
 mod route;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use broker::redis;
 pub use broker::{BrokerBackend, BrokerConnectError, BrokerStatus};
 pub use config::{

@@ -223,7 +223,9 @@ impl RedisConfig {
     /// How often each subscriber connection proves it still receives: it publishes a probe on
     /// its own probe channel and waits for it to come back; one that does not return within
     /// `timeout` (or that Redis says nobody is subscribed to) gets the connection replaced.
-    /// Default: [`DEFAULT_PROBE_INTERVAL`] (1 s) and [`DEFAULT_PROBE_TIMEOUT`] (2 s).
+    /// This also bounds how far behind a subscriber connection may fall: if its task were ever
+    /// more than `timeout` behind Redis, the probe would be late and the backlog dropped with the
+    /// connection, rather than memory and latency growing without end. Default: [`DEFAULT_PROBE_INTERVAL`] (1 s) and [`DEFAULT_PROBE_TIMEOUT`] (2 s).
     ///
     /// # Panics
     ///

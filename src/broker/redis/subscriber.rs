@@ -253,13 +253,11 @@ impl Subscriber {
         let mut clock = tokio::time::interval(self.config.probe_interval);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Messages last: the other branches are rarely ready, and a flood of messages must
+            // not hold back a subscription change or the probe clock.
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Ended::Cancelled,
-                message = stream.next() => match message {
-                    Some(message) => self.on_message(&message, &mut probe),
-                    None => return Ended::Lost("connection closed".to_owned()),
-                },
                 () = self.slot.changed.notified() => {
                     if let Err(ended) = self.reconcile(&mut sink, &mut subscribed).await {
                         return ended;
@@ -303,6 +301,10 @@ impl Subscriber {
                         self.start_probe(&mut probe);
                     }
                 }
+                message = stream.next() => match message {
+                    Some(message) => self.on_message(&message, &mut probe),
+                    None => return Ended::Lost("connection closed".to_owned()),
+                },
             }
         }
     }
