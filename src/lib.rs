@@ -60,6 +60,10 @@ mod rejection;
 mod route;
 
 pub use authorize::{Authorization, AuthorizationFuture, RoomAuthorizer};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use broker::redis;
+pub use broker::{BrokerBackend, BrokerConnectError, BrokerStatus};
 pub use config::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_OUTBOUND_MAX_BYTES, DEFAULT_OUTBOUND_MAX_MESSAGES, DEFAULT_PING_INTERVAL,

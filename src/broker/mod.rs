@@ -1,16 +1,33 @@
 //! Fan-out beyond this process.
 //!
 //! The hub always delivers to its local members itself, at once; a broker carries each publish to
-//! the other instances and hands what they publish back through the hub's local delivery. With no
-//! broker configured the hub is purely in-process ([`Broker::Local`]).
+//! the other instances and hands what they publish back through the hub's local delivery
+//! (`HubInner::deliver_from_broker`). With no broker configured the hub is purely in-process
+//! ([`Broker::Local`]); with feature `redis` and `HubBuilder::redis` it is [`Broker::Redis`].
 //!
 //! The broker is told when a room gets its first local member and when it loses its last one,
 //! so that it can subscribe only to rooms this instance has members in.
 
-use std::sync::Arc;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub(crate) mod status;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::error::PublishError;
+use crate::hub::HubInner;
 use crate::message::Message;
+
+pub use status::{BrokerBackend, BrokerStatus};
+
+/// Broker settings collected by the builder.
+#[derive(Debug, Default)]
+pub(crate) struct BrokerConfig {
+    /// Set by `HubBuilder::redis`.
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<redis::RedisConfig>,
+}
 
 /// The fan-out backend a hub was built with.
 #[derive(Debug, Default)]
@@ -18,28 +35,52 @@ pub(crate) enum Broker {
     /// In-process only: local delivery is all there is.
     #[default]
     Local,
+    /// Redis pub/sub between instances.
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisBroker),
 }
 
 impl Broker {
+    /// The broker `config` asks for, its tasks started (they only hold `hub` weakly).
+    pub(crate) fn start(config: BrokerConfig, hub: &Weak<HubInner>) -> Self {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = config.redis {
+            return Self::Redis(redis::RedisBroker::start(redis, hub));
+        }
+        let _ = (config, hub);
+        Self::Local
+    }
+
     /// A room got its first local member. Called in join order; never blocks.
-    pub(crate) fn room_joined(&self, _room: &Arc<str>) {
+    pub(crate) fn room_joined(&self, room: &Arc<str>) {
         match self {
             Self::Local => {}
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.room_joined(room),
         }
+        let _ = room;
     }
 
     /// A room lost its last local member. Called in leave order; never blocks.
-    pub(crate) fn room_left(&self, _room: &Arc<str>) {
+    pub(crate) fn room_left(&self, room: &Arc<str>) {
         match self {
             Self::Local => {}
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.room_left(room),
         }
+        let _ = room;
     }
 
     /// Hands a message (already delivered locally) to the other instances. Never blocks: a
     /// broker that cannot take it now says so and the caller counts it.
-    pub(crate) fn publish(&self, _room: &Arc<str>, _message: &Message) -> Result<(), PublishError> {
+    pub(crate) fn publish(&self, room: &Arc<str>, message: &Message) -> Result<(), PublishError> {
         match self {
-            Self::Local => Ok(()),
+            Self::Local => {
+                let _ = (room, message);
+                Ok(())
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.publish(room, message),
         }
     }
 
@@ -47,6 +88,50 @@ impl Broker {
     pub(crate) async fn shutdown(&self) {
         match self {
             Self::Local => {}
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.shutdown().await,
+        }
+    }
+
+    /// Health and counters, for readiness checks.
+    pub(crate) fn status(&self) -> BrokerStatus {
+        match self {
+            Self::Local => BrokerStatus::local(),
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.status(),
         }
     }
 }
+
+/// Why [`HubBuilder::build_connected`](crate::HubBuilder::build_connected) gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConnectError {
+    /// How long it waited.
+    pub waited: Duration,
+    /// The broker's status when it gave up (`last_error` says what went wrong).
+    pub status: BrokerStatus,
+}
+
+impl std::fmt::Display for BrokerConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the broker did not connect within {:?} ({} of {} subscriber connections up, \
+             publisher {})",
+            self.waited,
+            self.status.subscribers_connected,
+            self.status.subscriber_connections,
+            if self.status.publisher_connected {
+                "up"
+            } else {
+                "down"
+            }
+        )?;
+        if let Some(error) = &self.status.last_error {
+            write!(f, ": {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BrokerConnectError {}

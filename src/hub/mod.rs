@@ -17,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerConfig, BrokerConnectError, BrokerStatus};
 use crate::config::{HubConfig, SlowConsumerPolicy};
 use crate::connection;
 use crate::connection::queue::{CloseIntent, OutboundQueue, QueueLimits};
@@ -138,6 +138,14 @@ impl Hub {
     /// A snapshot of the hub's counters.
     pub fn stats(&self) -> HubStats {
         self.inner.counters.snapshot(self.inner.registry.len())
+    }
+
+    /// The cross-instance broker's health and counters, for readiness checks: with Redis,
+    /// whether it is connected, how many rooms are subscribed, when the subscriber connections
+    /// last proved they receive, and how many publishes failed or were dropped. Always
+    /// connected for an in-process hub.
+    pub fn broker_status(&self) -> BrokerStatus {
+        self.inner.broker.status()
     }
 
     /// `true` once [`shutdown`](Self::shutdown) has started.
@@ -357,6 +365,15 @@ impl HubInner {
         result
     }
 
+    /// A message another instance published to `room`: delivered to the room's local members,
+    /// if it still has any. Never blocks.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn deliver_from_broker(&self, room: &str, message: &Message) {
+        if let Some(room) = self.registry.get(room) {
+            self.fan_out(&room, message, None);
+        }
+    }
+
     /// A message a client sent (after the message hook): local fan-out, then the broker.
     pub(crate) fn publish_from(&self, room: &Room, message: Message, sender: ConnectionId) {
         let exclude = (!self.config.echo_to_sender).then_some(sender);
@@ -488,6 +505,8 @@ async fn os_shutdown_signal() {
 pub struct HubBuilder {
     config: HubConfig,
     hooks: Hooks,
+    /// Set by the broker's own builder methods (`HubBuilder::redis` lives in `broker::redis`).
+    pub(crate) broker: BrokerConfig,
 }
 
 impl HubBuilder {
@@ -684,15 +703,23 @@ impl HubBuilder {
         self
     }
 
-    /// Builds the in-process hub.
+    /// Builds the hub. Returns at once: with a broker configured (e.g. Redis) it connects in
+    /// the background and keeps retrying; [`Hub::broker_status`] says when it is connected.
+    ///
+    /// # Panics
+    ///
+    /// With a broker configured, outside a Tokio runtime (the broker's tasks start here).
     pub fn build(self) -> Hub {
+        let broker = self.broker;
         Hub {
-            inner: Arc::new(HubInner {
+            // Cyclic: the broker's tasks deliver into the hub through a weak reference, so
+            // they never keep it alive.
+            inner: Arc::new_cyclic(|hub| HubInner {
                 config: self.config,
                 hooks: self.hooks,
                 registry: RoomRegistry::default(),
                 counters: Counters::default(),
-                broker: Broker::Local,
+                broker: Broker::start(broker, hub),
                 next_id: AtomicU64::new(1),
                 reserved: AtomicUsize::new(0),
                 shutting_down: AtomicBool::new(false),
@@ -701,6 +728,37 @@ impl HubBuilder {
                 drop_log: LogThrottle::per_second(),
                 upgrade_failure_log: LogThrottle::per_second(),
             }),
+        }
+    }
+
+    /// Builds the hub and waits up to `timeout` for its broker to connect: for an application
+    /// that would rather not start than start without Redis. An in-process hub is ready at
+    /// once.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerConnectError`] (with the last Redis error) if the broker is not connected in
+    /// time; the half-built hub is shut down.
+    ///
+    /// # Panics
+    ///
+    /// As [`build`](Self::build).
+    pub async fn build_connected(self, timeout: Duration) -> Result<Hub, BrokerConnectError> {
+        let hub = self.build();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = hub.broker_status();
+            if status.connected {
+                return Ok(hub);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                hub.inner.broker.shutdown().await;
+                return Err(BrokerConnectError {
+                    waited: timeout,
+                    status,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

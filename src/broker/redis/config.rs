@@ -1,0 +1,274 @@
+//! [`RedisConfig`]: where Redis is and how the hub uses it, with every default.
+
+use std::fmt;
+use std::time::Duration;
+
+use deadpool_redis::{Pool, Runtime};
+
+/// Default channel prefix: room `R` is published on channel `tower-ws-hub:R`.
+pub const DEFAULT_CHANNEL_PREFIX: &str = "tower-ws-hub";
+/// Default number of dedicated subscriber connections: 2.
+pub const DEFAULT_SUBSCRIBER_CONNECTIONS: usize = 2;
+/// Default number of publisher tasks (each owns the rooms that hash to it): 2.
+pub const DEFAULT_PUBLISHER_TASKS: usize = 2;
+/// Default publish queue bound, per publisher task, in messages: 4096.
+pub const DEFAULT_PUBLISH_QUEUE: usize = 4096;
+/// Default largest pipeline, in PUBLISH commands: 256 (a pipeline is also cut at 1 MiB of
+/// payload).
+pub const DEFAULT_MAX_PIPELINE: usize = 256;
+/// Default interval between probes on each subscriber connection: 1 s.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time a published probe has to come back before its subscriber connection is
+/// declared starved and replaced: 2 s.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default first reconnect delay: 50 ms (doubling per failed attempt, with jitter).
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(50);
+/// Default longest reconnect delay: 500 ms (so that service resumes well within 2 s of Redis
+/// coming back).
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Default time limit for one Redis operation (connect, pool checkout, pipeline, subscribe):
+/// 1 s.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a [`RedisConfig`] could not be made from a URL.
+#[derive(Debug)]
+pub struct RedisConfigError {
+    message: String,
+}
+
+impl fmt::Display for RedisConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid Redis configuration: {}", self.message)
+    }
+}
+
+impl std::error::Error for RedisConfigError {}
+
+/// Cross-instance fan-out through Redis pub/sub: where Redis is, and how the hub uses it.
+///
+/// Publishing goes through a [`deadpool_redis::Pool`] (yours, if you already have one).
+/// Subscribing cannot: a pooled connection cannot enter subscriber mode, so the hub opens its
+/// own dedicated subscriber connections from a [`redis::Client`](deadpool_redis::redis::Client)
+/// that points at the same Redis.
+///
+/// ```no_run
+/// use tower_ws_hub::Hub;
+/// use tower_ws_hub::redis::{RedisConfig, deadpool_redis};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Everything from one URL: the hub makes its own pool and subscriber connections.
+/// let config = RedisConfig::from_url("redis://127.0.0.1:6379")?
+///     .channel_prefix("chat")
+///     .subscriber_connections(4);
+///
+/// // Or reuse the application's pool; subscriber connections need a client (pooled
+/// // connections cannot subscribe).
+/// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+/// let client = deadpool_redis::redis::Client::open("redis://127.0.0.1:6379")?;
+/// let shared = RedisConfig::from_pool(pool, client);
+///
+/// // Returns at once and connects in the background (see `HubBuilder::build_connected`).
+/// let hub = Hub::builder().redis(config).build();
+/// # drop((hub, shared));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RedisConfig {
+    pub(crate) pool: Pool,
+    pub(crate) subscriber_client: deadpool_redis::redis::Client,
+    pub(crate) channel_prefix: String,
+    pub(crate) subscriber_connections: usize,
+    pub(crate) publisher_tasks: usize,
+    pub(crate) publish_queue: usize,
+    pub(crate) max_pipeline: usize,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) operation_timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The client's connection info may hold a password: show where, not how.
+        let addr = self.subscriber_client.get_connection_info().addr();
+        f.debug_struct("RedisConfig")
+            .field("subscriber_addr", &addr.to_string())
+            .field("pool", &self.pool.status())
+            .field("channel_prefix", &self.channel_prefix)
+            .field("subscriber_connections", &self.subscriber_connections)
+            .field("publisher_tasks", &self.publisher_tasks)
+            .field("publish_queue", &self.publish_queue)
+            .field("max_pipeline", &self.max_pipeline)
+            .field("probe_interval", &self.probe_interval)
+            .field("probe_timeout", &self.probe_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// Uses the Redis at `url` (e.g. `redis://127.0.0.1:6379`, `redis://:password@host/0`) for
+    /// everything: a new pool for publishing (deadpool-redis defaults) and dedicated subscriber
+    /// connections. Nothing connects yet.
+    ///
+    /// # Errors
+    ///
+    /// If `url` is not a valid Redis URL.
+    pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
+        let client =
+            deadpool_redis::redis::Client::open(url).map_err(|error| RedisConfigError {
+                message: error.to_string(),
+            })?;
+        let pool = deadpool_redis::Config::from_url(url)
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|error| RedisConfigError {
+                message: error.to_string(),
+            })?;
+        Ok(Self::from_pool(pool, client))
+    }
+
+    /// Publishes through an existing pool (shared with the application, if you like) and opens
+    /// subscriber connections from `subscriber_client`, which must point at the same Redis (a
+    /// pooled connection cannot subscribe).
+    ///
+    /// The hub holds at most one pooled connection per publisher task while it has messages to
+    /// send, and briefly one per probe.
+    pub fn from_pool(pool: Pool, subscriber_client: deadpool_redis::redis::Client) -> Self {
+        Self {
+            pool,
+            subscriber_client,
+            channel_prefix: DEFAULT_CHANNEL_PREFIX.to_owned(),
+            subscriber_connections: DEFAULT_SUBSCRIBER_CONNECTIONS,
+            publisher_tasks: DEFAULT_PUBLISHER_TASKS,
+            publish_queue: DEFAULT_PUBLISH_QUEUE,
+            max_pipeline: DEFAULT_MAX_PIPELINE,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            reconnect_min: DEFAULT_RECONNECT_MIN,
+            reconnect_max: DEFAULT_RECONNECT_MAX,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+        }
+    }
+
+    /// Prefix of every channel: room `R` is channel `{prefix}:R`; probes use
+    /// `{prefix}#probe:{instance}:{n}`. Instances that should form one hub need the same prefix;
+    /// different prefixes keep several applications apart on one Redis. Default:
+    /// [`DEFAULT_CHANNEL_PREFIX`] (`"tower-ws-hub"`).
+    ///
+    /// # Panics
+    ///
+    /// If `prefix` is empty.
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        assert!(!prefix.is_empty(), "channel_prefix must not be empty");
+        self.channel_prefix = prefix;
+        self
+    }
+
+    /// Dedicated subscriber connections; rooms are spread over them by hash, each is read by
+    /// its own task. Default: [`DEFAULT_SUBSCRIBER_CONNECTIONS`] (2).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn subscriber_connections(mut self, n: usize) -> Self {
+        assert!(n > 0, "subscriber_connections must be at least 1");
+        self.subscriber_connections = n;
+        self
+    }
+
+    /// Publisher tasks; each owns the rooms that hash to it, so a room's messages always leave
+    /// in order on one connection at a time. Default: [`DEFAULT_PUBLISHER_TASKS`] (2).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn publisher_tasks(mut self, n: usize) -> Self {
+        assert!(n > 0, "publisher_tasks must be at least 1");
+        self.publisher_tasks = n;
+        self
+    }
+
+    /// Messages waiting to be published, per publisher task. When it is full a publish fails
+    /// at once ([`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable),
+    /// counted in `publish_dropped`); local members got the message regardless. Default:
+    /// [`DEFAULT_PUBLISH_QUEUE`] (4096).
+    ///
+    /// # Panics
+    ///
+    /// If `messages` is 0.
+    pub fn publish_queue(mut self, messages: usize) -> Self {
+        assert!(messages > 0, "publish_queue must be at least 1");
+        self.publish_queue = messages;
+        self
+    }
+
+    /// Most PUBLISH commands sent in one pipeline (one round trip). Default:
+    /// [`DEFAULT_MAX_PIPELINE`] (256).
+    ///
+    /// # Panics
+    ///
+    /// If `commands` is 0.
+    pub fn max_pipeline(mut self, commands: usize) -> Self {
+        assert!(commands > 0, "max_pipeline must be at least 1");
+        self.max_pipeline = commands;
+        self
+    }
+
+    /// How often each subscriber connection proves it still receives: it publishes a probe on
+    /// its own probe channel and waits for it to come back; one that does not return within
+    /// `timeout` (or that Redis says nobody is subscribed to) gets the connection replaced.
+    /// This also bounds how far behind a subscriber connection may fall: if its task were ever
+    /// more than `timeout` behind Redis, the probe would be late and the backlog dropped with the
+    /// connection, rather than memory and latency growing without end. Default: [`DEFAULT_PROBE_INTERVAL`] (1 s) and [`DEFAULT_PROBE_TIMEOUT`] (2 s).
+    ///
+    /// # Panics
+    ///
+    /// If either duration is zero.
+    pub fn probe(mut self, interval: Duration, timeout: Duration) -> Self {
+        assert!(
+            !interval.is_zero() && !timeout.is_zero(),
+            "probe interval and timeout must be positive"
+        );
+        self.probe_interval = interval;
+        self.probe_timeout = timeout;
+        self
+    }
+
+    /// Reconnect delays: the first retry waits about `min`, each failure doubles it up to
+    /// `max`; every delay is jittered (a random value between half and all of it) so that many
+    /// instances do not reconnect in lockstep. Default: [`DEFAULT_RECONNECT_MIN`] (50 ms) to
+    /// [`DEFAULT_RECONNECT_MAX`] (500 ms).
+    ///
+    /// # Panics
+    ///
+    /// If `min` is zero or greater than `max`.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        assert!(
+            !min.is_zero() && min <= max,
+            "reconnect backoff needs 0 < min <= max"
+        );
+        self.reconnect_min = min;
+        self.reconnect_max = max;
+        self
+    }
+
+    /// Time limit for one Redis operation: connecting, a pool checkout, a pipeline, a
+    /// (un)subscribe. An operation over the limit counts as a failure (the connection is
+    /// replaced; a pipeline's messages are counted as failed, never retried). Default:
+    /// [`DEFAULT_OPERATION_TIMEOUT`] (1 s).
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "operation_timeout must be positive");
+        self.operation_timeout = timeout;
+        self
+    }
+}

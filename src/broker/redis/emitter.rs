@@ -1,0 +1,88 @@
+//! [`Emitter`]: publish to a room from a process that is not a hub.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use deadpool_redis::redis::{self, RedisResult, aio::ConnectionLike};
+
+use super::config::DEFAULT_CHANNEL_PREFIX;
+use super::envelope::{Envelope, InstanceId};
+use crate::message::Message;
+
+/// Publishes messages to rooms through Redis from anywhere: a worker, a cron job, another
+/// service. Every hub instance with members in the room delivers the message to them.
+///
+/// It is only a codec and a channel name: it works with any Redis connection (a pooled one, a
+/// multiplexed one) and keeps no state. Messages go out with origin
+/// [`InstanceId::EXTERNAL`], so every instance, including one in the same process, delivers
+/// them.
+///
+/// ```no_run
+/// use tower_ws_hub::Message;
+/// use tower_ws_hub::redis::Emitter;
+///
+/// # async fn run(pool: tower_ws_hub::redis::deadpool_redis::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let emitter = Emitter::new(); // the hubs' default prefix
+/// let mut connection = pool.get().await?;
+/// let instances = emitter.emit(&mut connection, "lobby", Message::text("maintenance at 5")).await?;
+/// println!("{instances} instance(s) have members in lobby");
+/// # Ok(()) }
+/// ```
+///
+/// The room name is not checked here; the hubs only subscribe to valid ones.
+#[derive(Debug, Clone)]
+pub struct Emitter {
+    prefix: Arc<str>,
+}
+
+impl Default for Emitter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Emitter {
+    /// An emitter for hubs using the default prefix,
+    /// [`DEFAULT_CHANNEL_PREFIX`](super::DEFAULT_CHANNEL_PREFIX).
+    pub fn new() -> Self {
+        Self::with_prefix(DEFAULT_CHANNEL_PREFIX)
+    }
+
+    /// An emitter for hubs configured with
+    /// [`RedisConfig::channel_prefix`](super::RedisConfig::channel_prefix)`(prefix)`.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: Arc::from(prefix.into()),
+        }
+    }
+
+    /// The channel of `room`: `{prefix}:{room}`.
+    pub fn channel(&self, room: &str) -> String {
+        format!("{}:{room}", self.prefix)
+    }
+
+    /// The bytes to publish for `message` (an envelope with the external origin).
+    pub fn envelope(&self, message: &Message) -> Bytes {
+        Envelope::new(InstanceId::EXTERNAL, message.clone()).encode()
+    }
+
+    /// Publishes `message` to `room`. Returns what Redis returns: how many subscriber
+    /// connections received it (0 when no instance has members in the room).
+    ///
+    /// # Errors
+    ///
+    /// Whatever Redis or the connection reports.
+    pub async fn emit<C: ConnectionLike + Send>(
+        &self,
+        connection: &mut C,
+        room: &str,
+        message: impl Into<Message>,
+    ) -> RedisResult<usize> {
+        let bytes = self.envelope(&message.into());
+        redis::cmd("PUBLISH")
+            .arg(self.channel(room))
+            .arg(&bytes[..])
+            .query_async(connection)
+            .await
+    }
+}

@@ -1,0 +1,491 @@
+//! Cross-instance fan-out through Redis pub/sub (feature `redis`, on by default).
+//!
+//! Several instances of a server behind a load balancer behave as one hub when each is built
+//! with the same Redis: a message sent in room `R` on instance A reaches every member of `R` on
+//! every instance, once, in the order its sender sent it. Instances never talk to each other or
+//! know of each other: each publishes to Redis and listens to Redis.
+//!
+//! ```no_run
+//! use tower_ws_hub::Hub;
+//! use tower_ws_hub::redis::RedisConfig;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let hub = Hub::builder()
+//!     .redis(RedisConfig::from_url("redis://127.0.0.1:6379")?)
+//!     .build();
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! ```text
+//!  instance A                          Redis                         instance B
+//!  ──────────                          ─────                         ──────────
+//!  client sends m in room R
+//!  ├─ local members of R get m now
+//!  └─ publisher task (R's by hash) ─► PUBLISH {prefix}:R envelope ─► subscriber connection
+//!     pipelines of PUBLISHes,                                         (R's by hash) ─► members
+//!     one pool checkout per burst                                     of R on B
+//!  subscriber connection ◄─────────── same envelope, origin = A ─► skipped by A (already
+//!                                                                  delivered locally)
+//! ```
+//!
+//! - **Channels.** Room `R` is the channel `{prefix}:R` ([`RedisConfig::channel_prefix`],
+//!   default `tower-ws-hub`). An instance subscribes to `{prefix}:R` when `R` gets its first
+//!   local member and unsubscribes when its last local member leaves; no pattern subscription,
+//!   so an instance only receives the rooms it has members in.
+//! - **Publishing** goes through a deadpool-redis pool, batched: each publisher task owns the
+//!   rooms that hash to it and sends what is queued as one pipeline (up to
+//!   [`max_pipeline`](RedisConfig::max_pipeline) PUBLISHes per round trip), keeping a pooled
+//!   connection while it has work. A room's messages therefore never race each other.
+//! - **Subscribing** uses a few dedicated connections
+//!   ([`subscriber_connections`](RedisConfig::subscriber_connections)), rooms spread over them
+//!   by hash, each read by its own task that hands messages straight to the local members'
+//!   queues (which never block).
+//! - **Probes.** Each subscriber connection also subscribes to its own probe channel,
+//!   `{prefix}#probe:{instance id}:{n}`, and every [probe interval](RedisConfig::probe) publishes
+//!   a probe to it through the pool. A probe that does not come back within the probe timeout
+//!   (or that Redis says nobody is subscribed to) means the connection is open but starved: it
+//!   is replaced and every room resubscribed.
+//!
+//! # The envelope
+//!
+//! What is published on a room channel is a small binary envelope, so that text stays text and
+//! binary stays binary, and so that an instance recognises the copy of its own message that
+//! Redis sends back to it. Version 1, offsets in bytes:
+//!
+//! | offset | size | field   | value |
+//! | ------ | ---- | ------- | ----- |
+//! | 0      | 1    | magic   | `0xF7` ([`ENVELOPE_MAGIC`]; never valid UTF-8, so plain text is never taken for an envelope) |
+//! | 1      | 1    | version | `0x01` ([`ENVELOPE_VERSION`]) |
+//! | 2      | 1    | kind    | `0x01` text (payload must be valid UTF-8) or `0x02` binary |
+//! | 3      | 16   | origin  | publishing instance's id; all zeros ([`InstanceId::EXTERNAL`]) for anything else |
+//! | 19     | rest | payload | the message itself, up to the end of the Redis message; may be empty |
+//!
+//! There is no length field: a Redis message carries its own length. The room is the channel
+//! name. Anything on a room channel that is not a valid version-1 envelope (too short, wrong
+//! magic, unknown version or kind, text that is not UTF-8) is dropped, counted in
+//! [`BrokerStatus::invalid_envelopes`](crate::BrokerStatus::invalid_envelopes) and logged at
+//! most once a second; clients never notice.
+//!
+//! Any process can therefore publish to a room ("emit") with a plain `PUBLISH`, e.g. from
+//! Python:
+//!
+//! ```text
+//! r.publish("tower-ws-hub:lobby", b"\xf7\x01\x01" + bytes(16) + "hello".encode())
+//! ```
+//!
+//! or from Rust with [`Emitter`].
+//!
+//! # Guarantees, plainly
+//!
+//! - **Per-sender FIFO**: messages one client (or one task calling `Hub::publish`) sends to a
+//!   room arrive at every member, on every instance, in the order sent.
+//! - **Exactly once while Redis is up**; **at most once across an outage**: a message published
+//!   while Redis is unreachable is delivered locally only (publish reports
+//!   [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable) when it knows;
+//!   a pipeline that fails is counted and never retried, so nothing arrives twice later).
+//!   Redis pub/sub keeps no history: a member of an instance that was cut off misses what was
+//!   sent meanwhile.
+//! - **Recovery is automatic**: lost connections are reopened with capped, jittered backoff
+//!   (50–500 ms by default) and every current room is resubscribed; clients stay connected.
+//!
+//! # Redis down at start-up
+//!
+//! [`HubBuilder::build`](crate::HubBuilder::build) never waits for Redis: it returns at once
+//! and connects in the background, retrying forever, while
+//! [`Hub::broker_status`](crate::Hub::broker_status) reports `connected: false` and publishes
+//! fail fast once the first attempt has failed. To refuse to start without Redis instead, use
+//! [`HubBuilder::build_connected`](crate::HubBuilder::build_connected), which waits up to a
+//! timeout and returns a [`BrokerConnectError`](crate::BrokerConnectError) saying why.
+
+mod backoff;
+mod config;
+mod emitter;
+mod envelope;
+mod publisher;
+mod subscriber;
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::status::{BrokerBackend, BrokerStatus};
+use crate::error::PublishError;
+use crate::hub::{HubBuilder, HubInner};
+use crate::log_throttle::LogThrottle;
+use crate::message::Message;
+
+pub use config::{
+    DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PIPELINE, DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_PUBLISH_QUEUE, DEFAULT_PUBLISHER_TASKS,
+    DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_SUBSCRIBER_CONNECTIONS, RedisConfig,
+    RedisConfigError,
+};
+pub use emitter::Emitter;
+pub use envelope::{
+    ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC, ENVELOPE_VERSION, Envelope, EnvelopeError, InstanceId,
+};
+
+/// The deadpool-redis crate this feature is built with (and, through it, `redis` as
+/// `deadpool_redis::redis`), so that your pool and client have the exact types
+/// [`RedisConfig::from_pool`] takes.
+pub use deadpool_redis;
+
+impl HubBuilder {
+    /// Fans out across instances through Redis pub/sub (see [`crate::redis`]). Default: none
+    /// (in-process only).
+    ///
+    /// With Redis configured, [`build`](Self::build) must run inside a Tokio runtime (it starts
+    /// the broker's tasks) and returns without waiting for Redis.
+    pub fn redis(mut self, config: RedisConfig) -> Self {
+        self.broker.redis = Some(config);
+        self
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Which of `n` tasks owns `room`. Stable for the life of the process, which is all that
+/// ordering needs (each instance routes its own publishes and subscriptions).
+fn slot_of(room: &str, n: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    room.hash(&mut hasher);
+    usize::try_from(hasher.finish() % n as u64).unwrap_or(0)
+}
+
+/// What all broker tasks share: identity, counters, and log throttles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) instance: InstanceId,
+    /// `{prefix}:`, the start of every room channel.
+    pub(crate) room_prefix: String,
+    pub(crate) channel_prefix: String,
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_failures: AtomicU64,
+    pub(crate) publish_dropped: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) invalid_envelopes: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) starvations: AtomicU64,
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) refused_log: LogThrottle,
+    pub(crate) invalid_log: LogThrottle,
+}
+
+impl Shared {
+    pub(crate) fn record_error(&self, error: &dyn std::fmt::Display) {
+        *lock(&self.last_error) = Some(error.to_string());
+    }
+
+    pub(crate) fn room_channel(&self, room: &str) -> String {
+        let mut channel = String::with_capacity(self.room_prefix.len() + room.len());
+        channel.push_str(&self.room_prefix);
+        channel.push_str(room);
+        channel
+    }
+}
+
+/// A message waiting for its publisher task.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) room: Arc<str>,
+    pub(crate) message: Message,
+}
+
+/// A publisher task's state as the connection tasks see it (to fail fast).
+#[derive(Debug)]
+pub(crate) struct PublisherState(AtomicU8);
+
+impl Default for PublisherState {
+    fn default() -> Self {
+        Self(AtomicU8::new(Self::CONNECTING))
+    }
+}
+
+impl PublisherState {
+    /// Not connected yet: publishes are queued (and fail if the first attempt does).
+    pub(crate) const CONNECTING: u8 = 0;
+    pub(crate) const UP: u8 = 1;
+    pub(crate) const DOWN: u8 = 2;
+
+    pub(crate) fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+struct PublisherHandle {
+    queue: mpsc::Sender<Outgoing>,
+    state: Arc<PublisherState>,
+}
+
+/// The rooms one subscriber connection should be subscribed to. The registry's join/leave
+/// notices update it (never blocking); the subscriber task reconciles its subscriptions with
+/// it, so a burst of joins and leaves costs one SUBSCRIBE and one UNSUBSCRIBE, and after a
+/// reconnect it is exactly what to resubscribe.
+#[derive(Debug, Default)]
+pub(crate) struct SlotRooms {
+    pub(crate) desired: HashSet<Arc<str>>,
+    /// Rooms whose membership changed since the task last looked.
+    pub(crate) dirty: HashSet<Arc<str>>,
+}
+
+/// One subscriber connection as seen from outside its task.
+#[derive(Debug, Default)]
+pub(crate) struct SubscriberSlot {
+    pub(crate) rooms: Mutex<SlotRooms>,
+    pub(crate) changed: Notify,
+    pub(crate) connected: AtomicBool,
+    pub(crate) subscribed: AtomicUsize,
+    pub(crate) last_probe_ok: Mutex<Option<Instant>>,
+}
+
+/// The Redis broker's handle, owned by the hub. Dropping it stops its tasks.
+#[derive(Debug)]
+pub(crate) struct RedisBroker {
+    shared: Arc<Shared>,
+    publishers: Vec<PublisherHandle>,
+    subscribers: Vec<Arc<SubscriberSlot>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    operation_timeout: Duration,
+}
+
+impl RedisBroker {
+    /// Starts the publisher and subscriber tasks; they connect in the background.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub(crate) fn start(config: RedisConfig, hub: &Weak<HubInner>) -> Self {
+        assert!(
+            tokio::runtime::Handle::try_current().is_ok(),
+            "a hub with Redis must be built inside a Tokio runtime (HubBuilder::build starts the \
+             broker's tasks)"
+        );
+        let shared = Arc::new(Shared {
+            instance: InstanceId::random(),
+            room_prefix: format!("{}:", config.channel_prefix),
+            channel_prefix: config.channel_prefix.clone(),
+            published: AtomicU64::new(0),
+            publish_failures: AtomicU64::new(0),
+            publish_dropped: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            invalid_envelopes: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            starvations: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            refused_log: LogThrottle::per_second(),
+            invalid_log: LogThrottle::per_second(),
+        });
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let config = Arc::new(config);
+        tracing::info!(
+            instance = %shared.instance,
+            prefix = %config.channel_prefix,
+            subscriber_connections = config.subscriber_connections,
+            publisher_tasks = config.publisher_tasks,
+            "tower-ws-hub: Redis broker starting"
+        );
+
+        let publishers = (0..config.publisher_tasks)
+            .map(|index| {
+                let (queue, receiver) = mpsc::channel(config.publish_queue);
+                let state = Arc::new(PublisherState::default());
+                tasks.spawn(publisher::run(publisher::Publisher {
+                    index,
+                    queue: receiver,
+                    state: Arc::clone(&state),
+                    shared: Arc::clone(&shared),
+                    config: Arc::clone(&config),
+                    cancel: cancel.clone(),
+                }));
+                PublisherHandle { queue, state }
+            })
+            .collect();
+
+        let subscribers = (0..config.subscriber_connections)
+            .map(|index| {
+                let slot = Arc::new(SubscriberSlot::default());
+                tasks.spawn(subscriber::run(subscriber::Subscriber {
+                    index,
+                    slot: Arc::clone(&slot),
+                    shared: Arc::clone(&shared),
+                    config: Arc::clone(&config),
+                    hub: hub.clone(),
+                    cancel: cancel.clone(),
+                }));
+                slot
+            })
+            .collect();
+        tasks.close();
+
+        Self {
+            shared,
+            publishers,
+            subscribers,
+            cancel,
+            tasks,
+            operation_timeout: config.operation_timeout,
+        }
+    }
+
+    fn slot(&self, room: &str) -> &SubscriberSlot {
+        &self.subscribers[slot_of(room, self.subscribers.len())]
+    }
+
+    pub(crate) fn room_joined(&self, room: &Arc<str>) {
+        let slot = self.slot(room);
+        {
+            let mut rooms = lock(&slot.rooms);
+            rooms.desired.insert(Arc::clone(room));
+            rooms.dirty.insert(Arc::clone(room));
+        }
+        slot.changed.notify_one();
+    }
+
+    pub(crate) fn room_left(&self, room: &Arc<str>) {
+        let slot = self.slot(room);
+        {
+            let mut rooms = lock(&slot.rooms);
+            rooms.desired.remove(room);
+            rooms.dirty.insert(Arc::clone(room));
+        }
+        slot.changed.notify_one();
+    }
+
+    pub(crate) fn publish(&self, room: &Arc<str>, message: &Message) -> Result<(), PublishError> {
+        let publisher = &self.publishers[slot_of(room, self.publishers.len())];
+        let shared = &self.shared;
+        let refused = |counter: &AtomicU64, why: &'static str| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            PublishError::BrokerUnavailable(why.to_owned())
+        };
+        if publisher.state.get() == PublisherState::DOWN {
+            return Err(refused(
+                &shared.publish_failures,
+                "Redis is unreachable (reconnecting in the background)",
+            ));
+        }
+        match publisher.queue.try_send(Outgoing {
+            room: Arc::clone(room),
+            message: message.clone(),
+        }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(suppressed) = shared.refused_log.allow() {
+                    tracing::warn!(
+                        room = %room,
+                        similar_events_suppressed = suppressed,
+                        total_dropped = shared.publish_dropped.load(Ordering::Relaxed) + 1,
+                        "tower-ws-hub: Redis publish queue full (Redis too slow?): message \
+                         delivered locally only"
+                    );
+                }
+                Err(refused(
+                    &shared.publish_dropped,
+                    "the Redis publish queue is full (Redis is too slow)",
+                ))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(refused(
+                &shared.publish_failures,
+                "the Redis broker has stopped",
+            )),
+        }
+    }
+
+    /// Stops the tasks: publishers send what is queued (one attempt each), subscribers close.
+    pub(crate) async fn shutdown(&self) {
+        self.cancel.cancel();
+        let limit = self.operation_timeout.saturating_mul(3);
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                "tower-ws-hub: Redis broker tasks did not stop in time"
+            );
+        }
+    }
+
+    pub(crate) fn status(&self) -> BrokerStatus {
+        let shared = &self.shared;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let publisher_connected = self
+            .publishers
+            .iter()
+            .all(|p| p.state.get() == PublisherState::UP);
+        let subscribers_connected = self
+            .subscribers
+            .iter()
+            .filter(|s| s.connected.load(Ordering::Acquire))
+            .count();
+        let now = Instant::now();
+        let last_probe_age = self
+            .subscribers
+            .iter()
+            .map(|s| lock(&s.last_probe_ok).map(|at| now.saturating_duration_since(at)))
+            .try_fold(Duration::ZERO, |oldest, age| age.map(|age| oldest.max(age)));
+        BrokerStatus {
+            backend: BrokerBackend::Redis,
+            connected: publisher_connected && subscribers_connected == self.subscribers.len(),
+            publisher_connected,
+            subscriber_connections: self.subscribers.len(),
+            subscribers_connected,
+            subscribed_rooms: self
+                .subscribers
+                .iter()
+                .map(|s| s.subscribed.load(Ordering::Relaxed))
+                .sum(),
+            last_probe_age,
+            published: get(&shared.published),
+            publish_failures: get(&shared.publish_failures),
+            publish_dropped: get(&shared.publish_dropped),
+            received: get(&shared.received),
+            invalid_envelopes: get(&shared.invalid_envelopes),
+            reconnects: get(&shared.reconnects),
+            starvations: get(&shared.starvations),
+            last_error: lock(&shared.last_error).clone(),
+        }
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        // The tasks hold no strong reference to the hub; without this they would outlive it.
+        self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_spread_over_slots_and_stay_put() {
+        let mut used = HashSet::new();
+        for i in 0..100 {
+            let room = format!("room-{i}");
+            let slot = slot_of(&room, 4);
+            assert!(slot < 4);
+            assert_eq!(slot, slot_of(&room, 4));
+            used.insert(slot);
+        }
+        assert_eq!(used.len(), 4);
+    }
+}

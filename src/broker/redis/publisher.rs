@@ -1,0 +1,286 @@
+//! The publisher task: drains its queue into pipelines of PUBLISH commands.
+//!
+//! One task per slot of rooms, one pipeline in flight at a time: a room's messages leave in
+//! order and never race each other on two connections. A pipeline that fails is counted and
+//! dropped, never retried: Redis may have published part of it, and a retry could deliver a
+//! message twice (at most once is the promise across an outage).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, RedisWrite, ToRedisArgs};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::envelope::{InstanceId, write_envelope};
+use super::{Outgoing, PublisherState, RedisConfig, Shared};
+use crate::message::Message;
+
+/// A pipeline is also cut once its payloads reach this many bytes, so one burst of large
+/// messages does not become one huge write.
+const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
+
+/// A publisher keeps its pooled connection between batches (a checkout costs a PING round
+/// trip) and gives it back after this long without messages.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+pub(crate) struct Publisher {
+    pub(crate) index: usize,
+    pub(crate) queue: mpsc::Receiver<Outgoing>,
+    pub(crate) state: Arc<PublisherState>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: Arc<RedisConfig>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// `{prefix}:{room}` written straight into the command buffer.
+struct ChannelArg<'a> {
+    prefix: &'a str,
+    room: &'a str,
+}
+
+impl ToRedisArgs for ChannelArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        use std::io::Write as _;
+        let mut writer = out.writer_for_next_arg();
+        let _ = writer.write_all(self.prefix.as_bytes());
+        let _ = writer.write_all(self.room.as_bytes());
+    }
+}
+
+/// The envelope written straight into the command buffer: the payload is copied once, from the
+/// shared message into the bytes that go to the socket.
+struct EnvelopeArg<'a> {
+    origin: InstanceId,
+    message: &'a Message,
+}
+
+impl ToRedisArgs for EnvelopeArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        let mut writer = out.writer_for_next_arg();
+        write_envelope(&mut writer, self.origin, self.message);
+    }
+}
+
+impl Publisher {
+    async fn checkout(&self) -> Result<deadpool_redis::Connection, String> {
+        match tokio::time::timeout(self.config.operation_timeout, self.config.pool.get()).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) => Err(format!("cannot get a Redis connection: {error}")),
+            Err(_) => Err(format!(
+                "no Redis connection within {:?}",
+                self.config.operation_timeout
+            )),
+        }
+    }
+
+    /// Takes what is queued after `first`, up to the pipeline limits.
+    fn batch(&mut self, first: Outgoing) -> Vec<Outgoing> {
+        let mut bytes = first.message.len();
+        let mut batch = vec![first];
+        while batch.len() < self.config.max_pipeline && bytes < MAX_PIPELINE_BYTES {
+            match self.queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.message.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    async fn send(
+        &self,
+        connection: &mut deadpool_redis::Connection,
+        batch: &[Outgoing],
+    ) -> Result<(), String> {
+        let mut pipeline = redis::pipe();
+        for item in batch {
+            pipeline
+                .cmd("PUBLISH")
+                .arg(ChannelArg {
+                    prefix: &self.shared.room_prefix,
+                    room: &item.room,
+                })
+                .arg(EnvelopeArg {
+                    origin: self.shared.instance,
+                    message: &item.message,
+                })
+                .ignore();
+        }
+        match tokio::time::timeout(
+            self.config.operation_timeout,
+            pipeline.query_async::<()>(&mut **connection),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("PUBLISH pipeline failed: {error}")),
+            Err(_) => Err(format!(
+                "PUBLISH pipeline got no reply within {:?}",
+                self.config.operation_timeout
+            )),
+        }
+    }
+
+    fn count_failed(&self, n: usize) {
+        self.shared
+            .publish_failures
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Fails whatever is queued now (it raced the switch to DOWN).
+    fn fail_queued(&mut self) {
+        let mut n = 0;
+        while self.queue.try_recv().is_ok() {
+            n += 1;
+        }
+        self.count_failed(n);
+    }
+
+    fn went_down(&self, error: &str, lost: usize) {
+        let was_up = self.state.get() != PublisherState::DOWN;
+        self.state.set(PublisherState::DOWN);
+        self.shared.record_error(&error);
+        if was_up {
+            tracing::warn!(
+                publisher = self.index,
+                %error,
+                messages_lost = lost,
+                "tower-ws-hub: Redis publishing down; messages are delivered locally only until \
+                 it reconnects"
+            );
+        } else {
+            tracing::debug!(publisher = self.index, %error, "tower-ws-hub: Redis still down");
+        }
+    }
+}
+
+pub(crate) async fn run(mut publisher: Publisher) {
+    let mut backoff = Backoff::new(
+        publisher.config.reconnect_min,
+        publisher.config.reconnect_max,
+    );
+    // Connect at once, so that status and fail-fast reflect reality from the start.
+    let mut connection = match publisher.checkout().await {
+        Ok(connection) => {
+            publisher.state.set(PublisherState::UP);
+            Some(connection)
+        }
+        Err(error) => {
+            publisher.went_down(&error, 0);
+            None
+        }
+    };
+    loop {
+        if publisher.state.get() == PublisherState::DOWN {
+            publisher.fail_queued();
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = publisher.cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match publisher.checkout().await {
+                Ok(fresh) => {
+                    connection = Some(fresh);
+                    publisher.state.set(PublisherState::UP);
+                    tracing::info!(
+                        publisher = publisher.index,
+                        attempts = backoff.failures(),
+                        "tower-ws-hub: Redis publishing back up"
+                    );
+                    backoff.reset();
+                }
+                Err(error) => publisher.went_down(&error, 0),
+            }
+            continue;
+        }
+        let first = tokio::select! {
+            biased;
+            first = publisher.queue.recv() => first,
+            () = publisher.cancel.cancelled() => None,
+            // Idle for a while: give the connection back to the (possibly shared) pool.
+            () = tokio::time::sleep(IDLE_RELEASE), if connection.is_some() => {
+                connection = None;
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        let batch = publisher.batch(first);
+        let mut held = match connection.take() {
+            Some(held) => held,
+            None => match publisher.checkout().await {
+                Ok(fresh) => fresh,
+                Err(error) => {
+                    publisher.count_failed(batch.len());
+                    publisher.went_down(&error, batch.len());
+                    continue;
+                }
+            },
+        };
+        match publisher.send(&mut held, &batch).await {
+            Ok(()) => {
+                publisher
+                    .shared
+                    .published
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                publisher.state.set(PublisherState::UP);
+                // Keep the connection for the next batch (no checkout, no PING).
+                connection = Some(held);
+            }
+            Err(error) => {
+                // Out of the pool for good: its state is unknown.
+                drop(deadpool_redis::Connection::take(held));
+                publisher.count_failed(batch.len());
+                publisher.went_down(&error, batch.len());
+            }
+        }
+    }
+    flush_on_shutdown(publisher, connection).await;
+}
+
+/// Sends what is still queued once (best effort, one attempt per pipeline), then stops.
+async fn flush_on_shutdown(
+    mut publisher: Publisher,
+    mut connection: Option<deadpool_redis::Connection>,
+) {
+    publisher.queue.close();
+    if publisher.state.get() == PublisherState::DOWN {
+        publisher.fail_queued();
+        return;
+    }
+    while let Ok(first) = publisher.queue.try_recv() {
+        let batch = publisher.batch(first);
+        let mut held = match connection.take() {
+            Some(held) => held,
+            None => match publisher.checkout().await {
+                Ok(fresh) => fresh,
+                Err(_) => {
+                    publisher.count_failed(batch.len());
+                    publisher.fail_queued();
+                    return;
+                }
+            },
+        };
+        if publisher.send(&mut held, &batch).await.is_ok() {
+            publisher
+                .shared
+                .published
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            connection = Some(held);
+        } else {
+            publisher.count_failed(batch.len());
+            publisher.fail_queued();
+            return;
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! A subscriber task: one dedicated pub/sub connection, the rooms that hash to it, its probe.
+//!
+//! The task owns the connection for its whole life: (re)connect with backoff, subscribe the
+//! probe channel and every room that has local members, then loop over three things — messages
+//! (handed to local members at once, never waiting on anything), membership changes
+//! (reconciled into one SUBSCRIBE/UNSUBSCRIBE), and the probe clock. When the connection ends
+//! (a RESP2 stream just stops when Redis dies) or a probe does not come back, it starts over.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use deadpool_redis::redis::{self, Msg, aio::PubSubSink};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::envelope::{Envelope, peek_origin};
+use super::{RedisConfig, Shared, SubscriberSlot, lock};
+use crate::hub::HubInner;
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command when many rooms change at once.
+const CHANNELS_PER_COMMAND: usize = 256;
+
+pub(crate) struct Subscriber {
+    pub(crate) index: usize,
+    pub(crate) slot: Arc<SubscriberSlot>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: Arc<RedisConfig>,
+    pub(crate) hub: Weak<HubInner>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why a session ended.
+enum Ended {
+    Cancelled,
+    /// Could not connect or subscribe, or the connection dropped.
+    Lost(String),
+    /// The connection looked open but a probe did not come through.
+    Starved(String),
+}
+
+type ProbeFuture = Pin<Box<dyn Future<Output = Result<i64, String>> + Send>>;
+
+/// End-to-end check that this connection still receives what is published.
+struct Probe {
+    channel: String,
+    /// Last sequence number sent.
+    sent: u64,
+    /// Highest sequence number received back.
+    received: u64,
+    /// A probe Redis accepted and that has not come back yet, with when it was accepted.
+    outstanding: Option<(u64, Instant)>,
+    /// The PUBLISH of a probe, running beside the message loop.
+    publishing: Option<ProbeFuture>,
+}
+
+impl Subscriber {
+    /// Runs `operation` with the operation timeout, giving up at once on shutdown.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Ended> {
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(Ended::Cancelled),
+            result = tokio::time::timeout(self.config.operation_timeout, operation) => match result {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(Ended::Lost(format!("{what}: {error}"))),
+                Err(_) => Err(Ended::Lost(format!(
+                    "{what}: no reply within {:?}",
+                    self.config.operation_timeout
+                ))),
+            },
+        }
+    }
+
+    async fn subscribe(&self, sink: &mut PubSubSink, rooms: &[Arc<str>]) -> Result<(), Ended> {
+        for chunk in rooms.chunks(CHANNELS_PER_COMMAND) {
+            let channels: Vec<String> = chunk.iter().map(|r| self.shared.room_channel(r)).collect();
+            self.bounded("SUBSCRIBE", sink.subscribe(channels)).await?;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, sink: &mut PubSubSink, rooms: &[Arc<str>]) -> Result<(), Ended> {
+        for chunk in rooms.chunks(CHANNELS_PER_COMMAND) {
+            let channels: Vec<String> = chunk.iter().map(|r| self.shared.room_channel(r)).collect();
+            self.bounded("UNSUBSCRIBE", sink.unsubscribe(channels))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the subscriptions in line with the rooms that changed since last time.
+    async fn reconcile(
+        &self,
+        sink: &mut PubSubSink,
+        subscribed: &mut HashSet<Arc<str>>,
+    ) -> Result<(), Ended> {
+        let (add, remove) = {
+            let mut rooms = lock(&self.slot.rooms);
+            let dirty = std::mem::take(&mut rooms.dirty);
+            let mut add = Vec::new();
+            let mut remove = Vec::new();
+            for room in dirty {
+                match (rooms.desired.contains(&room), subscribed.contains(&room)) {
+                    (true, false) => add.push(room),
+                    (false, true) => remove.push(room),
+                    _ => {}
+                }
+            }
+            (add, remove)
+        };
+        // On error the session ends and the next one subscribes the whole desired set, so
+        // nothing taken from `dirty` is lost.
+        self.subscribe(sink, &add).await?;
+        subscribed.extend(add);
+        self.unsubscribe(sink, &remove).await?;
+        for room in &remove {
+            subscribed.remove(room);
+        }
+        self.slot
+            .subscribed
+            .store(subscribed.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn start_probe(&self, probe: &mut Probe) {
+        probe.sent += 1;
+        let seq = probe.sent;
+        let pool = self.config.pool.clone();
+        let channel = probe.channel.clone();
+        let limit = self.config.operation_timeout;
+        probe.publishing = Some(Box::pin(async move {
+            let publish = async {
+                let mut connection = pool.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(seq)
+                    .query_async::<i64>(&mut *connection)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            tokio::time::timeout(limit, publish)
+                .await
+                .map_err(|_| format!("no reply within {limit:?}"))?
+        }));
+    }
+
+    fn probe_came_back(&self, probe: &mut Probe) {
+        if let Some((seq, _)) = probe.outstanding
+            && seq <= probe.received
+        {
+            probe.outstanding = None;
+            *lock(&self.slot.last_probe_ok) = Some(Instant::now());
+        }
+    }
+
+    /// A message from Redis: a probe, or an envelope for a room.
+    fn on_message(&self, message: &Msg, probe: &mut Probe) {
+        let channel = message.get_channel_name();
+        if channel == probe.channel {
+            if let Some(seq) = std::str::from_utf8(message.get_payload_bytes())
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+            {
+                probe.received = probe.received.max(seq);
+                self.probe_came_back(probe);
+            }
+            return;
+        }
+        let Some(room) = channel.strip_prefix(&self.shared.room_prefix) else {
+            return;
+        };
+        let shared = &self.shared;
+        let payload = message.get_payload_bytes();
+        // Our own message, back from Redis: local members already have it.
+        if peek_origin(payload) == Some(shared.instance) {
+            return;
+        }
+        match Envelope::decode(payload) {
+            Ok(envelope) => {
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(hub) = self.hub.upgrade() {
+                    hub.deliver_from_broker(room, &envelope.into_message());
+                }
+            }
+            Err(error) => {
+                let total = shared.invalid_envelopes.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = shared.invalid_log.allow() {
+                    tracing::warn!(
+                        %room,
+                        %error,
+                        len = payload.len(),
+                        similar_events_suppressed = suppressed,
+                        total_invalid = total,
+                        "tower-ws-hub: dropped a payload on a room channel that is not a valid \
+                         envelope (see tower_ws_hub::redis for the format)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One connection, from connect to loss.
+    async fn session(&self, probe_channel: &str, backoff: &mut Backoff) -> Ended {
+        let client = &self.config.subscriber_client;
+        let pubsub = match self.bounded("connect", client.get_async_pubsub()).await {
+            Ok(pubsub) => pubsub,
+            Err(ended) => return ended,
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        if let Err(ended) = self
+            .bounded("SUBSCRIBE probe", sink.subscribe(probe_channel))
+            .await
+        {
+            return ended;
+        }
+        let everything: Vec<Arc<str>> = {
+            let mut rooms = lock(&self.slot.rooms);
+            rooms.dirty.clear();
+            rooms.desired.iter().cloned().collect()
+        };
+        if let Err(ended) = self.subscribe(&mut sink, &everything).await {
+            return ended;
+        }
+        let mut subscribed: HashSet<Arc<str>> = everything.into_iter().collect();
+        self.slot
+            .subscribed
+            .store(subscribed.len(), Ordering::Relaxed);
+        self.slot.connected.store(true, Ordering::Release);
+        if backoff.failures() > 0 {
+            tracing::info!(
+                subscriber = self.index,
+                rooms = subscribed.len(),
+                attempts = backoff.failures(),
+                "tower-ws-hub: Redis subscriber connected, rooms resubscribed"
+            );
+        }
+        backoff.reset();
+
+        let mut probe = Probe {
+            channel: probe_channel.to_owned(),
+            sent: 0,
+            received: 0,
+            outstanding: None,
+            publishing: None,
+        };
+        let mut clock = tokio::time::interval(self.config.probe_interval);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Messages last: the other branches are rarely ready, and a flood of messages must
+            // not hold back a subscription change or the probe clock.
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Ended::Cancelled,
+                () = self.slot.changed.notified() => {
+                    if let Err(ended) = self.reconcile(&mut sink, &mut subscribed).await {
+                        return ended;
+                    }
+                }
+                result = async { probe.publishing.as_mut().expect("checked").await },
+                    if probe.publishing.is_some() =>
+                {
+                    probe.publishing = None;
+                    match result {
+                        Ok(0) => {
+                            return Ended::Starved(
+                                "Redis reports nobody subscribed to this connection's probe \
+                                 channel (the connection is dead, or the pool and the subscriber \
+                                 client point at different servers)"
+                                    .to_owned(),
+                            );
+                        }
+                        Ok(_) => {
+                            probe.outstanding = Some((probe.sent, Instant::now()));
+                            self.probe_came_back(&mut probe);
+                        }
+                        // Publishing is down; the publisher reports it. Nothing learned here.
+                        Err(error) => {
+                            self.shared.record_error(&format!("probe PUBLISH: {error}"));
+                            tracing::debug!(subscriber = self.index, %error,
+                                "tower-ws-hub: probe not published");
+                        }
+                    }
+                }
+                _ = clock.tick() => {
+                    if let Some((seq, since)) = probe.outstanding
+                        && since.elapsed() >= self.config.probe_timeout
+                    {
+                        return Ended::Starved(format!(
+                            "probe {seq} published {:?} ago never arrived",
+                            since.elapsed()
+                        ));
+                    }
+                    if probe.outstanding.is_none() && probe.publishing.is_none() {
+                        self.start_probe(&mut probe);
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => self.on_message(&message, &mut probe),
+                    None => return Ended::Lost("connection closed".to_owned()),
+                },
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(subscriber: Subscriber) {
+    let shared = &subscriber.shared;
+    let probe_channel = format!(
+        "{}#probe:{}:{}",
+        shared.channel_prefix, shared.instance, subscriber.index
+    );
+    let mut backoff = Backoff::new(
+        subscriber.config.reconnect_min,
+        subscriber.config.reconnect_max,
+    );
+    let mut ever_connected = false;
+    loop {
+        let ended = subscriber.session(&probe_channel, &mut backoff).await;
+        let slot = &subscriber.slot;
+        let was_up = slot.connected.swap(false, Ordering::AcqRel);
+        slot.subscribed.store(0, Ordering::Relaxed);
+        *lock(&slot.last_probe_ok) = None;
+        match ended {
+            Ended::Cancelled => return,
+            Ended::Lost(error) => {
+                shared.record_error(&error);
+                if was_up {
+                    tracing::warn!(subscriber = subscriber.index, %error,
+                        "tower-ws-hub: Redis subscriber connection lost, reconnecting");
+                } else if !ever_connected && backoff.failures() == 0 {
+                    tracing::warn!(subscriber = subscriber.index, %error,
+                        "tower-ws-hub: cannot reach Redis, retrying in the background");
+                } else {
+                    tracing::debug!(subscriber = subscriber.index, %error,
+                        "tower-ws-hub: Redis still unreachable");
+                }
+            }
+            Ended::Starved(why) => {
+                shared.starvations.fetch_add(1, Ordering::Relaxed);
+                shared.record_error(&why);
+                tracing::warn!(subscriber = subscriber.index, %why,
+                    "tower-ws-hub: Redis subscriber connection starved, replacing it");
+            }
+        }
+        if was_up {
+            ever_connected = true;
+            shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = subscriber.cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

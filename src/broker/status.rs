@@ -1,0 +1,85 @@
+//! [`BrokerStatus`]: what the fan-out backend is doing, for readiness checks and dashboards.
+
+use std::time::Duration;
+
+/// Which fan-out backend a hub runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerBackend {
+    /// In-process only (no broker configured): there is nothing to connect to.
+    Local,
+    /// Redis pub/sub (`HubBuilder::redis`, feature `redis`).
+    Redis,
+}
+
+/// A snapshot of the broker's health and counters ([`Hub::broker_status`](crate::Hub::broker_status)).
+///
+/// For a readiness check, [`connected`](Self::connected) is the one field to look at: it is
+/// `true` when this instance can both publish to and hear from the other instances right now.
+/// With the in-process backend it is always `true` and every counter stays 0.
+///
+/// Counters only grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStatus {
+    /// The backend.
+    pub backend: BrokerBackend,
+    /// `true` when the publisher side is up and every subscriber connection is connected,
+    /// subscribed to every room it should be, and not overdue on its probe.
+    pub connected: bool,
+    /// `false` after a publish to Redis failed, until a reconnect succeeds. While it is `false`,
+    /// [`Hub::publish`](crate::Hub::publish) fails fast with
+    /// [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable).
+    pub publisher_connected: bool,
+    /// Subscriber connections configured.
+    pub subscriber_connections: usize,
+    /// Subscriber connections connected and in sync now.
+    pub subscribers_connected: usize,
+    /// Rooms whose channel is subscribed now (rooms with local members, once confirmed by Redis).
+    pub subscribed_rooms: usize,
+    /// Age of the oldest "last successful probe" across subscriber connections: how long ago
+    /// every subscriber connection last proved, end to end through Redis, that it receives what
+    /// is published. `None` until each of them has done so once since it (re)connected.
+    pub last_probe_age: Option<Duration>,
+    /// Messages Redis accepted (PUBLISH replied).
+    pub published: u64,
+    /// Messages not forwarded because Redis was unreachable or too slow: refused at once while
+    /// the publisher was down, or lost in a pipeline that failed (never retried, so never
+    /// delivered twice).
+    pub publish_failures: u64,
+    /// Messages refused because the publish queue was full.
+    pub publish_dropped: u64,
+    /// Messages received from other instances (or emitters) and handed to local members.
+    pub received: u64,
+    /// Payloads on room channels that were not valid envelopes, dropped.
+    pub invalid_envelopes: u64,
+    /// Subscriber reconnects (after a lost connection or a missed probe).
+    pub reconnects: u64,
+    /// Times a subscriber connection looked open but missed its probe, and was replaced.
+    pub starvations: u64,
+    /// The most recent Redis error, if any happened since start.
+    pub last_error: Option<String>,
+}
+
+impl BrokerStatus {
+    /// The status of the in-process backend: connected, all counters 0.
+    pub(crate) fn local() -> Self {
+        Self {
+            backend: BrokerBackend::Local,
+            connected: true,
+            publisher_connected: true,
+            subscriber_connections: 0,
+            subscribers_connected: 0,
+            subscribed_rooms: 0,
+            last_probe_age: None,
+            published: 0,
+            publish_failures: 0,
+            publish_dropped: 0,
+            received: 0,
+            invalid_envelopes: 0,
+            reconnects: 0,
+            starvations: 0,
+            last_error: None,
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! Several instances behave as one hub through Redis: tests against real `redis-server`
+//! processes (started per test on free ports; see tests/support/redis.rs), two hubs served on
+//! two ports in this process, real WebSocket clients.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis.rs"]
+mod redis_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis_support::{RedisServer, StarvingProxy, numsub, publish_raw};
+use support::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tower_ws_hub::redis::RedisConfig;
+use tower_ws_hub::redis::deadpool_redis::{self, redis};
+use tower_ws_hub::{Hub, HubBuilder, Message, PublishError};
+
+/// Probes fast enough that a test sees their effect quickly.
+fn config(url: &str) -> RedisConfig {
+    RedisConfig::from_url(url)
+        .unwrap()
+        .probe(Duration::from_millis(200), Duration::from_secs(1))
+}
+
+async fn instance(builder: HubBuilder, config: RedisConfig) -> Server {
+    serve_hub(builder.redis(config).build()).await
+}
+
+/// Two instances, A and B, on the same Redis.
+async fn pair(redis: &RedisServer) -> (Server, Server) {
+    (
+        instance(Hub::builder(), config(&redis.url())).await,
+        instance(Hub::builder(), config(&redis.url())).await,
+    )
+}
+
+/// Waits until `hub` is connected and subscribed to exactly `rooms` rooms (confirmed by Redis).
+async fn wait_subscribed(hub: &Hub, rooms: usize) {
+    eventually(
+        &format!("connected and subscribed to {rooms} rooms"),
+        || {
+            let status = hub.broker_status();
+            status.connected && status.subscribed_rooms == rooms
+        },
+    )
+    .await;
+}
+
+/// Clients `a` on A and `b` on B in `room`, everything subscribed.
+async fn one_client_each(a: &Server, b: &Server, room: &str) -> (Client, Client) {
+    let ca = a.connect(room).await;
+    let cb = b.connect(room).await;
+    wait_members(&a.hub, room, 1).await;
+    wait_members(&b.hub, room, 1).await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+    (ca, cb)
+}
+
+fn envelope_by_hand(kind: u8, payload: &[u8]) -> Vec<u8> {
+    // Per the spec in docs/scaling-out.md, not with the library's encoder: magic 0xF7,
+    // version 1, kind, 16-byte origin (zeros: an external emitter), payload.
+    let mut bytes = vec![0xF7, 0x01, kind];
+    bytes.extend_from_slice(&[0u8; 16]);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+#[tokio::test]
+async fn a_message_sent_on_one_instance_reaches_members_on_the_other() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "lobby").await;
+
+    send_text(&mut ca, "hello from A").await;
+    assert_eq!(next_text(&mut cb).await, "hello from A");
+    send_text(&mut cb, "hello from B").await;
+    assert_eq!(next_text(&mut ca).await, "hello from B");
+}
+
+#[tokio::test]
+async fn the_sender_does_not_get_its_own_message_back_through_redis() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "lobby").await;
+
+    send_text(&mut ca, "mine").await;
+    assert_eq!(next_text(&mut cb).await, "mine");
+    assert_silent(&mut ca, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn every_member_on_every_instance_gets_each_message_exactly_once() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut sender = a.connect("r").await;
+    let mut local = a.connect("r").await;
+    let mut remote1 = b.connect("r").await;
+    let mut remote2 = b.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+    wait_members(&b.hub, "r", 2).await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+
+    for text in ["one", "two", "three"] {
+        send_text(&mut sender, text).await;
+    }
+    for client in [&mut local, &mut remote1, &mut remote2] {
+        for expected in ["one", "two", "three"] {
+            assert_eq!(next_text(client).await, expected);
+        }
+    }
+    // The application is another sender: checked after, so that the order is defined.
+    a.hub
+        .publish("r", Message::text("from the app"))
+        .await
+        .unwrap();
+    for client in [&mut local, &mut remote1, &mut remote2] {
+        assert_eq!(next_text(client).await, "from the app");
+    }
+    // Nothing trailing: no second copy from Redis on A, no duplicate on B.
+    for client in [&mut local, &mut remote1, &mut remote2] {
+        assert_silent(client, Duration::from_millis(300)).await;
+    }
+    assert_eq!(next_text(&mut sender).await, "from the app");
+    assert_silent(&mut sender, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_senders_order_is_kept_across_instances_over_ten_thousand_messages() {
+    const N: usize = 10_000;
+    let redis = RedisServer::start().await;
+    // Bounds big enough that this test is about order, not about the (tested) overflow policies.
+    let a = instance(Hub::builder(), config(&redis.url()).publish_queue(N)).await;
+    let b = instance(
+        Hub::builder().outbound_queue(2 * N, 64 * 1024 * 1024),
+        config(&redis.url()),
+    )
+    .await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "ordered").await;
+
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            send_text(&mut ca, &i.to_string()).await;
+        }
+        ca
+    });
+    for i in 0..N {
+        assert_eq!(
+            next_text(&mut cb).await,
+            i.to_string(),
+            "out of order at {i}"
+        );
+    }
+    let _ca = sender.await.unwrap();
+    assert_silent(&mut cb, Duration::from_millis(200)).await;
+    let status = a.hub.broker_status();
+    assert_eq!(
+        (status.publish_failures, status.publish_dropped),
+        (0, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_rooms_stay_isolated_across_instances() {
+    const ROOMS: usize = 100;
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..ROOMS {
+        senders.push(a.connect(&format!("room-{i}")).await);
+        receivers.push(b.connect(&format!("room-{i}")).await);
+    }
+    wait_subscribed(&a.hub, ROOMS).await;
+    wait_subscribed(&b.hub, ROOMS).await;
+
+    for (i, sender) in senders.iter_mut().enumerate() {
+        send_text(sender, &format!("for room-{i}")).await;
+    }
+    for (i, receiver) in receivers.iter_mut().enumerate() {
+        assert_eq!(next_text(receiver).await, format!("for room-{i}"));
+    }
+    // Nothing from any other room reached anyone.
+    let quiet = receivers
+        .iter_mut()
+        .chain(senders.iter_mut())
+        .map(|client| assert_silent(client, Duration::from_millis(300)));
+    futures_util::future::join_all(quiet).await;
+}
+
+#[tokio::test]
+async fn an_instance_subscribes_on_the_first_local_join_and_unsubscribes_after_the_last_leave() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut plain = redis.connection().await;
+    let channel = "tower-ws-hub:watched";
+    assert_eq!(numsub(&mut plain, channel).await, 0);
+
+    let b1 = b.connect("watched").await;
+    wait_subscribed(&b.hub, 1).await;
+    assert_eq!(numsub(&mut plain, channel).await, 1);
+
+    // A second local member changes nothing; a member on A adds A's subscription.
+    let b2 = b.connect("watched").await;
+    let a1 = a.connect("watched").await;
+    wait_members(&b.hub, "watched", 2).await;
+    wait_subscribed(&a.hub, 1).await;
+    assert_eq!(numsub(&mut plain, channel).await, 2);
+
+    drop(b1);
+    wait_members(&b.hub, "watched", 1).await;
+    assert_eq!(b.hub.broker_status().subscribed_rooms, 1);
+    drop(b2);
+    wait_subscribed(&b.hub, 0).await;
+    assert_eq!(numsub(&mut plain, channel).await, 1);
+    drop(a1);
+    wait_subscribed(&a.hub, 0).await;
+    assert_eq!(numsub(&mut plain, channel).await, 0);
+}
+
+#[tokio::test]
+async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_restart() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut sender = a.connect("r").await;
+    let mut local = a.connect("r").await;
+    let mut remote = b.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+    send_text(&mut sender, "before").await;
+    assert_eq!(next_text(&mut local).await, "before");
+    assert_eq!(next_text(&mut remote).await, "before");
+
+    redis.kill();
+
+    // Local delivery does not care.
+    send_text(&mut sender, "during").await;
+    assert_eq!(next_text(&mut local).await, "during");
+    // Publishing fails fast and is counted once the broker knows (the first attempts may still
+    // be queued and lost in a failed pipeline: at most once).
+    let failed = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            match a.hub.publish("nobody-here", Message::text("x")).await {
+                Err(PublishError::BrokerUnavailable(_)) => break,
+                Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(failed.is_ok(), "publish never reported the outage");
+    let result = a.hub.publish("r", Message::text("app during")).await;
+    assert!(
+        matches!(result, Err(PublishError::BrokerUnavailable(_))),
+        "{result:?}"
+    );
+    assert_eq!(next_text(&mut local).await, "app during");
+    assert!(a.hub.broker_status().publish_failures > 0);
+    eventually("A reports disconnected", || {
+        !a.hub.broker_status().connected
+    })
+    .await;
+
+    // Everything B's client receives from now on, with when.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let text = next_text(&mut remote).await;
+            let _ = seen_tx.send((Instant::now(), text));
+        }
+    });
+
+    // A long enough outage for the reconnect backoff to reach its cap (500 ms): the worst case.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().await;
+    let restarted = Instant::now();
+    // Send numbered markers until B's client gets one: that is when cross-instance delivery is
+    // back (markers sent before that are lost, by design).
+    let mut k = 0u32;
+    let first = loop {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "no cross-instance delivery 10 s after the restart"
+        );
+        send_text(&mut sender, &format!("after-{k}")).await;
+        k += 1;
+        if let Ok(Some(first)) = tokio::time::timeout(Duration::from_millis(25), seen.recv()).await
+        {
+            break first;
+        }
+    };
+    let recovery = first.0.duration_since(restarted);
+    eprintln!("cross-instance delivery resumed {recovery:?} after Redis restarted");
+    assert!(
+        recovery <= Duration::from_millis(2250),
+        "recovery took {recovery:?} (limit 2 s + slack)"
+    );
+
+    // Exactly once after recovery: markers in order, no duplicate, nothing from the outage.
+    send_text(&mut sender, "final").await;
+    let mut received = vec![first.1];
+    loop {
+        let (_, text) = tokio::time::timeout(PROMPTLY, seen.recv())
+            .await
+            .expect("final never arrived")
+            .unwrap();
+        if text == "final" {
+            break;
+        }
+        received.push(text);
+    }
+    let numbers: Vec<u32> = received
+        .iter()
+        .map(|text| {
+            text.strip_prefix("after-")
+                .unwrap_or_else(|| panic!("unexpected {text:?} after the outage"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "duplicated or reordered: {numbers:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "something trailed the final message"
+    );
+    reader.abort();
+    assert!(b.hub.broker_status().reconnects >= 1);
+    assert_eq!(a.hub.connection_count(), 2, "clients stayed connected");
+}
+
+#[tokio::test]
+async fn when_redis_is_too_slow_publishes_fail_fast_and_are_counted() {
+    let redis = RedisServer::start().await;
+    let a = instance(
+        Hub::builder(),
+        config(&redis.url()).publisher_tasks(1).publish_queue(4),
+    )
+    .await;
+    let mut listener = a.connect("r").await;
+    wait_subscribed(&a.hub, 1).await;
+
+    // Redis stops answering anyone for a second (a stand-in for an overloaded server).
+    let mut plain = redis.connection().await;
+    let sleeper = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async(&mut plain)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut refused = 0;
+    for i in 0..50 {
+        match a.hub.publish("r", Message::text(i.to_string())).await {
+            Ok(_) => {}
+            Err(PublishError::BrokerUnavailable(_)) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused > 0, "a full queue must refuse, not wait");
+    // Local delivery did not wait for Redis.
+    for i in 0..50 {
+        assert_eq!(next_text(&mut listener).await, i.to_string());
+    }
+    let status = a.hub.broker_status();
+    assert!(
+        status.publish_dropped + status.publish_failures >= refused,
+        "{status:?}"
+    );
+    sleeper.await.unwrap();
+
+    // Once Redis answers again, the instance is back by itself.
+    wait_subscribed(&a.hub, 1).await;
+    eventually("publishing is back", || {
+        a.hub.broker_status().publisher_connected
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_on_a_room_channel_is_dropped_and_counted_without_disconnecting_anyone() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "r").await;
+    let mut plain = redis.connection().await;
+
+    let mut bad_version = envelope_by_hand(0x01, b"x");
+    bad_version[1] = 0x02;
+    let garbage: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"hello".to_vec(),
+        br#"{"json":"is not an envelope, however long it is"}"#.to_vec(),
+        envelope_by_hand(0x01, b"")[..18].to_vec(),
+        bad_version,
+        envelope_by_hand(0x07, b"unknown kind"),
+        envelope_by_hand(0x01, b"not utf-8 \xff\xfe"),
+    ];
+    for bytes in &garbage {
+        publish_raw(&mut plain, "tower-ws-hub:r", bytes).await;
+    }
+    let expected = garbage.len() as u64;
+    eventually("both instances counted the garbage", || {
+        a.hub.broker_status().invalid_envelopes == expected
+            && b.hub.broker_status().invalid_envelopes == expected
+    })
+    .await;
+
+    send_text(&mut ca, "still here").await;
+    assert_eq!(next_text(&mut cb).await, "still here");
+    send_text(&mut cb, "me too").await;
+    assert_eq!(next_text(&mut ca).await, "me too");
+}
+
+#[tokio::test]
+async fn a_hand_built_envelope_published_with_plain_publish_reaches_clients() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "news").await;
+    let mut plain = redis.connection().await;
+
+    let receivers = publish_raw(
+        &mut plain,
+        "tower-ws-hub:news",
+        &envelope_by_hand(0x01, "héllo from outside".as_bytes()),
+    )
+    .await;
+    assert_eq!(receivers, 2, "one subscriber connection per instance");
+    assert_eq!(next_text(&mut ca).await, "héllo from outside");
+    assert_eq!(next_text(&mut cb).await, "héllo from outside");
+
+    publish_raw(
+        &mut plain,
+        "tower-ws-hub:news",
+        &envelope_by_hand(0x02, &[0, 1, 2, 0xff]),
+    )
+    .await;
+    for client in [&mut ca, &mut cb] {
+        match next_data(client).await {
+            WsMessage::Binary(bytes) => assert_eq!(&bytes[..], &[0, 1, 2, 0xff]),
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+    // The library's emitter speaks the same format.
+    let emitter = tower_ws_hub::redis::Emitter::new();
+    let count = emitter
+        .emit(&mut plain, "news", Message::text("via Emitter"))
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    assert_eq!(next_text(&mut cb).await, "via Emitter");
+}
+
+#[tokio::test]
+async fn with_redis_down_at_start_up_the_hub_serves_locally_and_connects_when_redis_appears() {
+    let mut redis = RedisServer::unused().await;
+    // build() returns at once; the broker retries in the background.
+    let a = instance(Hub::builder(), config(&redis.url())).await;
+    let mut a1 = a.connect("r").await;
+    let mut a2 = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+    eventually("status reports the outage", || {
+        let status = a.hub.broker_status();
+        !status.connected && !status.publisher_connected && status.last_error.is_some()
+    })
+    .await;
+    let result = a.hub.publish("r", Message::text("local only")).await;
+    assert!(
+        matches!(result, Err(PublishError::BrokerUnavailable(_))),
+        "{result:?}"
+    );
+    assert_eq!(next_text(&mut a1).await, "local only");
+    assert_eq!(next_text(&mut a2).await, "local only");
+    send_text(&mut a1, "client message").await;
+    assert_eq!(next_text(&mut a2).await, "client message");
+
+    // The strict alternative refuses to start, saying why.
+    let error = Hub::builder()
+        .redis(config(&redis.url()))
+        .build_connected(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("did not connect"), "{error}");
+    assert!(error.status.last_error.is_some(), "{error:?}");
+
+    // Redis appears: the hub connects by itself, and instances talk.
+    redis.restart().await;
+    wait_subscribed(&a.hub, 1).await;
+    let b = Hub::builder()
+        .redis(config(&redis.url()))
+        .build_connected(PROMPTLY)
+        .await
+        .expect("connects when Redis is up");
+    let b = serve_hub(b).await;
+    let mut b1 = b.connect("r").await;
+    wait_subscribed(&b.hub, 1).await;
+    send_text(&mut a1, "across").await;
+    assert_eq!(next_text(&mut b1).await, "across");
+}
+
+#[tokio::test]
+async fn a_subscriber_connection_that_silently_stops_receiving_is_detected_and_replaced() {
+    let redis = RedisServer::start().await;
+    let proxy = StarvingProxy::start(redis.addr()).await;
+    let a = instance(Hub::builder(), config(&redis.url())).await;
+    // B publishes directly but subscribes through the proxy.
+    let pool = deadpool_redis::Config::from_url(redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let b_config = RedisConfig::from_pool(pool, redis::Client::open(proxy.url()).unwrap())
+        .subscriber_connections(1)
+        .probe(Duration::from_millis(100), Duration::from_millis(400));
+    let b = instance(Hub::builder(), b_config).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "r").await;
+    send_text(&mut ca, "before").await;
+    assert_eq!(next_text(&mut cb).await, "before");
+
+    proxy.starve_open_connections();
+    eventually("B noticed the starvation and resubscribed", || {
+        let status = b.hub.broker_status();
+        status.starvations >= 1 && status.connected && status.subscribed_rooms == 1
+    })
+    .await;
+    send_text(&mut ca, "after").await;
+    assert_eq!(next_text(&mut cb).await, "after");
+    eventually("the new connection passed a probe", || {
+        b.hub.broker_status().last_probe_age.is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_subscriber_connections() {
+    let redis = RedisServer::start().await;
+    let a = instance(Hub::builder(), config(&redis.url())).await;
+    // The test's client never answers the close frame: do not wait for it long.
+    let b = instance(
+        Hub::builder()
+            .close_timeout(Duration::from_millis(100))
+            .shutdown_grace(Duration::from_millis(200)),
+        config(&redis.url()),
+    )
+    .await;
+    let (_ca, _cb) = one_client_each(&a, &b, "r").await;
+    let mut plain = redis.connection().await;
+    assert_eq!(numsub(&mut plain, "tower-ws-hub:r").await, 2);
+
+    tokio::time::timeout(PROMPTLY, b.hub.shutdown())
+        .await
+        .expect("shutdown finished");
+    eventually_async("B's subscription is gone", || {
+        let mut plain = plain.clone();
+        async move { numsub(&mut plain, "tower-ws-hub:r").await == 1 }
+    })
+    .await;
+    assert!(!b.hub.broker_status().connected);
+}
+
+/// [`eventually`] for a condition that needs to ask Redis.
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
