@@ -460,6 +460,54 @@ async fn a_hand_built_envelope_published_with_plain_publish_reaches_clients() {
 }
 
 #[tokio::test]
+async fn with_a_signing_key_only_holders_of_the_key_can_speak_in_rooms() {
+    use tower_ws_hub::redis::{Emitter, EnvelopeKey};
+    let redis = RedisServer::start().await;
+    let key = EnvelopeKey::new(b"0123456789abcdef0123456789abcdef");
+    let signed = |url: &str| config(url).signing_key(key.clone());
+    let a = instance(Hub::builder(), signed(&redis.url())).await;
+    let b = instance(Hub::builder(), signed(&redis.url())).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "vault").await;
+
+    // Instances holding the key talk to each other as usual.
+    send_text(&mut ca, "signed and delivered").await;
+    assert_eq!(next_text(&mut cb).await, "signed and delivered");
+
+    let mut plain = redis.connection().await;
+    // An unsigned envelope, well-formed in every other way: dropped by both.
+    publish_raw(
+        &mut plain,
+        "tower-ws-hub:vault",
+        &envelope_by_hand(0x01, b"forged"),
+    )
+    .await;
+    // Signed with another key, and a tag made of zeros: dropped too.
+    let other = Emitter::new().signing_key(EnvelopeKey::new([9u8; 32]));
+    other
+        .emit(&mut plain, "vault", Message::text("wrong key"))
+        .await
+        .unwrap();
+    let mut zero_tag = envelope_by_hand(0x81, b"");
+    zero_tag.extend_from_slice(&[0u8; 32]);
+    zero_tag.extend_from_slice(b"zero tag");
+    publish_raw(&mut plain, "tower-ws-hub:vault", &zero_tag).await;
+    eventually("both instances dropped the three injections", || {
+        a.hub.broker_status().invalid_envelopes == 3 && b.hub.broker_status().invalid_envelopes == 3
+    })
+    .await;
+
+    // An emitter holding the key gets through, and nothing injected before it arrives.
+    let emitter = Emitter::new().signing_key(key.clone());
+    emitter
+        .emit(&mut plain, "vault", Message::text("from a trusted worker"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut ca).await, "from a trusted worker");
+    assert_eq!(next_text(&mut cb).await, "from a trusted worker");
+    assert_silent(&mut ca, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
 async fn with_redis_down_at_start_up_the_hub_serves_locally_and_connects_when_redis_appears() {
     let mut redis = RedisServer::unused().await;
     // build() returns at once; the broker retries in the background.

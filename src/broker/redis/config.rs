@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
 
+use super::envelope::EnvelopeKey;
+
 /// Default channel prefix: room `R` is published on channel `tower-ws-hub:R`.
 pub const DEFAULT_CHANNEL_PREFIX: &str = "tower-ws-hub";
 /// Default number of dedicated subscriber connections: 2.
@@ -88,6 +90,7 @@ pub struct RedisConfig {
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) operation_timeout: Duration,
+    pub(crate) signing_key: Option<EnvelopeKey>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -107,6 +110,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("operation_timeout", &self.operation_timeout)
+            .field("signed", &self.signing_key.is_some())
             .finish()
     }
 }
@@ -152,6 +156,7 @@ impl RedisConfig {
             reconnect_min: DEFAULT_RECONNECT_MIN,
             reconnect_max: DEFAULT_RECONNECT_MAX,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            signing_key: None,
         }
     }
 
@@ -255,6 +260,16 @@ impl RedisConfig {
         );
         self.reconnect_min = min;
         self.reconnect_max = max;
+        self
+    }
+
+    /// Signs every envelope this instance publishes with `key` (HMAC-SHA256 over the channel,
+    /// header and payload) and **drops every envelope that is not signed with it**: only
+    /// processes holding the key can speak in rooms through Redis. Every instance of one hub
+    /// needs the same key (and emitters too: [`Emitter::signing_key`](super::Emitter::signing_key)).
+    /// Default: none — anyone who can `PUBLISH` on the Redis can speak in any room.
+    pub fn signing_key(mut self, key: EnvelopeKey) -> Self {
+        self.signing_key = Some(key);
         self
     }
 

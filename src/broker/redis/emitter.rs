@@ -6,7 +6,7 @@ use bytes::Bytes;
 use deadpool_redis::redis::{self, RedisResult, aio::ConnectionLike};
 
 use super::config::DEFAULT_CHANNEL_PREFIX;
-use super::envelope::{Envelope, InstanceId};
+use super::envelope::{Envelope, EnvelopeKey, InstanceId};
 use crate::message::Message;
 
 /// Publishes messages to rooms through Redis from anywhere: a worker, a cron job, another
@@ -33,6 +33,7 @@ use crate::message::Message;
 #[derive(Debug, Clone)]
 pub struct Emitter {
     prefix: Arc<str>,
+    key: Option<EnvelopeKey>,
 }
 
 impl Default for Emitter {
@@ -53,7 +54,17 @@ impl Emitter {
     pub fn with_prefix(prefix: impl Into<String>) -> Self {
         Self {
             prefix: Arc::from(prefix.into()),
+            key: None,
         }
+    }
+
+    /// Signs what it emits with `key`, for hubs configured with the same
+    /// [`RedisConfig::signing_key`](super::RedisConfig::signing_key) (they drop unsigned
+    /// envelopes). Default: unsigned.
+    #[must_use]
+    pub fn signing_key(mut self, key: EnvelopeKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The channel of `room`: `{prefix}:{room}`.
@@ -61,9 +72,14 @@ impl Emitter {
         format!("{}:{room}", self.prefix)
     }
 
-    /// The bytes to publish for `message` (an envelope with the external origin).
-    pub fn envelope(&self, message: &Message) -> Bytes {
-        Envelope::new(InstanceId::EXTERNAL, message.clone()).encode()
+    /// The bytes to publish for `message` in `room` (an envelope with the external origin,
+    /// signed for the room's channel if the emitter has a key).
+    pub fn envelope(&self, room: &str, message: &Message) -> Bytes {
+        let envelope = Envelope::new(InstanceId::EXTERNAL, message.clone());
+        match &self.key {
+            Some(key) => envelope.encode_signed(&self.channel(room), key),
+            None => envelope.encode(),
+        }
     }
 
     /// Publishes `message` to `room`. Returns what Redis returns: how many subscriber
@@ -78,7 +94,7 @@ impl Emitter {
         room: &str,
         message: impl Into<Message>,
     ) -> RedisResult<usize> {
-        let bytes = self.envelope(&message.into());
+        let bytes = self.envelope(room, &message.into());
         redis::cmd("PUBLISH")
             .arg(self.channel(room))
             .arg(&bytes[..])

@@ -11,12 +11,26 @@
 //! | 19     | rest | payload | the message, to the end of the Redis message (may be empty)  |
 //!
 //! The room is not in the envelope: it is the channel's name (`{prefix}:{room}`).
+//!
+//! **Signed envelopes.** With a shared [`EnvelopeKey`], the kind byte has its high bit set
+//! (`0x81` text, `0x82` binary) and a 32-byte tag sits between the origin and the payload:
+//!
+//! | offset | size | field   | value                                                        |
+//! | ------ | ---- | ------- | ------------------------------------------------------------ |
+//! | 0..19  | 19   | header  | as above, kind `0x81` or `0x82`                              |
+//! | 19     | 32   | tag     | HMAC-SHA256(key, u32be(len(channel)) ‖ channel ‖ header ‖ payload) |
+//! | 51     | rest | payload | the message                                                  |
+//!
+//! The channel name is part of what is signed, so a signed message cannot be replayed into
+//! another room (it can be replayed into the same room: there is no nonce).
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 use crate::message::{Message, MessageKind};
 
@@ -28,8 +42,92 @@ pub const ENVELOPE_VERSION: u8 = 1;
 /// Bytes before the payload: magic, version, kind, 16-byte origin.
 pub const ENVELOPE_HEADER_LEN: usize = 3 + 16;
 
+/// Length of the tag of a signed envelope (HMAC-SHA256).
+pub const ENVELOPE_TAG_LEN: usize = 32;
+
 const KIND_TEXT: u8 = 0x01;
 const KIND_BINARY: u8 = 0x02;
+/// High bit of the kind byte: a tag follows the origin.
+const KIND_SIGNED: u8 = 0x80;
+
+/// A shared secret that signs and verifies envelopes, so that only processes holding it can
+/// speak in rooms through Redis ([`RedisConfig::signing_key`](super::RedisConfig::signing_key)).
+///
+/// ```
+/// use tower_ws_hub::Message;
+/// use tower_ws_hub::redis::{Envelope, EnvelopeKey, InstanceId};
+///
+/// let key = EnvelopeKey::new(b"a shared secret of 32 bytes or more!");
+/// let bytes = Envelope::new(InstanceId::EXTERNAL, Message::text("hi"))
+///     .encode_signed("tower-ws-hub:lobby", &key);
+/// assert!(Envelope::decode_verified(&bytes, "tower-ws-hub:lobby", &key).is_ok());
+/// // Bound to its channel: not accepted in another room.
+/// assert!(Envelope::decode_verified(&bytes, "tower-ws-hub:other", &key).is_err());
+/// ```
+#[derive(Clone)]
+pub struct EnvelopeKey {
+    mac: Hmac<Sha256>,
+}
+
+impl EnvelopeKey {
+    /// Shortest key accepted, in bytes. Use 32 random bytes.
+    pub const MIN_LEN: usize = 16;
+
+    /// A key from shared secret bytes.
+    ///
+    /// # Panics
+    ///
+    /// If `key` is shorter than [`MIN_LEN`](Self::MIN_LEN) bytes.
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
+        let key = key.as_ref();
+        assert!(
+            key.len() >= Self::MIN_LEN,
+            "an envelope key needs at least {} bytes (use 32 random bytes)",
+            Self::MIN_LEN
+        );
+        Self {
+            mac: <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+                .expect("HMAC takes keys of any length"),
+        }
+    }
+
+    /// The MAC state after absorbing everything a tag covers.
+    fn absorb(&self, channel: &[&[u8]], header: &[u8], payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        let channel_len: usize = channel.iter().map(|part| part.len()).sum();
+        mac.update(&u32::try_from(channel_len).unwrap_or(u32::MAX).to_be_bytes());
+        for part in channel {
+            mac.update(part);
+        }
+        mac.update(header);
+        mac.update(payload);
+        mac
+    }
+
+    fn tag(&self, channel: &[&[u8]], header: &[u8], payload: &[u8]) -> [u8; ENVELOPE_TAG_LEN] {
+        let mut tag = [0u8; ENVELOPE_TAG_LEN];
+        tag.copy_from_slice(
+            &self
+                .absorb(channel, header, payload)
+                .finalize()
+                .into_bytes(),
+        );
+        tag
+    }
+
+    /// Constant-time comparison of `tag` with the expected one.
+    fn verify(&self, channel: &[&[u8]], header: &[u8], payload: &[u8], tag: &[u8]) -> bool {
+        self.absorb(channel, header, payload)
+            .verify_slice(tag)
+            .is_ok()
+    }
+}
+
+impl fmt::Debug for EnvelopeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvelopeKey(..)")
+    }
+}
 
 /// The 16-byte id of a hub instance, carried in every envelope it publishes so that it can
 /// recognise (and skip) its own messages when Redis sends them back.
@@ -109,6 +207,10 @@ pub enum EnvelopeError {
     UnknownKind(u8),
     /// A text envelope whose payload is not valid UTF-8.
     InvalidUtf8,
+    /// An unsigned envelope where a signed one is required (a signing key is configured).
+    Unsigned,
+    /// A signed envelope whose tag does not match: another key, another channel, or tampered.
+    BadSignature,
 }
 
 impl fmt::Display for EnvelopeError {
@@ -131,6 +233,12 @@ impl fmt::Display for EnvelopeError {
                 "envelope kind {kind:#04x} is unknown (0x01 text, 0x02 binary)"
             ),
             Self::InvalidUtf8 => f.write_str("text envelope with a payload that is not UTF-8"),
+            Self::Unsigned => f.write_str(
+                "unsigned envelope refused: this instance requires envelopes signed with its key",
+            ),
+            Self::BadSignature => f.write_str(
+                "envelope signature does not match (another key, another channel, or tampered)",
+            ),
         }
     }
 }
@@ -189,17 +297,65 @@ impl Envelope {
     /// The envelope's bytes.
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.encoded_len());
-        write_envelope(&mut out, self.origin, &self.message);
+        write_envelope(&mut out, self.origin, &self.message, None);
         Bytes::from(out)
     }
 
-    /// Reads an envelope. The payload is copied once; text is checked to be UTF-8.
+    /// The envelope's bytes, signed with `key` for `channel` (`{prefix}:{room}`).
+    pub fn encode_signed(&self, channel: &str, key: &EnvelopeKey) -> Bytes {
+        let mut out = Vec::with_capacity(self.encoded_len() + ENVELOPE_TAG_LEN);
+        write_envelope(
+            &mut out,
+            self.origin,
+            &self.message,
+            Some((key, &[channel.as_bytes()])),
+        );
+        Bytes::from(out)
+    }
+
+    /// Reads an envelope, signed or not, without checking a signature (it has no key; use
+    /// [`decode_verified`](Self::decode_verified) for that). The payload is copied once; text
+    /// is checked to be UTF-8.
     ///
     /// # Errors
     ///
     /// The first rule `bytes` breaks: too short, wrong magic, unknown version or kind, or a text
     /// payload that is not UTF-8.
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Parsed::parse(bytes)?.into_envelope()
+    }
+
+    /// Reads an envelope that must be signed with `key` for `channel`.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode), plus [`EnvelopeError::Unsigned`] and
+    /// [`EnvelopeError::BadSignature`].
+    pub fn decode_verified(
+        bytes: &[u8],
+        channel: &str,
+        key: &EnvelopeKey,
+    ) -> Result<Self, EnvelopeError> {
+        let parsed = Parsed::parse(bytes)?;
+        let tag = parsed.tag.ok_or(EnvelopeError::Unsigned)?;
+        if !key.verify(&[channel.as_bytes()], parsed.header, parsed.payload, tag) {
+            return Err(EnvelopeError::BadSignature);
+        }
+        parsed.into_envelope()
+    }
+}
+
+/// An envelope's parts, borrowed from the bytes, after the structural checks.
+struct Parsed<'a> {
+    header: &'a [u8],
+    kind: MessageKind,
+    origin: InstanceId,
+    tag: Option<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+impl<'a> Parsed<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
         if bytes.len() < ENVELOPE_HEADER_LEN {
             return Err(EnvelopeError::TooShort { len: bytes.len() });
         }
@@ -209,22 +365,41 @@ impl Envelope {
         if bytes[1] != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion(bytes[1]));
         }
-        let kind = match bytes[2] {
+        let kind = match bytes[2] & !KIND_SIGNED {
             KIND_TEXT => MessageKind::Text,
             KIND_BINARY => MessageKind::Binary,
-            other => return Err(EnvelopeError::UnknownKind(other)),
+            _ => return Err(EnvelopeError::UnknownKind(bytes[2])),
+        };
+        let (header, rest) = bytes.split_at(ENVELOPE_HEADER_LEN);
+        let (tag, payload) = if bytes[2] & KIND_SIGNED != 0 {
+            if rest.len() < ENVELOPE_TAG_LEN {
+                return Err(EnvelopeError::TooShort { len: bytes.len() });
+            }
+            let (tag, payload) = rest.split_at(ENVELOPE_TAG_LEN);
+            (Some(tag), payload)
+        } else {
+            (None, rest)
         };
         let mut origin = [0u8; 16];
-        origin.copy_from_slice(&bytes[3..ENVELOPE_HEADER_LEN]);
-        let payload = &bytes[ENVELOPE_HEADER_LEN..];
+        origin.copy_from_slice(&header[3..]);
+        Ok(Self {
+            header,
+            kind,
+            origin: InstanceId(origin),
+            tag,
+            payload,
+        })
+    }
+
+    fn into_envelope(self) -> Result<Envelope, EnvelopeError> {
         // Check UTF-8 before copying, so garbage costs no allocation.
-        if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+        if self.kind == MessageKind::Text && std::str::from_utf8(self.payload).is_err() {
             return Err(EnvelopeError::InvalidUtf8);
         }
-        let message = Message::from_kind(kind, Bytes::copy_from_slice(payload))
+        let message = Message::from_kind(self.kind, Bytes::copy_from_slice(self.payload))
             .map_err(|_| EnvelopeError::InvalidUtf8)?;
-        Ok(Self {
-            origin: InstanceId(origin),
+        Ok(Envelope {
+            origin: self.origin,
             message,
         })
     }
@@ -244,15 +419,29 @@ pub(crate) fn peek_origin(bytes: &[u8]) -> Option<InstanceId> {
     Some(InstanceId(origin))
 }
 
-/// Writes an envelope into `out` (a `Vec`, or a Redis command argument directly).
-pub(crate) fn write_envelope(out: &mut impl std::io::Write, origin: InstanceId, message: &Message) {
-    let kind = match message.kind() {
+/// Writes an envelope into `out` (a `Vec`, or a Redis command argument directly), signed for
+/// the channel made of `channel` parts when a key is given.
+pub(crate) fn write_envelope(
+    out: &mut impl std::io::Write,
+    origin: InstanceId,
+    message: &Message,
+    signing: Option<(&EnvelopeKey, &[&[u8]])>,
+) {
+    let mut kind = match message.kind() {
         MessageKind::Text => KIND_TEXT,
         MessageKind::Binary => KIND_BINARY,
     };
+    if signing.is_some() {
+        kind |= KIND_SIGNED;
+    }
+    let mut header = [0u8; ENVELOPE_HEADER_LEN];
+    header[..3].copy_from_slice(&[ENVELOPE_MAGIC, ENVELOPE_VERSION, kind]);
+    header[3..].copy_from_slice(origin.as_bytes());
     // Writing to a Vec or to redis' argument buffer cannot fail.
-    let _ = out.write_all(&[ENVELOPE_MAGIC, ENVELOPE_VERSION, kind]);
-    let _ = out.write_all(origin.as_bytes());
+    let _ = out.write_all(&header);
+    if let Some((key, channel)) = signing {
+        let _ = out.write_all(&key.tag(channel, &header, message.payload()));
+    }
     let _ = out.write_all(message.payload());
 }
 
@@ -368,6 +557,8 @@ mod tests {
             EnvelopeError::UnsupportedVersion(9),
             EnvelopeError::UnknownKind(7),
             EnvelopeError::InvalidUtf8,
+            EnvelopeError::Unsigned,
+            EnvelopeError::BadSignature,
         ];
         for error in errors {
             assert!(!error.to_string().is_empty());
@@ -380,6 +571,73 @@ mod tests {
         assert_eq!(peek_origin(&bytes), Some(ORIGIN));
         assert_eq!(peek_origin(&bytes[..ENVELOPE_HEADER_LEN - 1]), None);
         assert_eq!(peek_origin(b"{\"not\":\"an envelope at all\"}"), None);
+    }
+
+    const CHANNEL: &str = "tower-ws-hub:lobby";
+
+    fn key() -> EnvelopeKey {
+        EnvelopeKey::new([7u8; 32])
+    }
+
+    #[test]
+    fn signed_envelopes_verify_only_with_the_key_and_channel() {
+        let envelope = Envelope::new(ORIGIN, Message::text("signed"));
+        let bytes = envelope.encode_signed(CHANNEL, &key());
+        assert_eq!(bytes[2], KIND_TEXT | KIND_SIGNED);
+        assert_eq!(bytes.len(), ENVELOPE_HEADER_LEN + ENVELOPE_TAG_LEN + 6);
+        assert_eq!(
+            Envelope::decode_verified(&bytes, CHANNEL, &key()),
+            Ok(envelope.clone())
+        );
+        assert_eq!(
+            Envelope::decode_verified(&bytes, "tower-ws-hub:other", &key()),
+            Err(EnvelopeError::BadSignature)
+        );
+        assert_eq!(
+            Envelope::decode_verified(&bytes, CHANNEL, &EnvelopeKey::new([8u8; 32])),
+            Err(EnvelopeError::BadSignature)
+        );
+        // Without a key the signed envelope still reads (nothing is verified).
+        assert_eq!(Envelope::decode(&bytes), Ok(envelope));
+    }
+
+    #[test]
+    fn any_tampering_breaks_the_signature() {
+        let bytes =
+            Envelope::new(ORIGIN, Message::binary(vec![1, 2, 3])).encode_signed(CHANNEL, &key());
+        for index in 0..bytes.len() {
+            let mut tampered = bytes.to_vec();
+            tampered[index] ^= 0x01;
+            assert!(
+                Envelope::decode_verified(&tampered, CHANNEL, &key()).is_err(),
+                "flipping byte {index} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn unsigned_envelopes_are_refused_where_a_key_is_required() {
+        let bytes = Envelope::new(ORIGIN, Message::text("plain")).encode();
+        assert_eq!(
+            Envelope::decode_verified(&bytes, CHANNEL, &key()),
+            Err(EnvelopeError::Unsigned)
+        );
+    }
+
+    #[test]
+    fn a_signed_envelope_cut_inside_its_tag_is_too_short() {
+        let bytes = Envelope::new(ORIGIN, Message::text("x")).encode_signed(CHANNEL, &key());
+        let cut = &bytes[..ENVELOPE_HEADER_LEN + 10];
+        assert_eq!(
+            Envelope::decode(cut),
+            Err(EnvelopeError::TooShort { len: cut.len() })
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "at least 16 bytes")]
+    fn short_keys_are_refused() {
+        let _ = EnvelopeKey::new(b"short");
     }
 
     #[test]

@@ -77,6 +77,14 @@
 //!
 //! or from Rust with [`Emitter`].
 //!
+//! # Trust: signed envelopes
+//!
+//! Without a key, anyone who can `PUBLISH` on the Redis can speak in every room. With
+//! [`RedisConfig::signing_key`], every envelope carries an HMAC-SHA256 tag over its channel,
+//! header and payload (kind byte `0x81`/`0x82`, 32-byte tag after the origin; see [`EnvelopeKey`])
+//! and every instance drops envelopes not signed with the key. Signing binds a message to its
+//! room but does not prevent replays within it.
+//!
 //! # Guarantees, plainly
 //!
 //! - **Per-sender FIFO**: messages one client (or one task calling `Hub::publish`) sends to a
@@ -130,7 +138,8 @@ pub use config::{
 };
 pub use emitter::Emitter;
 pub use envelope::{
-    ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC, ENVELOPE_VERSION, Envelope, EnvelopeError, InstanceId,
+    ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC, ENVELOPE_TAG_LEN, ENVELOPE_VERSION, Envelope,
+    EnvelopeError, EnvelopeKey, InstanceId,
 };
 
 /// The deadpool-redis crate this feature is built with (and, through it, `redis` as

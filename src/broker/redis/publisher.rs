@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::envelope::{InstanceId, write_envelope};
+use super::envelope::{EnvelopeKey, InstanceId, write_envelope};
 use super::{Outgoing, PublisherState, RedisConfig, Shared};
 use crate::message::Message;
 
@@ -58,6 +58,8 @@ impl ToRedisArgs for ChannelArg<'_> {
 struct EnvelopeArg<'a> {
     origin: InstanceId,
     message: &'a Message,
+    /// Key and channel (prefix, room) when envelopes are signed.
+    signing: Option<(&'a EnvelopeKey, [&'a [u8]; 2])>,
 }
 
 impl ToRedisArgs for EnvelopeArg<'_> {
@@ -66,7 +68,11 @@ impl ToRedisArgs for EnvelopeArg<'_> {
         W: ?Sized + RedisWrite,
     {
         let mut writer = out.writer_for_next_arg();
-        write_envelope(&mut writer, self.origin, self.message);
+        let signing = self
+            .signing
+            .as_ref()
+            .map(|(key, channel)| (*key, &channel[..]));
+        write_envelope(&mut writer, self.origin, self.message, signing);
     }
 }
 
@@ -114,6 +120,12 @@ impl Publisher {
                 .arg(EnvelopeArg {
                     origin: self.shared.instance,
                     message: &item.message,
+                    signing: self.config.signing_key.as_ref().map(|key| {
+                        (
+                            key,
+                            [self.shared.room_prefix.as_bytes(), item.room.as_bytes()],
+                        )
+                    }),
                 })
                 .ignore();
         }

@@ -182,7 +182,11 @@ impl Subscriber {
         if peek_origin(payload) == Some(shared.instance) {
             return;
         }
-        match Envelope::decode(payload) {
+        let decoded = match &self.config.signing_key {
+            Some(key) => Envelope::decode_verified(payload, channel, key),
+            None => Envelope::decode(payload),
+        };
+        match decoded {
             Ok(envelope) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(hub) = self.hub.upgrade() {
