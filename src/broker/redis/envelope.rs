@@ -649,3 +649,50 @@ mod tests {
         assert_eq!(a.to_string().len(), 32);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            ".{0,64}".prop_map(Message::text),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Message::binary),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = Envelope::decode(&bytes);
+            let _ = Envelope::decode_verified(&bytes, "p:r", &EnvelopeKey::new([1u8; 16]));
+        }
+
+        #[test]
+        fn every_envelope_round_trips(origin in any::<[u8; 16]>(), message in message()) {
+            let envelope = Envelope::new(InstanceId::from_bytes(origin), message);
+            prop_assert_eq!(Envelope::decode(&envelope.encode()), Ok(envelope));
+        }
+
+        #[test]
+        fn signed_envelopes_round_trip_for_their_channel_only(
+            origin in any::<[u8; 16]>(),
+            message in message(),
+            room in "[a-z]{1,12}",
+            other in "[a-z]{1,12}",
+        ) {
+            let key = EnvelopeKey::new([3u8; 32]);
+            let channel = format!("p:{room}");
+            let envelope = Envelope::new(InstanceId::from_bytes(origin), message);
+            let bytes = envelope.encode_signed(&channel, &key);
+            prop_assert_eq!(Envelope::decode_verified(&bytes, &channel, &key), Ok(envelope));
+            if other != room {
+                prop_assert_eq!(
+                    Envelope::decode_verified(&bytes, &format!("p:{other}"), &key),
+                    Err(EnvelopeError::BadSignature)
+                );
+            }
+        }
+    }
+}
