@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! cargo run --example chat                    # listens on 127.0.0.1:3000 ($ADDR to change)
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example chat   # fan out across instances
 //! RUST_LOG=debug cargo run --example chat     # more logs, including refused upgrades
 //! ```
 //!
@@ -32,7 +33,8 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_ws_hub::{Hub, HubLayer, Message, PublishError};
+use tower_ws_hub::redis::RedisConfig;
+use tower_ws_hub::{Hub, HubLayer, Message, OriginPolicy, PublishError};
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,6 +56,7 @@ async fn main() -> Result<(), BoxError> {
     let app = Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/rooms/{room}/messages", post(publish))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_SIZE))
         .with_state(hub.clone())
@@ -61,6 +64,10 @@ async fn main() -> Result<(), BoxError> {
         .layer(
             HubLayer::new(hub.clone())
                 .route("/ws/{room}")
+                // The page is served from this server, so only pages from this same origin (and
+                // non-browser clients, which send no Origin) may open sockets: another site
+                // cannot ride on a visitor's cookies (cross-site WebSocket hijacking).
+                .origin(OriginPolicy::SameOrigin)
                 .remote_addr(|parts| {
                     parts
                         .extensions
@@ -86,20 +93,44 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Everything about how the hub is made lives here, so that choosing a different fan-out backend
-/// (for example one shared by several instances) changes only this function. It is `async` and
-/// fallible because such a backend has to connect somewhere.
+/// Everything about how the hub is made lives here. With `$REDIS_URL` set, several chat
+/// processes behind a load balancer (or on two ports) behave as one hub, through Redis pub/sub;
+/// without it the hub is in-process. `build()` never waits for Redis: when it is down at start-up
+/// the hub serves local rooms and connects in the background (`/readyz` says when).
 async fn build_hub() -> Result<Hub, BoxError> {
-    let hub = Hub::builder()
+    let builder = Hub::builder()
         .max_message_size(MAX_MESSAGE_SIZE)
         .on_connect(|ctx| {
             tracing::info!(id = %ctx.id(), room = ctx.room(), remote = ?ctx.remote_addr(), "joined");
         })
         .on_disconnect(|ctx| {
             tracing::info!(id = %ctx.id(), room = ctx.room(), "left");
-        })
-        .build();
-    Ok(hub)
+        });
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            let config = RedisConfig::from_url(&url)?;
+            tracing::info!(redis = ?config, "fanning out across instances through Redis");
+            Ok(builder.redis(config).build())
+        }
+        _ => {
+            tracing::info!("in-process hub (set REDIS_URL to fan out across instances)");
+            Ok(builder.build())
+        }
+    }
+}
+
+/// Readiness: `200` when the hub can reach every instance (always, in-process), `503` with the
+/// reason while Redis is unreachable. Local rooms keep working either way.
+async fn readyz(State(hub): State<Hub>) -> Response {
+    let status = hub.broker_status();
+    if status.connected {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        let why = status
+            .last_error
+            .unwrap_or_else(|| "broker not connected yet".to_owned());
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+    }
 }
 
 async fn index() -> Html<&'static str> {

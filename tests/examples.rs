@@ -5,6 +5,10 @@
 //! `cargo build --examples`). Each example gets a free port through `$ADDR`; its output goes to a
 //! log file that is printed when a test fails.
 
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -41,6 +45,11 @@ struct Example {
 impl Example {
     /// Starts `target/<profile>/examples/<name>` on a free port and waits until it accepts.
     async fn start(name: &'static str) -> Self {
+        Self::start_with(name, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    async fn start_with(name: &'static str, env: &[(&str, &str)]) -> Self {
         let binary = example_binary(name);
         let addr = free_port();
         let log = std::env::temp_dir().join(format!(
@@ -54,6 +63,7 @@ impl Example {
             .env("ADDR", addr.to_string())
             .env("RUST_LOG", "info,tower_ws_hub=debug")
             .env_remove("REDIS_URL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(stderr)
@@ -314,6 +324,7 @@ async fn close_code(client: &mut Client) -> CloseCode {
 // chat
 // ---------------------------------------------------------------------------------------------
 
+#[cfg(feature = "redis")] // the chat example reads $REDIS_URL
 #[tokio::test]
 async fn chat_serves_the_page_rooms_publishing_and_shuts_down_gracefully() {
     let mut chat = Example::start("chat").await;
@@ -364,6 +375,77 @@ async fn chat_serves_the_page_rooms_publishing_and_shuts_down_gracefully() {
     }
     let status = chat.wait().await;
     assert!(status.success(), "chat exited with {status}");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn two_chat_processes_on_one_redis_behave_as_one_hub() {
+    let redis = redis_support::RedisServer::start().await;
+    let env = [("REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut one = Example::start_with("chat", &env).await;
+    let mut two = Example::start_with("chat", &env).await;
+    for chat in [&one, &two] {
+        wait_ready(chat).await;
+    }
+
+    // A client on each process, in the same room: messages cross both ways through Redis.
+    let mut a = connect(&one.ws_url("/ws/lobby")).await;
+    let mut b = connect(&two.ws_url("/ws/lobby")).await;
+    assert_eq!(
+        send_until_received(&mut a, &mut b, "from one").await,
+        "from one"
+    );
+    b.send(WsMessage::text("from two")).await.unwrap();
+    assert_eq!(next_text(&mut a).await, "from two");
+
+    // Publishing over HTTP on one process reaches the member on the other (0 local receivers).
+    let (status, body) = http("POST", &one.http_url("/rooms/lobby/messages"), "posted").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(next_text(&mut b).await, "posted");
+
+    // Redis gone: /readyz says so, local delivery keeps working.
+    drop(redis);
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (status, _) = http("GET", &one.http_url("/readyz"), "").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never noticed Redis left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut a2 = connect(&one.ws_url("/ws/lobby")).await;
+    assert_eq!(send_until_received(&mut a, &mut a2, "local").await, "local");
+
+    for chat in [&one, &two] {
+        chat.terminate();
+    }
+    for chat in [&mut one, &mut two] {
+        let status = chat.wait().await;
+        assert!(status.success(), "chat exited with {status}");
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Waits until the example's `/readyz` answers 200 (its broker is connected).
+async fn wait_ready(example: &Example) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (status, body) = http("GET", &example.http_url("/readyz"), "").await;
+        if status == StatusCode::OK {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never became ready: {body}",
+            example.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
