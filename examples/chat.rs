@@ -152,10 +152,22 @@ async fn publish(State(hub): State<Hub>, Path(room): Path<String>, body: String)
         Err(error @ PublishError::ShuttingDown) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response()
         }
-        // Local members got it, the cross-instance broker did not (only with such a broker).
+        // Local members got it; other instances did not (Redis is down or overloaded). Say both.
+        Err(PublishError::BrokerUnavailable {
+            delivered_locally,
+            reason,
+        }) => {
+            tracing::warn!(room, %reason, "publish reached local members only");
+            (
+                StatusCode::ACCEPTED,
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{{\"delivered\":{delivered_locally},\"other_instances\":false}}\n"),
+            )
+                .into_response()
+        }
         Err(error) => {
             tracing::warn!(room, %error, "publish");
-            (StatusCode::BAD_GATEWAY, format!("{error}\n")).into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
         }
     }
 }

@@ -12,7 +12,12 @@ pub enum PublishError {
     ShuttingDown,
     /// Local members got the message, but it could not be handed to the cross-instance broker
     /// (e.g. Redis is down or its publish queue is full). Other instances will not see it.
-    BrokerUnavailable(String),
+    BrokerUnavailable {
+        /// Local members the message was queued for anyway.
+        delivered_locally: usize,
+        /// Why the broker refused it.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for PublishError {
@@ -20,9 +25,13 @@ impl std::fmt::Display for PublishError {
         match self {
             Self::InvalidRoom(error) => write!(f, "cannot publish: {error}"),
             Self::ShuttingDown => f.write_str("cannot publish: the hub is shutting down"),
-            Self::BrokerUnavailable(why) => write!(
+            Self::BrokerUnavailable {
+                delivered_locally,
+                reason,
+            } => write!(
                 f,
-                "delivered locally, but not to other instances: {why} (check the broker's status with Hub::broker_status)"
+                "delivered to {delivered_locally} local member(s), but not to other instances: \
+                 {reason} (see Hub::broker_status)"
             ),
         }
     }

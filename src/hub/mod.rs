@@ -116,8 +116,15 @@ impl Hub {
             Some(room) => Arc::clone(room.name()),
             None => Arc::from(room),
         };
-        self.inner.broker.publish(&name, &message)?;
-        Ok(usize::try_from(fan_out.queued).unwrap_or(usize::MAX))
+        let delivered_locally = usize::try_from(fan_out.queued).unwrap_or(usize::MAX);
+        self.inner
+            .broker
+            .publish(&name, &message)
+            .map_err(|reason| PublishError::BrokerUnavailable {
+                delivered_locally,
+                reason,
+            })?;
+        Ok(delivered_locally)
     }
 
     /// Number of local members of `room` (0 for a room nobody joined).

@@ -24,6 +24,12 @@ enum Kind<B> {
 }
 
 impl<B> HubBody<B> {
+    /// Wraps a body of the inner service's type: for middleware around a
+    /// [`HubService`](super::HubService) that answers some requests itself.
+    pub fn new(body: B) -> Self {
+        Self::inner(body)
+    }
+
     pub(crate) fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner(body),
@@ -34,6 +40,12 @@ impl<B> HubBody<B> {
         Self {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
         }
+    }
+}
+
+impl<B: Default> Default for HubBody<B> {
+    fn default() -> Self {
+        Self::inner(B::default())
     }
 }
 

@@ -146,3 +146,124 @@ pub async fn close_code(client: &mut Client) -> Option<u16> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Additions for the integration suite (handshake, rooms, hooks, connection, slow consumer,
+// shutdown, stacks, tonic). Raw-socket helpers live in `support::raw`.
+// ---------------------------------------------------------------------------------------------
+
+pub mod raw;
+
+/// Serves `app` on a free loopback port with axum::serve, *without* tying the HTTP server's
+/// lifetime to the hub's shutdown: the server keeps accepting requests after `hub.shutdown()`
+/// (for tests of what a shut-down hub answers).
+pub async fn serve_router_forever(app: Router, hub: Hub) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    Server { addr, hub, task }
+}
+
+/// Connects a WebSocket client built from a full request (custom headers, ...).
+pub async fn connect_request(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Client {
+    let (ws, response) = tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect failed: {e}"));
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Connects a WebSocket client with 4 KiB buffers (for tests that open hundreds of clients:
+/// tungstenite's default 128 KiB read buffer per client adds up).
+pub async fn connect_small(url: &str) -> Client {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024);
+    let (ws, response) = tokio::time::timeout(
+        PROMPTLY,
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+    )
+    .await
+    .expect("connect timed out")
+    .unwrap_or_else(|e| panic!("connect to {url} failed: {e}"));
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next binary message's bytes.
+pub async fn next_binary(client: &mut Client) -> Vec<u8> {
+    match next_data(client).await {
+        WsMessage::Binary(bytes) => bytes.to_vec(),
+        other => panic!("expected binary, got {other:?}"),
+    }
+}
+
+/// Completes the close handshake from the client side, reading until the server's close.
+pub async fn close_client(mut client: Client) {
+    tokio::time::timeout(PROMPTLY, client.close(None))
+        .await
+        .expect("close timed out")
+        .ok();
+    // Drain until the server's close frame (or the end of the stream).
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(PROMPTLY, client.next()).await {}
+}
+
+/// Status, headers and body of a plain HTTP response.
+pub struct HttpReply {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Sends `request` with hyper's HTTP/1.1 client and collects the response.
+pub async fn http_send(request: http::Request<http_body_util::Full<bytes::Bytes>>) -> HttpReply {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let response = tokio::time::timeout(PROMPTLY, client.request(request))
+        .await
+        .expect("HTTP request timed out")
+        .expect("HTTP request failed");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(PROMPTLY, response.into_body().collect())
+        .await
+        .expect("HTTP body timed out")
+        .expect("HTTP body failed")
+        .to_bytes();
+    HttpReply {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+    }
+}
+
+/// `GET url` with hyper's HTTP/1.1 client.
+pub async fn http_get(url: &str) -> HttpReply {
+    http_send(
+        http::Request::get(url)
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Reads until the server's close frame, then keeps reading until the stream ends, which makes
+/// tungstenite send its answering close frame (it is only flushed by a later read). Returns the
+/// server's close code. Use this when the server waits for the close handshake to finish
+/// (e.g. `Hub::shutdown`).
+pub async fn close_code_to_end(client: &mut Client) -> Option<u16> {
+    let code = close_code(client).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(PROMPTLY, client.next()).await {}
+    code
+}

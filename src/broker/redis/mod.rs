@@ -125,7 +125,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::status::{BrokerBackend, BrokerStatus};
-use crate::error::PublishError;
 use crate::hub::{HubBuilder, HubInner};
 use crate::log_throttle::LogThrottle;
 use crate::message::Message;
@@ -377,12 +376,12 @@ impl RedisBroker {
         slot.changed.notify_one();
     }
 
-    pub(crate) fn publish(&self, room: &Arc<str>, message: &Message) -> Result<(), PublishError> {
+    pub(crate) fn publish(&self, room: &Arc<str>, message: &Message) -> Result<(), String> {
         let publisher = &self.publishers[slot_of(room, self.publishers.len())];
         let shared = &self.shared;
         let refused = |counter: &AtomicU64, why: &'static str| {
             counter.fetch_add(1, Ordering::Relaxed);
-            PublishError::BrokerUnavailable(why.to_owned())
+            why.to_owned()
         };
         if publisher.state.get() == PublisherState::DOWN {
             return Err(refused(

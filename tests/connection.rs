@@ -1,0 +1,387 @@
+//! One connection's rules: size limits (1009), invalid UTF-8 (1007), protocol errors (1002),
+//! ping/pong and the pong timeout (1008), and the close handshake. Misbehaving clients are raw
+//! sockets writing exactly the bytes under test; after each failure a well-behaved pair of
+//! clients in another room must keep working and the connection count must be right.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use support::raw::{MASK, RawWs, Upgrade, encode_frame, opcode};
+use support::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tower_ws_hub::{Hub, close_code};
+
+/// A well-behaved client whose reads run in the background, so that it answers pings
+/// (tungstenite flushes pongs as it reads) however long the test looks elsewhere.
+struct Member {
+    sink: futures_util::stream::SplitSink<Client, WsMessage>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Member {
+    async fn join(server: &Server, room: &str) -> Self {
+        let (sink, mut stream) = server.connect(room).await.split();
+        let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if let WsMessage::Text(text) = message
+                    && tx.send(text.to_string()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Self { sink, inbox }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.sink.send(WsMessage::text(text)).await.unwrap();
+    }
+
+    async fn next_text(&mut self) -> String {
+        tokio::time::timeout(PROMPTLY, self.inbox.recv())
+            .await
+            .expect("no message in time")
+            .expect("connection ended")
+    }
+}
+
+/// Two well-behaved clients in room "calm", to show a misbehaving client hurts nobody else.
+struct Bystanders {
+    a: Member,
+    b: Member,
+}
+
+impl Bystanders {
+    async fn join(server: &Server) -> Self {
+        let a = Member::join(server, "calm").await;
+        let b = Member::join(server, "calm").await;
+        wait_members(&server.hub, "calm", 2).await;
+        Self { a, b }
+    }
+
+    /// They still talk to each other, and only they are connected.
+    async fn assert_unharmed(&mut self, server: &Server) {
+        self.a.send("still fine?").await;
+        assert_eq!(self.b.next_text().await, "still fine?");
+        self.b.send("still fine.").await;
+        assert_eq!(self.a.next_text().await, "still fine.");
+        eventually("only the bystanders left connected", || {
+            server.hub.stats().connections == 2
+        })
+        .await;
+        assert_eq!(server.hub.room_size("bad"), 0);
+        assert_eq!(server.hub.rooms(), ["calm"]);
+        assert!(self.a.inbox.is_empty() && self.b.inbox.is_empty());
+    }
+}
+
+/// Opens a raw WebSocket client in `room` (the caller waits for membership as it needs).
+async fn open_raw(server: &Server, room: &str) -> RawWs {
+    Upgrade::new(&format!("/ws/{room}")).open(server.addr).await
+}
+
+/// Sends `bytes` from a raw client in room "bad" and expects a close frame with `code`.
+async fn assert_closed_with(hub: Hub, bytes: &[u8], code: u16) {
+    let server = serve_hub(hub).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut raw = open_raw(&server, "bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+
+    raw.send_bytes(bytes).await;
+    assert_eq!(raw.close_code().await, Some(code));
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+// ----- size limits ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_message_larger_than_max_message_size_is_closed_with_1009() {
+    let server = serve_hub(Hub::builder().max_message_size(1024).build()).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut big = server.connect("bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+
+    big.send(WsMessage::text("x".repeat(2048))).await.unwrap();
+    assert_eq!(
+        close_code(&mut big).await,
+        Some(close_code::MESSAGE_TOO_BIG)
+    );
+    bystanders.assert_unharmed(&server).await;
+    // Nothing of the oversized message reached anyone.
+    assert_eq!(server.hub.stats().messages_received, 2);
+}
+
+#[tokio::test]
+async fn a_message_at_the_size_limit_is_delivered() {
+    let server = serve_hub(Hub::builder().max_message_size(1024).build()).await;
+    let mut a = server.connect("edge").await;
+    let mut b = server.connect("edge").await;
+    wait_members(&server.hub, "edge", 2).await;
+    a.send(WsMessage::binary(vec![7u8; 1024])).await.unwrap();
+    assert_eq!(next_binary(&mut b).await, vec![7u8; 1024]);
+}
+
+#[tokio::test]
+async fn a_fragmented_message_larger_than_max_message_size_is_closed_with_1009() {
+    // Each fragment is small; together they exceed the limit.
+    let mut bytes = encode_frame(false, 0, opcode::TEXT, Some(MASK), &[b'a'; 600]);
+    bytes.extend(encode_frame(
+        true,
+        0,
+        opcode::CONTINUATION,
+        Some(MASK),
+        &[b'b'; 600],
+    ));
+    assert_closed_with(
+        Hub::builder().max_message_size(1024).build(),
+        &bytes,
+        close_code::MESSAGE_TOO_BIG,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_max_frame_size_is_closed_with_1009() {
+    let bytes = encode_frame(true, 0, opcode::BINARY, Some(MASK), &[0u8; 2048]);
+    assert_closed_with(
+        Hub::builder().max_frame_size(1024).build(),
+        &bytes,
+        close_code::MESSAGE_TOO_BIG,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_within_the_limits_is_reassembled() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut listener = server.connect("frag").await;
+    let mut raw = open_raw(&server, "frag").await;
+    wait_members(&server.hub, "frag", 2).await;
+    let mut bytes = encode_frame(false, 0, opcode::TEXT, Some(MASK), b"hel");
+    // A ping between fragments is allowed (RFC 6455 §5.4).
+    bytes.extend(encode_frame(true, 0, opcode::PING, Some(MASK), b"mid"));
+    bytes.extend(encode_frame(
+        true,
+        0,
+        opcode::CONTINUATION,
+        Some(MASK),
+        b"lo",
+    ));
+    raw.send_bytes(&bytes).await;
+    assert_eq!(next_text(&mut listener).await, "hello");
+    let pong = raw.read_frame().await.unwrap();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (opcode::PONG, &b"mid"[..])
+    );
+}
+
+// ----- invalid payloads and protocol errors -------------------------------------------------
+
+#[tokio::test]
+async fn a_text_message_with_invalid_utf8_is_closed_with_1007() {
+    let bytes = encode_frame(true, 0, opcode::TEXT, Some(MASK), &[b'o', b'k', 0xFF, 0xFE]);
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::INVALID_PAYLOAD).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_split_across_fragments_is_closed_with_1007() {
+    // "é" is C3 A9: end the message after the C3.
+    let mut bytes = encode_frame(false, 0, opcode::TEXT, Some(MASK), b"caf");
+    bytes.extend(encode_frame(
+        true,
+        0,
+        opcode::CONTINUATION,
+        Some(MASK),
+        &[0xC3],
+    ));
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::INVALID_PAYLOAD).await;
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_is_closed_with_1002() {
+    let bytes = encode_frame(true, 0, opcode::TEXT, None, b"unmasked");
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn a_frame_with_reserved_bits_set_is_closed_with_1002() {
+    for rsv in [0b100, 0b010, 0b001] {
+        let bytes = encode_frame(true, rsv, opcode::TEXT, Some(MASK), b"rsv");
+        assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_data_opcode_is_closed_with_1002() {
+    let bytes = encode_frame(true, 0, 0x3, Some(MASK), b"what is this");
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn an_unknown_control_opcode_is_closed_with_1002() {
+    let bytes = encode_frame(true, 0, 0xB, Some(MASK), b"");
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn a_fragmented_ping_is_closed_with_1002() {
+    let bytes = encode_frame(false, 0, opcode::PING, Some(MASK), b"half a ping");
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn a_control_frame_over_125_bytes_is_closed_with_1002() {
+    let bytes = encode_frame(true, 0, opcode::PING, Some(MASK), &[1u8; 126]);
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn a_continuation_without_a_start_is_closed_with_1002() {
+    let bytes = encode_frame(true, 0, opcode::CONTINUATION, Some(MASK), b"orphan");
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn a_new_message_inside_a_fragmented_one_is_closed_with_1002() {
+    let mut bytes = encode_frame(false, 0, opcode::TEXT, Some(MASK), b"first");
+    bytes.extend(encode_frame(true, 0, opcode::BINARY, Some(MASK), b"second"));
+    assert_closed_with(Hub::builder().build(), &bytes, close_code::PROTOCOL_ERROR).await;
+}
+
+#[tokio::test]
+async fn a_misbehaving_client_that_vanishes_without_answering_our_close_is_cleaned_up() {
+    // The raw client breaks a rule, then drops its socket without a close frame.
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut raw = open_raw(&server, "bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+    raw.send_bytes(&encode_frame(true, 0b100, opcode::TEXT, Some(MASK), b"x"))
+        .await;
+    let close = raw.read_close().await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(close_code::PROTOCOL_ERROR));
+    drop(raw);
+    bystanders.assert_unharmed(&server).await;
+}
+
+// ----- ping / pong ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_ping_is_answered_with_a_pong_carrying_its_payload() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut client = server.connect("pp").await;
+    client
+        .send(WsMessage::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(PROMPTLY, client.next())
+        .await
+        .expect("no pong in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, WsMessage::Pong(Bytes::from_static(b"are you there")));
+}
+
+#[tokio::test]
+async fn the_server_pings_at_the_ping_interval_and_a_client_that_answers_stays() {
+    let hub = Hub::builder()
+        .ping_interval(Some(Duration::from_millis(200)))
+        .pong_timeout(Duration::from_secs(5))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut client = server.connect("beat").await;
+    let mut other = server.connect("beat").await;
+    wait_members(&server.hub, "beat", 2).await;
+
+    // tungstenite answers each ping with a pong as the client reads.
+    let mut pings = 0;
+    while pings < 3 {
+        let message = tokio::time::timeout(PROMPTLY, client.next())
+            .await
+            .expect("no ping in time")
+            .expect("stream ended")
+            .expect("read error");
+        match message {
+            WsMessage::Ping(_) => pings += 1,
+            other => panic!("expected only pings, got {other:?}"),
+        }
+    }
+    send_text(&mut client, "alive").await;
+    assert_eq!(next_text(&mut other).await, "alive");
+    let stats = server.hub.stats();
+    assert_eq!(stats.pong_timeouts, 0);
+    assert_eq!(stats.connections, 2);
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed_with_1008() {
+    let hub = Hub::builder()
+        .ping_interval(Some(Duration::from_millis(200)))
+        .pong_timeout(Duration::from_millis(300))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut raw = open_raw(&server, "bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+
+    // The raw client reads everything and answers nothing.
+    let first = raw.read_frame().await.expect("a ping");
+    assert_eq!(first.opcode, opcode::PING);
+    let close = raw.read_close().await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(close_code::POLICY_VIOLATION));
+    raw.send_close(close_code::POLICY_VIOLATION).await;
+    raw.wait_eof().await;
+
+    // The bystanders answer pings (their reads flush the pongs) and are kept.
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().pong_timeouts, 1);
+}
+
+#[tokio::test]
+async fn no_pings_are_sent_when_the_interval_is_disabled() {
+    let hub = Hub::builder().ping_interval(None).build();
+    let server = serve_hub(hub).await;
+    let mut raw = open_raw(&server, "quiet").await;
+    wait_members(&server.hub, "quiet", 1).await;
+    let read = tokio::time::timeout(Duration::from_millis(500), raw.read_frame()).await;
+    assert!(read.is_err(), "expected nothing, got {read:?}");
+}
+
+// ----- close handshake ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_close_is_answered_and_the_member_leaves() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut client = server.connect("bye").await;
+    wait_members(&server.hub, "bye", 1).await;
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "done".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut client).await, Some(close_code::NORMAL));
+    eventually("the member left", || server.hub.room_size("bye") == 0).await;
+    eventually("no connections", || server.hub.stats().connections == 0).await;
+}
+
+#[tokio::test]
+async fn a_raw_client_close_gets_a_close_frame_back_and_the_socket_ends() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut raw = open_raw(&server, "bye").await;
+    wait_members(&server.hub, "bye", 1).await;
+    raw.send_close(close_code::NORMAL).await;
+    let close = raw.read_close().await.expect("the server's close frame");
+    assert_eq!(close.close_code(), Some(close_code::NORMAL));
+    assert!(!close.masked, "server frames are never masked");
+    raw.wait_eof().await;
+    eventually("no connections", || server.hub.stats().connections == 0).await;
+}

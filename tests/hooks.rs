@@ -1,0 +1,333 @@
+//! Application hooks: `on_connect` / `on_disconnect` run once per connection, `on_message`
+//! forwards (possibly transformed), replies to the sender only, or drops, and the
+//! [`ConnectionContext`] they get carries the room, the request headers, the extensions left by
+//! middleware in front of the layer, and the client's address.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Version};
+use futures_util::SinkExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tower_ws_hub::{
+    ConnectionContext, ConnectionId, Hub, HubBuilder, HubLayer, InboundAction, Message,
+};
+
+type Events = Arc<Mutex<Vec<(&'static str, ConnectionId, String)>>>;
+
+fn recording_hub(events: &Events) -> Hub {
+    let on_connect = Arc::clone(events);
+    let on_disconnect = Arc::clone(events);
+    Hub::builder()
+        .on_connect(move |ctx| {
+            on_connect
+                .lock()
+                .unwrap()
+                .push(("connect", ctx.id(), ctx.room().to_owned()));
+        })
+        .on_disconnect(move |ctx| {
+            on_disconnect
+                .lock()
+                .unwrap()
+                .push(("disconnect", ctx.id(), ctx.room().to_owned()));
+        })
+        .build()
+}
+
+fn count(events: &Events, kind: &str) -> usize {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == kind)
+        .count()
+}
+
+#[tokio::test]
+async fn on_connect_and_on_disconnect_run_once_per_connection() {
+    let events = Events::default();
+    let server = serve_hub(recording_hub(&events)).await;
+
+    let a = server.connect("one").await;
+    let b = server.connect("one").await;
+    let c = server.connect("two").await;
+    eventually("three connects", || count(&events, "connect") == 3).await;
+    assert_eq!(count(&events, "disconnect"), 0);
+
+    // However the connection ends: a close handshake, a dropped socket, a protocol error.
+    close_client(a).await;
+    drop(b);
+    let mut raw = support::raw::Upgrade::new("/ws/three")
+        .open(server.addr)
+        .await;
+    raw.send_bytes(&support::raw::encode_frame(true, 0, 0x1, None, b"unmasked"))
+        .await;
+    raw.wait_eof().await;
+    drop(c);
+    eventually("four disconnects", || count(&events, "disconnect") == 4).await;
+    // Nothing more trickles in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let events = events.lock().unwrap().clone();
+    let mut per_id: HashMap<ConnectionId, Vec<&str>> = HashMap::new();
+    for (kind, id, _) in &events {
+        per_id.entry(*id).or_default().push(kind);
+    }
+    assert_eq!(per_id.len(), 4, "{events:?}");
+    for (id, kinds) in per_id {
+        assert_eq!(kinds, ["connect", "disconnect"], "connection {id}");
+    }
+    let rooms: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "connect")
+        .map(|e| e.2.as_str())
+        .collect();
+    assert_eq!(rooms.iter().filter(|r| **r == "one").count(), 2);
+    assert!(rooms.contains(&"two") && rooms.contains(&"three"));
+}
+
+#[tokio::test]
+async fn on_connect_runs_after_the_connection_joined_its_room() {
+    // A message published from on_connect reaches the new member itself.
+    let hub_slot: Arc<Mutex<Option<Hub>>> = Arc::default();
+    let slot = Arc::clone(&hub_slot);
+    let hub = Hub::builder()
+        .on_connect(move |ctx| {
+            let hub = slot.lock().unwrap().clone().unwrap();
+            let room = ctx.room().to_owned();
+            let size = hub.room_size(&room);
+            tokio::spawn(async move {
+                hub.publish(&room, Message::text(format!("welcome, {size} here")))
+                    .await
+                    .unwrap();
+            });
+        })
+        .build();
+    *hub_slot.lock().unwrap() = Some(hub.clone());
+    let server = serve_hub(hub).await;
+    let mut client = server.connect("greet").await;
+    assert_eq!(next_text(&mut client).await, "welcome, 1 here");
+}
+
+#[tokio::test]
+async fn on_message_forward_can_transform_the_message() {
+    let hub = Hub::builder()
+        .on_message(|ctx, msg| match msg.as_text() {
+            Some(text) => InboundAction::Forward(Message::text(format!(
+                "[{}] {}",
+                ctx.room(),
+                text.to_uppercase()
+            ))),
+            None => InboundAction::Forward(Message::binary(
+                msg.payload().iter().rev().copied().collect::<Vec<u8>>(),
+            )),
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut sender = server.connect("loud").await;
+    let mut receiver = server.connect("loud").await;
+    wait_members(&server.hub, "loud", 2).await;
+
+    send_text(&mut sender, "hello").await;
+    assert_eq!(next_text(&mut receiver).await, "[loud] HELLO");
+    sender
+        .send(WsMessage::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(next_binary(&mut receiver).await, [3, 2, 1]);
+
+    // The application's own publishes do not go through the inbound hook.
+    server
+        .hub
+        .publish("loud", Message::text("quiet"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut receiver).await, "quiet");
+}
+
+#[tokio::test]
+async fn on_message_reply_goes_to_the_sender_only() {
+    let hub = Hub::builder()
+        .on_message(|_, msg| match msg.as_text() {
+            Some("/ping") => InboundAction::Reply(Message::text("pong (just for you)")),
+            _ => InboundAction::Forward(msg),
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut sender = server.connect("cmd").await;
+    let mut other = server.connect("cmd").await;
+    wait_members(&server.hub, "cmd", 2).await;
+
+    send_text(&mut sender, "/ping").await;
+    assert_eq!(next_text(&mut sender).await, "pong (just for you)");
+    // The other member gets the next forwarded message first: the reply never reached it.
+    send_text(&mut sender, "for the room").await;
+    assert_eq!(next_text(&mut other).await, "for the room");
+    assert_silent(&mut sender, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn on_message_drop_delivers_nothing() {
+    let hub = Hub::builder()
+        .on_message(|_, msg| {
+            if msg.as_text().is_some_and(|t| t.starts_with("secret")) {
+                InboundAction::Drop
+            } else {
+                InboundAction::Forward(msg)
+            }
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut sender = server.connect("filtered").await;
+    let mut other = server.connect("filtered").await;
+    wait_members(&server.hub, "filtered", 2).await;
+
+    send_text(&mut sender, "secret plan").await;
+    send_text(&mut sender, "public news").await;
+    assert_eq!(next_text(&mut other).await, "public news");
+    assert_silent(&mut sender, Duration::from_millis(100)).await;
+    assert_silent(&mut other, Duration::from_millis(100)).await;
+    let stats = server.hub.stats();
+    assert_eq!(stats.messages_received, 2);
+    assert_eq!(stats.messages_published, 1);
+}
+
+#[tokio::test]
+async fn on_message_runs_for_each_message_in_order() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let hub = Hub::builder()
+        .on_message(move |_, msg| {
+            record
+                .lock()
+                .unwrap()
+                .push(msg.as_text().unwrap_or("<binary>").to_owned());
+            InboundAction::Drop
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut client = server.connect("log").await;
+    for i in 0..50 {
+        send_text(&mut client, &i.to_string()).await;
+    }
+    eventually("50 messages seen", || seen.lock().unwrap().len() == 50).await;
+    let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct User(&'static str);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    room: String,
+    header: Option<String>,
+    header_count: usize,
+    user: Option<User>,
+    version: Version,
+    remote_addr: Option<SocketAddr>,
+}
+
+fn seen_hub(builder: HubBuilder, seen: &Arc<Mutex<Vec<Seen>>>) -> Hub {
+    let seen = Arc::clone(seen);
+    builder
+        .on_connect(move |ctx: &ConnectionContext| {
+            seen.lock().unwrap().push(Seen {
+                room: ctx.room().to_owned(),
+                header: ctx
+                    .headers()
+                    .get("x-client")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                header_count: ctx.headers().len(),
+                user: ctx.extensions().get::<User>().cloned(),
+                version: ctx.http_version(),
+                remote_addr: ctx.remote_addr(),
+            });
+        })
+        .build()
+}
+
+async fn connect_with_header(url: &str) -> (Client, SocketAddr) {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-client", "integration-test".parse().unwrap());
+    let client = connect_request(request).await;
+    let local = match client.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(stream) => stream.local_addr().unwrap(),
+        _ => unreachable!("plain TCP"),
+    };
+    (client, local)
+}
+
+#[tokio::test]
+async fn connection_context_exposes_room_headers_and_middleware_extensions() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let hub = seen_hub(Hub::builder(), &seen);
+    // Authentication-like middleware *outside* the hub layer (added after it) runs first.
+    let app = Router::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: Request<Body>| {
+                request.extensions_mut().insert(User("alice"));
+                request
+            },
+        ));
+    let server = serve_router(app, hub).await;
+    let (_client, _) = connect_with_header(&server.ws_url("ctx")).await;
+    eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
+
+    let seen = seen.lock().unwrap()[0].clone();
+    assert_eq!(seen.room, "ctx");
+    assert_eq!(seen.header.as_deref(), Some("integration-test"));
+    assert_eq!(seen.user, Some(User("alice")));
+    assert_eq!(seen.version, Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn keep_request_headers_off_leaves_headers_empty_but_keeps_extensions() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let hub = seen_hub(Hub::builder().keep_request_headers(false), &seen);
+    let app = Router::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: Request<Body>| {
+                request.extensions_mut().insert(User("bob"));
+                request
+            },
+        ));
+    let server = serve_router(app, hub).await;
+    let (_client, _) = connect_with_header(&server.ws_url("lean")).await;
+    eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
+    let seen = seen.lock().unwrap()[0].clone();
+    assert_eq!(seen.header_count, 0);
+    assert_eq!(seen.user, Some(User("bob")));
+}
+
+#[tokio::test]
+async fn connection_context_knows_the_client_address_when_told_where_to_find_it() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let hub = seen_hub(Hub::builder(), &seen);
+    let app = Router::new().layer(HubLayer::new(hub.clone()).route("/ws/{room}").remote_addr(
+        |parts| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0)
+        },
+    ));
+    // serve_router serves with `into_make_service_with_connect_info::<SocketAddr>()`.
+    let server = serve_router(app, hub).await;
+    let (_client, local) = connect_with_header(&server.ws_url("addr")).await;
+    eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
+    assert_eq!(seen.lock().unwrap()[0].remote_addr, Some(local));
+}

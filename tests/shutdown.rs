@@ -1,0 +1,170 @@
+//! Graceful shutdown: every client gets close 1001 after what was queued for it, new upgrades
+//! get 503 while ordinary routes keep working, publishing is refused, and a client that never
+//! answers cannot hold the shutdown up past its grace period.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use support::raw::{Upgrade, opcode};
+use support::*;
+use tower_ws_hub::{Hub, HubLayer, Message, PublishError, close_code};
+
+#[tokio::test]
+async fn shutdown_closes_every_client_with_1001() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut clients = Vec::new();
+    for room in ["a", "a", "b", "c"] {
+        clients.push(server.connect(room).await);
+    }
+    eventually("four connections", || server.hub.stats().connections == 4).await;
+
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    for client in &mut clients {
+        assert_eq!(
+            close_code_to_end(client).await,
+            Some(close_code::GOING_AWAY)
+        );
+    }
+    tokio::time::timeout(PROMPTLY, shutdown)
+        .await
+        .expect("shutdown did not finish")
+        .unwrap();
+    let stats = server.hub.stats();
+    assert_eq!(stats.connections, 0);
+    assert!(server.hub.rooms().is_empty());
+    assert!(server.hub.is_shutting_down());
+}
+
+#[tokio::test]
+async fn messages_queued_before_shutdown_are_delivered_before_the_close() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut client = server.connect("last-words").await;
+    wait_members(&server.hub, "last-words", 1).await;
+
+    // Queue a backlog the client has not read yet, then shut down at once.
+    for i in 0..200 {
+        server
+            .hub
+            .publish("last-words", Message::text(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+
+    for i in 0..200 {
+        assert_eq!(next_text(&mut client).await, i.to_string());
+    }
+    assert_eq!(
+        close_code_to_end(&mut client).await,
+        Some(close_code::GOING_AWAY)
+    );
+    tokio::time::timeout(PROMPTLY, shutdown)
+        .await
+        .expect("shutdown did not finish")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn publishing_after_shutdown_is_refused() {
+    let hub = Hub::builder().build();
+    hub.shutdown().await;
+    let error = hub.publish("any", Message::text("late")).await.unwrap_err();
+    assert_eq!(error, PublishError::ShuttingDown);
+}
+
+#[tokio::test]
+async fn an_upgrade_after_shutdown_is_refused_with_503_while_other_routes_still_work() {
+    let hub = Hub::builder().build();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+    // An HTTP server that outlives the hub, so the upgrade reaches the layer.
+    let server = serve_router_forever(app, hub).await;
+    server.hub.shutdown().await;
+
+    let response = Upgrade::new("/ws/lobby").send(server.addr).await;
+    response.assert_rejection(503, "shutting down");
+    assert!(response.header("retry-after").is_some());
+    assert_eq!(server.hub.stats().connections_opened, 0);
+
+    let reply = http_get(&server.http_url("/healthz")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "ok");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_even_if_a_client_never_answers_the_close() {
+    let hub = Hub::builder()
+        .close_timeout(Duration::from_millis(200))
+        .shutdown_grace(Duration::from_millis(500))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut polite = server.connect("mixed").await;
+    // A raw client that reads nothing and never answers.
+    let _mute = Upgrade::new("/ws/mixed").open(server.addr).await;
+    wait_members(&server.hub, "mixed", 2).await;
+
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    assert_eq!(
+        close_code_to_end(&mut polite).await,
+        Some(close_code::GOING_AWAY)
+    );
+    tokio::time::timeout(PROMPTLY, shutdown)
+        .await
+        .expect("shutdown hung on a client that never answered")
+        .unwrap();
+    eventually("no connections", || server.hub.stats().connections == 0).await;
+}
+
+#[tokio::test]
+async fn a_raw_client_sees_the_1001_close_frame_after_its_queued_messages() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut raw = Upgrade::new("/ws/raw").open(server.addr).await;
+    wait_members(&server.hub, "raw", 1).await;
+    server
+        .hub
+        .publish("raw", Message::text("before"))
+        .await
+        .unwrap();
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+
+    let first = raw.read_frame().await.expect("the queued message");
+    assert_eq!(
+        (first.opcode, first.payload.as_slice()),
+        (opcode::TEXT, &b"before"[..])
+    );
+    assert_eq!(raw.close_code().await, Some(close_code::GOING_AWAY));
+    raw.wait_eof().await;
+    tokio::time::timeout(PROMPTLY, shutdown)
+        .await
+        .expect("shutdown did not finish")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_http_server_stops_after_hub_shutdown_via_shutdown_started() {
+    // serve_hub wires axum's graceful shutdown to `hub.shutdown_started()`.
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut client = server.connect("bye").await;
+    wait_members(&server.hub, "bye", 1).await;
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    assert_eq!(
+        close_code_to_end(&mut client).await,
+        Some(close_code::GOING_AWAY)
+    );
+    shutdown.await.unwrap();
+    tokio::time::timeout(PROMPTLY, server.task)
+        .await
+        .expect("the HTTP server kept running")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}

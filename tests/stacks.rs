@@ -1,0 +1,395 @@
+//! The layer in different stacks: inside and outside `tower_http::trace::TraceLayer`, behind an
+//! auth layer, around a bare hyper `service_fn` served by hyper-util with upgrades, and over
+//! HTTP/2 extended CONNECT (RFC 8441) from hyper's own HTTP/2 client — sharing rooms with
+//! HTTP/1.1 clients.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, Response, StatusCode, Version};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::raw::Upgrade;
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnRequest, OnResponse, TraceLayer};
+use tower_ws_hub::{Hub, HubLayer, Message};
+
+type Statuses = Arc<Mutex<Vec<u16>>>;
+
+/// Records the status of every response a `TraceLayer` sees.
+#[derive(Clone)]
+struct RecordStatus(Statuses);
+
+impl<B> OnResponse<B> for RecordStatus {
+    fn on_response(self, response: &Response<B>, _latency: Duration, _span: &tracing::Span) {
+        self.0.lock().unwrap().push(response.status().as_u16());
+    }
+}
+
+type RecordingTraceLayer = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    DefaultMakeSpan,
+    DefaultOnRequest,
+    RecordStatus,
+>;
+
+/// A TraceLayer that records the status of every response it sees.
+fn recording_trace_layer(statuses: Statuses) -> RecordingTraceLayer {
+    TraceLayer::new_for_http().on_response(RecordStatus(statuses))
+}
+
+fn app_routes() -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" }))
+}
+
+/// Checks both halves of a server: an HTTP route and a WebSocket room.
+async fn assert_http_and_websocket_work(server: &Server) {
+    let reply = http_get(&server.http_url("/healthz")).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+    let mut a = server.connect("stack").await;
+    let mut b = server.connect("stack").await;
+    wait_members(&server.hub, "stack", 2).await;
+    send_text(&mut a, "through the stack").await;
+    assert_eq!(next_text(&mut b).await, "through the stack");
+    // Rejections are still the hub's.
+    let response = Upgrade::new("/ws/stack")
+        .without("Sec-WebSocket-Key")
+        .send(server.addr)
+        .await;
+    response.assert_rejection(400, "Sec-WebSocket-Key");
+}
+
+// ----- axum stacks ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_hub_works_outside_a_trace_layer_which_never_sees_websocket_requests() {
+    let statuses = Statuses::default();
+    let hub = Hub::builder().build();
+    let app = app_routes()
+        .layer(recording_trace_layer(Arc::clone(&statuses)))
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+    let server = serve_router(app, hub).await;
+    assert_http_and_websocket_work(&server).await;
+    assert_eq!(*statuses.lock().unwrap(), [200]);
+}
+
+#[tokio::test]
+async fn the_hub_works_inside_a_trace_layer_which_sees_the_101_and_the_rejections() {
+    let statuses = Statuses::default();
+    let hub = Hub::builder().build();
+    let app = app_routes()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(recording_trace_layer(Arc::clone(&statuses)));
+    let server = serve_router(app, hub).await;
+    assert_http_and_websocket_work(&server).await;
+    let mut statuses = statuses.lock().unwrap().clone();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [101, 101, 200, 400]);
+}
+
+#[tokio::test]
+// tower-http's validator signature returns the whole rejection response as the error.
+#[allow(clippy::result_large_err)]
+async fn an_auth_layer_outside_the_hub_guards_websocket_upgrades() {
+    use tower_http::validate_request::ValidateRequestHeaderLayer;
+    let hub = Hub::builder().build();
+    let app = app_routes()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(ValidateRequestHeaderLayer::custom(
+            |request: &mut Request<Body>| match request.headers().get("authorization") {
+                Some(value) if value == "Bearer let-me-in" => Ok(()),
+                _ => Err(Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .body(Body::from("who are you?"))
+                    .unwrap()),
+            },
+        ));
+    let server = serve_router(app, hub).await;
+
+    let response = Upgrade::new("/ws/private").send(server.addr).await;
+    assert_eq!(response.status, 401);
+    assert_eq!(response.text(), "who are you?");
+    assert_eq!(server.hub.stats().connections_opened, 0);
+
+    let _member = Upgrade::new("/ws/private")
+        .header("Authorization", "Bearer let-me-in")
+        .open(server.addr)
+        .await;
+    wait_members(&server.hub, "private", 1).await;
+}
+
+// ----- bare hyper ----------------------------------------------------------------------------
+
+/// Serves a bare hyper `service_fn`, wrapped in the hub layer with `tower::ServiceBuilder`,
+/// with hyper-util's auto (HTTP/1.1 + HTTP/2) connection builder and upgrades enabled.
+async fn serve_bare_hyper(hub: Hub) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(HubLayer::new(hub).route("/ws/{room}"))
+        .service(tower::service_fn(|request: Request<Incoming>| async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("x-served-by", "bare-hyper")
+                    .body(Full::new(Bytes::from(format!(
+                        "bare hyper: {}",
+                        request.uri().path()
+                    ))))
+                    .unwrap(),
+            )
+        }));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http2().enable_connect_protocol();
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_hub_wraps_a_bare_hyper_service_served_with_upgrades() {
+    let hub = Hub::builder().build();
+    let addr = serve_bare_hyper(hub.clone()).await;
+
+    let reply = http_get(&format!("http://{addr}/hello")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["x-served-by"], "bare-hyper");
+    assert_eq!(reply.body, "bare hyper: /hello");
+
+    let mut a = connect(&format!("ws://{addr}/ws/bare")).await;
+    let mut b = connect(&format!("ws://{addr}/ws/bare")).await;
+    wait_members(&hub, "bare", 2).await;
+    send_text(&mut a, "no framework at all").await;
+    assert_eq!(next_text(&mut b).await, "no framework at all");
+
+    let response = Upgrade::new("/ws/bare")
+        .header("Sec-WebSocket-Version", "8")
+        .send(addr)
+        .await;
+    response.assert_rejection(426, "13");
+}
+
+// ----- HTTP/2 extended CONNECT (RFC 8441) ----------------------------------------------------
+
+/// An HTTP/2 connection (prior knowledge) whose server has announced
+/// `SETTINGS_ENABLE_CONNECT_PROTOCOL`.
+async fn h2_connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    // Wait for the server's SETTINGS: an extended CONNECT sent before they arrived is refused
+    // by the client library. hyper processes frames in a task of its own and does not wake
+    // this connection future when SETTINGS arrive, so check the flag every few milliseconds
+    // while driving the connection.
+    let mut connection = Box::pin(connection);
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while !connection.is_extended_connect_protocol_enabled() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never enabled the extended CONNECT protocol"
+        );
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(5), connection.as_mut()).await
+        {
+            panic!("HTTP/2 connection ended early: {result:?}");
+        }
+    }
+    tokio::spawn(connection);
+    sender
+}
+
+fn h2_websocket_request(addr: SocketAddr, path: &str, protocol: &str) -> Request<Empty<Bytes>> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from(protocol));
+    request
+}
+
+type H2WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens a WebSocket over an HTTP/2 stream of `sender`'s connection.
+async fn h2_websocket(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    room: &str,
+) -> H2WebSocket {
+    let response = tokio::time::timeout(
+        PROMPTLY,
+        sender.send_request(h2_websocket_request(
+            addr,
+            &format!("/ws/{room}"),
+            "websocket",
+        )),
+    )
+    .await
+    .expect("CONNECT timed out")
+    .expect("CONNECT failed");
+    assert_eq!(response.status(), StatusCode::OK);
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .expect("no upgraded stream");
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
+async fn h2_next_text(ws: &mut H2WebSocket) -> String {
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, ws.next())
+            .await
+            .expect("no message in time")
+            .expect("stream ended")
+            .expect("read error");
+        match message {
+            WsMessage::Text(text) => return text.to_string(),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_extended_connect_websocket_shares_a_room_with_http1_clients() {
+    let versions: Arc<Mutex<Vec<Version>>> = Arc::default();
+    let record = Arc::clone(&versions);
+    let hub = Hub::builder()
+        .on_connect(move |ctx| record.lock().unwrap().push(ctx.http_version()))
+        .build();
+    let server = serve_hub(hub).await;
+
+    let mut sender = h2_connect(server.addr).await;
+    let mut over_h2 = h2_websocket(&mut sender, server.addr, "mixed").await;
+    let mut over_h1 = server.connect("mixed").await;
+    wait_members(&server.hub, "mixed", 2).await;
+
+    over_h2.send(WsMessage::text("from HTTP/2")).await.unwrap();
+    assert_eq!(next_text(&mut over_h1).await, "from HTTP/2");
+    send_text(&mut over_h1, "from HTTP/1.1").await;
+    assert_eq!(h2_next_text(&mut over_h2).await, "from HTTP/1.1");
+    server
+        .hub
+        .publish("mixed", Message::text("from the app"))
+        .await
+        .unwrap();
+    assert_eq!(h2_next_text(&mut over_h2).await, "from the app");
+    assert_eq!(next_text(&mut over_h1).await, "from the app");
+
+    let mut versions = versions.lock().unwrap().clone();
+    versions.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(versions, [Version::HTTP_11, Version::HTTP_2]);
+}
+
+#[tokio::test]
+async fn two_websockets_share_one_http2_connection() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let mut first = h2_websocket(&mut sender, server.addr, "multiplexed").await;
+    let mut second = h2_websocket(&mut sender, server.addr, "multiplexed").await;
+    wait_members(&server.hub, "multiplexed", 2).await;
+    first.send(WsMessage::text("stream one")).await.unwrap();
+    assert_eq!(h2_next_text(&mut second).await, "stream one");
+    second.send(WsMessage::text("stream two")).await.unwrap();
+    assert_eq!(h2_next_text(&mut first).await, "stream two");
+
+    // Closing one stream's WebSocket leaves the other working.
+    first.close(None).await.unwrap();
+    wait_members(&server.hub, "multiplexed", 1).await;
+    server
+        .hub
+        .publish("multiplexed", Message::text("still here"))
+        .await
+        .unwrap();
+    assert_eq!(h2_next_text(&mut second).await, "still here");
+}
+
+#[tokio::test]
+async fn an_http2_connect_for_another_protocol_is_refused_with_400() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let response = sender
+        .send_request(h2_websocket_request(
+            server.addr,
+            "/ws/room",
+            "not-websocket",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains(":protocol websocket"));
+    assert_eq!(server.hub.stats().connections_opened, 0);
+}
+
+#[tokio::test]
+async fn an_http2_get_on_a_websocket_route_is_refused_with_405_allow_connect() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let request = Request::get(format!("http://{}/ws/room", server.addr))
+        .version(Version::HTTP_2)
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "CONNECT");
+}
+
+#[tokio::test]
+async fn http2_requests_that_are_not_websockets_pass_through() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let request = Request::get(format!("http://{}/healthz", server.addr))
+        .version(Version::HTTP_2)
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
+
+#[tokio::test]
+async fn a_bare_hyper_server_with_extended_connect_serves_http2_websockets() {
+    let hub = Hub::builder().build();
+    let addr = serve_bare_hyper(hub.clone()).await;
+    let mut sender = h2_connect(addr).await;
+    let mut over_h2 = h2_websocket(&mut sender, addr, "bare-h2").await;
+    let mut over_h1 = connect(&format!("ws://{addr}/ws/bare-h2")).await;
+    wait_members(&hub, "bare-h2", 2).await;
+    send_text(&mut over_h1, "hello h2").await;
+    assert_eq!(h2_next_text(&mut over_h2).await, "hello h2");
+}
