@@ -393,3 +393,77 @@ async fn a_bare_hyper_server_with_extended_connect_serves_http2_websockets() {
     send_text(&mut over_h1, "hello h2").await;
     assert_eq!(h2_next_text(&mut over_h2).await, "hello h2");
 }
+
+/// A `tracing` writer that keeps everything logged, for asserting on log lines.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A server that cannot hand connections over (hyper's HTTP/1 server without `with_upgrades`,
+/// like tonic's own server): the client gets its 101, then nothing; the hub counts the failure
+/// and logs one error that says how to serve instead.
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_without_upgrade_support_gets_an_actionable_error() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let hub = Hub::builder().build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .service(tower::service_fn(|_: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"inner"))))
+        }));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        // No `.with_upgrades()`: the connection ends after the response.
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+
+    // The handshake "succeeds", but the socket is gone right after.
+    if let Ok((mut client, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/r")).await
+    {
+        let next = tokio::time::timeout(PROMPTLY, client.next()).await.unwrap();
+        assert!(!matches!(next, Some(Ok(WsMessage::Text(_)))), "{next:?}");
+    }
+    eventually("the failed hand-over is counted", || {
+        hub.stats().handshakes_rejected == 1
+    })
+    .await;
+    assert_eq!(hub.stats().connections, 0);
+    assert!(hub.rooms().is_empty());
+    let logged = logs.text();
+    assert!(
+        logged.contains("ERROR") && logged.contains("does not support upgrades"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("axum::serve"),
+        "the error says what to do: {logged}"
+    );
+}
