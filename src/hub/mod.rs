@@ -230,12 +230,8 @@ impl Hub {
     /// or when the instance or the room is full.
     pub(crate) fn reserve(&self, room: &str) -> Result<Reservation, Rejection> {
         let inner = &self.inner;
-        let unavailable = |reason: &'static str, retry_after: &'static str| {
-            Rejection::new(StatusCode::SERVICE_UNAVAILABLE, reason)
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static(retry_after))
-        };
         if self.is_shutting_down() {
-            return Err(unavailable("server is shutting down", "5"));
+            return Err(shutting_down());
         }
         let reserved = inner.reserved.fetch_add(1, Ordering::AcqRel) + 1;
         let reservation = Reservation { hub: self.clone() };
@@ -257,11 +253,9 @@ impl Hub {
     /// Starts a connection whose handshake passed every check: spawns its task (which waits
     /// for the server to hand the socket over) and returns the `101`/`200` response.
     pub(crate) fn start(&self, pending: PendingConnection) -> Result<Response<Bytes>, Rejection> {
+        // Shutdown may have begun while an authorizer was deciding.
         if self.is_shutting_down() {
-            return Err(
-                Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")
-                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
-            );
+            return Err(shutting_down());
         }
         let PendingConnection {
             parts,
@@ -412,6 +406,16 @@ impl HubInner {
             );
         }
     }
+}
+
+/// `503` with `Retry-After` (seconds).
+fn unavailable(reason: &'static str, retry_after: &'static str) -> Rejection {
+    Rejection::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static(retry_after))
+}
+
+fn shutting_down() -> Rejection {
+    unavailable("server is shutting down", "5")
 }
 
 /// A place reserved for one connection, from the handshake until the connection ends.
