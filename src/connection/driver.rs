@@ -43,6 +43,9 @@ use crate::message::Message;
 
 /// Frames read per poll before yielding to other tasks.
 const READ_BUDGET: usize = 64;
+/// Control frames (pongs, close) waiting to be written beyond which reading pauses until the
+/// client reads: a client that sends pings and never reads gets TCP back-pressure, not memory.
+const MAX_PENDING_CONTROL: usize = 4 * 1024;
 /// Stands in for "never" when pings are disabled.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -426,7 +429,8 @@ where
     /// Reads frames until the socket has no more, the budget is spent, or reading is over.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         for _ in 0..READ_BUDGET {
-            if self.read_done {
+            if self.read_done || self.wire.control_bytes() > MAX_PENDING_CONTROL {
+                // Resumed when the wire drains: the socket wakes this task once writable.
                 return Poll::Pending;
             }
             let result = self.ws.read(&mut PollIo {
@@ -439,7 +443,16 @@ where
                 Ok(tungstenite::Message::Pong(_)) => self.on_pong(),
                 // tungstenite wrote the pong; `take_control` put it on the wire.
                 Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Frame(_)) => {}
-                Ok(tungstenite::Message::Close(_)) => {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    // tungstenite replaces a code the RFC forbids on the wire (1005, 999, ...)
+                    // with 1002 before handing the frame over; either way the connection ends
+                    // on a protocol error.
+                    if frame
+                        .as_ref()
+                        .is_some_and(|frame| frame.code == CloseCode::Protocol)
+                    {
+                        Counters::incr(&self.counters().protocol_closes);
+                    }
                     if matches!(self.phase, Phase::Open | Phase::Closing { .. }) {
                         // Our answer is on the wire; data queued after it must not follow.
                         let discarded = self.wire.discard_unstarted_data();

@@ -24,6 +24,12 @@ struct Chunk {
     data: bool,
 }
 
+/// `true` if `frame` is exactly one unmasked, final pong frame.
+fn is_pong(frame: &[u8]) -> bool {
+    const FIN_PONG: u8 = 0x80 | 0xA;
+    matches!(frame, [FIN_PONG, len, ..] if *len <= 125 && frame.len() == 2 + usize::from(*len))
+}
+
 /// Bytes of data frames fully written by a [`Wire::poll_write`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Written {
@@ -37,6 +43,8 @@ pub(crate) struct Wire {
     chunks: VecDeque<Chunk>,
     /// How much of the front chunk is already written.
     front_written: usize,
+    /// Bytes of control frames waiting (not counted against any queue bound, so watched here).
+    control_bytes: usize,
 }
 
 impl Wire {
@@ -57,13 +65,37 @@ impl Wire {
         });
     }
 
+    /// Queues a control frame from tungstenite. A pong replaces a pong still waiting unwritten:
+    /// RFC 6455 §5.5.3 lets an endpoint answer only the most recent ping, and a client that
+    /// floods pings without reading must not make the server hold a pong for each.
     pub(crate) fn push_control(&mut self, frame: Bytes) {
-        if !frame.is_empty() {
-            self.chunks.push_back(Chunk {
-                bytes: frame,
-                data: false,
-            });
+        if frame.is_empty() {
+            return;
         }
+        if is_pong(&frame) {
+            let started = usize::from(self.front_written > 0);
+            if let Some(waiting) = self
+                .chunks
+                .iter_mut()
+                .skip(started)
+                .rev()
+                .find(|chunk| !chunk.data && is_pong(&chunk.bytes))
+            {
+                self.control_bytes = self.control_bytes - waiting.bytes.len() + frame.len();
+                waiting.bytes = frame;
+                return;
+            }
+        }
+        self.control_bytes += frame.len();
+        self.chunks.push_back(Chunk {
+            bytes: frame,
+            data: false,
+        });
+    }
+
+    /// Bytes of control frames waiting to be written.
+    pub(crate) fn control_bytes(&self) -> usize {
+        self.control_bytes
     }
 
     /// Drops every data frame not yet started (a half-written one must be finished, or the
@@ -148,6 +180,8 @@ impl Wire {
             if done.data {
                 written.frames += 1;
                 written.bytes += done.bytes.len();
+            } else {
+                self.control_bytes -= done.bytes.len();
             }
         }
     }
@@ -206,6 +240,39 @@ mod tests {
             }
         );
         assert!(wire.is_empty());
+    }
+
+    fn pong(payload: &[u8]) -> Bytes {
+        let mut frame = vec![0x8A, payload.len() as u8];
+        frame.extend_from_slice(payload);
+        Bytes::from(frame)
+    }
+
+    #[test]
+    fn only_the_latest_unwritten_pong_is_kept() {
+        let mut wire = Wire::default();
+        wire.push_data(Bytes::from_static(b"data"));
+        for i in 0..1000u16 {
+            wire.push_control(pong(&i.to_be_bytes()));
+        }
+        assert_eq!(wire.chunks.len(), 2);
+        assert_eq!(&wire.chunks[1].bytes[..], &pong(&999u16.to_be_bytes())[..]);
+        assert_eq!(wire.control_bytes(), 4);
+        // A close frame is never merged away.
+        wire.push_control(Bytes::from_static(&[0x88, 0x00]));
+        wire.push_control(pong(b"late"));
+        assert_eq!(wire.chunks.len(), 3);
+        assert_eq!(&wire.chunks[1].bytes[..], &pong(b"late")[..]);
+    }
+
+    #[test]
+    fn a_half_written_pong_is_finished_not_replaced() {
+        let mut wire = Wire::default();
+        wire.push_control(pong(b"first"));
+        wire.front_written = 1;
+        wire.push_control(pong(b"second"));
+        assert_eq!(wire.chunks.len(), 2);
+        assert_eq!(wire.control_bytes(), 7 + 8);
     }
 
     #[test]

@@ -282,7 +282,7 @@ impl Hub {
             let _reservation = reservation;
             match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
                 Ok(Ok(upgraded)) => connection::serve(hub, context, TokioIo::new(upgraded)).await,
-                Ok(Err(error)) => hub.inner.upgrade_failed(&error),
+                Ok(Err(error)) => hub.inner.upgrade_failed(context.id(), &error),
                 Err(_) => {
                     Counters::incr(&hub.inner.counters.handshakes_rejected);
                     tracing::debug!(id = %context.id(), "tower-ws-hub: upgrade not completed in time");
@@ -393,7 +393,15 @@ impl HubInner {
         }
     }
 
-    fn upgrade_failed(&self, error: &hyper::Error) {
+    /// The server never handed the socket over after our `101`.
+    fn upgrade_failed(&self, id: ConnectionId, error: &hyper::Error) {
+        if !error.is_user() {
+            // The client went away (or the connection failed) before the hand-over: its
+            // business, not a server misconfiguration.
+            tracing::debug!(%id, %error, "tower-ws-hub: client gone before the upgrade completed");
+            return;
+        }
+        // hyper's "upgrade expected but low level API in use": the server has no upgrade support.
         Counters::incr(&self.counters.handshakes_rejected);
         if let Some(suppressed) = self.upgrade_failure_log.allow() {
             tracing::error!(

@@ -1,0 +1,626 @@
+//! Limits that keep one client (or a crowd) from taking the server: connections per instance
+//! and per room (`503` + `Retry-After`), the inbound rate limit (close 1008), the idle timeout
+//! (close 1000), message and frame size (close 1009), and a graceful shutdown that a client
+//! which never answers cannot stretch beyond `close_timeout`.
+//!
+//! Real tokio-tungstenite clients and raw sockets over loopback through `axum::serve`. Timeouts
+//! are configured short (hundreds of milliseconds) where a test needs one to fire; the tests
+//! assert what happened, never how fast.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures_util::{SinkExt, StreamExt};
+use support::raw::{MASK, Upgrade, encode_frame, opcode, tcp_with_small_receive_buffer};
+use support::*;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tower_ws_hub::{Hub, Message, close_code};
+
+// ----- helpers --------------------------------------------------------------------------------
+
+/// A well-behaved client whose reads run in the background, so that it answers pings however
+/// long the test looks elsewhere. (Copied from tests/connection.rs.)
+struct Member {
+    sink: futures_util::stream::SplitSink<Client, WsMessage>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Member {
+    async fn join(server: &Server, room: &str) -> Self {
+        let (sink, mut stream) = server.connect(room).await.split();
+        let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if let WsMessage::Text(text) = message
+                    && tx.send(text.to_string()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Self { sink, inbox }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.sink.send(WsMessage::text(text)).await.unwrap();
+    }
+
+    async fn next_text(&mut self) -> String {
+        tokio::time::timeout(PROMPTLY, self.inbox.recv())
+            .await
+            .expect("no message in time")
+            .expect("connection ended")
+    }
+}
+
+/// Two well-behaved clients in room "calm", to show a misbehaving client hurts nobody else.
+/// (Copied from tests/connection.rs.)
+struct Bystanders {
+    a: Member,
+    b: Member,
+}
+
+impl Bystanders {
+    async fn join(server: &Server) -> Self {
+        let a = Member::join(server, "calm").await;
+        let b = Member::join(server, "calm").await;
+        wait_members(&server.hub, "calm", 2).await;
+        Self { a, b }
+    }
+
+    /// They still talk to each other, and only they are connected.
+    async fn assert_unharmed(&mut self, server: &Server) {
+        self.a.send("still fine?").await;
+        assert_eq!(self.b.next_text().await, "still fine?");
+        self.b.send("still fine.").await;
+        assert_eq!(self.a.next_text().await, "still fine.");
+        eventually("only the bystanders left connected", || {
+            server.hub.stats().connections == 2
+        })
+        .await;
+        assert_eq!(server.hub.rooms(), ["calm"]);
+        assert!(self.a.inbox.is_empty() && self.b.inbox.is_empty());
+    }
+}
+
+/// Connects to `room`, retrying while the server answers `503` (a slot is being freed).
+async fn connect_when_admitted(server: &Server, room: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        match tokio_tungstenite::connect_async(server.ws_url(room)).await {
+            Ok((client, response)) => {
+                assert_eq!(response.status(), 101);
+                return client;
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("connect failed: {error}"),
+        }
+    }
+}
+
+/// Asserts a `503` rejection naming `reason_part`, with a `Retry-After` in seconds.
+async fn assert_unavailable(server: &Server, room: &str, reason_part: &str) {
+    let response = Upgrade::new(&format!("/ws/{room}")).send(server.addr).await;
+    response.assert_rejection(503, reason_part);
+    let retry_after = response
+        .header("retry-after")
+        .expect("a Retry-After header");
+    let seconds: u64 = retry_after
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {retry_after:?} is not delay-seconds"));
+    assert!(seconds > 0);
+}
+
+/// Reads until the server's close frame, then on until the stream ends (the read that follows
+/// makes tungstenite flush its answering close frame), and returns the server's frame (`None`
+/// if the stream ended without one).
+async fn close_frame(client: &mut Client) -> Option<CloseFrame> {
+    let frame = loop {
+        match tokio::time::timeout(PROMPTLY, client.next())
+            .await
+            .expect("no close in time")
+        {
+            Some(Ok(WsMessage::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    };
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(PROMPTLY, client.next()).await {}
+    frame
+}
+
+// ----- connections per instance ---------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upgrade_over_max_connections_gets_503_with_retry_after() {
+    let server = serve_hub(Hub::builder().max_connections(Some(2)).build()).await;
+    // In different rooms: the limit is per instance.
+    let _a = server.connect("one").await;
+    let _b = server.connect("two").await;
+    wait_members(&server.hub, "two", 1).await;
+    wait_members(&server.hub, "one", 1).await;
+
+    assert_unavailable(&server, "three", "connection limit").await;
+    assert_unavailable(&server, "one", "connection limit").await;
+    match tokio_tungstenite::connect_async(server.ws_url("three")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        other => panic!("expected a 503, got {:?}", other.map(|(_, r)| r)),
+    }
+    let stats = server.hub.stats();
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.handshakes_rejected, 3);
+    assert_eq!(server.hub.room_size("three"), 0);
+    assert_eq!(server.hub.room_size("one"), 1);
+    // Plain HTTP is not limited by the hub.
+    assert_eq!(http_get(&server.http_url("/healthz")).await.body, "ok");
+}
+
+#[tokio::test]
+async fn a_connection_slot_freed_by_a_leaving_client_is_taken_by_the_next() {
+    let server = serve_hub(Hub::builder().max_connections(Some(2)).build()).await;
+    let a = server.connect("room").await;
+    let b = server.connect("room").await;
+    wait_members(&server.hub, "room", 2).await;
+    assert_unavailable(&server, "room", "connection limit").await;
+
+    // A clean close frees a slot ...
+    close_client(a).await;
+    let mut c = connect_when_admitted(&server, "room").await;
+    assert_unavailable(&server, "room", "connection limit").await;
+    // ... and so does a client that just vanishes.
+    drop(b);
+    let mut d = connect_when_admitted(&server, "room").await;
+    assert_unavailable(&server, "room", "connection limit").await;
+
+    wait_members(&server.hub, "room", 2).await;
+    send_text(&mut c, "hello d").await;
+    assert_eq!(next_text(&mut d).await, "hello d");
+}
+
+// ----- connections per room -------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_full_room_gets_503_with_retry_after_while_other_rooms_work() {
+    let server = serve_hub(Hub::builder().max_room_connections(Some(1)).build()).await;
+    let solo = server.connect("solo").await;
+    wait_members(&server.hub, "solo", 1).await;
+    assert_unavailable(&server, "solo", "room is full").await;
+
+    let mut other = server.connect("other").await;
+    let _third = server.connect("third").await;
+    wait_members(&server.hub, "other", 1).await;
+    wait_members(&server.hub, "third", 1).await;
+    // Application publishes still reach the full room.
+    server
+        .hub
+        .publish("solo", Message::text("to the one member"))
+        .await
+        .unwrap();
+    let mut solo = solo;
+    assert_eq!(next_text(&mut solo).await, "to the one member");
+
+    // When its member leaves, the room admits someone again.
+    close_client(solo).await;
+    let _next = connect_when_admitted(&server, "solo").await;
+    wait_members(&server.hub, "solo", 1).await;
+    assert_unavailable(&server, "solo", "room is full").await;
+    assert_eq!(server.hub.stats().handshakes_rejected, 2);
+    send_text(&mut other, "nobody else here").await;
+}
+
+// ----- inbound rate limit ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_over_the_inbound_rate_limit_is_closed_with_1008_while_a_slow_sender_is_not() {
+    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
+    let mut flood_listener = server.connect("flood").await;
+    let mut flooder = server.connect("flood").await;
+    let mut slow = server.connect("calm").await;
+    let mut slow_listener = server.connect("calm").await;
+    wait_members(&server.hub, "flood", 2).await;
+    wait_members(&server.hub, "calm", 2).await;
+
+    // The slow sender stays under 10 messages a second, during the flood.
+    let slow_sender = tokio::spawn(async move {
+        for i in 0..12 {
+            send_text(&mut slow, &format!("slow {i}")).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        slow
+    });
+    // The flooder writes 50 messages at once.
+    for i in 0..50 {
+        flooder
+            .feed(WsMessage::text(format!("flood {i}")))
+            .await
+            .unwrap();
+    }
+    flooder.flush().await.unwrap();
+    let frame = close_frame(&mut flooder).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), close_code::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "rate limit exceeded");
+
+    let mut slow = slow_sender.await.unwrap();
+    for i in 0..12 {
+        assert_eq!(next_text(&mut slow_listener).await, format!("slow {i}"));
+    }
+    send_text(&mut slow, "still here").await;
+    assert_eq!(next_text(&mut slow_listener).await, "still here");
+
+    // The flood's listener got the burst's worth (in order) and then nothing more.
+    let mut received = Vec::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(300), flood_listener.next()).await
+    {
+        if let WsMessage::Text(text) = message {
+            received.push(text.to_string());
+        }
+    }
+    assert!(
+        (5..50).contains(&received.len()),
+        "{} flood messages got through",
+        received.len()
+    );
+    let expected: Vec<String> = (0..received.len()).map(|i| format!("flood {i}")).collect();
+    assert_eq!(received, expected);
+
+    eventually("the flooder is gone", || {
+        server.hub.stats().connections == 3
+    })
+    .await;
+    let stats = server.hub.stats();
+    assert_eq!(stats.rate_limit_closes, 1);
+    assert_eq!(server.hub.room_size("flood"), 1);
+    assert_eq!(server.hub.room_size("calm"), 2);
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_per_connection() {
+    // Five clients each spend their whole burst at once: nobody is over its own limit.
+    let server = serve_hub(Hub::builder().inbound_rate_limit(1.0, 5).build()).await;
+    let mut listener = server.connect("many").await;
+    let mut senders = Vec::new();
+    for _ in 0..5 {
+        senders.push(server.connect("many").await);
+    }
+    wait_members(&server.hub, "many", 6).await;
+    for (n, sender) in senders.iter_mut().enumerate() {
+        for i in 0..5 {
+            sender
+                .feed(WsMessage::text(format!("{n}.{i}")))
+                .await
+                .unwrap();
+        }
+        sender.flush().await.unwrap();
+    }
+    for _ in 0..25 {
+        next_text(&mut listener).await;
+    }
+    assert_eq!(server.hub.stats().rate_limit_closes, 0);
+    assert_eq!(server.hub.room_size("many"), 6);
+}
+
+// ----- idle timeout ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_idle_timeout_closes_a_silent_client_with_1000_while_an_active_one_stays() {
+    let hub = Hub::builder()
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut silent = server.connect("quiet").await;
+    let mut active = server.connect("busy").await;
+    wait_members(&server.hub, "quiet", 1).await;
+    wait_members(&server.hub, "busy", 1).await;
+
+    let keep_talking = async {
+        // Four idle timeouts' worth of time, never silent for long.
+        // It ends on a send, so that it is freshly active for the checks below.
+        for i in 0..12 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            send_text(&mut active, &format!("tick {i}")).await;
+        }
+    };
+    let (frame, ()) = tokio::join!(close_frame(&mut silent), keep_talking);
+    let frame = frame.expect("a close frame");
+    assert_eq!(u16::from(frame.code), close_code::NORMAL);
+    assert_eq!(frame.reason.as_str(), "idle timeout");
+
+    // The active client is still there; the silent one is gone.
+    assert_eq!(server.hub.room_size("busy"), 1);
+    eventually("the silent client left", || {
+        server.hub.room_size("quiet") == 0
+    })
+    .await;
+    let stats = server.hub.stats();
+    assert_eq!(stats.idle_timeouts, 1);
+    assert_eq!(stats.connections, 1);
+
+    // Once it stops talking, the same rule applies to it.
+    assert_eq!(
+        close_code_to_end(&mut active).await,
+        Some(close_code::NORMAL)
+    );
+    eventually("no connections", || server.hub.stats().connections == 0).await;
+    assert_eq!(server.hub.stats().idle_timeouts, 2);
+}
+
+#[tokio::test]
+async fn pings_do_not_keep_a_client_past_the_idle_timeout() {
+    let hub = Hub::builder()
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut pinger = server.connect("pings").await;
+    wait_members(&server.hub, "pings", 1).await;
+
+    let code = tokio::time::timeout(PROMPTLY, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if pinger.send(WsMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                }
+                message = pinger.next() => match message {
+                    Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                },
+            }
+        }
+    })
+    .await
+    .expect("pings kept the client open");
+    assert_eq!(code, Some(close_code::NORMAL));
+    assert_eq!(server.hub.stats().idle_timeouts, 1);
+}
+
+// ----- message and frame size (more cases in tests/connection.rs) -----------------------------
+
+#[tokio::test]
+async fn a_message_over_max_message_size_is_closed_with_1009() {
+    let server = serve_hub(Hub::builder().max_message_size(1024).build()).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut big = server.connect("bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+    big.send(WsMessage::binary(vec![0u8; 1025])).await.unwrap();
+    assert_eq!(
+        close_code(&mut big).await,
+        Some(close_code::MESSAGE_TOO_BIG)
+    );
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+#[tokio::test]
+async fn a_frame_over_max_frame_size_is_closed_with_1009() {
+    let server = serve_hub(Hub::builder().max_frame_size(1024).build()).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut raw = Upgrade::new("/ws/bad").open(server.addr).await;
+    wait_members(&server.hub, "bad", 1).await;
+    raw.send_bytes(&encode_frame(
+        true,
+        0,
+        opcode::BINARY,
+        Some(MASK),
+        &[0u8; 1025],
+    ))
+    .await;
+    assert_eq!(raw.close_code().await, Some(close_code::MESSAGE_TOO_BIG));
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+// ----- graceful shutdown ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn shutdown_waits_only_close_timeout_not_the_grace_for_a_client_that_never_answers() {
+    let hub = Hub::builder()
+        .shutdown_grace(Duration::from_secs(60))
+        .close_timeout(Duration::from_millis(300))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut polite = server.connect("mixed").await;
+    // A raw client that stops reading and never answers the close frame.
+    let mute = Upgrade::new("/ws/mixed").open(server.addr).await;
+    wait_members(&server.hub, "mixed", 2).await;
+
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    assert_eq!(
+        close_code_to_end(&mut polite).await,
+        Some(close_code::GOING_AWAY)
+    );
+    // Far below the 60 s grace: only the mute client's close_timeout is waited for.
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown waited for the grace period")
+        .unwrap();
+    let stats = server.hub.stats();
+    assert_eq!(stats.connections, 0);
+    assert_eq!(stats.connections_opened, stats.connections_closed);
+    assert!(server.hub.rooms().is_empty());
+    drop(mute);
+}
+
+#[tokio::test]
+async fn shutdown_drops_a_client_that_cannot_drain_once_the_grace_is_over() {
+    // The client stops reading with a full socket: its queued messages can never be written,
+    // so its 1001 can never go out. The grace period bounds the wait.
+    let hub = Hub::builder()
+        .shutdown_grace(Duration::from_secs(1))
+        .close_timeout(Duration::from_millis(300))
+        .outbound_queue(100_000, 64 * 1024 * 1024)
+        .build();
+    let server = serve_hub(hub).await;
+    let mut polite = server.connect("polite").await;
+    let stuck_socket = tcp_with_small_receive_buffer(server.addr).await;
+    let stuck = Upgrade::new("/ws/stuck").open_on(stuck_socket).await;
+    wait_members(&server.hub, "stuck", 1).await;
+    wait_members(&server.hub, "polite", 1).await;
+    let chunk = Message::binary(vec![0u8; 64 * 1024]);
+    for _ in 0..256 {
+        server.hub.publish("stuck", chunk.clone()).await.unwrap();
+    }
+
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    assert_eq!(
+        close_code_to_end(&mut polite).await,
+        Some(close_code::GOING_AWAY)
+    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown outlived its grace period")
+        .unwrap();
+    let stats = server.hub.stats();
+    assert_eq!(stats.connections, 0);
+    assert_eq!(stats.connections_opened, stats.connections_closed);
+    drop(stuck);
+}
+
+// ----- upgrade timeout ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upgrade_never_handed_over_after_the_hub_answered_frees_its_slot_at_the_upgrade_timeout()
+{
+    // The hub has accepted the handshake (slot reserved, task waiting for the socket), but the
+    // stack in front never lets the 101 out: here a middleware that hangs after the layer
+    // answered. (With axum::serve alone the socket is handed over as soon as the 101 is written,
+    // or the upgrade fails at once if the client is gone.)
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::extract::Request;
+    use axum::middleware::{self, Next};
+
+    let hub = Hub::builder()
+        .max_connections(Some(1))
+        .upgrade_timeout(Duration::from_secs(1))
+        .build();
+    let answered = Arc::new(AtomicBool::new(false));
+    let hang_after_answer = {
+        let answered = Arc::clone(&answered);
+        move |request: Request, next: Next| {
+            let answered = Arc::clone(&answered);
+            async move {
+                let stall = request.uri().path() == "/ws/stalled";
+                let response = next.run(request).await;
+                if stall {
+                    answered.store(true, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                response
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .layer(tower_ws_hub::HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(middleware::from_fn(hang_after_answer));
+    let server = serve_router(app, hub).await;
+
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &Upgrade::new("/ws/stalled").to_bytes())
+        .await
+        .unwrap();
+    eventually("the hub answered the stalled request", || {
+        answered.load(Ordering::SeqCst)
+    })
+    .await;
+    // Until the upgrade timeout, the accepted but never upgraded request holds the slot.
+    assert_unavailable(&server, "room", "connection limit").await;
+
+    let mut client = connect_when_admitted(&server, "room").await;
+    wait_members(&server.hub, "room", 1).await;
+    let stats = server.hub.stats();
+    // The abandoned upgrade never became a connection; it counts as a failed handshake (on
+    // top of the 503s: the one asserted above and any while waiting to be admitted).
+    assert_eq!(stats.connections_opened, 1, "{stats:?}");
+    assert!(stats.handshakes_rejected >= 2, "{stats:?}");
+    assert_eq!(server.hub.room_size("stalled"), 0);
+    send_text(&mut client, "in").await;
+    drop(stalled);
+}
+
+// ----- control frames -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pongs_for_a_client_that_floods_pings_and_never_reads_are_bounded() {
+    // Every data frame a connection is sent counts against its bounded outbound queue; the
+    // pongs tungstenite writes in answer to pings go onto the same wire. A client that sends
+    // pings as fast as it can and never reads must not make the server hold an answer to each:
+    // that is memory without bound, and the inbound rate limit does not count pings.
+    const PINGS: usize = 500_000;
+    const PAYLOAD: usize = 125;
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut listener = server.connect("flood").await;
+    let socket = tcp_with_small_receive_buffer(server.addr).await;
+    let mut flooder = Upgrade::new("/ws/flood").open_on(socket).await;
+    wait_members(&server.hub, "flood", 2).await;
+    let rss_before = rss_bytes();
+
+    let batch: Vec<u8> = (0..1000)
+        .flat_map(|_| encode_frame(true, 0, opcode::PING, Some(MASK), &[b'p'; PAYLOAD]))
+        .collect();
+    for _ in 0..PINGS / 1000 {
+        flooder.send_bytes(&batch).await;
+    }
+    // Frames are read in order: once this arrives, every ping before it has been answered (or
+    // not). A server that closes the flooder instead is fine too.
+    flooder.send(opcode::TEXT, b"done").await;
+    tokio::select! {
+        text = next_text(&mut listener) => assert_eq!(text, "done"),
+        () = eventually("the flooder was closed", || server.hub.room_size("flood") == 1) => {}
+    }
+    let rss_during = rss_bytes();
+
+    // Now read everything the server kept for the flooder.
+    let mut pong_bytes = 0usize;
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_secs(1), flooder.read_frame()).await
+    {
+        if frame.opcode == opcode::PONG {
+            pong_bytes += frame.payload.len() + 2;
+        }
+    }
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "ping flood: {PINGS} pings, {:.1} MiB of pongs sent back; RSS {:.1} -> {:.1} MiB",
+        mib(pong_bytes),
+        mib(rss_before as usize),
+        mib(rss_during as usize)
+    );
+    // Socket buffers on loopback hold a few MiB; everything past that was held by the server.
+    assert!(
+        pong_bytes < 32 * 1024 * 1024,
+        "the server buffered {:.1} MiB of pongs for a client that did not read",
+        mib(pong_bytes)
+    );
+}
+
+/// Resident set size of this process.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
