@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use futures_util::{SinkExt, StreamExt};
+use support::bystanders::Bystanders;
 use support::raw::{MASK, Upgrade, encode_frame, opcode, tcp_with_small_receive_buffer};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -20,71 +21,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tower_ws_hub::{Hub, Message, close_code};
 
 // ----- helpers --------------------------------------------------------------------------------
-
-/// A well-behaved client whose reads run in the background, so that it answers pings however
-/// long the test looks elsewhere. (Copied from tests/connection.rs.)
-struct Member {
-    sink: futures_util::stream::SplitSink<Client, WsMessage>,
-    inbox: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Member {
-    async fn join(server: &Server, room: &str) -> Self {
-        let (sink, mut stream) = server.connect(room).await.split();
-        let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
-                if let WsMessage::Text(text) = message
-                    && tx.send(text.to_string()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self { sink, inbox }
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.sink.send(WsMessage::text(text)).await.unwrap();
-    }
-
-    async fn next_text(&mut self) -> String {
-        tokio::time::timeout(PROMPTLY, self.inbox.recv())
-            .await
-            .expect("no message in time")
-            .expect("connection ended")
-    }
-}
-
-/// Two well-behaved clients in room "calm", to show a misbehaving client hurts nobody else.
-/// (Copied from tests/connection.rs.)
-struct Bystanders {
-    a: Member,
-    b: Member,
-}
-
-impl Bystanders {
-    async fn join(server: &Server) -> Self {
-        let a = Member::join(server, "calm").await;
-        let b = Member::join(server, "calm").await;
-        wait_members(&server.hub, "calm", 2).await;
-        Self { a, b }
-    }
-
-    /// They still talk to each other, and only they are connected.
-    async fn assert_unharmed(&mut self, server: &Server) {
-        self.a.send("still fine?").await;
-        assert_eq!(self.b.next_text().await, "still fine?");
-        self.b.send("still fine.").await;
-        assert_eq!(self.a.next_text().await, "still fine.");
-        eventually("only the bystanders left connected", || {
-            server.hub.stats().connections == 2
-        })
-        .await;
-        assert_eq!(server.hub.rooms(), ["calm"]);
-        assert!(self.a.inbox.is_empty() && self.b.inbox.is_empty());
-    }
-}
 
 /// Connects to `room`, retrying while the server answers `503` (a slot is being freed).
 async fn connect_when_admitted(server: &Server, room: &str) -> Client {

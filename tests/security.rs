@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+use support::bystanders::Bystanders;
 use support::raw::{MASK, RawWs, Upgrade, encode_frame, opcode};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,72 +80,6 @@ fn assert_nobody_joined(hub: &Hub, room: &str) {
     assert_eq!(stats.connections_opened, 0, "{stats:?}");
     assert_eq!(hub.room_size(room), 0);
     assert!(hub.rooms().is_empty(), "rooms: {:?}", hub.rooms());
-}
-
-/// A well-behaved client whose reads run in the background, so that it answers pings however
-/// long the test looks elsewhere. (Copied from tests/connection.rs.)
-struct Member {
-    sink: futures_util::stream::SplitSink<Client, WsMessage>,
-    inbox: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Member {
-    async fn join(server: &Server, room: &str) -> Self {
-        let (sink, mut stream) = server.connect(room).await.split();
-        let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
-                if let WsMessage::Text(text) = message
-                    && tx.send(text.to_string()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self { sink, inbox }
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.sink.send(WsMessage::text(text)).await.unwrap();
-    }
-
-    async fn next_text(&mut self) -> String {
-        tokio::time::timeout(PROMPTLY, self.inbox.recv())
-            .await
-            .expect("no message in time")
-            .expect("connection ended")
-    }
-}
-
-/// Two well-behaved clients in room "calm", to show a hostile client hurts nobody else.
-/// (Adapted from tests/connection.rs.)
-struct Bystanders {
-    a: Member,
-    b: Member,
-}
-
-impl Bystanders {
-    async fn join(server: &Server) -> Self {
-        let a = Member::join(server, "calm").await;
-        let b = Member::join(server, "calm").await;
-        wait_members(&server.hub, "calm", 2).await;
-        Self { a, b }
-    }
-
-    /// They still talk to each other, and only they are connected.
-    async fn assert_unharmed(&mut self, server: &Server) {
-        self.a.send("still fine?").await;
-        assert_eq!(self.b.next_text().await, "still fine?");
-        self.b.send("still fine.").await;
-        assert_eq!(self.a.next_text().await, "still fine.");
-        eventually("only the bystanders left connected", || {
-            server.hub.stats().connections == 2
-        })
-        .await;
-        assert_eq!(server.hub.room_size("bad"), 0);
-        assert_eq!(server.hub.room_size("calm"), 2);
-        assert!(self.a.inbox.is_empty() && self.b.inbox.is_empty());
-    }
 }
 
 // ----- Origin: the default same-origin policy -------------------------------------------------

@@ -152,6 +152,7 @@ pub async fn close_code(client: &mut Client) -> Option<u16> {
 // shutdown, stacks, tonic). Raw-socket helpers live in `support::raw`.
 // ---------------------------------------------------------------------------------------------
 
+pub mod bystanders;
 pub mod raw;
 
 /// Serves `app` on a free loopback port with axum::serve, *without* tying the HTTP server's

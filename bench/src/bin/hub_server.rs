@@ -1,0 +1,103 @@
+//! `hub_server`: the benchmark server built on tower-ws-hub.
+//!
+//! ```text
+//! hub_server --addr 127.0.0.1:3000            # prints "listening on 127.0.0.1:3000"
+//! hub_server --addr 127.0.0.1:0               # any free port; the line says which
+//! ```
+//!
+//! Routes: WebSocket rooms on `/ws/{room}` (a [`HubLayer`] on an axum `Router`, with
+//! `Hub::builder()` defaults and nothing else), `GET /healthz`, and `GET /stats` (VmRSS, VmHWM
+//! and open connections as JSON, for the load generator's memory scenarios). Flags shared with
+//! the baseline: `--workers N`, `--nodelay`, `--check`. `--read-buffer-size BYTES`,
+//! `--no-request-headers` and `--strip-original-uri` change one thing each, for experiments
+//! (see BENCHMARKS.md); the benchmarks run without them.
+//!
+//! `--redis URL` is reserved for cross-instance fan-out and is refused ("not yet supported")
+//! until tower-ws-hub has its Redis backend; `bench/run.sh` probes it with `--check` and skips
+//! the Redis scenarios meanwhile. Stops gracefully on Ctrl-C or SIGTERM
+//! ([`Hub::shutdown_signal`]).
+
+use std::process::ExitCode;
+
+use axum::Router;
+use clap::Parser;
+use tower_ws_hub::{Hub, HubLayer};
+use tower_ws_hub_bench::serve::{self, ServerArgs};
+use tower_ws_hub_bench::sys;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "WebSocket rooms served by tower-ws-hub, for benchmarks"
+)]
+struct Args {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Fan out across instances through this Redis (not yet supported by tower-ws-hub).
+    #[arg(long)]
+    redis: Option<String>,
+    /// Override `HubBuilder::read_buffer_size` (for experiments; default: the hub's default).
+    #[arg(long)]
+    read_buffer_size: Option<usize>,
+    /// `HubBuilder::keep_request_headers(false)` (for experiments; default: the hub's default).
+    #[arg(long)]
+    no_request_headers: bool,
+    /// Remove axum's `OriginalUri` request extension before the hub sees the request (for
+    /// experiments: it is a slice of hyper's read buffer, which it keeps alive).
+    #[arg(long)]
+    strip_original_uri: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(error) = args.server.validate() {
+        eprintln!("hub_server: {error}");
+        return ExitCode::from(2);
+    }
+    if let Some(url) = &args.redis {
+        eprintln!(
+            "hub_server: --redis {url}: not yet supported: tower-ws-hub has no Redis backend yet"
+        );
+        return ExitCode::from(2);
+    }
+    if args.server.check {
+        return ExitCode::SUCCESS;
+    }
+    sys::raise_fd_limit();
+    serve::init_tracing();
+    let result = serve::runtime(args.server.workers).and_then(|runtime| {
+        runtime.block_on(async {
+            let mut builder = Hub::builder();
+            if let Some(bytes) = args.read_buffer_size {
+                builder = builder.read_buffer_size(bytes);
+            }
+            if args.no_request_headers {
+                builder = builder.keep_request_headers(false);
+            }
+            let hub = builder.build();
+            let stats_hub = hub.clone();
+            let mut app: Router = serve::admin_routes(move || stats_hub.connection_count())
+                .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+            if args.strip_original_uri {
+                // A later `layer` runs first: after the router inserted `OriginalUri`, before
+                // the hub layer keeps the request's extensions.
+                app = app.layer(axum::middleware::map_request(
+                    |mut request: axum::extract::Request| async move {
+                        request
+                            .extensions_mut()
+                            .remove::<axum::extract::OriginalUri>();
+                        request
+                    },
+                ));
+            }
+            serve::serve(&args.server, app, hub.shutdown_signal()).await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hub_server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
