@@ -9,9 +9,9 @@ use std::time::Duration;
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Default largest inbound frame payload: 64 KiB (larger → close 1009).
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
-/// Default socket read buffer: 4 KiB (tungstenite's own default is 128 KiB, which an idle
-/// connection would carry forever).
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+/// Default socket read buffer: 2 KiB (tungstenite's own default is 128 KiB, which an idle
+/// connection would carry forever). Larger inbound messages are read in several calls.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 2 * 1024;
 /// Default outbound queue bound in messages, per connection.
 pub const DEFAULT_OUTBOUND_MAX_MESSAGES: usize = 1024;
 /// Default outbound queue bound in payload bytes, per connection: 4 MiB. Payloads are shared
@@ -61,7 +61,7 @@ pub(crate) struct HubConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) echo_to_sender: bool,
-    pub(crate) keep_request_headers: bool,
+    pub(crate) retention: crate::hub::context::Retention,
     pub(crate) max_room_name_len: usize,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_room_connections: Option<usize>,
@@ -91,7 +91,7 @@ impl Default for HubConfig {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             echo_to_sender: false,
-            keep_request_headers: true,
+            retention: crate::hub::context::Retention::default(),
             max_room_name_len: crate::route::DEFAULT_MAX_ROOM_NAME_LEN,
             max_connections: None,
             max_room_connections: None,

@@ -313,6 +313,59 @@ async fn keep_request_headers_off_leaves_headers_empty_but_keeps_extensions() {
     assert_eq!(seen.user, Some(User("bob")));
 }
 
+#[derive(Clone, Debug, PartialEq)]
+struct Tenant(&'static str);
+
+#[tokio::test]
+async fn listed_extension_types_are_kept_and_the_others_dropped() {
+    let kept: Arc<Mutex<Vec<(Option<User>, Option<Tenant>)>>> = Arc::default();
+    let record = Arc::clone(&kept);
+    let hub = Hub::builder()
+        .keep_extension::<User>()
+        .on_connect(move |ctx| {
+            let extensions = ctx.extensions();
+            record.lock().unwrap().push((
+                extensions.get::<User>().cloned(),
+                extensions.get::<Tenant>().cloned(),
+            ));
+        })
+        .build();
+    let app = Router::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: Request<Body>| {
+                request.extensions_mut().insert(User("carol"));
+                request.extensions_mut().insert(Tenant("acme"));
+                request
+            },
+        ));
+    let server = serve_router(app, hub).await;
+    let (_client, _) = connect_with_header(&server.ws_url("listed")).await;
+    eventually("on_connect ran", || !kept.lock().unwrap().is_empty()).await;
+    assert_eq!(kept.lock().unwrap()[0], (Some(User("carol")), None));
+}
+
+#[tokio::test]
+async fn keep_no_extensions_keeps_none() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let hub = seen_hub(Hub::builder().keep_no_extensions(), &seen);
+    let app = Router::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: Request<Body>| {
+                request.extensions_mut().insert(User("dave"));
+                request
+            },
+        ));
+    let server = serve_router(app, hub).await;
+    let (_client, _) = connect_with_header(&server.ws_url("none")).await;
+    eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
+    let seen = seen.lock().unwrap()[0].clone();
+    assert_eq!(seen.user, None);
+    // Headers are still kept (copied), independently of extensions.
+    assert_eq!(seen.header.as_deref(), Some("integration-test"));
+}
+
 #[tokio::test]
 async fn connection_context_knows_the_client_address_when_told_where_to_find_it() {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

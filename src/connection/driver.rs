@@ -20,10 +20,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::{ArcWake, AtomicWaker, waker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -116,8 +118,29 @@ impl TokenBucket {
     }
 }
 
+/// Wakes the connection task when the socket becomes readable, and remembers that it did, so
+/// that a poll caused by anything else (a push to the queue, a timer, writability) skips the
+/// read path: tungstenite zero-fills its read buffer before every read attempt.
+#[derive(Debug, Default)]
+struct ReadReadiness {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for ReadReadiness {
+    fn wake_by_ref(arc: &Arc<Self>) {
+        arc.ready.store(true, Ordering::Release);
+        arc.task.wake();
+    }
+}
+
 pub(crate) struct Driver<'a, S> {
     io: S,
+    readiness: Arc<ReadReadiness>,
+    /// Waker for socket reads: flags readiness, then wakes the task.
+    read_waker: Waker,
+    /// The last read attempt found nothing; skip reading until `readiness` says otherwise.
+    read_blocked: bool,
     ws: WebSocketContext,
     /// What tungstenite wrote during the last call (pongs, close frames), bound for the wire.
     control: BytesMut,
@@ -236,8 +259,12 @@ where
             Some(idle) => heartbeat_at.min(now + idle),
             None => heartbeat_at,
         };
+        let readiness = Arc::new(ReadReadiness::default());
         Self {
             io,
+            read_waker: waker(Arc::clone(&readiness)),
+            readiness,
+            read_blocked: false,
             ws: WebSocketContext::new(Role::Server, Some(config.websocket_config())),
             control: BytesMut::new(),
             wire: Wire::default(),
@@ -326,6 +353,11 @@ where
             let bytes = self.taken.iter().map(Bytes::len).sum();
             self.queue.release(self.taken.len(), bytes);
             self.taken.clear();
+        }
+        if self.taken.capacity() > 16 {
+            // The next swap hands this deque to the queue: do not let a burst's capacity live
+            // on in either of them.
+            self.taken = VecDeque::new();
         }
         intent
     }
@@ -428,6 +460,15 @@ where
 
     /// Reads frames until the socket has no more, the budget is spent, or reading is over.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.readiness.task.register(cx.waker());
+        if self.readiness.ready.swap(false, Ordering::AcqRel) {
+            self.read_blocked = false;
+        }
+        if self.read_blocked {
+            return Poll::Pending;
+        }
+        let read_waker = self.read_waker.clone();
+        let mut read_cx = Context::from_waker(&read_waker);
         for _ in 0..READ_BUDGET {
             if self.read_done || self.wire.control_bytes() > MAX_PENDING_CONTROL {
                 // Resumed when the wire drains: the socket wakes this task once writable.
@@ -435,7 +476,7 @@ where
             }
             let result = self.ws.read(&mut PollIo {
                 io: &mut self.io,
-                cx,
+                cx: &mut read_cx,
                 written: &mut self.control,
             });
             self.take_control();
@@ -467,6 +508,8 @@ where
                     }
                 }
                 Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket registered `read_waker`: it flags readiness when data comes.
+                    self.read_blocked = true;
                     return Poll::Pending;
                 }
                 Err(error) => match classify(error) {

@@ -16,6 +16,8 @@ use tokio::io::AsyncWrite;
 
 /// Most frames handed to one `writev`.
 const MAX_SLICES: usize = 64;
+/// Capacity an empty wire may keep; more is freed once everything is written.
+const KEEP_CAPACITY: usize = 16;
 
 #[derive(Debug)]
 struct Chunk {
@@ -159,7 +161,7 @@ impl Wire {
             };
             self.advance(n, written);
         }
-        if self.chunks.capacity() > 4 * MAX_SLICES {
+        if self.chunks.capacity() > KEEP_CAPACITY {
             // Do not keep a burst's worth of capacity on an idle connection.
             self.chunks = VecDeque::new();
         }

@@ -23,6 +23,52 @@ impl std::fmt::Display for ConnectionId {
     }
 }
 
+/// Copies one extension type from a request's extensions into a connection's.
+pub(crate) type ExtensionCopier = fn(&Extensions, &mut Extensions);
+
+pub(crate) fn copy_extension<T: Clone + Send + Sync + 'static>(
+    from: &Extensions,
+    to: &mut Extensions,
+) {
+    if let Some(value) = from.get::<T>() {
+        to.insert(value.clone());
+    }
+}
+
+/// What a connection keeps of its upgrade request's head, for hooks.
+#[derive(Debug, Clone)]
+pub(crate) struct Retention {
+    pub(crate) headers: bool,
+    /// `None`: every extension; `Some`: only the listed types.
+    pub(crate) extensions: Option<Vec<ExtensionCopier>>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            headers: true,
+            extensions: None,
+        }
+    }
+}
+
+/// A header value in its own allocation. hyper parses header values as slices of its
+/// connection read buffer, so keeping the original would keep that whole buffer (8 KiB or more)
+/// alive for as long as the WebSocket lives.
+fn compact_value(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
+fn compact(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        kept.append(name.clone(), compact_value(value));
+    }
+    kept
+}
+
 /// One connection as hooks see it: its room, and the head of the request that opened it.
 ///
 /// Whatever authentication middleware in front of the [`HubLayer`](crate::HubLayer) put in the
@@ -46,7 +92,7 @@ impl ConnectionContext {
         parts: Parts,
         protocol: Option<HeaderValue>,
         remote_addr: Option<SocketAddr>,
-        keep_headers: bool,
+        keep: &Retention,
     ) -> Self {
         let Parts {
             headers,
@@ -57,13 +103,22 @@ impl ConnectionContext {
         Self {
             id,
             room,
-            headers: if keep_headers {
-                headers
+            headers: if keep.headers {
+                compact(&headers)
             } else {
                 HeaderMap::new()
             },
-            extensions,
-            protocol,
+            extensions: match &keep.extensions {
+                None => extensions,
+                Some(copiers) => {
+                    let mut kept = Extensions::new();
+                    for copy in copiers {
+                        copy(&extensions, &mut kept);
+                    }
+                    kept
+                }
+            },
+            protocol: protocol.map(|p| compact_value(&p)),
             remote_addr,
             version,
             connected_at: SystemTime::now(),

@@ -274,7 +274,7 @@ impl Hub {
             parts,
             protocol,
             remote_addr,
-            self.inner.config.keep_request_headers,
+            &self.inner.config.retention,
         );
         let hub = self.clone();
         let upgrade_timeout = self.inner.config.upgrade_timeout;
@@ -689,10 +689,41 @@ impl HubBuilder {
     }
 
     /// Whether each connection keeps its upgrade request's headers for hooks
-    /// ([`ConnectionContext::headers`]). Turn off to save memory per connection when no hook
-    /// reads headers; extensions are always kept. Default: `true`.
+    /// ([`ConnectionContext::headers`]), copied into their own allocation. Turn off to save
+    /// memory per connection (about 1 KiB for a browser's headers) when no hook reads them.
+    /// Default: `true`.
     pub fn keep_request_headers(mut self, keep: bool) -> Self {
-        self.config.keep_request_headers = keep;
+        self.config.retention.headers = keep;
+        self
+    }
+
+    /// Keeps only the listed request extension types for hooks
+    /// ([`ConnectionContext::extensions`]): call once per type (e.g. the `User` your auth
+    /// middleware inserts). Default: every extension is kept.
+    ///
+    /// Listing them saves memory per connection: extensions can hold on to much more than
+    /// themselves. axum's `OriginalUri`, inserted into every request, shares hyper's
+    /// connection read buffer (8 KiB or more), which then lives as long as the WebSocket.
+    ///
+    /// ```
+    /// #[derive(Clone)]
+    /// struct User { name: String }
+    ///
+    /// let hub = tower_ws_hub::Hub::builder().keep_extension::<User>().build();
+    /// # drop(hub);
+    /// ```
+    pub fn keep_extension<T: Clone + Send + Sync + 'static>(mut self) -> Self {
+        self.config
+            .retention
+            .extensions
+            .get_or_insert_with(Vec::new)
+            .push(context::copy_extension::<T>);
+        self
+    }
+
+    /// Keeps no request extensions for hooks (the leanest connections). Default: all kept.
+    pub fn keep_no_extensions(mut self) -> Self {
+        self.config.retention.extensions = Some(Vec::new());
         self
     }
 
