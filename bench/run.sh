@@ -17,6 +17,7 @@
 #   LOADGEN_THREADS=1    load-generator runtime threads (1 = current-thread runtime)
 #   SERVER_WORKERS=      tokio workers for both servers (default: one per core)
 #   NODELAY=0            1 sets TCP_NODELAY on the servers' accepted sockets
+#   HUB_FLAGS=           extra hub_server flags, e.g. "--keep-no-extensions" (project only)
 #   SKIP_BUILD=0         1 reuses the binaries already built
 #   BENCH_COMMIT=        what to record as the measured commit (default: git describe)
 #
@@ -91,6 +92,11 @@ start_server() {
     local flags=(--addr 127.0.0.1:0)
     [[ -n ${SERVER_WORKERS:-} ]] && flags+=(--workers "$SERVER_WORKERS")
     [[ ${NODELAY:-0} == 1 ]] && flags+=(--nodelay)
+    # HUB_FLAGS: extra hub_server flags (e.g. --keep-no-extensions), project only.
+    if [[ $impl == project && -n ${HUB_FLAGS:-} ]]; then
+        read -r -a extra <<<"$HUB_FLAGS"
+        flags+=("${extra[@]}")
+    fi
     "$bin" "${flags[@]}" "$@" >"$OUT/logs/$name.out" 2>"$OUT/logs/$name.err" &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
@@ -240,7 +246,18 @@ main() {
             exit 2
         fi
         if [[ $scenario == redis_publish ]]; then
-            skip "$scenario" "measures the publish path of tower-ws-hub's Redis backend through its pool (target: 300k msg/s); it needs that backend, which has not landed yet"
+            if [[ $have_redis != yes ]]; then
+                skip "$scenario" "redis-server / redis-cli not installed"
+                continue
+            fi
+            # The project's publish path alone (absolute target: 300k msg/s); no baseline.
+            for rep in $(seq "$REPS"); do
+                start_redis "redis_publish.$rep"
+                log "== redis_publish rep $rep"
+                "$BIN/redis_publish" --redis "$REDIS_URL" --messages 1000000 --size 64 \
+                    | tee "$OUT/redis_publish.$rep.json"
+                stop "$REDIS_PID"
+            done
             continue
         fi
         if needs_redis "$scenario"; then

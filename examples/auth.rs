@@ -34,6 +34,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Extension, Router};
 use tower_ws_hub::{ConnectionContext, Hub, HubLayer, InboundAction, Message};
 use tracing_subscriber::EnvFilter;
@@ -79,7 +80,16 @@ async fn main() -> Result<(), BoxError> {
         .layer(middleware::from_fn(authenticate));
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
+
     let local_addr = listener.local_addr()?;
+
+    // The hub writes each connection's queued frames in one go: Nagle's algorithm would only
+
+    // delay them.
+
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tracing::info!(%local_addr, "auth example listening: ws://{local_addr}/ws/<room>?token=alice-token");
 
     axum::serve(listener, app)

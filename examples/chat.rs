@@ -33,6 +33,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tower_ws_hub::redis::RedisConfig;
 use tower_ws_hub::{Hub, HubLayer, Message, OriginPolicy, PublishError};
 use tracing_subscriber::EnvFilter;
@@ -77,7 +78,16 @@ async fn main() -> Result<(), BoxError> {
         );
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
+
     let local_addr = listener.local_addr()?;
+
+    // The hub writes each connection's queued frames in one go: Nagle's algorithm would only
+
+    // delay them.
+
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tracing::info!(%local_addr, "chat listening: open http://{local_addr}");
 
     // `shutdown_signal` waits for Ctrl-C or SIGTERM, closes every WebSocket with 1001 and waits

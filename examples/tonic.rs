@@ -24,6 +24,7 @@
 //! On Ctrl-C or SIGTERM the health status turns to NOT_SERVING while WebSocket clients are
 //! closed with 1001, then the server stops.
 
+use axum::serve::ListenerExt;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower_ws_hub::{Hub, HubLayer};
@@ -71,7 +72,16 @@ async fn main() -> Result<(), BoxError> {
     });
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
+
     let local_addr = listener.local_addr()?;
+
+    // The hub writes each connection's queued frames in one go: Nagle's algorithm would only
+
+    // delay them.
+
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tracing::info!(
         %local_addr,
         "gRPC (grpc.health.v1.Health) and WebSockets (ws://{local_addr}/ws/<room>) listening"

@@ -12,15 +12,16 @@
 //! `--no-request-headers` and `--strip-original-uri` change one thing each, for experiments
 //! (see BENCHMARKS.md); the benchmarks run without them.
 //!
-//! `--redis URL` is reserved for cross-instance fan-out and is refused ("not yet supported")
-//! until tower-ws-hub has its Redis backend; `bench/run.sh` probes it with `--check` and skips
-//! the Redis scenarios meanwhile. Stops gracefully on Ctrl-C or SIGTERM
+//! `--redis URL` fans out across instances through that Redis (`RedisConfig::from_url`, defaults).
+//! `--keep-no-extensions` is the documented memory setting for large numbers of connections
+//! (`HubBuilder::keep_no_extensions`). Stops gracefully on Ctrl-C or SIGTERM
 //! ([`Hub::shutdown_signal`]).
 
 use std::process::ExitCode;
 
 use axum::Router;
 use clap::Parser;
+use tower_ws_hub::redis::RedisConfig;
 use tower_ws_hub::{Hub, HubLayer};
 use tower_ws_hub_bench::serve::{self, ServerArgs};
 use tower_ws_hub_bench::sys;
@@ -33,9 +34,13 @@ use tower_ws_hub_bench::sys;
 struct Args {
     #[command(flatten)]
     server: ServerArgs,
-    /// Fan out across instances through this Redis (not yet supported by tower-ws-hub).
+    /// Fan out across instances through this Redis.
     #[arg(long)]
     redis: Option<String>,
+    /// `HubBuilder::keep_no_extensions()`: connections keep no request extensions (they would
+    /// keep hyper's read buffer alive through axum's `OriginalUri`).
+    #[arg(long)]
+    keep_no_extensions: bool,
     /// Override `HubBuilder::read_buffer_size` (for experiments; default: the hub's default).
     #[arg(long)]
     read_buffer_size: Option<usize>,
@@ -54,12 +59,13 @@ fn main() -> ExitCode {
         eprintln!("hub_server: {error}");
         return ExitCode::from(2);
     }
-    if let Some(url) = &args.redis {
-        eprintln!(
-            "hub_server: --redis {url}: not yet supported: tower-ws-hub has no Redis backend yet"
-        );
-        return ExitCode::from(2);
-    }
+    let redis = match args.redis.as_deref().map(RedisConfig::from_url).transpose() {
+        Ok(redis) => redis,
+        Err(error) => {
+            eprintln!("hub_server: --redis: {error}");
+            return ExitCode::from(2);
+        }
+    };
     if args.server.check {
         return ExitCode::SUCCESS;
     }
@@ -73,6 +79,12 @@ fn main() -> ExitCode {
             }
             if args.no_request_headers {
                 builder = builder.keep_request_headers(false);
+            }
+            if args.keep_no_extensions {
+                builder = builder.keep_no_extensions();
+            }
+            if let Some(redis) = redis {
+                builder = builder.redis(redis);
             }
             let hub = builder.build();
             let stats_hub = hub.clone();
