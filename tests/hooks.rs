@@ -318,7 +318,8 @@ struct Tenant(&'static str);
 
 #[tokio::test]
 async fn listed_extension_types_are_kept_and_the_others_dropped() {
-    let kept: Arc<Mutex<Vec<(Option<User>, Option<Tenant>)>>> = Arc::default();
+    type Kept = Vec<(Option<User>, Option<Tenant>)>;
+    let kept: Arc<Mutex<Kept>> = Arc::default();
     let record = Arc::clone(&kept);
     let hub = Hub::builder()
         .keep_extension::<User>()
