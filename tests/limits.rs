@@ -22,29 +22,6 @@ use tower_ws_hub::{Hub, Message, close_code};
 
 // ----- helpers --------------------------------------------------------------------------------
 
-/// Connects to `room`, retrying while the server answers `503` (a slot is being freed).
-async fn connect_when_admitted(server: &Server, room: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        match tokio_tungstenite::connect_async(server.ws_url(room)).await {
-            Ok((client, response)) => {
-                assert_eq!(response.status(), 101);
-                return client;
-            }
-            Err(tokio_tungstenite::tungstenite::Error::Http(response))
-                if response.status() == StatusCode::SERVICE_UNAVAILABLE =>
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the slot was never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("connect failed: {error}"),
-        }
-    }
-}
-
 /// Asserts a `503` rejection naming `reason_part`, with a `Retry-After` in seconds.
 async fn assert_unavailable(server: &Server, room: &str, reason_part: &str) {
     let response = Upgrade::new(&format!("/ws/{room}")).send(server.addr).await;

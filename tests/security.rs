@@ -983,29 +983,6 @@ async fn a_stalled_request_head_never_takes_a_connection_slot() {
     assert_eq!(server.hub.stats().connections, 1);
 }
 
-/// Connects to `room`, retrying while the server answers `503` (a slot is being freed).
-async fn connect_when_admitted(server: &Server, room: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        match tokio_tungstenite::connect_async(server.ws_url(room)).await {
-            Ok((client, response)) => {
-                assert_eq!(response.status(), 101);
-                return client;
-            }
-            Err(tokio_tungstenite::tungstenite::Error::Http(response))
-                if response.status() == StatusCode::SERVICE_UNAVAILABLE =>
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the slot was never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("connect failed: {error}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn hypers_header_read_timeout_cuts_a_stalled_request_head() {
     // What README's Security section recommends: the HTTP server cuts slow heads. axum::serve

@@ -268,3 +268,26 @@ pub async fn close_code_to_end(client: &mut Client) -> Option<u16> {
     while let Ok(Some(Ok(_))) = tokio::time::timeout(PROMPTLY, client.next()).await {}
     code
 }
+
+/// Connects to `room`, retrying while the server answers `503` (a slot is being freed).
+pub async fn connect_when_admitted(server: &Server, room: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        match tokio_tungstenite::connect_async(server.ws_url(room)).await {
+            Ok((client, response)) => {
+                assert_eq!(response.status(), 101);
+                return client;
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == http::StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("connect failed: {error}"),
+        }
+    }
+}
