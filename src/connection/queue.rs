@@ -126,11 +126,17 @@ impl OutboundQueue {
                 }
             }
         }
+        // The writer always takes everything queued (under this lock), so it only needs waking
+        // when the queue goes from empty to non-empty: a push onto a non-empty queue is already
+        // covered by the wake-up of the push that made it non-empty.
+        let was_empty = state.queued.is_empty();
         state.messages += 1;
         state.bytes += len;
         state.queued.push_back(frame);
         drop(state);
-        self.waker.wake();
+        if was_empty {
+            self.waker.wake();
+        }
         if dropped_oldest > 0 {
             PushOutcome::QueuedDroppingOldest(dropped_oldest)
         } else {
@@ -272,6 +278,34 @@ mod tests {
         let q = queue(100, 4, SlowConsumerPolicy::DropOldest);
         q.push(text("ab"));
         assert_eq!(q.push(text("abcdefgh")), PushOutcome::Dropped);
+    }
+
+    /// A waker that counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for CountingWaker {
+        fn wake_by_ref(arc: &std::sync::Arc<Self>) {
+            arc.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_writer_is_woken_when_the_queue_becomes_non_empty_not_for_every_push() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let q = queue(100, 1024, SlowConsumerPolicy::Disconnect);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = futures_util::task::waker(Arc::clone(&counter));
+        q.register(&waker);
+        for _ in 0..10 {
+            q.push(text("x"));
+        }
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        // Taken by the writer: the next push must wake it again.
+        assert_eq!(drain(&q).len(), 10);
+        q.register(&waker);
+        q.push(text("y"));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]
