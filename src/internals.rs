@@ -95,7 +95,7 @@ impl FanOutFixture {
 
     /// Encodes `message` once and queues it for every member; returns how many got it.
     pub fn publish(&self, message: &Message) -> u64 {
-        self.room.fan_out(message, None).queued
+        self.room.fan_out(|| message.encode_frame(), None).queued
     }
 
     /// Empties every member's queue, as their writers would.

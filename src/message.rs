@@ -155,23 +155,7 @@ impl Message {
     /// header and payload in one buffer: encoded once per publish, then shared by every
     /// receiver's socket.
     pub(crate) fn encode_frame(&self) -> Bytes {
-        let opcode = match self.payload {
-            Payload::Text(_) => OpCode::Data(OpData::Text),
-            Payload::Binary(_) => OpCode::Data(OpData::Binary),
-        };
-        let header = FrameHeader {
-            is_final: true,
-            opcode,
-            ..FrameHeader::default()
-        };
-        let payload = self.payload();
-        let length = payload.len() as u64;
-        let mut frame = Vec::with_capacity(header.len(length) + payload.len());
-        header
-            .format(length, &mut frame)
-            .expect("writing to a Vec cannot fail");
-        frame.extend_from_slice(payload);
-        Bytes::from(frame)
+        encode_frame(self.kind(), self.payload())
     }
 
     /// A hub message from a tungstenite data message; `None` for control frames.
@@ -184,6 +168,27 @@ impl Message {
             _ => None,
         }
     }
+}
+
+/// The frame for a `kind` message with this payload, built straight from a borrowed payload
+/// (e.g. an envelope received from Redis) with a single copy.
+pub(crate) fn encode_frame(kind: MessageKind, payload: &[u8]) -> Bytes {
+    let opcode = match kind {
+        MessageKind::Text => OpCode::Data(OpData::Text),
+        MessageKind::Binary => OpCode::Data(OpData::Binary),
+    };
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        ..FrameHeader::default()
+    };
+    let length = payload.len() as u64;
+    let mut frame = Vec::with_capacity(header.len(length) + payload.len());
+    header
+        .format(length, &mut frame)
+        .expect("writing to a Vec cannot fail");
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
 }
 
 impl fmt::Debug for Message {

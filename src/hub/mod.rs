@@ -106,7 +106,7 @@ impl Hub {
         let message = message.into();
         let local = self.inner.registry.get(room);
         let fan_out = match &local {
-            Some(room) => self.inner.fan_out(room, &message, None),
+            Some(room) => self.inner.fan_out(room, || message.encode_frame(), None),
             None => {
                 Counters::incr(&self.inner.counters.messages_published);
                 FanOut::default()
@@ -338,14 +338,15 @@ impl Hub {
 }
 
 impl HubInner {
-    /// Local fan-out plus bookkeeping. Never blocks.
+    /// Local fan-out of the frame `frame` builds (only if someone receives it), plus
+    /// bookkeeping. Never blocks.
     pub(crate) fn fan_out(
         &self,
         room: &Room,
-        message: &Message,
+        frame: impl FnOnce() -> Bytes,
         exclude: Option<ConnectionId>,
     ) -> FanOut {
-        let result = room.fan_out(message, exclude);
+        let result = room.fan_out(frame, exclude);
         let counters = &self.counters;
         Counters::incr(&counters.messages_published);
         Counters::add(&counters.deliveries, result.queued);
@@ -366,19 +367,19 @@ impl HubInner {
         result
     }
 
-    /// A message another instance published to `room`: delivered to the room's local members,
-    /// if it still has any. Never blocks.
+    /// A message another instance published to `room`, already encoded as a frame: delivered
+    /// to the room's local members, if it still has any. Never blocks.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver_from_broker(&self, room: &str, message: &Message) {
+    pub(crate) fn deliver_from_broker(&self, room: &str, frame: Bytes) {
         if let Some(room) = self.registry.get(room) {
-            self.fan_out(&room, message, None);
+            self.fan_out(&room, || frame, None);
         }
     }
 
     /// A message a client sent (after the message hook): local fan-out, then the broker.
     pub(crate) fn publish_from(&self, room: &Room, message: Message, sender: ConnectionId) {
         let exclude = (!self.config.echo_to_sender).then_some(sender);
-        self.fan_out(room, &message, exclude);
+        self.fan_out(room, || message.encode_frame(), exclude);
         if let Err(error) = self.broker.publish(room.name(), &message)
             && let Some(suppressed) = self.drop_log.allow()
         {

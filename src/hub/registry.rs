@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
+
 use crate::connection::queue::{OutboundQueue, PushOutcome};
 use crate::hub::context::ConnectionId;
-use crate::message::Message;
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
@@ -53,15 +54,19 @@ impl Room {
         read(&self.members).len()
     }
 
-    /// Queues `message` for every member but `exclude`. The frame is encoded once, here, and
-    /// shared by every receiver's queue and socket write.
-    pub(crate) fn fan_out(&self, message: &Message, exclude: Option<ConnectionId>) -> FanOut {
+    /// Queues a frame for every member but `exclude`. `frame` builds it, once, and only if
+    /// someone receives it; every receiver's queue and socket write share that one buffer.
+    pub(crate) fn fan_out(
+        &self,
+        frame: impl FnOnce() -> Bytes,
+        exclude: Option<ConnectionId>,
+    ) -> FanOut {
         let mut result = FanOut::default();
         let members = read(&self.members);
         if members.iter().all(|member| Some(member.id) == exclude) {
             return result;
         }
-        let frame = message.encode_frame();
+        let frame = frame();
         for member in members.iter() {
             if Some(member.id) == exclude {
                 continue;
@@ -178,6 +183,7 @@ mod tests {
     use super::*;
     use crate::config::SlowConsumerPolicy;
     use crate::connection::queue::QueueLimits;
+    use crate::message::Message;
 
     fn member(id: u64) -> Member {
         Member {
@@ -211,9 +217,10 @@ mod tests {
         let registry = RoomRegistry::default();
         let room = registry.join("r", member(1), |_| {});
         registry.join("r", member(2), |_| {});
-        let result = room.fan_out(&Message::text("hi"), Some(ConnectionId(1)));
+        let hi = || Message::text("hi").encode_frame();
+        let result = room.fan_out(hi, Some(ConnectionId(1)));
         assert_eq!(result.queued, 1);
-        let result = room.fan_out(&Message::text("hi"), None);
+        let result = room.fan_out(hi, None);
         assert_eq!(result.queued, 2);
     }
 

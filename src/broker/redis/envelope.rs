@@ -336,13 +336,22 @@ impl Envelope {
         channel: &str,
         key: &EnvelopeKey,
     ) -> Result<Self, EnvelopeError> {
-        let parsed = Parsed::parse(bytes)?;
-        let tag = parsed.tag.ok_or(EnvelopeError::Unsigned)?;
-        if !key.verify(&[channel.as_bytes()], parsed.header, parsed.payload, tag) {
-            return Err(EnvelopeError::BadSignature);
-        }
-        parsed.into_envelope()
+        Parsed::parse(bytes)?
+            .verified(Some((channel, key)))?
+            .into_envelope()
     }
+}
+
+/// What a subscriber delivers: the WebSocket frame for the envelope's message, built straight
+/// from the received bytes (one copy), after the same checks as [`Envelope::decode`] (and the
+/// signature when `key` is given, as [`Envelope::decode_verified`]).
+pub(crate) fn decode_frame(
+    bytes: &[u8],
+    key: Option<(&str, &EnvelopeKey)>,
+) -> Result<Bytes, EnvelopeError> {
+    let parsed = Parsed::parse(bytes)?.verified(key)?;
+    parsed.check_utf8()?;
+    Ok(crate::message::encode_frame(parsed.kind, parsed.payload))
 }
 
 /// An envelope's parts, borrowed from the bytes, after the structural checks.
@@ -391,11 +400,27 @@ impl<'a> Parsed<'a> {
         })
     }
 
-    fn into_envelope(self) -> Result<Envelope, EnvelopeError> {
-        // Check UTF-8 before copying, so garbage costs no allocation.
+    /// With `key` (channel, key): the envelope must be signed, and correctly.
+    fn verified(self, key: Option<(&str, &EnvelopeKey)>) -> Result<Self, EnvelopeError> {
+        if let Some((channel, key)) = key {
+            let tag = self.tag.ok_or(EnvelopeError::Unsigned)?;
+            if !key.verify(&[channel.as_bytes()], self.header, self.payload, tag) {
+                return Err(EnvelopeError::BadSignature);
+            }
+        }
+        Ok(self)
+    }
+
+    fn check_utf8(&self) -> Result<(), EnvelopeError> {
         if self.kind == MessageKind::Text && std::str::from_utf8(self.payload).is_err() {
             return Err(EnvelopeError::InvalidUtf8);
         }
+        Ok(())
+    }
+
+    fn into_envelope(self) -> Result<Envelope, EnvelopeError> {
+        // Check UTF-8 before copying, so garbage costs no allocation.
+        self.check_utf8()?;
         let message = Message::from_kind(self.kind, Bytes::copy_from_slice(self.payload))
             .map_err(|_| EnvelopeError::InvalidUtf8)?;
         Ok(Envelope {
@@ -613,6 +638,29 @@ mod tests {
                 "flipping byte {index} went unnoticed"
             );
         }
+    }
+
+    #[test]
+    fn a_received_envelope_becomes_the_frame_a_local_publish_would_send() {
+        for message in [Message::text("héllo"), Message::binary(vec![0u8, 0xff])] {
+            let bytes = Envelope::new(ORIGIN, message.clone()).encode();
+            assert_eq!(decode_frame(&bytes, None), Ok(message.encode_frame()));
+            let signed = Envelope::new(ORIGIN, message.clone()).encode_signed(CHANNEL, &key());
+            assert_eq!(
+                decode_frame(&signed, Some((CHANNEL, &key()))),
+                Ok(message.encode_frame())
+            );
+            assert_eq!(
+                decode_frame(&bytes, Some((CHANNEL, &key()))),
+                Err(EnvelopeError::Unsigned)
+            );
+        }
+        let mut bad_text = header(KIND_TEXT);
+        bad_text.push(0xff);
+        assert_eq!(
+            decode_frame(&bad_text, None),
+            Err(EnvelopeError::InvalidUtf8)
+        );
     }
 
     #[test]

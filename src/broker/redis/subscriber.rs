@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::envelope::{Envelope, peek_origin};
+use super::envelope::{decode_frame, peek_origin};
 use super::{RedisConfig, Shared, SubscriberSlot, lock};
 use crate::hub::HubInner;
 
@@ -182,15 +182,12 @@ impl Subscriber {
         if peek_origin(payload) == Some(shared.instance) {
             return;
         }
-        let decoded = match &self.config.signing_key {
-            Some(key) => Envelope::decode_verified(payload, channel, key),
-            None => Envelope::decode(payload),
-        };
-        match decoded {
-            Ok(envelope) => {
+        let key = self.config.signing_key.as_ref().map(|key| (channel, key));
+        match decode_frame(payload, key) {
+            Ok(frame) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(hub) = self.hub.upgrade() {
-                    hub.deliver_from_broker(room, &envelope.into_message());
+                    hub.deliver_from_broker(room, frame);
                 }
             }
             Err(error) => {
