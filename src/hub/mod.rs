@@ -139,7 +139,7 @@ impl Hub {
 
     /// Number of open connections on this instance.
     pub fn connection_count(&self) -> u64 {
-        self.stats().connections
+        self.inner.counters.open_connections()
     }
 
     /// A snapshot of the hub's counters.

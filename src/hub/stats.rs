@@ -70,6 +70,11 @@ pub struct HubStats {
 }
 
 impl Counters {
+    /// Connections open now: opened minus closed.
+    pub(crate) fn open_connections(&self) -> u64 {
+        get(&self.connections_opened).saturating_sub(get(&self.connections_closed))
+    }
+
     pub(crate) fn snapshot(&self, rooms: usize) -> HubStats {
         let opened = get(&self.connections_opened);
         let closed = get(&self.connections_closed);
