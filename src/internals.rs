@@ -95,7 +95,23 @@ impl FanOutFixture {
 
     /// Encodes `message` once and queues it for every member; returns how many got it.
     pub fn publish(&self, message: &Message) -> u64 {
-        self.room.fan_out(|| message.encode_frame(), None).queued
+        self.room.fan_out(|| [message.encode_frame()], None).queued
+    }
+
+    /// Encodes each of `messages` once and queues them, as one batch, for every member (what
+    /// a connection does with the messages one read gave it); returns the deliveries queued.
+    pub fn publish_batch(&self, messages: &[Message]) -> u64 {
+        self.room
+            .fan_out(
+                || {
+                    messages
+                        .iter()
+                        .map(Message::encode_frame)
+                        .collect::<Vec<_>>()
+                },
+                None,
+            )
+            .queued
     }
 
     /// Empties every member's queue, as their writers would.

@@ -354,6 +354,35 @@ async fn stats_count_received_published_and_delivered_messages() {
 }
 
 #[tokio::test]
+async fn messages_read_together_are_counted_and_delivered_one_by_one() {
+    // A client that writes many frames at once has them read (and fanned out) as a batch:
+    // every receiver still gets each message once, in order, and the counters count messages,
+    // not batches.
+    const COUNT: usize = 300;
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = server.connect("batch").await;
+    let mut b = server.connect("batch").await;
+    let mut c = server.connect("batch").await;
+    wait_members(&server.hub, "batch", 3).await;
+
+    for i in 0..COUNT {
+        sender.feed(WsMessage::text(i.to_string())).await.unwrap();
+    }
+    sender.flush().await.unwrap();
+    for receiver in [&mut b, &mut c] {
+        for expected in 0..COUNT {
+            assert_eq!(next_text(receiver).await, expected.to_string());
+        }
+    }
+    assert_silent(&mut sender, Duration::from_millis(100)).await;
+    let stats = server.hub.stats();
+    assert_eq!(stats.messages_received, COUNT as u64);
+    assert_eq!(stats.messages_published, COUNT as u64);
+    assert_eq!(stats.deliveries, 2 * COUNT as u64);
+    assert_eq!(stats.dropped_messages, 0);
+}
+
+#[tokio::test]
 async fn large_messages_arrive_intact_at_every_member() {
     let server = serve_hub(Hub::builder().build()).await;
     let mut sender = server.connect("large").await;

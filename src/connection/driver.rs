@@ -147,6 +147,8 @@ pub(crate) struct Driver<'a, S> {
     wire: Wire,
     /// Frames taken from the queue, on their way to the wire (kept to reuse its allocation).
     taken: VecDeque<Bytes>,
+    /// Messages read in this poll for the room, fanned out together when the read loop ends.
+    forward: Vec<Message>,
     queue: Arc<OutboundQueue>,
     membership: &'a Membership,
     context: &'a ConnectionContext,
@@ -269,6 +271,7 @@ where
             control: BytesMut::new(),
             wire: Wire::default(),
             taken: VecDeque::new(),
+            forward: Vec::new(),
             queue,
             membership,
             context,
@@ -389,9 +392,8 @@ where
             }
         }
         match hub.hooks.inbound(self.context, message) {
-            InboundAction::Forward(message) => {
-                hub.publish_from(self.membership.room(), message, self.context.id());
-            }
+            // Fanned out with the rest of this poll's messages (`flush_forward`).
+            InboundAction::Forward(message) => self.forward.push(message),
             InboundAction::Reply(message) => {
                 if let PushOutcome::Dropped | PushOutcome::Disconnecting =
                     self.queue.push(message.encode_frame())
@@ -458,8 +460,25 @@ where
         }
     }
 
-    /// Reads frames until the socket has no more, the budget is spent, or reading is over.
+    /// Reads frames until the socket has no more, the budget is spent, or reading is over; then
+    /// fans out what was read, as one batch per receiver.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let result = self.poll_read_frames(cx);
+        self.flush_forward();
+        result
+    }
+
+    /// Fans out the messages read in this poll: each receiver's queue is locked, and its writer
+    /// woken, once per batch instead of once per message.
+    fn flush_forward(&mut self) {
+        if !self.forward.is_empty() {
+            let hub = self.membership.hub().inner();
+            hub.publish_from(self.membership.room(), &self.forward, self.context.id());
+            self.forward.clear();
+        }
+    }
+
+    fn poll_read_frames(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         self.readiness.task.register(cx.waker());
         if self.readiness.ready.swap(false, Ordering::AcqRel) {
             self.read_blocked = false;

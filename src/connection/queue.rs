@@ -92,9 +92,48 @@ impl OutboundQueue {
 
     /// Queues an encoded frame for this connection, applying the slow-consumer policy when full.
     pub(crate) fn push(&self, frame: Bytes) -> PushOutcome {
+        let mut outcome = PushOutcome::Closed;
+        self.push_each(std::iter::once(frame), |result| outcome = result);
+        outcome
+    }
+
+    /// Queues several encoded frames, in order, under one lock and with at most one wake-up,
+    /// applying the slow-consumer policy to each as [`push`](Self::push) would. `outcome` hears
+    /// what became of each frame, up to the first one refused because the connection is closing
+    /// (the rest would be refused alike and are not reported).
+    pub(crate) fn push_all(&self, frames: &[Bytes], outcome: impl FnMut(PushOutcome)) {
+        self.push_each(frames.iter().cloned(), outcome);
+    }
+
+    fn push_each(&self, frames: impl Iterator<Item = Bytes>, mut outcome: impl FnMut(PushOutcome)) {
+        let mut state = self.lock();
+        // The writer always takes everything queued (under this lock), so it only needs waking
+        // when the queue goes from empty to non-empty: a push onto a non-empty queue is already
+        // covered by the wake-up of the push that made it non-empty.
+        let was_empty = state.queued.is_empty();
+        let mut wake = false;
+        for frame in frames {
+            let result = self.push_locked(&mut state, frame);
+            outcome(result);
+            match result {
+                PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => wake |= was_empty,
+                PushOutcome::Dropped => {}
+                PushOutcome::Disconnecting => {
+                    wake = true;
+                    break;
+                }
+                PushOutcome::Closed => break,
+            }
+        }
+        drop(state);
+        if wake {
+            self.waker.wake();
+        }
+    }
+
+    fn push_locked(&self, state: &mut State, frame: Bytes) -> PushOutcome {
         let len = frame.len();
         let limits = self.limits;
-        let mut state = self.lock();
         if state.close.is_some() {
             return PushOutcome::Closed;
         }
@@ -102,18 +141,16 @@ impl OutboundQueue {
             state.messages < limits.max_messages && state.bytes + len <= limits.max_bytes
         };
         let mut dropped_oldest = 0;
-        if !fits(&state) {
+        if !fits(state) {
             match limits.policy {
                 SlowConsumerPolicy::Disconnect => {
                     state.close = Some(CloseIntent::SlowConsumer);
                     state.clear_queued();
-                    drop(state);
-                    self.waker.wake();
                     return PushOutcome::Disconnecting;
                 }
                 SlowConsumerPolicy::DropNewest => return PushOutcome::Dropped,
                 SlowConsumerPolicy::DropOldest => {
-                    while !fits(&state) {
+                    while !fits(state) {
                         let Some(oldest) = state.queued.pop_front() else {
                             // Even an empty queue cannot take it (bytes in flight, or a message
                             // bigger than the whole budget): drop the newest after all.
@@ -126,17 +163,9 @@ impl OutboundQueue {
                 }
             }
         }
-        // The writer always takes everything queued (under this lock), so it only needs waking
-        // when the queue goes from empty to non-empty: a push onto a non-empty queue is already
-        // covered by the wake-up of the push that made it non-empty.
-        let was_empty = state.queued.is_empty();
         state.messages += 1;
         state.bytes += len;
         state.queued.push_back(frame);
-        drop(state);
-        if was_empty {
-            self.waker.wake();
-        }
         if dropped_oldest > 0 {
             PushOutcome::QueuedDroppingOldest(dropped_oldest)
         } else {
@@ -306,6 +335,50 @@ mod tests {
         q.register(&waker);
         q.push(text("y"));
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_batch_is_queued_in_order_with_one_wake_up() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let q = queue(100, 1024, SlowConsumerPolicy::Disconnect);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        q.register(&futures_util::task::waker(Arc::clone(&counter)));
+        let mut outcomes = Vec::new();
+        q.push_all(&[text("a"), text("b"), text("c")], |o| outcomes.push(o));
+        assert_eq!(outcomes, [PushOutcome::Queued; 3]);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(drain(&q), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_batch_that_overflows_stops_at_the_disconnect() {
+        let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
+        let mut outcomes = Vec::new();
+        q.push_all(&[text("a"), text("b"), text("c"), text("d")], |o| {
+            outcomes.push(o);
+        });
+        assert_eq!(
+            outcomes,
+            [
+                PushOutcome::Queued,
+                PushOutcome::Queued,
+                PushOutcome::Disconnecting
+            ]
+        );
+        assert_eq!(q.close_intent(), Some(CloseIntent::SlowConsumer));
+        assert!(drain(&q).is_empty());
+    }
+
+    #[test]
+    fn a_batch_under_drop_oldest_keeps_the_newest() {
+        let q = queue(2, 1024, SlowConsumerPolicy::DropOldest);
+        let mut outcomes = Vec::new();
+        q.push_all(&[text("a"), text("b"), text("c"), text("d")], |o| {
+            outcomes.push(o);
+        });
+        assert_eq!(outcomes[3], PushOutcome::QueuedDroppingOldest(1));
+        assert_eq!(drain(&q), ["c", "d"]);
     }
 
     #[test]

@@ -106,7 +106,9 @@ impl Hub {
         let message = message.into();
         let local = self.inner.registry.get(room);
         let fan_out = match &local {
-            Some(room) => self.inner.fan_out(room, || message.encode_frame(), None),
+            Some(room) => self
+                .inner
+                .fan_out(room, 1, || [message.encode_frame()], None),
             None => {
                 Counters::incr(&self.inner.counters.messages_published);
                 FanOut::default()
@@ -338,17 +340,18 @@ impl Hub {
 }
 
 impl HubInner {
-    /// Local fan-out of the frame `frame` builds (only if someone receives it), plus
-    /// bookkeeping. Never blocks.
-    pub(crate) fn fan_out(
+    /// Local fan-out of the `messages` frames `frames` builds (only if someone receives them),
+    /// plus bookkeeping. Never blocks.
+    pub(crate) fn fan_out<F: AsRef<[Bytes]>>(
         &self,
         room: &Room,
-        frame: impl FnOnce() -> Bytes,
+        messages: usize,
+        frames: impl FnOnce() -> F,
         exclude: Option<ConnectionId>,
     ) -> FanOut {
-        let result = room.fan_out(frame, exclude);
+        let result = room.fan_out(frames, exclude);
         let counters = &self.counters;
-        Counters::incr(&counters.messages_published);
+        Counters::add(&counters.messages_published, messages as u64);
         Counters::add(&counters.deliveries, result.queued);
         if result.dropped > 0 || result.disconnected > 0 {
             Counters::add(&counters.dropped_messages, result.dropped);
@@ -370,21 +373,37 @@ impl HubInner {
     /// A message another instance published to `room`, already encoded as a frame: delivered
     /// to the room's local members, if it still has any. Never blocks.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver_from_broker(&self, room: &str, frame: Bytes) {
+    pub(crate) fn deliver_from_broker(&self, room: &str, frames: &[Bytes]) {
         if let Some(room) = self.registry.get(room) {
-            self.fan_out(&room, || frame, None);
+            self.fan_out(&room, frames.len(), || frames, None);
         }
     }
 
-    /// A message a client sent (after the message hook): local fan-out, then the broker.
-    pub(crate) fn publish_from(&self, room: &Room, message: Message, sender: ConnectionId) {
+    /// Messages a client sent (after the message hook), in order: local fan-out as one batch,
+    /// then the broker.
+    pub(crate) fn publish_from(&self, room: &Room, messages: &[Message], sender: ConnectionId) {
+        if messages.is_empty() {
+            return;
+        }
         let exclude = (!self.config.echo_to_sender).then_some(sender);
-        self.fan_out(room, || message.encode_frame(), exclude);
-        if let Err(error) = self.broker.publish(room.name(), &message)
-            && let Some(suppressed) = self.drop_log.allow()
-        {
-            tracing::warn!(room = %room.name(), %error, similar_events_suppressed = suppressed,
-                "tower-ws-hub: message not forwarded to other instances");
+        self.fan_out(
+            room,
+            messages.len(),
+            || {
+                messages
+                    .iter()
+                    .map(Message::encode_frame)
+                    .collect::<Vec<_>>()
+            },
+            exclude,
+        );
+        for message in messages {
+            if let Err(error) = self.broker.publish(room.name(), message)
+                && let Some(suppressed) = self.drop_log.allow()
+            {
+                tracing::warn!(room = %room.name(), %error, similar_events_suppressed = suppressed,
+                    "tower-ws-hub: message not forwarded to other instances");
+            }
         }
     }
 

@@ -37,12 +37,30 @@ pub(crate) struct Room {
 /// What one fan-out did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FanOut {
-    /// Receivers the message was queued for.
+    /// Deliveries queued (receivers × messages).
     pub(crate) queued: u64,
     /// Messages dropped by a full queue (the new one or older ones).
     pub(crate) dropped: u64,
     /// Receivers disconnected because their queue overflowed.
     pub(crate) disconnected: u64,
+}
+
+impl FanOut {
+    fn record(&mut self, outcome: PushOutcome) {
+        match outcome {
+            PushOutcome::Queued => self.queued += 1,
+            PushOutcome::QueuedDroppingOldest(n) => {
+                self.queued += 1;
+                self.dropped += n as u64;
+            }
+            PushOutcome::Dropped => self.dropped += 1,
+            PushOutcome::Disconnecting => {
+                self.dropped += 1;
+                self.disconnected += 1;
+            }
+            PushOutcome::Closed => {}
+        }
+    }
 }
 
 impl Room {
@@ -54,11 +72,12 @@ impl Room {
         read(&self.members).len()
     }
 
-    /// Queues a frame for every member but `exclude`. `frame` builds it, once, and only if
-    /// someone receives it; every receiver's queue and socket write share that one buffer.
-    pub(crate) fn fan_out(
+    /// Queues frames, in order, for every member but `exclude`. `frames` builds them, once, and
+    /// only if someone receives them; every receiver's queue and socket write share those
+    /// buffers. Each receiver's queue is locked (and its writer woken) once for the whole batch.
+    pub(crate) fn fan_out<F: AsRef<[Bytes]>>(
         &self,
-        frame: impl FnOnce() -> Bytes,
+        frames: impl FnOnce() -> F,
         exclude: Option<ConnectionId>,
     ) -> FanOut {
         let mut result = FanOut::default();
@@ -66,24 +85,15 @@ impl Room {
         if members.iter().all(|member| Some(member.id) == exclude) {
             return result;
         }
-        let frame = frame();
+        let frames = frames();
+        let frames = frames.as_ref();
         for member in members.iter() {
             if Some(member.id) == exclude {
                 continue;
             }
-            match member.queue.push(frame.clone()) {
-                PushOutcome::Queued => result.queued += 1,
-                PushOutcome::QueuedDroppingOldest(n) => {
-                    result.queued += 1;
-                    result.dropped += n as u64;
-                }
-                PushOutcome::Dropped => result.dropped += 1,
-                PushOutcome::Disconnecting => {
-                    result.dropped += 1;
-                    result.disconnected += 1;
-                }
-                PushOutcome::Closed => {}
-            }
+            member
+                .queue
+                .push_all(frames, |outcome| result.record(outcome));
         }
         result
     }
@@ -217,11 +227,54 @@ mod tests {
         let registry = RoomRegistry::default();
         let room = registry.join("r", member(1), |_| {});
         registry.join("r", member(2), |_| {});
-        let hi = || Message::text("hi").encode_frame();
+        let hi = || [Message::text("hi").encode_frame()];
         let result = room.fan_out(hi, Some(ConnectionId(1)));
         assert_eq!(result.queued, 1);
         let result = room.fan_out(hi, None);
         assert_eq!(result.queued, 2);
+    }
+
+    #[test]
+    fn a_batch_reaches_every_member_in_order_and_counts_each_delivery() {
+        let registry = RoomRegistry::default();
+        let room = registry.join("r", member(1), |_| {});
+        let second = member(2);
+        let queue = Arc::clone(&second.queue);
+        registry.join("r", second, |_| {});
+        let frames: Vec<Bytes> = (0..3)
+            .map(|i| Message::text(format!("m{i}")).encode_frame())
+            .collect();
+        let result = room.fan_out(|| frames.clone(), Some(ConnectionId(1)));
+        assert_eq!(
+            result,
+            FanOut {
+                queued: 3,
+                dropped: 0,
+                disconnected: 0
+            }
+        );
+        let mut taken = std::collections::VecDeque::new();
+        let _ = queue.take_all(&mut taken);
+        assert_eq!(Vec::from(taken), frames);
+    }
+
+    #[test]
+    fn a_batch_that_overflows_a_queue_counts_the_overflow_once() {
+        let registry = RoomRegistry::default();
+        // `member` queues hold 8 messages and disconnect on overflow.
+        let room = registry.join("r", member(1), |_| {});
+        let frames: Vec<Bytes> = (0..12)
+            .map(|i| Message::text(format!("m{i}")).encode_frame())
+            .collect();
+        let result = room.fan_out(|| frames, None);
+        assert_eq!(
+            result,
+            FanOut {
+                queued: 8,
+                dropped: 1,
+                disconnected: 1
+            }
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use deadpool_redis::redis::{self, Msg, aio::PubSubSink};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
@@ -24,6 +24,34 @@ use crate::hub::HubInner;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many rooms change at once.
 const CHANNELS_PER_COMMAND: usize = 256;
+/// Messages taken from the connection without waiting, once one arrived, before they are handed
+/// to local members (consecutive messages for one room go out as one batch).
+const RECEIVE_BATCH: usize = 128;
+
+/// Consecutive messages for one room, delivered together: each local member's queue is locked,
+/// and its writer woken, once per run instead of once per message.
+#[derive(Default)]
+struct Run {
+    room: String,
+    frames: Vec<bytes::Bytes>,
+}
+
+impl Run {
+    fn push(&mut self, hub: &HubInner, room: &str, frame: bytes::Bytes) {
+        if self.room != room {
+            self.deliver(hub);
+            room.clone_into(&mut self.room);
+        }
+        self.frames.push(frame);
+    }
+
+    fn deliver(&mut self, hub: &HubInner) {
+        if !self.frames.is_empty() {
+            hub.deliver_from_broker(&self.room, &self.frames);
+            self.frames.clear();
+        }
+    }
+}
 
 pub(crate) struct Subscriber {
     pub(crate) index: usize,
@@ -160,8 +188,8 @@ impl Subscriber {
         }
     }
 
-    /// A message from Redis: a probe, or an envelope for a room.
-    fn on_message(&self, message: &Msg, probe: &mut Probe) {
+    /// A message from Redis: a probe, or an envelope for a room (added to `run`).
+    fn on_message(&self, message: &Msg, probe: &mut Probe, hub: &HubInner, run: &mut Run) {
         let channel = message.get_channel_name();
         if channel == probe.channel {
             if let Some(seq) = std::str::from_utf8(message.get_payload_bytes())
@@ -186,9 +214,7 @@ impl Subscriber {
         match decode_frame(payload, key) {
             Ok(frame) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
-                if let Some(hub) = self.hub.upgrade() {
-                    hub.deliver_from_broker(room, frame);
-                }
+                run.push(hub, room, frame);
             }
             Err(error) => {
                 let total = shared.invalid_envelopes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -251,6 +277,7 @@ impl Subscriber {
             outstanding: None,
             publishing: None,
         };
+        let mut run = Run::default();
         let mut clock = tokio::time::interval(self.config.probe_interval);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -303,7 +330,31 @@ impl Subscriber {
                     }
                 }
                 message = stream.next() => match message {
-                    Some(message) => self.on_message(&message, &mut probe),
+                    Some(message) => {
+                        let Some(hub) = self.hub.upgrade() else {
+                            return Ended::Cancelled;
+                        };
+                        self.on_message(&message, &mut probe, &hub, &mut run);
+                        // Whatever else already arrived, without waiting: bursts are handed
+                        // over in runs per room.
+                        let mut ended = false;
+                        for _ in 1..RECEIVE_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(message)) => {
+                                    self.on_message(&message, &mut probe, &hub, &mut run);
+                                }
+                                Some(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        run.deliver(&hub);
+                        if ended {
+                            return Ended::Lost("connection closed".to_owned());
+                        }
+                    }
                     None => return Ended::Lost("connection closed".to_owned()),
                 },
             }
