@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, StreamExt};
 use hdrhistogram::Histogram;
@@ -35,6 +34,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::receiver::Receiver;
 use super::{Client, connect, room_name, room_url};
 use crate::clock::now_ns;
 use crate::payload::{Header, Kind};
@@ -467,14 +467,6 @@ impl Track {
     }
 }
 
-fn payload_of(message: Message) -> Option<Bytes> {
-    match message {
-        Message::Binary(bytes) => Some(bytes),
-        Message::Text(text) => Some(Bytes::from(text)),
-        _ => None,
-    }
-}
-
 async fn subscriber(
     index: usize,
     url: String,
@@ -483,7 +475,7 @@ async fn subscriber(
     gate: Arc<Semaphore>,
 ) {
     let permit = gate.acquire_owned().await;
-    let mut client = match connect(&url, false).await {
+    let mut client = match Receiver::connect(&url).await {
         Ok(client) => client,
         Err(error) => {
             shared.note_error(error);
@@ -504,37 +496,42 @@ async fn subscriber(
     if unprobed == 0 {
         shared.subscribers_ready.fetch_add(1, Ordering::Relaxed);
     }
-    while let Some(item) = client.next().await {
-        let payload = match item {
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(message) => match payload_of(message) {
-                Some(payload) => payload,
-                None => continue,
-            },
-        };
-        let now = now_ns();
-        let Some((header, slot)) = Header::decode(&payload)
-            .and_then(|h| Some((h, topology.slot_in_room(h.stream, room)?)))
-        else {
-            shared.foreign.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let track = &mut tracks[slot];
-        match header.kind {
-            Kind::Probe => {
-                if !track.probed {
-                    track.probed = true;
-                    unprobed -= 1;
-                    if unprobed == 0 {
-                        shared.subscribers_ready.fetch_add(1, Ordering::Relaxed);
+    // What one read delivered, recorded under one lock of the shard.
+    let mut batch: Vec<(u32, u64, Seen)> = Vec::new();
+    let mut last_receive_ns = 0;
+    loop {
+        let read = client
+            .read_batch(now_ns, |payload, now| {
+                let Some((header, slot)) = Header::decode(payload)
+                    .and_then(|h| Some((h, topology.slot_in_room(h.stream, room)?)))
+                else {
+                    shared.foreign.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let track = &mut tracks[slot];
+                match header.kind {
+                    Kind::Probe => {
+                        if !track.probed {
+                            track.probed = true;
+                            unprobed -= 1;
+                            if unprobed == 0 {
+                                shared.subscribers_ready.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Kind::Data => {
+                        let seen = track.observe(header.seq);
+                        let latency_us = now.saturating_sub(header.sent_ns) / 1000;
+                        batch.push((header.stream, latency_us, seen));
+                        last_receive_ns = now;
                     }
                 }
-            }
-            Kind::Data => {
-                let seen = track.observe(header.seq);
-                let latency_us = now.saturating_sub(header.sent_ns) / 1000;
-                let mut shard = lock(shard);
-                let counts = &mut shard.streams[header.stream as usize];
+            })
+            .await;
+        if !batch.is_empty() {
+            let mut shard = lock(shard);
+            for (stream, latency_us, seen) in batch.drain(..) {
+                let counts = &mut shard.streams[stream as usize];
                 match seen {
                     Seen::Duplicate => {
                         counts.duplicated += 1;
@@ -545,10 +542,18 @@ async fn subscriber(
                 }
                 counts.delivered += 1;
                 shard.delivered += 1;
-                shard.last_receive_ns = shard.last_receive_ns.max(now);
                 shard
                     .latency_us
                     .saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
+            }
+            shard.last_receive_ns = shard.last_receive_ns.max(last_receive_ns);
+        }
+        match read {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(error) => {
+                shared.note_error(format!("subscriber {index}: {error}"));
+                break;
             }
         }
     }
