@@ -6,6 +6,8 @@
 //!
 //! - `fan_out/1000`: encode one message and queue it for 1000 in-process receivers, then drain
 //!   their queues as their writers would (no sockets: the hub's own cost per publish);
+//! - `fan_out_batch/1000`: 64 messages read together from one client, queued for 1000 receivers
+//!   as one batch (packed into one run of frames), then drained; throughput counts deliveries;
 //! - `encode_frame`: a message's WebSocket frame, built once per publish;
 //! - `route`: matching a path against `/ws/{room}` and decoding the room.
 
@@ -28,6 +30,23 @@ fn fan_out(c: &mut Criterion) {
             });
         });
     }
+    group.finish();
+}
+
+fn fan_out_batch(c: &mut Criterion) {
+    const BATCH: usize = 64;
+    let mut group = c.benchmark_group("fan_out_batch");
+    let members = 1000usize;
+    // Room for a whole batch in every queue.
+    let mut fixture = FanOutFixture::new(members, BATCH * 2);
+    let messages: Vec<Message> = (0..BATCH).map(|_| Message::text("x".repeat(64))).collect();
+    group.throughput(Throughput::Elements((members * BATCH) as u64));
+    group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+        b.iter(|| {
+            black_box(fixture.publish_batch(&messages));
+            fixture.drain();
+        });
+    });
     group.finish();
 }
 
@@ -55,5 +74,5 @@ fn route(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, fan_out, encode_frame, route);
+criterion_group!(benches, fan_out, fan_out_batch, encode_frame, route);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::Request;
 
 use crate::config::SlowConsumerPolicy;
+use crate::connection::frames::{Frames, RunBuilder};
 use crate::connection::queue::{OutboundQueue, QueueLimits};
 use crate::handshake::{Handshake, Subprotocols};
 use crate::hub::ConnectionId;
@@ -61,7 +62,7 @@ pub fn parse_pattern(pattern: &str) -> bool {
 pub struct FanOutFixture {
     room: Arc<Room>,
     queues: Vec<Arc<OutboundQueue>>,
-    scratch: VecDeque<Bytes>,
+    scratch: VecDeque<Frames>,
 }
 
 impl FanOutFixture {
@@ -95,7 +96,9 @@ impl FanOutFixture {
 
     /// Encodes `message` once and queues it for every member; returns how many got it.
     pub fn publish(&self, message: &Message) -> u64 {
-        self.room.fan_out(|| [message.encode_frame()], None).queued
+        self.room
+            .fan_out(|| [Frames::one(message.encode_frame())], None)
+            .queued
     }
 
     /// Encodes each of `messages` once and queues them, as one batch, for every member (what
@@ -104,10 +107,11 @@ impl FanOutFixture {
         self.room
             .fan_out(
                 || {
+                    let mut runs = RunBuilder::default();
                     messages
                         .iter()
-                        .map(Message::encode_frame)
-                        .collect::<Vec<_>>()
+                        .for_each(|message| runs.push_message(message));
+                    runs.finish()
                 },
                 None,
             )
@@ -118,8 +122,9 @@ impl FanOutFixture {
     pub fn drain(&mut self) {
         for queue in &self.queues {
             let _ = queue.take_all(&mut self.scratch);
-            let bytes = self.scratch.iter().map(Bytes::len).sum();
-            queue.release(self.scratch.len(), bytes);
+            let bytes = self.scratch.iter().map(Frames::len).sum();
+            let messages = self.scratch.iter().map(Frames::count).sum();
+            queue.release(messages, bytes);
             self.scratch.clear();
         }
     }

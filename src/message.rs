@@ -173,6 +173,13 @@ impl Message {
 /// The frame for a `kind` message with this payload, built straight from a borrowed payload
 /// (e.g. an envelope received from Redis) with a single copy.
 pub(crate) fn encode_frame(kind: MessageKind, payload: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    encode_frame_into(kind, payload, &mut frame);
+    Bytes::from(frame)
+}
+
+/// Appends the frame for a `kind` message with this payload to `out`.
+pub(crate) fn encode_frame_into(kind: MessageKind, payload: &[u8], out: &mut Vec<u8>) {
     let opcode = match kind {
         MessageKind::Text => OpCode::Data(OpData::Text),
         MessageKind::Binary => OpCode::Data(OpData::Binary),
@@ -183,12 +190,11 @@ pub(crate) fn encode_frame(kind: MessageKind, payload: &[u8]) -> Bytes {
         ..FrameHeader::default()
     };
     let length = payload.len() as u64;
-    let mut frame = Vec::with_capacity(header.len(length) + payload.len());
+    out.reserve(header.len(length) + payload.len());
     header
-        .format(length, &mut frame)
+        .format(length, out)
         .expect("writing to a Vec cannot fail");
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
+    out.extend_from_slice(payload);
 }
 
 impl fmt::Debug for Message {

@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{self};
 
+use super::frames::Frames;
 use super::io::PollIo;
 use super::queue::{CloseIntent, OutboundQueue, PushOutcome};
 use super::wire::{Wire, Written};
@@ -146,7 +147,7 @@ pub(crate) struct Driver<'a, S> {
     control: BytesMut,
     wire: Wire,
     /// Frames taken from the queue, on their way to the wire (kept to reuse its allocation).
-    taken: VecDeque<Bytes>,
+    taken: VecDeque<Frames>,
     /// Messages read in this poll for the room, fanned out together when the read loop ends.
     forward: Vec<Message>,
     queue: Arc<OutboundQueue>,
@@ -349,12 +350,13 @@ where
     fn take_queued(&mut self) -> Option<CloseIntent> {
         let intent = self.queue.take_all(&mut self.taken);
         if self.sends_data() {
-            for frame in self.taken.drain(..) {
-                self.wire.push_data(frame);
+            for frames in self.taken.drain(..) {
+                self.wire.push_data(frames);
             }
         } else if !self.taken.is_empty() {
-            let bytes = self.taken.iter().map(Bytes::len).sum();
-            self.queue.release(self.taken.len(), bytes);
+            let bytes = self.taken.iter().map(Frames::len).sum();
+            let messages = self.taken.iter().map(Frames::count).sum();
+            self.queue.release(messages, bytes);
             self.taken.clear();
         }
         if self.taken.capacity() > 16 {
@@ -642,10 +644,9 @@ impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
         // Whatever was taken and never written no longer counts against the queue.
         let pending = self.wire.pending_data();
-        let taken_bytes = self.taken.iter().map(Bytes::len).sum::<usize>();
-        self.queue.release(
-            pending.frames + self.taken.len(),
-            pending.bytes + taken_bytes,
-        );
+        let taken_bytes = self.taken.iter().map(Frames::len).sum::<usize>();
+        let taken_messages = self.taken.iter().map(Frames::count).sum::<usize>();
+        self.queue
+            .release(pending.frames + taken_messages, pending.bytes + taken_bytes);
     }
 }

@@ -9,6 +9,7 @@
 //! Close codes the server sends are listed in [`close_code`](crate::close_code).
 
 mod driver;
+pub(crate) mod frames;
 mod io;
 pub(crate) mod queue;
 mod wire;

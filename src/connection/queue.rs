@@ -12,6 +12,7 @@ use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 
+use super::frames::Frames;
 use crate::config::SlowConsumerPolicy;
 use bytes::Bytes;
 
@@ -53,7 +54,7 @@ pub(crate) struct QueueLimits {
 #[derive(Debug, Default)]
 struct State {
     /// Encoded frames (header and payload), shared with every other receiver.
-    queued: VecDeque<Bytes>,
+    queued: VecDeque<Frames>,
     /// Messages in `queued` plus those taken by the writer and not yet handed to the socket
     /// layer, so that the bounds cover everything the server holds for this client.
     messages: usize,
@@ -93,36 +94,51 @@ impl OutboundQueue {
     /// Queues an encoded frame for this connection, applying the slow-consumer policy when full.
     pub(crate) fn push(&self, frame: Bytes) -> PushOutcome {
         let mut outcome = PushOutcome::Closed;
-        self.push_each(std::iter::once(frame), |result| outcome = result);
+        self.push_all(&[Frames::one(frame)], |result, _| outcome = result);
         outcome
     }
 
-    /// Queues several encoded frames, in order, under one lock and with at most one wake-up,
-    /// applying the slow-consumer policy to each as [`push`](Self::push) would. `outcome` hears
-    /// what became of each frame, up to the first one refused because the connection is closing
-    /// (the rest would be refused alike and are not reported).
-    pub(crate) fn push_all(&self, frames: &[Bytes], outcome: impl FnMut(PushOutcome)) {
-        self.push_each(frames.iter().cloned(), outcome);
-    }
-
-    fn push_each(&self, frames: impl Iterator<Item = Bytes>, mut outcome: impl FnMut(PushOutcome)) {
+    /// Queues runs of encoded frames, in order, under one lock and with at most one wake-up,
+    /// applying the slow-consumer policy to each frame as [`push`](Self::push) would.
+    /// `outcome(result, n)` hears that `n` frames had this result, up to the first one refused
+    /// because the connection is closing (the rest would be refused alike and are not
+    /// reported).
+    pub(crate) fn push_all(&self, runs: &[Frames], mut outcome: impl FnMut(PushOutcome, u32)) {
         let mut state = self.lock();
         // The writer always takes everything queued (under this lock), so it only needs waking
         // when the queue goes from empty to non-empty: a push onto a non-empty queue is already
         // covered by the wake-up of the push that made it non-empty.
         let was_empty = state.queued.is_empty();
         let mut wake = false;
-        for frame in frames {
-            let result = self.push_locked(&mut state, frame);
-            outcome(result);
-            match result {
-                PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => wake |= was_empty,
-                PushOutcome::Dropped => {}
-                PushOutcome::Disconnecting => {
-                    wake = true;
-                    break;
+        'runs: for run in runs {
+            if state.close.is_some() {
+                outcome(PushOutcome::Closed, run.count() as u32);
+                break;
+            }
+            if self.fits(&state, run.count(), run.len()) {
+                // The whole run at once: the usual case.
+                state.messages += run.count();
+                state.bytes += run.len();
+                state.queued.push_back(run.clone());
+                outcome(PushOutcome::Queued, run.count() as u32);
+                wake |= was_empty;
+                continue;
+            }
+            // Frame by frame, so that each one meets the policy as if pushed alone.
+            for frame in run.clone().into_each() {
+                let result = self.push_one(&mut state, frame);
+                outcome(result, 1);
+                match result {
+                    PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => {
+                        wake |= was_empty;
+                    }
+                    PushOutcome::Dropped => {}
+                    PushOutcome::Disconnecting => {
+                        wake = true;
+                        break 'runs;
+                    }
+                    PushOutcome::Closed => break 'runs,
                 }
-                PushOutcome::Closed => break,
             }
         }
         drop(state);
@@ -131,18 +147,20 @@ impl OutboundQueue {
         }
     }
 
-    fn push_locked(&self, state: &mut State, frame: Bytes) -> PushOutcome {
+    fn fits(&self, state: &State, messages: usize, bytes: usize) -> bool {
+        state.messages + messages <= self.limits.max_messages
+            && state.bytes + bytes <= self.limits.max_bytes
+    }
+
+    /// One frame, under the lock, with the slow-consumer policy.
+    fn push_one(&self, state: &mut State, frame: Bytes) -> PushOutcome {
         let len = frame.len();
-        let limits = self.limits;
         if state.close.is_some() {
             return PushOutcome::Closed;
         }
-        let fits = |state: &State| {
-            state.messages < limits.max_messages && state.bytes + len <= limits.max_bytes
-        };
         let mut dropped_oldest = 0;
-        if !fits(state) {
-            match limits.policy {
+        if !self.fits(state, 1, len) {
+            match self.limits.policy {
                 SlowConsumerPolicy::Disconnect => {
                     state.close = Some(CloseIntent::SlowConsumer);
                     state.clear_queued();
@@ -150,8 +168,8 @@ impl OutboundQueue {
                 }
                 SlowConsumerPolicy::DropNewest => return PushOutcome::Dropped,
                 SlowConsumerPolicy::DropOldest => {
-                    while !fits(state) {
-                        let Some(oldest) = state.queued.pop_front() else {
+                    while !self.fits(state, 1, len) {
+                        let Some(oldest) = state.pop_oldest() else {
                             // Even an empty queue cannot take it (bytes in flight, or a message
                             // bigger than the whole budget): drop the newest after all.
                             return PushOutcome::Dropped;
@@ -165,7 +183,7 @@ impl OutboundQueue {
         }
         state.messages += 1;
         state.bytes += len;
-        state.queued.push_back(frame);
+        state.queued.push_back(Frames::one(frame));
         if dropped_oldest > 0 {
             PushOutcome::QueuedDroppingOldest(dropped_oldest)
         } else {
@@ -175,7 +193,7 @@ impl OutboundQueue {
 
     /// Moves everything queued to the end of `batch` and returns the close intent, if any.
     /// Taken messages stay counted against the bounds until [`release`](Self::release).
-    pub(crate) fn take_all(&self, batch: &mut VecDeque<Bytes>) -> Option<CloseIntent> {
+    pub(crate) fn take_all(&self, batch: &mut VecDeque<Frames>) -> Option<CloseIntent> {
         let mut state = self.lock();
         if batch.is_empty() {
             // Swap rather than copy: the writer's empty deque becomes the new queue.
@@ -230,10 +248,20 @@ impl OutboundQueue {
 
 impl State {
     fn clear_queued(&mut self) {
-        for frame in self.queued.drain(..) {
-            self.messages -= 1;
-            self.bytes -= frame.len();
+        for run in self.queued.drain(..) {
+            self.messages -= run.count();
+            self.bytes -= run.len();
         }
+    }
+
+    /// Removes the oldest queued frame (the counts are the caller's to adjust).
+    fn pop_oldest(&mut self) -> Option<Bytes> {
+        let front = self.queued.front_mut()?;
+        let oldest = front.split_first();
+        if front.count() == 0 {
+            self.queued.pop_front();
+        }
+        Some(oldest)
     }
 }
 
@@ -249,16 +277,30 @@ mod tests {
         })
     }
 
+    /// The frame of a short text message (2 header bytes, then the text).
     fn text(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
+        crate::message::Message::text(s).encode_frame()
     }
 
+    /// One run holding the frames of these short text messages.
+    fn run(texts: &[&str]) -> Frames {
+        let mut builder = crate::connection::frames::RunBuilder::default();
+        for s in texts {
+            builder.push_message(&crate::message::Message::text(*s));
+        }
+        let mut runs = builder.finish();
+        assert_eq!(runs.len(), 1);
+        runs.pop().unwrap()
+    }
+
+    /// The texts queued, frame by frame.
     fn drain(queue: &OutboundQueue) -> Vec<String> {
         let mut batch = VecDeque::new();
         let _ = queue.take_all(&mut batch);
         batch
             .into_iter()
-            .map(|frame| String::from_utf8(frame.to_vec()).unwrap())
+            .flat_map(Frames::into_each)
+            .map(|frame| String::from_utf8(frame[2..].to_vec()).unwrap())
             .collect()
     }
 
@@ -294,11 +336,12 @@ mod tests {
     #[test]
     fn the_byte_bound_counts_taken_but_unwritten_messages() {
         let q = queue(100, 10, SlowConsumerPolicy::DropNewest);
+        // A 10-byte frame.
         assert_eq!(q.push(text("12345678")), PushOutcome::Queued);
         assert_eq!(drain(&q).len(), 1);
         // Taken by the writer but not yet released: still counts.
         assert_eq!(q.push(text("abc")), PushOutcome::Dropped);
-        q.release(1, 8);
+        q.release(1, 10);
         assert_eq!(q.push(text("abc")), PushOutcome::Queued);
     }
 
@@ -345,8 +388,13 @@ mod tests {
         let counter = Arc::new(CountingWaker(Default::default()));
         q.register(&futures_util::task::waker(Arc::clone(&counter)));
         let mut outcomes = Vec::new();
-        q.push_all(&[text("a"), text("b"), text("c")], |o| outcomes.push(o));
-        assert_eq!(outcomes, [PushOutcome::Queued; 3]);
+        q.push_all(&[run(&["a", "b"]), Frames::one(text("c"))], |o, n| {
+            outcomes.push((o, n));
+        });
+        assert_eq!(
+            outcomes,
+            [(PushOutcome::Queued, 2), (PushOutcome::Queued, 1)]
+        );
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         assert_eq!(drain(&q), ["a", "b", "c"]);
     }
@@ -355,15 +403,14 @@ mod tests {
     fn a_batch_that_overflows_stops_at_the_disconnect() {
         let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
         let mut outcomes = Vec::new();
-        q.push_all(&[text("a"), text("b"), text("c"), text("d")], |o| {
-            outcomes.push(o);
-        });
+        q.push_all(&[run(&["a", "b", "c", "d"])], |o, n| outcomes.push((o, n)));
+        // The run does not fit: frame by frame, as if each were pushed alone.
         assert_eq!(
             outcomes,
             [
-                PushOutcome::Queued,
-                PushOutcome::Queued,
-                PushOutcome::Disconnecting
+                (PushOutcome::Queued, 1),
+                (PushOutcome::Queued, 1),
+                (PushOutcome::Disconnecting, 1)
             ]
         );
         assert_eq!(q.close_intent(), Some(CloseIntent::SlowConsumer));
@@ -372,13 +419,25 @@ mod tests {
 
     #[test]
     fn a_batch_under_drop_oldest_keeps_the_newest() {
-        let q = queue(2, 1024, SlowConsumerPolicy::DropOldest);
+        let q = queue(3, 1024, SlowConsumerPolicy::DropOldest);
+        q.push_all(&[run(&["a", "b"])], |_, _| {});
         let mut outcomes = Vec::new();
-        q.push_all(&[text("a"), text("b"), text("c"), text("d")], |o| {
-            outcomes.push(o);
-        });
-        assert_eq!(outcomes[3], PushOutcome::QueuedDroppingOldest(1));
-        assert_eq!(drain(&q), ["c", "d"]);
+        q.push_all(&[run(&["c", "d", "e"])], |o, n| outcomes.push((o, n)));
+        assert_eq!(
+            outcomes,
+            [
+                (PushOutcome::Queued, 1),
+                (PushOutcome::QueuedDroppingOldest(1), 1),
+                (PushOutcome::QueuedDroppingOldest(1), 1)
+            ]
+        );
+        // The oldest run was split to drop one frame at a time.
+        assert_eq!(drain(&q), ["c", "d", "e"]);
+        let q = queue(3, 1024, SlowConsumerPolicy::DropOldest);
+        q.push_all(&[run(&["a", "b"])], |_, _| {});
+        q.push(text("c"));
+        assert_eq!(q.push(text("d")), PushOutcome::QueuedDroppingOldest(1));
+        assert_eq!(drain(&q), ["b", "c", "d"]);
     }
 
     #[test]
@@ -403,6 +462,8 @@ mod properties {
     #[derive(Debug, Clone)]
     enum Op {
         Push(usize),
+        /// A run of this many frames of this payload size.
+        PushRun(usize, usize),
         Take,
         ReleaseAll,
     }
@@ -410,6 +471,7 @@ mod properties {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0usize..300).prop_map(Op::Push),
+            (1usize..6, 0usize..200).prop_map(|(n, len)| Op::PushRun(n, len)),
             Just(Op::Take),
             Just(Op::ReleaseAll),
         ]
@@ -433,20 +495,29 @@ mod properties {
             policy in policy(),
         ) {
             let queue = OutboundQueue::new(QueueLimits { max_messages, max_bytes, policy });
-            let mut taken: VecDeque<Bytes> = VecDeque::new();
+            let mut taken: VecDeque<Frames> = VecDeque::new();
             for op in ops {
                 match op {
                     Op::Push(len) => { queue.push(Bytes::from(vec![0u8; len])); }
+                    Op::PushRun(n, len) => {
+                        let mut builder = crate::connection::frames::RunBuilder::default();
+                        for _ in 0..n {
+                            builder.push_message(&crate::message::Message::binary(vec![0u8; len]));
+                        }
+                        queue.push_all(&builder.finish(), |_, _| {});
+                    }
                     Op::Take => { let _ = queue.take_all(&mut taken); }
                     Op::ReleaseAll => {
-                        let bytes = taken.iter().map(Bytes::len).sum();
-                        queue.release(taken.len(), bytes);
+                        let bytes = taken.iter().map(Frames::len).sum();
+                        let messages = taken.iter().map(Frames::count).sum();
+                        queue.release(messages, bytes);
                         taken.clear();
                     }
                 }
                 let state = queue.lock();
-                let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Bytes::len).sum();
-                prop_assert_eq!(state.messages, state.queued.len() + taken.len());
+                let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Frames::len).sum();
+                let held: usize = state.queued.iter().chain(taken.iter()).map(Frames::count).sum();
+                prop_assert_eq!(state.messages, held);
                 prop_assert_eq!(state.bytes, held_bytes);
                 prop_assert!(state.messages <= max_messages);
                 prop_assert!(state.bytes <= max_bytes);

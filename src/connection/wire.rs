@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
+use super::frames::Frames;
+
 /// Most frames handed to one `writev`.
 const MAX_SLICES: usize = 64;
 /// Capacity an empty wire may keep; more is freed once everything is written.
@@ -22,8 +24,15 @@ const KEEP_CAPACITY: usize = 16;
 #[derive(Debug)]
 struct Chunk {
     bytes: Bytes,
-    /// A data frame from the outbound queue (counted against its bounds until written).
-    data: bool,
+    /// Data frames (messages) from the outbound queue in `bytes`, counted against its bounds
+    /// until written; 0 for a control frame.
+    frames: usize,
+}
+
+impl Chunk {
+    fn is_data(&self) -> bool {
+        self.frames > 0
+    }
 }
 
 /// `true` if `frame` is exactly one unmasked, final pong frame.
@@ -57,13 +66,14 @@ impl Wire {
 
     /// `true` if a data frame is waiting (a frame already half-written counts).
     pub(crate) fn has_data(&self) -> bool {
-        self.chunks.iter().any(|chunk| chunk.data)
+        self.chunks.iter().any(Chunk::is_data)
     }
 
-    pub(crate) fn push_data(&mut self, frame: Bytes) {
+    /// Queues data frames from the outbound queue (one run: one slice of a `writev`).
+    pub(crate) fn push_data(&mut self, frames: Frames) {
         self.chunks.push_back(Chunk {
-            bytes: frame,
-            data: true,
+            frames: frames.count(),
+            bytes: frames.bytes().clone(),
         });
     }
 
@@ -81,7 +91,7 @@ impl Wire {
                 .iter_mut()
                 .skip(started)
                 .rev()
-                .find(|chunk| !chunk.data && is_pong(&chunk.bytes))
+                .find(|chunk| !chunk.is_data() && is_pong(&chunk.bytes))
             {
                 self.control_bytes = self.control_bytes - waiting.bytes.len() + frame.len();
                 waiting.bytes = frame;
@@ -91,7 +101,7 @@ impl Wire {
         self.control_bytes += frame.len();
         self.chunks.push_back(Chunk {
             bytes: frame,
-            data: false,
+            frames: 0,
         });
     }
 
@@ -107,10 +117,10 @@ impl Wire {
         let started = usize::from(self.front_written > 0);
         let mut index = 0;
         self.chunks.retain(|chunk| {
-            let keep = index < started || !chunk.data;
+            let keep = index < started || !chunk.is_data();
             index += 1;
             if !keep {
-                discarded.frames += 1;
+                discarded.frames += chunk.frames;
                 discarded.bytes += chunk.bytes.len();
             }
             keep
@@ -122,9 +132,9 @@ impl Wire {
     pub(crate) fn pending_data(&self) -> Written {
         self.chunks
             .iter()
-            .filter(|chunk| chunk.data)
+            .filter(|chunk| chunk.is_data())
             .fold(Written::default(), |acc, chunk| Written {
-                frames: acc.frames + 1,
+                frames: acc.frames + chunk.frames,
                 bytes: acc.bytes + chunk.bytes.len(),
             })
     }
@@ -179,8 +189,8 @@ impl Wire {
             n -= left;
             self.front_written = 0;
             let done = self.chunks.pop_front().expect("front exists");
-            if done.data {
-                written.frames += 1;
+            if done.is_data() {
+                written.frames += done.frames;
                 written.bytes += done.bytes.len();
             } else {
                 self.control_bytes -= done.bytes.len();
@@ -222,9 +232,9 @@ mod tests {
     #[test]
     fn partial_writes_keep_frames_whole_and_in_order() {
         let mut wire = Wire::default();
-        wire.push_data(Bytes::from_static(b"aaaa"));
+        wire.push_data(Frames::one(Bytes::from_static(b"aaaa")));
         wire.push_control(Bytes::from_static(b"P"));
-        wire.push_data(Bytes::from_static(b"bb"));
+        wire.push_data(Frames::one(Bytes::from_static(b"bb")));
         let mut io = Trickle {
             out: Vec::new(),
             limit: 3,
@@ -253,7 +263,7 @@ mod tests {
     #[test]
     fn only_the_latest_unwritten_pong_is_kept() {
         let mut wire = Wire::default();
-        wire.push_data(Bytes::from_static(b"data"));
+        wire.push_data(Frames::one(Bytes::from_static(b"data")));
         for i in 0..1000u16 {
             wire.push_control(pong(&i.to_be_bytes()));
         }
@@ -280,8 +290,8 @@ mod tests {
     #[test]
     fn discarding_keeps_a_half_written_frame_and_control_frames() {
         let mut wire = Wire::default();
-        wire.push_data(Bytes::from_static(b"aaaa"));
-        wire.push_data(Bytes::from_static(b"bb"));
+        wire.push_data(Frames::one(Bytes::from_static(b"aaaa")));
+        wire.push_data(Frames::one(Bytes::from_static(b"bb")));
         wire.push_control(Bytes::from_static(b"C"));
         wire.front_written = 1;
         let discarded = wire.discard_unstarted_data();
@@ -293,6 +303,6 @@ mod tests {
             }
         );
         assert_eq!(wire.chunks.len(), 2);
-        assert!(!wire.chunks[1].data);
+        assert!(!wire.chunks[1].is_data());
     }
 }

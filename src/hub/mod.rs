@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Broker, BrokerConfig, BrokerConnectError, BrokerStatus};
 use crate::config::{HubConfig, SlowConsumerPolicy};
 use crate::connection;
+use crate::connection::frames::{Frames, RunBuilder};
 use crate::connection::queue::{CloseIntent, OutboundQueue, QueueLimits};
 use crate::error::PublishError;
 use crate::handshake::Handshake;
@@ -106,9 +107,10 @@ impl Hub {
         let message = message.into();
         let local = self.inner.registry.get(room);
         let fan_out = match &local {
-            Some(room) => self
-                .inner
-                .fan_out(room, 1, || [message.encode_frame()], None),
+            Some(room) => {
+                self.inner
+                    .fan_out(room, 1, || [Frames::one(message.encode_frame())], None)
+            }
             None => {
                 Counters::incr(&self.inner.counters.messages_published);
                 FanOut::default()
@@ -342,7 +344,7 @@ impl Hub {
 impl HubInner {
     /// Local fan-out of the `messages` frames `frames` builds (only if someone receives them),
     /// plus bookkeeping. Never blocks.
-    pub(crate) fn fan_out<F: AsRef<[Bytes]>>(
+    pub(crate) fn fan_out<F: AsRef<[Frames]>>(
         &self,
         room: &Room,
         messages: usize,
@@ -373,9 +375,10 @@ impl HubInner {
     /// A message another instance published to `room`, already encoded as a frame: delivered
     /// to the room's local members, if it still has any. Never blocks.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn deliver_from_broker(&self, room: &str, frames: &[Bytes]) {
+    pub(crate) fn deliver_from_broker(&self, room: &str, runs: &[Frames]) {
         if let Some(room) = self.registry.get(room) {
-            self.fan_out(&room, frames.len(), || frames, None);
+            let messages = runs.iter().map(Frames::count).sum();
+            self.fan_out(&room, messages, || runs, None);
         }
     }
 
@@ -390,10 +393,11 @@ impl HubInner {
             room,
             messages.len(),
             || {
+                let mut runs = RunBuilder::default();
                 messages
                     .iter()
-                    .map(Message::encode_frame)
-                    .collect::<Vec<_>>()
+                    .for_each(|message| runs.push_message(message));
+                runs.finish()
             },
             exclude,
         );

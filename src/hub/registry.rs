@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::Bytes;
-
+use crate::connection::frames::Frames;
 use crate::connection::queue::{OutboundQueue, PushOutcome};
 use crate::hub::context::ConnectionId;
 
@@ -46,16 +45,18 @@ pub(crate) struct FanOut {
 }
 
 impl FanOut {
-    fn record(&mut self, outcome: PushOutcome) {
+    /// `frames` frames had this outcome.
+    fn record(&mut self, outcome: PushOutcome, frames: u32) {
+        let frames = u64::from(frames);
         match outcome {
-            PushOutcome::Queued => self.queued += 1,
+            PushOutcome::Queued => self.queued += frames,
             PushOutcome::QueuedDroppingOldest(n) => {
-                self.queued += 1;
+                self.queued += frames;
                 self.dropped += n as u64;
             }
-            PushOutcome::Dropped => self.dropped += 1,
+            PushOutcome::Dropped => self.dropped += frames,
             PushOutcome::Disconnecting => {
-                self.dropped += 1;
+                self.dropped += frames;
                 self.disconnected += 1;
             }
             PushOutcome::Closed => {}
@@ -72,10 +73,11 @@ impl Room {
         read(&self.members).len()
     }
 
-    /// Queues frames, in order, for every member but `exclude`. `frames` builds them, once, and
-    /// only if someone receives them; every receiver's queue and socket write share those
-    /// buffers. Each receiver's queue is locked (and its writer woken) once for the whole batch.
-    pub(crate) fn fan_out<F: AsRef<[Bytes]>>(
+    /// Queues frames, in order, for every member but `exclude`. `frames` builds them (runs of
+    /// encoded frames), once, and only if someone receives them; every receiver's queue and
+    /// socket write share those buffers. Each receiver's queue is locked (and its writer woken)
+    /// once for the whole batch.
+    pub(crate) fn fan_out<F: AsRef<[Frames]>>(
         &self,
         frames: impl FnOnce() -> F,
         exclude: Option<ConnectionId>,
@@ -93,7 +95,7 @@ impl Room {
             }
             member
                 .queue
-                .push_all(frames, |outcome| result.record(outcome));
+                .push_all(frames, |outcome, n| result.record(outcome, n));
         }
         result
     }
@@ -192,8 +194,16 @@ impl RoomRegistry {
 mod tests {
     use super::*;
     use crate::config::SlowConsumerPolicy;
+    use crate::connection::frames::RunBuilder;
     use crate::connection::queue::QueueLimits;
     use crate::message::Message;
+    use bytes::Bytes;
+
+    fn runs(messages: &[Message]) -> Vec<Frames> {
+        let mut builder = RunBuilder::default();
+        messages.iter().for_each(|m| builder.push_message(m));
+        builder.finish()
+    }
 
     fn member(id: u64) -> Member {
         Member {
@@ -227,7 +237,7 @@ mod tests {
         let registry = RoomRegistry::default();
         let room = registry.join("r", member(1), |_| {});
         registry.join("r", member(2), |_| {});
-        let hi = || [Message::text("hi").encode_frame()];
+        let hi = || [Frames::one(Message::text("hi").encode_frame())];
         let result = room.fan_out(hi, Some(ConnectionId(1)));
         assert_eq!(result.queued, 1);
         let result = room.fan_out(hi, None);
@@ -241,10 +251,8 @@ mod tests {
         let second = member(2);
         let queue = Arc::clone(&second.queue);
         registry.join("r", second, |_| {});
-        let frames: Vec<Bytes> = (0..3)
-            .map(|i| Message::text(format!("m{i}")).encode_frame())
-            .collect();
-        let result = room.fan_out(|| frames.clone(), Some(ConnectionId(1)));
+        let messages: Vec<Message> = (0..3).map(|i| Message::text(format!("m{i}"))).collect();
+        let result = room.fan_out(|| runs(&messages), Some(ConnectionId(1)));
         assert_eq!(
             result,
             FanOut {
@@ -255,7 +263,11 @@ mod tests {
         );
         let mut taken = std::collections::VecDeque::new();
         let _ = queue.take_all(&mut taken);
-        assert_eq!(Vec::from(taken), frames);
+        // One run for the three small messages: one queue entry.
+        assert_eq!(taken.len(), 1);
+        let frames: Vec<Bytes> = taken.into_iter().flat_map(Frames::into_each).collect();
+        let expected: Vec<Bytes> = messages.iter().map(Message::encode_frame).collect();
+        assert_eq!(frames, expected);
     }
 
     #[test]
@@ -263,10 +275,8 @@ mod tests {
         let registry = RoomRegistry::default();
         // `member` queues hold 8 messages and disconnect on overflow.
         let room = registry.join("r", member(1), |_| {});
-        let frames: Vec<Bytes> = (0..12)
-            .map(|i| Message::text(format!("m{i}")).encode_frame())
-            .collect();
-        let result = room.fan_out(|| frames, None);
+        let messages: Vec<Message> = (0..12).map(|i| Message::text(format!("m{i}"))).collect();
+        let result = room.fan_out(|| runs(&messages), None);
         assert_eq!(
             result,
             FanOut {

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::connection::frames::RunBuilder;
 use crate::message::{Message, MessageKind};
 
 /// First byte of every envelope. `0xF7` never occurs in UTF-8, so no text payload (JSON, a
@@ -342,16 +343,19 @@ impl Envelope {
     }
 }
 
-/// What a subscriber delivers: the WebSocket frame for the envelope's message, built straight
-/// from the received bytes (one copy), after the same checks as [`Envelope::decode`] (and the
-/// signature when `key` is given, as [`Envelope::decode_verified`]).
-pub(crate) fn decode_frame(
+/// What a subscriber delivers: the WebSocket frame for the envelope's message, appended to
+/// `runs` straight from the received bytes (one copy), after the same checks as
+/// [`Envelope::decode`] (and the signature when `key` is given, as
+/// [`Envelope::decode_verified`]). Nothing is appended when a check fails.
+pub(crate) fn decode_frame_into(
     bytes: &[u8],
     key: Option<(&str, &EnvelopeKey)>,
-) -> Result<Bytes, EnvelopeError> {
+    runs: &mut RunBuilder,
+) -> Result<(), EnvelopeError> {
     let parsed = Parsed::parse(bytes)?.verified(key)?;
     parsed.check_utf8()?;
-    Ok(crate::message::encode_frame(parsed.kind, parsed.payload))
+    runs.push_encoded(parsed.kind, parsed.payload);
+    Ok(())
 }
 
 /// An envelope's parts, borrowed from the bytes, after the structural checks.
@@ -638,6 +642,17 @@ mod tests {
                 "flipping byte {index} went unnoticed"
             );
         }
+    }
+
+    fn decode_frame(
+        bytes: &[u8],
+        key: Option<(&str, &EnvelopeKey)>,
+    ) -> Result<Bytes, EnvelopeError> {
+        let mut runs = RunBuilder::default();
+        decode_frame_into(bytes, key, &mut runs)?;
+        let mut frames = runs.finish();
+        assert_eq!(frames.len(), 1);
+        Ok(frames.pop().unwrap().bytes().clone())
     }
 
     #[test]

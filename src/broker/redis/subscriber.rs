@@ -18,8 +18,9 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::envelope::{decode_frame, peek_origin};
+use super::envelope::{EnvelopeError, EnvelopeKey, decode_frame_into, peek_origin};
 use super::{RedisConfig, Shared, SubscriberSlot, lock};
+use crate::connection::frames::RunBuilder;
 use crate::hub::HubInner;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many rooms change at once.
@@ -33,22 +34,33 @@ const RECEIVE_BATCH: usize = 128;
 #[derive(Default)]
 struct Run {
     room: String,
-    frames: Vec<bytes::Bytes>,
+    frames: RunBuilder,
+    len: usize,
 }
 
 impl Run {
-    fn push(&mut self, hub: &HubInner, room: &str, frame: bytes::Bytes) {
+    /// Adds the message of an envelope received for `room`, after its checks.
+    fn push(
+        &mut self,
+        hub: &HubInner,
+        room: &str,
+        envelope: &[u8],
+        key: Option<(&str, &EnvelopeKey)>,
+    ) -> Result<(), EnvelopeError> {
         if self.room != room {
             self.deliver(hub);
             room.clone_into(&mut self.room);
         }
-        self.frames.push(frame);
+        decode_frame_into(envelope, key, &mut self.frames)?;
+        self.len += 1;
+        Ok(())
     }
 
     fn deliver(&mut self, hub: &HubInner) {
-        if !self.frames.is_empty() {
-            hub.deliver_from_broker(&self.room, &self.frames);
-            self.frames.clear();
+        if self.len > 0 {
+            let runs = std::mem::take(&mut self.frames).finish();
+            hub.deliver_from_broker(&self.room, &runs);
+            self.len = 0;
         }
     }
 }
@@ -211,10 +223,9 @@ impl Subscriber {
             return;
         }
         let key = self.config.signing_key.as_ref().map(|key| (channel, key));
-        match decode_frame(payload, key) {
-            Ok(frame) => {
+        match run.push(hub, room, payload, key) {
+            Ok(()) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
-                run.push(hub, room, frame);
             }
             Err(error) => {
                 let total = shared.invalid_envelopes.fetch_add(1, Ordering::Relaxed) + 1;
