@@ -176,6 +176,31 @@ async fn on_message_reply_goes_to_the_sender_only() {
 }
 
 #[tokio::test]
+async fn a_reply_keeps_its_place_among_the_senders_echoed_messages() {
+    // Messages a client writes together are read (and fanned out) as a batch; a reply must
+    // still come after the echo of what the client sent before it, and before what it sent
+    // after.
+    let hub = Hub::builder()
+        .echo_to_sender(true)
+        .on_message(|_, msg| match msg.as_text() {
+            Some("/ping") => InboundAction::Reply(Message::text("pong")),
+            _ => InboundAction::Forward(msg),
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut sender = server.connect("order").await;
+    wait_members(&server.hub, "order", 1).await;
+
+    for text in ["m1", "m2", "/ping", "m3"] {
+        sender.feed(WsMessage::text(text)).await.unwrap();
+    }
+    sender.flush().await.unwrap();
+    for expected in ["m1", "m2", "pong", "m3"] {
+        assert_eq!(next_text(&mut sender).await, expected);
+    }
+}
+
+#[tokio::test]
 async fn on_message_drop_delivers_nothing() {
     let hub = Hub::builder()
         .on_message(|_, msg| {

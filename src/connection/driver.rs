@@ -397,6 +397,10 @@ where
             // Fanned out with the rest of this poll's messages (`flush_forward`).
             InboundAction::Forward(message) => self.forward.push(message),
             InboundAction::Reply(message) => {
+                // Messages read before this one go out first: with `echo_to_sender` the sender
+                // sees its own messages and the reply in the order it sent them.
+                self.flush_forward();
+                let hub = self.membership.hub().inner();
                 if let PushOutcome::Dropped | PushOutcome::Disconnecting =
                     self.queue.push(message.encode_frame())
                 {
@@ -468,16 +472,6 @@ where
         let result = self.poll_read_frames(cx);
         self.flush_forward();
         result
-    }
-
-    /// Fans out the messages read in this poll: each receiver's queue is locked, and its writer
-    /// woken, once per batch instead of once per message.
-    fn flush_forward(&mut self) {
-        if !self.forward.is_empty() {
-            let hub = self.membership.hub().inner();
-            hub.publish_from(self.membership.room(), &self.forward, self.context.id());
-            self.forward.clear();
-        }
     }
 
     fn poll_read_frames(&mut self, cx: &mut Context<'_>) -> Poll<End> {
@@ -640,8 +634,23 @@ where
     }
 }
 
+impl<S> Driver<'_, S> {
+    /// Fans out the messages read in this poll: each receiver's queue is locked, and its writer
+    /// woken, once per batch instead of once per message.
+    fn flush_forward(&mut self) {
+        if !self.forward.is_empty() {
+            let hub = self.membership.hub().inner();
+            hub.publish_from(self.membership.room(), &self.forward, self.context.id());
+            self.forward.clear();
+        }
+    }
+}
+
 impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
+        // Messages already read and accepted (a hook panicked half-way through a batch, say)
+        // still reach the room.
+        self.flush_forward();
         // Whatever was taken and never written no longer counts against the queue.
         let pending = self.wire.pending_data();
         let taken_bytes = self.taken.iter().map(Frames::len).sum::<usize>();

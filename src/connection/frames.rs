@@ -69,6 +69,17 @@ impl Frames {
     }
 }
 
+/// In a run's bytes, the end of the frame that contains byte `offset`, and how many frames end
+/// at or before it.
+pub(crate) fn end_of_frame_at(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let (mut end, mut frames) = (0, 0);
+    while end <= offset && end < bytes.len() {
+        end += first_frame_len(&bytes[end..]);
+        frames += 1;
+    }
+    (end, frames)
+}
+
 /// Length (header and payload) of the first frame in `bytes`, which holds complete frames
 /// encoded by this crate.
 fn first_frame_len(bytes: &[u8]) -> usize {
@@ -112,8 +123,14 @@ impl RunBuilder {
 
     fn close_run(&mut self) {
         if self.count > 0 {
+            let mut bytes = std::mem::take(&mut self.current);
+            if bytes.capacity() - bytes.len() > bytes.len() / 8 {
+                // Receivers share this buffer until they have written it: do not make them pin
+                // the growth slack too.
+                bytes.shrink_to_fit();
+            }
             self.runs.push(Frames {
-                bytes: Bytes::from(std::mem::take(&mut self.current)),
+                bytes: Bytes::from(bytes),
                 count: self.count,
             });
             self.count = 0;
@@ -171,6 +188,21 @@ mod tests {
         assert_eq!(counts, [1, 1, 2, 1]);
         let expected: Vec<Bytes> = messages.iter().map(Message::encode_frame).collect();
         assert_eq!(frames_of(runs), expected);
+    }
+
+    #[test]
+    fn the_frame_containing_an_offset_is_found() {
+        let runs = build(&[
+            Message::text("ab"),
+            Message::text("cde"),
+            Message::text("f"),
+        ]);
+        // Frames of 4, 5 and 3 bytes.
+        let bytes = runs[0].bytes();
+        assert_eq!(end_of_frame_at(bytes, 0), (4, 1));
+        assert_eq!(end_of_frame_at(bytes, 3), (4, 1));
+        assert_eq!(end_of_frame_at(bytes, 4), (9, 2));
+        assert_eq!(end_of_frame_at(bytes, 11), (12, 3));
     }
 
     #[test]

@@ -60,6 +60,9 @@ struct State {
     messages: usize,
     /// Frame bytes of the same messages.
     bytes: usize,
+    /// Messages and bytes in `queued` alone (the rest of `messages` and `bytes` is in flight).
+    queued_messages: usize,
+    queued_bytes: usize,
     close: Option<CloseIntent>,
 }
 
@@ -117,15 +120,21 @@ impl OutboundQueue {
             }
             if self.fits(&state, run.count(), run.len()) {
                 // The whole run at once: the usual case.
-                state.messages += run.count();
-                state.bytes += run.len();
-                state.queued.push_back(run.clone());
+                state.add(run.clone());
                 outcome(PushOutcome::Queued, run.count() as u32);
                 wake |= was_empty;
                 continue;
             }
-            // Frame by frame, so that each one meets the policy as if pushed alone.
+            // Frame by frame, so that each one meets the policy as if pushed alone. A frame
+            // admitted alone gets its own small copy: as a slice it would keep the whole run's
+            // buffer alive while the byte bound counted only the frame.
+            let split = run.count() > 1;
             for frame in run.clone().into_each() {
+                let frame = if split {
+                    Bytes::copy_from_slice(&frame)
+                } else {
+                    frame
+                };
                 let result = self.push_one(&mut state, frame);
                 outcome(result, 1);
                 match result {
@@ -168,22 +177,23 @@ impl OutboundQueue {
                 }
                 SlowConsumerPolicy::DropNewest => return PushOutcome::Dropped,
                 SlowConsumerPolicy::DropOldest => {
+                    let in_flight_messages = state.messages.saturating_sub(state.queued_messages);
+                    let in_flight_bytes = state.bytes.saturating_sub(state.queued_bytes);
+                    if in_flight_messages + 1 > self.limits.max_messages
+                        || in_flight_bytes + len > self.limits.max_bytes
+                    {
+                        // Even an empty queue could not take it (bytes in flight, or a message
+                        // bigger than the whole budget): drop the newest, and only it.
+                        return PushOutcome::Dropped;
+                    }
                     while !self.fits(state, 1, len) {
-                        let Some(oldest) = state.pop_oldest() else {
-                            // Even an empty queue cannot take it (bytes in flight, or a message
-                            // bigger than the whole budget): drop the newest after all.
-                            return PushOutcome::Dropped;
-                        };
-                        state.messages -= 1;
-                        state.bytes -= oldest.len();
+                        state.pop_oldest();
                         dropped_oldest += 1;
                     }
                 }
             }
         }
-        state.messages += 1;
-        state.bytes += len;
-        state.queued.push_back(Frames::one(frame));
+        state.add(Frames::one(frame));
         if dropped_oldest > 0 {
             PushOutcome::QueuedDroppingOldest(dropped_oldest)
         } else {
@@ -201,6 +211,8 @@ impl OutboundQueue {
         } else {
             batch.append(&mut state.queued);
         }
+        state.queued_messages = 0;
+        state.queued_bytes = 0;
         state.close
     }
 
@@ -247,21 +259,37 @@ impl OutboundQueue {
 }
 
 impl State {
-    fn clear_queued(&mut self) {
-        for run in self.queued.drain(..) {
-            self.messages -= run.count();
-            self.bytes -= run.len();
-        }
+    fn add(&mut self, run: Frames) {
+        self.messages += run.count();
+        self.bytes += run.len();
+        self.queued_messages += run.count();
+        self.queued_bytes += run.len();
+        self.queued.push_back(run);
     }
 
-    /// Removes the oldest queued frame (the counts are the caller's to adjust).
-    fn pop_oldest(&mut self) -> Option<Bytes> {
-        let front = self.queued.front_mut()?;
+    fn clear_queued(&mut self) {
+        self.messages -= self.queued_messages;
+        self.bytes -= self.queued_bytes;
+        self.queued_messages = 0;
+        self.queued_bytes = 0;
+        self.queued.clear();
+    }
+
+    /// Drops the oldest queued frame, if any. When it came from a run, the rest of the run
+    /// keeps sharing its buffer until written: a queue pins at most that one run (16 KiB)
+    /// beyond its byte bound.
+    fn pop_oldest(&mut self) {
+        let Some(front) = self.queued.front_mut() else {
+            return;
+        };
         let oldest = front.split_first();
         if front.count() == 0 {
             self.queued.pop_front();
         }
-        Some(oldest)
+        self.messages -= 1;
+        self.bytes -= oldest.len();
+        self.queued_messages -= 1;
+        self.queued_bytes -= oldest.len();
     }
 }
 
@@ -350,6 +378,43 @@ mod tests {
         let q = queue(100, 4, SlowConsumerPolicy::DropOldest);
         q.push(text("ab"));
         assert_eq!(q.push(text("abcdefgh")), PushOutcome::Dropped);
+        // The message that could never fit did not push out the ones already queued.
+        assert_eq!(drain(&q), ["ab"]);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_queue_when_bytes_in_flight_leave_no_room() {
+        let q = queue(100, 12, SlowConsumerPolicy::DropOldest);
+        q.push(text("12345678")); // 10 bytes, taken by the writer below
+        assert_eq!(drain(&q).len(), 1);
+        q.push(text("")); // 2 bytes, queued
+        // 10 in flight + 3 > 12 even with the queue emptied: refuse it, keep "".
+        assert_eq!(q.push(text("a")), PushOutcome::Dropped);
+        assert_eq!(drain(&q), [""]);
+    }
+
+    #[test]
+    fn a_frame_admitted_alone_from_a_run_does_not_keep_the_run_alive() {
+        // Room for one more message: the run is split and only its first frame admitted.
+        let q = queue(2, 1024, SlowConsumerPolicy::DropNewest);
+        q.push(text("x"));
+        let big_run = run(&["a"; 100]);
+        let handle = big_run.bytes().clone();
+        let mut outcomes = Vec::new();
+        q.push_all(std::slice::from_ref(&big_run), |o, n| outcomes.push((o, n)));
+        assert_eq!(outcomes[0], (PushOutcome::Queued, 1));
+        assert!(
+            outcomes[1..]
+                .iter()
+                .all(|&o| o == (PushOutcome::Dropped, 1))
+        );
+        drop(big_run);
+        // Only our handle is left on the run's buffer: the queued frame is a copy.
+        assert!(
+            handle.is_unique(),
+            "the queued frame still shares the run's buffer"
+        );
+        assert_eq!(drain(&q), ["x", "a"]);
     }
 
     /// A waker that counts its wake-ups.
@@ -518,6 +583,8 @@ mod properties {
                 let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Frames::len).sum();
                 let held: usize = state.queued.iter().chain(taken.iter()).map(Frames::count).sum();
                 prop_assert_eq!(state.messages, held);
+                prop_assert_eq!(state.queued_messages, state.queued.iter().map(Frames::count).sum::<usize>());
+                prop_assert_eq!(state.queued_bytes, state.queued.iter().map(Frames::len).sum::<usize>());
                 prop_assert_eq!(state.bytes, held_bytes);
                 prop_assert!(state.messages <= max_messages);
                 prop_assert!(state.bytes <= max_bytes);

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
-use super::frames::Frames;
+use super::frames::{Frames, end_of_frame_at};
 
 /// Most frames handed to one `writev`.
 const MAX_SLICES: usize = 64;
@@ -115,6 +115,17 @@ impl Wire {
     pub(crate) fn discard_unstarted_data(&mut self) -> Written {
         let mut discarded = Written::default();
         let started = usize::from(self.front_written > 0);
+        if let Some(front) = self.chunks.front_mut()
+            && started == 1
+            && front.frames > 1
+        {
+            // Keep the half-written run only up to the end of its half-written frame.
+            let (end, frames) = end_of_frame_at(&front.bytes, self.front_written);
+            discarded.frames += front.frames - frames;
+            discarded.bytes += front.bytes.len() - end;
+            front.bytes.truncate(end);
+            front.frames = frames;
+        }
         let mut index = 0;
         self.chunks.retain(|chunk| {
             let keep = index < started || !chunk.is_data();
@@ -303,6 +314,77 @@ mod tests {
             }
         );
         assert_eq!(wire.chunks.len(), 2);
+        assert!(!wire.chunks[1].is_data());
+    }
+
+    fn run_of(texts: &[&str]) -> Frames {
+        let mut builder = crate::connection::frames::RunBuilder::default();
+        for text in texts {
+            builder.push_message(&crate::message::Message::text(*text));
+        }
+        let mut runs = builder.finish();
+        assert_eq!(runs.len(), 1);
+        runs.pop().unwrap()
+    }
+
+    #[test]
+    fn a_run_counts_as_its_frames_when_written_and_while_pending() {
+        let mut wire = Wire::default();
+        // Frames of 4, 5 and 3 bytes.
+        wire.push_data(run_of(&["ab", "cde", "f"]));
+        wire.push_data(Frames::one(Bytes::from_static(b"zz")));
+        assert_eq!(
+            wire.pending_data(),
+            Written {
+                frames: 4,
+                bytes: 14
+            }
+        );
+        let mut io = Trickle {
+            out: Vec::new(),
+            limit: 5,
+        };
+        let mut written = Written::default();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(wire.poll_write(&mut io, &mut cx, &mut written).is_ready());
+        assert_eq!(
+            written,
+            Written {
+                frames: 4,
+                bytes: 14
+            }
+        );
+        assert_eq!(io.out.len(), 14);
+        assert_eq!(wire.pending_data(), Written::default());
+    }
+
+    #[test]
+    fn discarding_cuts_a_half_written_run_after_its_half_written_frame() {
+        let mut wire = Wire::default();
+        wire.push_data(run_of(&["ab", "cde", "f"]));
+        wire.push_data(Frames::one(Bytes::from_static(b"zz")));
+        wire.push_control(Bytes::from_static(b"C"));
+        // Inside the second frame of the run (bytes 4..9).
+        wire.front_written = 6;
+        let discarded = wire.discard_unstarted_data();
+        // The run's third frame (3 bytes) and the next data frame (2 bytes) go.
+        assert_eq!(
+            discarded,
+            Written {
+                frames: 2,
+                bytes: 5
+            }
+        );
+        assert_eq!(wire.chunks[0].frames, 2);
+        assert_eq!(wire.chunks[0].bytes.len(), 9);
+        assert_eq!(
+            wire.pending_data(),
+            Written {
+                frames: 2,
+                bytes: 9
+            }
+        );
         assert!(!wire.chunks[1].is_data());
     }
 }

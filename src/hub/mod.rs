@@ -590,7 +590,11 @@ impl HubBuilder {
     }
 
     /// Bounds of each connection's outbound queue: at most `max_messages` messages and
-    /// `max_bytes` payload bytes waiting for the socket. Default: 1024 messages, 4 MiB.
+    /// `max_bytes` payload bytes waiting for the socket (including what the writer took and has
+    /// not handed to the socket yet). Default: 1024 messages, 4 MiB. Payloads are shared between
+    /// receivers, so the byte bound limits what one slow client can keep alive; small messages
+    /// that arrived together share one buffer of at most 16 KiB, and under
+    /// [`SlowConsumerPolicy::DropOldest`] a queue can keep one such buffer beyond the bound.
     ///
     /// # Panics
     ///
@@ -769,6 +773,12 @@ impl HubBuilder {
     /// Called for every data message a client sends, before it reaches the room: forward it
     /// (as is or transformed), reply to the sender only, or drop it. Runs on the connection's
     /// task, in order, so it must not block; the default forwards everything unchanged.
+    ///
+    /// Messages a client sends in a burst are read together: the hook runs for each of them,
+    /// then the forwarded ones go to the room as one batch (a reply is queued after the
+    /// forwarded messages before it). A message the hook itself publishes with
+    /// [`Hub::publish`] may therefore reach the room before messages the same client sent just
+    /// before, in the same burst.
     pub fn on_message(
         mut self,
         hook: impl Fn(&ConnectionContext, Message) -> InboundAction + Send + Sync + 'static,

@@ -201,7 +201,7 @@ impl Subscriber {
     }
 
     /// A message from Redis: a probe, or an envelope for a room (added to `run`).
-    fn on_message(&self, message: &Msg, probe: &mut Probe, hub: &HubInner, run: &mut Run) {
+    fn on_message(&self, message: &Msg, probe: &mut Probe, hub: Option<&HubInner>, run: &mut Run) {
         let channel = message.get_channel_name();
         if channel == probe.channel {
             if let Some(seq) = std::str::from_utf8(message.get_payload_bytes())
@@ -214,6 +214,9 @@ impl Subscriber {
             return;
         }
         let Some(room) = channel.strip_prefix(&self.shared.room_prefix) else {
+            return;
+        };
+        let Some(hub) = hub else {
             return;
         };
         let shared = &self.shared;
@@ -342,17 +345,18 @@ impl Subscriber {
                 }
                 message = stream.next() => match message {
                     Some(message) => {
-                        let Some(hub) = self.hub.upgrade() else {
-                            return Ended::Cancelled;
-                        };
-                        self.on_message(&message, &mut probe, &hub, &mut run);
+                        // `None` while the hub is being built (or once it is gone): probes are
+                        // still handled, room messages have nowhere to go.
+                        let hub = self.hub.upgrade();
+                        let hub = hub.as_deref();
+                        self.on_message(&message, &mut probe, hub, &mut run);
                         // Whatever else already arrived, without waiting: bursts are handed
                         // over in runs per room.
                         let mut ended = false;
                         for _ in 1..RECEIVE_BATCH {
                             match stream.next().now_or_never() {
                                 Some(Some(message)) => {
-                                    self.on_message(&message, &mut probe, &hub, &mut run);
+                                    self.on_message(&message, &mut probe, hub, &mut run);
                                 }
                                 Some(None) => {
                                     ended = true;
@@ -361,7 +365,9 @@ impl Subscriber {
                                 None => break,
                             }
                         }
-                        run.deliver(&hub);
+                        if let Some(hub) = hub {
+                            run.deliver(hub);
+                        }
                         if ended {
                             return Ended::Lost("connection closed".to_owned());
                         }

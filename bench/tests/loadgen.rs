@@ -1,0 +1,370 @@
+//! End to end: the load generator against the two benchmark servers.
+//!
+//! Each test starts its own `hub_server` or `baseline` process (the built binaries, on
+//! 127.0.0.1:0, killed when the test ends, also on a panic), runs a small scenario of
+//! [`loadgen::pubsub`] or [`loadgen::idle`] against it in this process, and checks the
+//! accounting: on loopback, with a few dozen clients and nothing else going on, every expected
+//! delivery must arrive exactly once and in order. A broken load generator (lost, double-counted
+//! or misordered bookkeeping, a receiver that mis-parses frames) or a broken server (a lost,
+//! duplicated or reordered fan-out, a wrong `/stats`) fails here.
+//!
+//! No Redis: the servers run without `--redis`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tower_ws_hub_bench::loadgen::{idle, pubsub};
+use tower_ws_hub_bench::server_stats;
+
+/// How long a server may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A benchmark server process, killed on drop.
+struct Server {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(name: &'static str, exe: &str) -> Self {
+        let mut child = Command::new(exe)
+            .args(["--addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{name}: cannot start {exe}: {error}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Guard first, so that the process dies if the line never comes.
+        let mut server = Self {
+            name,
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let result = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(result);
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(error)) => panic!("{name}: reading stdout: {error}"),
+            Err(_) => panic!("{name}: no `listening on` line within {START_TIMEOUT:?}"),
+        };
+        server.addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
+        server
+    }
+
+    fn hub_server() -> Self {
+        Self::start("hub_server", env!("CARGO_BIN_EXE_hub_server"))
+    }
+
+    fn baseline() -> Self {
+        Self::start("baseline", env!("CARGO_BIN_EXE_baseline"))
+    }
+
+    /// The WebSocket URL template the load generator takes.
+    fn url(&self) -> String {
+        format!("ws://{}/ws/{{room}}", self.addr)
+    }
+
+    /// The open connections the server's `/stats` reports.
+    async fn connections(&self) -> u64 {
+        server_stats::fetch(&self.url())
+            .await
+            .unwrap_or_else(|error| panic!("{}: {error}", self.name))
+            .connections
+    }
+
+    /// Waits (a few seconds at most) until the server reports `count` open connections.
+    async fn wait_for_connections(&self, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.connections().await;
+            if now == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: /stats still reports {now} connections, expected {count}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small burst scenario with short timeouts: they only run out when something is broken.
+fn options(server: &Server, label: &str) -> pubsub::Options {
+    pubsub::Options {
+        urls: vec![server.url()],
+        subscribers: 40,
+        rooms: 2,
+        publishers: 2,
+        messages: 50,
+        size: 64,
+        rate: None,
+        duration: Duration::from_secs(1),
+        publish_via: pubsub::PublishVia::First,
+        connect_concurrency: 16,
+        ready_timeout: Duration::from_secs(5),
+        settle: Duration::from_millis(50),
+        drain_timeout: Duration::from_secs(2),
+        room_prefix: "t".into(),
+        server_stats: true,
+        watch_rss: None,
+        label: label.into(),
+    }
+}
+
+/// Deliveries a run must produce: each publisher's messages go to every subscriber of its
+/// room. With at least as many rooms as publishers, publisher `p` has one stream into each room
+/// `r` with `r % publishers == p`; subscriber `i` is in room `i % rooms`.
+fn expected_deliveries(opts: &pubsub::Options, messages_per_publisher: u64) -> u64 {
+    assert!(opts.rooms >= opts.publishers && opts.rooms.is_multiple_of(opts.publishers));
+    let per_room = |room: usize| {
+        (0..opts.subscribers)
+            .filter(|i| i % opts.rooms == room)
+            .count() as u64
+    };
+    let streams_per_publisher = (opts.rooms / opts.publishers) as u64;
+    // Each publisher spreads its messages round-robin over its streams.
+    assert!(messages_per_publisher.is_multiple_of(streams_per_publisher));
+    (0..opts.rooms)
+        .map(|room| messages_per_publisher / streams_per_publisher * per_room(room))
+        .sum()
+}
+
+async fn run_pubsub(opts: pubsub::Options) -> pubsub::Report {
+    let label = opts.label.clone();
+    let report = pubsub::run(opts)
+        .await
+        .unwrap_or_else(|error| panic!("{label}: pubsub::run failed: {error}"));
+    eprintln!("{}", report.human());
+    report
+}
+
+/// The checks every pubsub run must pass; `expected` is computed here, not by the load generator.
+fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected: u64) {
+    let json = serde_json::to_string_pretty(report).unwrap();
+    let ctx = format!("{}\nreport: {json}", opts.label);
+    let messages = report.messages_per_publisher;
+    let streams = report.publisher_connections as u64;
+
+    // Everyone connected and heard the readiness probe; nobody went away.
+    assert_eq!(report.subscribers_connected, opts.subscribers, "{ctx}");
+    assert_eq!(report.connect_failures, 0, "{ctx}");
+    assert_eq!(report.subscribers_disconnected, 0, "{ctx}");
+    assert!(report.ready, "{ctx}");
+    assert_eq!(
+        report.publisher_connections,
+        opts.rooms.max(opts.publishers),
+        "{ctx}"
+    );
+
+    // Everything sent arrived exactly once, in order.
+    assert_eq!(report.sent, messages * opts.publishers as u64, "{ctx}");
+    assert_eq!(report.expected, expected, "{ctx}");
+    assert_eq!(report.delivered, expected, "{ctx}");
+    assert_eq!(report.lost, 0, "{ctx}");
+    assert_eq!(report.duplicated, 0, "{ctx}");
+    assert_eq!(report.out_of_order, 0, "{ctx}");
+    assert_eq!(report.foreign_messages, 0, "{ctx}");
+    // One stream per room: a publisher hears no other publisher, and the server does not echo
+    // its own messages back.
+    if streams == opts.rooms as u64 {
+        assert_eq!(report.publisher_received, 0, "{ctx}");
+    }
+    assert_eq!(report.per_publisher.len(), opts.publishers, "{ctx}");
+    for publisher in &report.per_publisher {
+        assert_eq!(publisher.error, None, "{ctx}");
+        assert_eq!(publisher.sent, messages, "{ctx}");
+        assert_eq!(publisher.lost, 0, "{ctx}");
+        assert_eq!(publisher.delivered, publisher.expected, "{ctx}");
+    }
+    let per_publisher_delivered: u64 = report.per_publisher.iter().map(|p| p.delivered).sum();
+    assert_eq!(per_publisher_delivered, report.delivered, "{ctx}");
+
+    // Timing and latency.
+    let l = &report.latency_ms;
+    assert_eq!(l.count, report.delivered, "{ctx}");
+    for (name, value) in [
+        ("mean", l.mean),
+        ("p50", l.p50),
+        ("p90", l.p90),
+        ("p99", l.p99),
+        ("p999", l.p999),
+        ("max", l.max),
+    ] {
+        assert!(
+            value > 0.0 && value.is_finite(),
+            "latency {name} {value}: {ctx}"
+        );
+    }
+    assert!(
+        l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max,
+        "{ctx}"
+    );
+    assert!(l.max < 10_000.0, "latency max {} ms: {ctx}", l.max);
+    assert!(report.duration_s > 0.0, "{ctx}");
+    assert!(report.deliveries_per_s > 0.0, "{ctx}");
+    assert!(report.duration_s >= report.send_s, "{ctx}");
+
+    // The /stats path: before and after, with every client connected.
+    let connections = (opts.subscribers + report.publisher_connections) as u64;
+    for stats in [&report.server_stats_before, &report.server_stats_after] {
+        let stats = stats.as_ref().expect("server_stats asked for");
+        assert_eq!(stats.len(), 1, "{ctx}");
+        assert_eq!(stats[0].connections, connections, "{ctx}");
+        assert!(stats[0].vm_rss_kib > 0, "{ctx}");
+        assert!(stats[0].vm_hwm_kib >= stats[0].vm_rss_kib, "{ctx}");
+    }
+    assert!(report.server_cpu_ms.is_some(), "{ctx}");
+    assert!(report.server_hwm_growth_kib.is_some(), "{ctx}");
+    // The headline figures `loadgen summarize` reads include the server's CPU.
+    let figure = |name: &str| {
+        report
+            .figures
+            .0
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    };
+    assert_eq!(
+        figure("server_cpu_ms"),
+        report.server_cpu_ms.map(|ms| ms as f64),
+        "{ctx}"
+    );
+    assert_eq!(figure("lost"), Some(0.0), "{ctx}");
+}
+
+async fn burst(server: Server) {
+    let opts = options(&server, &format!("{} burst", server.name));
+    let expected = expected_deliveries(&opts, opts.messages);
+    assert_eq!(expected, 2 * 50 * 20);
+    let report = run_pubsub(opts.clone()).await;
+    assert_eq!(report.mode, "burst");
+    assert_eq!(report.messages_per_publisher, 50);
+    assert_clean_pubsub(&report, &opts, expected);
+    // The run dropped its clients: the server must notice and count them out.
+    server.wait_for_connections(0).await;
+}
+
+#[tokio::test]
+async fn burst_against_hub_server() {
+    burst(Server::hub_server()).await;
+}
+
+#[tokio::test]
+async fn burst_against_baseline() {
+    burst(Server::baseline()).await;
+}
+
+#[tokio::test]
+async fn fixed_rate_against_hub_server() {
+    let server = Server::hub_server();
+    let opts = pubsub::Options {
+        subscribers: 20,
+        rooms: 1,
+        publishers: 1,
+        rate: Some(200.0),
+        duration: Duration::from_millis(500),
+        ..options(&server, "hub_server rate")
+    };
+    let report = run_pubsub(opts.clone()).await;
+    let ctx = serde_json::to_string_pretty(&report).unwrap();
+    assert_eq!(report.mode, "rate", "{ctx}");
+    assert_eq!(report.rate, Some(200.0), "{ctx}");
+    // 200/s for 0.5 s, not `messages` (50).
+    assert_eq!(report.messages_per_publisher, 100, "{ctx}");
+    assert_clean_pubsub(&report, &opts, expected_deliveries(&opts, 100));
+    // On schedule: the 100th message leaves 99 periods (495 ms) after the first. A burst would
+    // be done in a few ms.
+    assert!(report.send_s >= 0.45, "sent too fast for the rate: {ctx}");
+}
+
+/// Messages larger than the subscribers' 16 KiB read: the receiver must grow its buffer for the
+/// whole frame and still parse every message.
+async fn large_messages(server: Server) {
+    let opts = pubsub::Options {
+        subscribers: 10,
+        rooms: 1,
+        publishers: 1,
+        messages: 6,
+        size: 40_000,
+        ..options(&server, &format!("{} large", server.name))
+    };
+    let expected = expected_deliveries(&opts, opts.messages);
+    assert_eq!(expected, 60);
+    let report = run_pubsub(opts.clone()).await;
+    assert_eq!(report.size, 40_000);
+    assert_clean_pubsub(&report, &opts, expected);
+}
+
+#[tokio::test]
+async fn large_messages_against_hub_server() {
+    large_messages(Server::hub_server()).await;
+}
+
+#[tokio::test]
+async fn large_messages_against_baseline() {
+    large_messages(Server::baseline()).await;
+}
+
+async fn idle_connections(server: Server) {
+    let opts = idle::Options {
+        urls: vec![server.url()],
+        connections: 50,
+        rooms: 5,
+        connect_concurrency: 16,
+        settle: Duration::from_millis(50),
+        hold: Duration::ZERO,
+        room_prefix: "idle".into(),
+        label: format!("{} idle", server.name),
+    };
+    let report = idle::run(opts)
+        .await
+        .unwrap_or_else(|error| panic!("{}: idle::run failed: {error}", server.name));
+    eprintln!("{}", report.human());
+    let ctx = serde_json::to_string_pretty(&report).unwrap();
+    assert_eq!(report.kind, "idle", "{ctx}");
+    assert_eq!(report.connected, 50, "{ctx}");
+    assert_eq!(report.connect_failures, 0, "{ctx}");
+    assert_eq!(report.rooms, 5, "{ctx}");
+    assert!(report.servers_counted_all, "{ctx}");
+    assert_eq!(report.before.len(), 1, "{ctx}");
+    assert_eq!(report.after.len(), 1, "{ctx}");
+    assert_eq!(report.before[0].connections, 0, "{ctx}");
+    assert_eq!(report.after[0].connections, 50, "{ctx}");
+    assert!(report.after[0].vm_rss_kib > 0, "{ctx}");
+    assert!(report.rss_per_connection_kib.is_finite(), "{ctx}");
+    assert!(report.loadgen_rss_kib > 0, "{ctx}");
+    // The run closed its connections on the way out.
+    server.wait_for_connections(0).await;
+}
+
+#[tokio::test]
+async fn idle_against_hub_server() {
+    idle_connections(Server::hub_server()).await;
+}
+
+#[tokio::test]
+async fn idle_against_baseline() {
+    idle_connections(Server::baseline()).await;
+}
