@@ -174,7 +174,14 @@ impl Wire {
                 slices[count] = IoSlice::new(bytes);
                 count += 1;
             }
-            let n = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+            // One buffer (the usual case at low rates): a plain write, which skips the kernel's
+            // vectored-I/O path.
+            let result = if count == 1 {
+                Pin::new(&mut *io).poll_write(cx, &slices[0])
+            } else {
+                Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+            };
+            let n = match result {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
