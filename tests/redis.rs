@@ -128,6 +128,53 @@ async fn every_member_on_every_instance_gets_each_message_exactly_once() {
 }
 
 #[tokio::test]
+async fn interleaved_messages_for_many_rooms_reach_each_room_in_order() {
+    // Messages that arrive together on a subscriber connection are delivered in runs per room:
+    // interleaving rooms (several of which share a subscriber connection) must neither mix
+    // rooms up nor reorder any of them.
+    const ROOMS: usize = 6;
+    const PER_ROOM: usize = 100;
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let mut clients = Vec::new();
+    for room in 0..ROOMS {
+        let name = format!("mix-{room}");
+        clients.push(b.connect(&name).await);
+        wait_members(&b.hub, &name, 1).await;
+    }
+    wait_subscribed(&b.hub, ROOMS).await;
+
+    // Room order per message: 0 1 1 2 2 2 3 ... so that runs of several lengths occur.
+    let mut sent = vec![0usize; ROOMS];
+    let mut order = Vec::new();
+    while sent.iter().any(|&n| n < PER_ROOM) {
+        for room in 0..ROOMS {
+            for _ in 0..=room % 3 {
+                if sent[room] < PER_ROOM {
+                    order.push((room, sent[room]));
+                    sent[room] += 1;
+                }
+            }
+        }
+    }
+    for &(room, i) in &order {
+        a.hub
+            .publish(&format!("mix-{room}"), Message::text(format!("{room}:{i}")))
+            .await
+            .unwrap();
+    }
+    for (room, client) in clients.iter_mut().enumerate() {
+        for i in 0..PER_ROOM {
+            assert_eq!(next_text(client).await, format!("{room}:{i}"));
+        }
+    }
+    for client in &mut clients {
+        assert_silent(client, Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.hub.stats().deliveries, (ROOMS * PER_ROOM) as u64);
+}
+
+#[tokio::test]
 async fn a_senders_order_is_kept_across_instances_over_ten_thousand_messages() {
     const N: usize = 10_000;
     let redis = RedisServer::start().await;
