@@ -145,14 +145,14 @@ async fn interleaved_messages_for_many_rooms_reach_each_room_in_order() {
     wait_subscribed(&b.hub, ROOMS).await;
 
     // Room order per message: 0 1 1 2 2 2 3 ... so that runs of several lengths occur.
-    let mut sent = vec![0usize; ROOMS];
+    let mut sent = [0usize; ROOMS];
     let mut order = Vec::new();
     while sent.iter().any(|&n| n < PER_ROOM) {
-        for room in 0..ROOMS {
+        for (room, count) in sent.iter_mut().enumerate() {
             for _ in 0..=room % 3 {
-                if sent[room] < PER_ROOM {
-                    order.push((room, sent[room]));
-                    sent[room] += 1;
+                if *count < PER_ROOM {
+                    order.push((room, *count));
+                    *count += 1;
                 }
             }
         }
