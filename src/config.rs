@@ -45,7 +45,10 @@ pub enum SlowConsumerPolicy {
     Disconnect,
     /// Keep what is queued and drop the new message.
     DropNewest,
-    /// Drop the oldest queued messages to make room for the new one.
+    /// Drop the oldest queued messages to make room for the new one. The connection's writer
+    /// holds at most half of the queue's budget at a time (what it holds is already on its way
+    /// to the socket and cannot be dropped), so a client that stops reading keeps getting the
+    /// newest messages when it resumes.
     DropOldest,
 }
 

@@ -121,11 +121,15 @@ impl FanOutFixture {
     /// Empties every member's queue, as their writers would.
     pub fn drain(&mut self) {
         for queue in &self.queues {
-            let _ = queue.take_all(&mut self.scratch);
-            let bytes = self.scratch.iter().map(Frames::len).sum();
-            let messages = self.scratch.iter().map(Frames::count).sum();
-            queue.release(messages, bytes);
-            self.scratch.clear();
+            // As a writer does: take, write (here: forget), release, until nothing is left.
+            while {
+                let taken = queue.take(&mut self.scratch);
+                let bytes = self.scratch.iter().map(Frames::len).sum();
+                let messages = self.scratch.iter().map(Frames::count).sum();
+                queue.release(messages, bytes);
+                self.scratch.clear();
+                taken.more
+            } {}
         }
     }
 }

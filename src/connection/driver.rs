@@ -150,6 +150,9 @@ pub(crate) struct Driver<'a, S> {
     taken: VecDeque<Frames>,
     /// Messages read in this poll for the room, fanned out together when the read loop ends.
     forward: Vec<Message>,
+    /// The queue still held messages after the last take (it hands over half its budget at a
+    /// time): take again once the wire is written.
+    more_queued: bool,
     queue: Arc<OutboundQueue>,
     membership: &'a Membership,
     context: &'a ConnectionContext,
@@ -273,6 +276,7 @@ where
             wire: Wire::default(),
             taken: VecDeque::new(),
             forward: Vec::new(),
+            more_queued: false,
             queue,
             membership,
             context,
@@ -346,19 +350,28 @@ where
         }
     }
 
-    /// Moves what the queue holds onto the wire (or drops it, when no data may go out).
+    /// Moves what the queue hands over onto the wire (or drops all of it, when no data may go
+    /// out). The queue hands the writer at most half its budget at a time; see `more_queued`.
     fn take_queued(&mut self) -> Option<CloseIntent> {
-        let intent = self.queue.take_all(&mut self.taken);
+        let mut taken = self.queue.take(&mut self.taken);
         if self.sends_data() {
             for frames in self.taken.drain(..) {
                 self.wire.push_data(frames);
             }
-        } else if !self.taken.is_empty() {
-            let bytes = self.taken.iter().map(Frames::len).sum();
-            let messages = self.taken.iter().map(Frames::count).sum();
-            self.queue.release(messages, bytes);
-            self.taken.clear();
+        } else {
+            loop {
+                let bytes = self.taken.iter().map(Frames::len).sum();
+                let messages = self.taken.iter().map(Frames::count).sum();
+                self.queue.release(messages, bytes);
+                self.taken.clear();
+                if !taken.more {
+                    break;
+                }
+                taken = self.queue.take(&mut self.taken);
+            }
         }
+        self.more_queued = taken.more;
+        let intent = taken.close;
         if self.taken.capacity() > 16 {
             // The next swap hands this deque to the queue: do not let a burst's capacity live
             // on in either of them.
@@ -556,7 +569,7 @@ where
         let Phase::Closing { frame, drain } = &self.phase else {
             return;
         };
-        if *drain && self.wire.has_data() {
+        if *drain && (self.wire.has_data() || self.more_queued) {
             return;
         }
         let frame = frame.clone();
@@ -629,6 +642,11 @@ where
             if let Poll::Ready(end) = this.poll_write(cx) {
                 return Poll::Ready(end);
             }
+        }
+        if this.more_queued && !this.wire.has_data() {
+            // The wire is written and the queue kept messages back: come back for them (a
+            // push onto a non-empty queue wakes nobody).
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }

@@ -43,6 +43,15 @@ pub(crate) enum PushOutcome {
     Closed,
 }
 
+/// What [`OutboundQueue::take`] handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// The hub wants the connection closed.
+    pub(crate) close: Option<CloseIntent>,
+    /// Frames are still queued (the writer holds half the budget): take again once written.
+    pub(crate) more: bool,
+}
+
 /// Queue bounds and overflow policy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
@@ -201,19 +210,52 @@ impl OutboundQueue {
         }
     }
 
-    /// Moves everything queued to the end of `batch` and returns the close intent, if any.
-    /// Taken messages stay counted against the bounds until [`release`](Self::release).
-    pub(crate) fn take_all(&self, batch: &mut VecDeque<Frames>) -> Option<CloseIntent> {
+    /// Moves queued frames, oldest first, to the end of `batch` for the writer, and returns the
+    /// close intent, if any. Taken messages stay counted against the bounds until
+    /// [`release`](Self::release).
+    ///
+    /// The writer is handed at most half of each bound at a time (and always at least one run
+    /// when it holds nothing): the rest stays queued, where
+    /// [`SlowConsumerPolicy::DropOldest`] can still drop it in favour of newer messages. Were
+    /// the writer to hold the whole budget while its socket is blocked, nothing would be left
+    /// to drop but the newest message.
+    pub(crate) fn take(&self, batch: &mut VecDeque<Frames>) -> Taken {
         let mut state = self.lock();
-        if batch.is_empty() {
-            // Swap rather than copy: the writer's empty deque becomes the new queue.
-            std::mem::swap(batch, &mut state.queued);
+        let half_messages = (self.limits.max_messages / 2).max(1);
+        let half_bytes = (self.limits.max_bytes / 2).max(1);
+        let mut held_messages = state.messages.saturating_sub(state.queued_messages);
+        let mut held_bytes = state.bytes.saturating_sub(state.queued_bytes);
+        if held_messages + state.queued_messages <= half_messages
+            && held_bytes + state.queued_bytes <= half_bytes
+        {
+            // All of it: the usual case.
+            if batch.is_empty() {
+                // Swap rather than copy: the writer's empty deque becomes the new queue.
+                std::mem::swap(batch, &mut state.queued);
+            } else {
+                batch.append(&mut state.queued);
+            }
+            state.queued_messages = 0;
+            state.queued_bytes = 0;
         } else {
-            batch.append(&mut state.queued);
+            while let Some(front) = state.queued.front() {
+                let over = held_messages + front.count() > half_messages
+                    || held_bytes + front.len() > half_bytes;
+                if over && held_messages > 0 {
+                    break;
+                }
+                let run = state.queued.pop_front().expect("front exists");
+                held_messages += run.count();
+                held_bytes += run.len();
+                state.queued_messages -= run.count();
+                state.queued_bytes -= run.len();
+                batch.push_back(run);
+            }
         }
-        state.queued_messages = 0;
-        state.queued_bytes = 0;
-        state.close
+        Taken {
+            close: state.close,
+            more: !state.queued.is_empty(),
+        }
     }
 
     /// The writer handed `messages` taken messages of `bytes` payload bytes to the socket layer
@@ -321,15 +363,27 @@ mod tests {
         runs.pop().unwrap()
     }
 
-    /// The texts queued, frame by frame.
+    /// The texts queued, frame by frame, taken as a writer takes them: the queue hands over
+    /// half its budget at a time, and each share is released before the next is taken; the
+    /// last share stays taken (counted) without being released.
     fn drain(queue: &OutboundQueue) -> Vec<String> {
-        let mut batch = VecDeque::new();
-        let _ = queue.take_all(&mut batch);
-        batch
-            .into_iter()
-            .flat_map(Frames::into_each)
-            .map(|frame| String::from_utf8(frame[2..].to_vec()).unwrap())
-            .collect()
+        let mut texts = Vec::new();
+        loop {
+            let mut batch = VecDeque::new();
+            let taken = queue.take(&mut batch);
+            let frames: Vec<Bytes> = batch.into_iter().flat_map(Frames::into_each).collect();
+            let bytes = frames.iter().map(Bytes::len).sum();
+            texts.extend(
+                frames
+                    .iter()
+                    .map(|frame| String::from_utf8(frame[2..].to_vec()).unwrap()),
+            );
+            if !taken.more || frames.is_empty() {
+                // All of it, or blocked by what an earlier take still holds.
+                return texts;
+            }
+            queue.release(frames.len(), bytes);
+        }
     }
 
     #[test]
@@ -390,6 +444,7 @@ mod tests {
         q.push(text("")); // 2 bytes, queued
         // 10 in flight + 3 > 12 even with the queue emptied: refuse it, keep "".
         assert_eq!(q.push(text("a")), PushOutcome::Dropped);
+        q.release(1, 10);
         assert_eq!(drain(&q), [""]);
     }
 
@@ -505,6 +560,61 @@ mod tests {
         assert_eq!(drain(&q), ["b", "c", "d"]);
     }
 
+    /// Takes what the queue hands over, as the writer does, without releasing it.
+    fn take_texts(queue: &OutboundQueue) -> (Vec<String>, bool) {
+        let mut batch = VecDeque::new();
+        let taken = queue.take(&mut batch);
+        let texts = batch
+            .into_iter()
+            .flat_map(Frames::into_each)
+            .map(|frame| String::from_utf8(frame[2..].to_vec()).unwrap())
+            .collect();
+        (texts, taken.more)
+    }
+
+    #[test]
+    fn the_writer_is_handed_half_the_budget_at_a_time() {
+        let q = queue(10, 1024, SlowConsumerPolicy::Disconnect);
+        for s in ["0", "1", "2", "3", "4", "5", "6", "7"] {
+            q.push(text(s));
+        }
+        assert_eq!(
+            take_texts(&q),
+            (
+                vec!["0", "1", "2", "3", "4"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                true
+            )
+        );
+        // Nothing more while the writer holds its half.
+        assert_eq!(take_texts(&q), (Vec::new(), true));
+        q.release(5, 5 * 3);
+        assert_eq!(
+            take_texts(&q),
+            (
+                vec!["5", "6", "7"].into_iter().map(String::from).collect(),
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_while_the_writer_is_blocked() {
+        // The writer took its half and its socket is blocked: newer messages push out the
+        // oldest still queued, not the newest.
+        let q = queue(4, 1024, SlowConsumerPolicy::DropOldest);
+        for s in ["a", "b", "c", "d"] {
+            q.push(text(s));
+        }
+        assert_eq!(take_texts(&q).0, ["a", "b"]);
+        assert_eq!(q.push(text("e")), PushOutcome::QueuedDroppingOldest(1));
+        assert_eq!(q.push(text("f")), PushOutcome::QueuedDroppingOldest(1));
+        q.release(2, 2 * 3);
+        assert_eq!(take_texts(&q).0, ["e", "f"]);
+    }
+
     #[test]
     fn abort_overrides_shutdown_but_not_the_reverse() {
         let q = queue(4, 64, SlowConsumerPolicy::Disconnect);
@@ -571,7 +681,7 @@ mod properties {
                         }
                         queue.push_all(&builder.finish(), |_, _| {});
                     }
-                    Op::Take => { let _ = queue.take_all(&mut taken); }
+                    Op::Take => { let _ = queue.take(&mut taken); }
                     Op::ReleaseAll => {
                         let bytes = taken.iter().map(Frames::len).sum();
                         let messages = taken.iter().map(Frames::count).sum();

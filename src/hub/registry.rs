@@ -262,7 +262,7 @@ mod tests {
             }
         );
         let mut taken = std::collections::VecDeque::new();
-        let _ = queue.take_all(&mut taken);
+        let _ = queue.take(&mut taken);
         // One run for the three small messages: one queue entry.
         assert_eq!(taken.len(), 1);
         let frames: Vec<Bytes> = taken.into_iter().flat_map(Frames::into_each).collect();
