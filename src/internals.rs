@@ -105,16 +105,7 @@ impl FanOutFixture {
     /// a connection does with the messages one read gave it); returns the deliveries queued.
     pub fn publish_batch(&self, messages: &[Message]) -> u64 {
         self.room
-            .fan_out(
-                || {
-                    let mut runs = RunBuilder::default();
-                    messages
-                        .iter()
-                        .for_each(|message| runs.push_message(message));
-                    runs.finish()
-                },
-                None,
-            )
+            .fan_out(|| RunBuilder::pack(messages), None)
             .queued
     }
 
@@ -124,10 +115,7 @@ impl FanOutFixture {
             // As a writer does: take, write (here: forget), release, until nothing is left.
             while {
                 let taken = queue.take(&mut self.scratch);
-                let bytes = self.scratch.iter().map(Frames::len).sum();
-                let messages = self.scratch.iter().map(Frames::count).sum();
-                queue.release(messages, bytes);
-                self.scratch.clear();
+                queue.release_taken(&mut self.scratch);
                 taken.more
             } {}
         }

@@ -360,10 +360,7 @@ where
             }
         } else {
             loop {
-                let bytes = self.taken.iter().map(Frames::len).sum();
-                let messages = self.taken.iter().map(Frames::count).sum();
-                self.queue.release(messages, bytes);
-                self.taken.clear();
+                self.queue.release_taken(&mut self.taken);
                 if !taken.more {
                     break;
                 }
@@ -671,9 +668,7 @@ impl<S> Drop for Driver<'_, S> {
         self.flush_forward();
         // Whatever was taken and never written no longer counts against the queue.
         let pending = self.wire.pending_data();
-        let taken_bytes = self.taken.iter().map(Frames::len).sum::<usize>();
-        let taken_messages = self.taken.iter().map(Frames::count).sum::<usize>();
-        self.queue
-            .release(pending.frames + taken_messages, pending.bytes + taken_bytes);
+        self.queue.release(pending.frames, pending.bytes);
+        self.queue.release_taken(&mut self.taken);
     }
 }

@@ -142,19 +142,33 @@ impl RunBuilder {
         self.close_run();
         self.runs
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// `true` when nothing was added since it was built.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0 && self.runs.is_empty()
+    }
 
-    fn build(messages: &[Message]) -> Vec<Frames> {
-        let mut builder = RunBuilder::default();
+    /// The frames of `messages`, in order, packed into runs.
+    pub(crate) fn pack<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<Frames> {
+        let mut builder = Self::default();
         for message in messages {
             builder.push_message(message);
         }
         builder.finish()
     }
+}
+
+/// One run holding the frames of these short text messages (for tests).
+#[cfg(test)]
+pub(crate) fn one_run(texts: &[&str]) -> Frames {
+    let mut runs = RunBuilder::pack(&texts.iter().map(|t| Message::text(*t)).collect::<Vec<_>>());
+    assert_eq!(runs.len(), 1);
+    runs.pop().expect("one run")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn frames_of(runs: Vec<Frames>) -> Vec<Bytes> {
         runs.into_iter().flat_map(Frames::into_each).collect()
@@ -163,7 +177,7 @@ mod tests {
     #[test]
     fn small_messages_share_a_run_and_split_back_into_their_frames() {
         let messages: Vec<Message> = (0..100).map(|i| Message::text(i.to_string())).collect();
-        let runs = build(&messages);
+        let runs = RunBuilder::pack(&messages);
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].count(), 100);
         let expected: Vec<Bytes> = messages.iter().map(Message::encode_frame).collect();
@@ -183,7 +197,7 @@ mod tests {
             Message::text("c"),
             Message::binary(vec![2u8; SMALL_FRAME + 1]),
         ];
-        let runs = build(&messages);
+        let runs = RunBuilder::pack(&messages);
         let counts: Vec<usize> = runs.iter().map(Frames::count).collect();
         assert_eq!(counts, [1, 1, 2, 1]);
         let expected: Vec<Bytes> = messages.iter().map(Message::encode_frame).collect();
@@ -192,7 +206,7 @@ mod tests {
 
     #[test]
     fn the_frame_containing_an_offset_is_found() {
-        let runs = build(&[
+        let runs = RunBuilder::pack(&[
             Message::text("ab"),
             Message::text("cde"),
             Message::text("f"),
@@ -210,7 +224,7 @@ mod tests {
         let messages: Vec<Message> = (0..100)
             .map(|_| Message::binary(vec![0u8; SMALL_FRAME]))
             .collect();
-        let runs = build(&messages);
+        let runs = RunBuilder::pack(&messages);
         assert!(runs.iter().all(|run| run.len() <= RUN_BYTES));
         assert_eq!(runs.iter().map(Frames::count).sum::<usize>(), 100);
         let expected: Vec<Bytes> = messages.iter().map(Message::encode_frame).collect();

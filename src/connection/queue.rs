@@ -117,9 +117,9 @@ impl OutboundQueue {
     /// reported).
     pub(crate) fn push_all(&self, runs: &[Frames], mut outcome: impl FnMut(PushOutcome, u32)) {
         let mut state = self.lock();
-        // The writer always takes everything queued (under this lock), so it only needs waking
-        // when the queue goes from empty to non-empty: a push onto a non-empty queue is already
-        // covered by the wake-up of the push that made it non-empty.
+        // The writer only needs waking when the queue goes from empty to non-empty: a push onto a
+        // non-empty queue is covered by the wake-up of the push that made it non-empty (or, when
+        // the writer left messages queued, by its own return for them; see `take`).
         let was_empty = state.queued.is_empty();
         let mut wake = false;
         'runs: for run in runs {
@@ -186,8 +186,7 @@ impl OutboundQueue {
                 }
                 SlowConsumerPolicy::DropNewest => return PushOutcome::Dropped,
                 SlowConsumerPolicy::DropOldest => {
-                    let in_flight_messages = state.messages.saturating_sub(state.queued_messages);
-                    let in_flight_bytes = state.bytes.saturating_sub(state.queued_bytes);
+                    let (in_flight_messages, in_flight_bytes) = state.in_flight();
                     if in_flight_messages + 1 > self.limits.max_messages
                         || in_flight_bytes + len > self.limits.max_bytes
                     {
@@ -223,11 +222,7 @@ impl OutboundQueue {
         let mut state = self.lock();
         let half_messages = (self.limits.max_messages / 2).max(1);
         let half_bytes = (self.limits.max_bytes / 2).max(1);
-        let mut held_messages = state.messages.saturating_sub(state.queued_messages);
-        let mut held_bytes = state.bytes.saturating_sub(state.queued_bytes);
-        if held_messages + state.queued_messages <= half_messages
-            && held_bytes + state.queued_bytes <= half_bytes
-        {
+        if state.messages <= half_messages && state.bytes <= half_bytes {
             // All of it: the usual case.
             if batch.is_empty() {
                 // Swap rather than copy: the writer's empty deque becomes the new queue.
@@ -238,6 +233,7 @@ impl OutboundQueue {
             state.queued_messages = 0;
             state.queued_bytes = 0;
         } else {
+            let (mut held_messages, mut held_bytes) = state.in_flight();
             while let Some(front) = state.queued.front() {
                 let over = held_messages + front.count() > half_messages
                     || held_bytes + front.len() > half_bytes;
@@ -256,6 +252,15 @@ impl OutboundQueue {
             close: state.close,
             more: !state.queued.is_empty(),
         }
+    }
+
+    /// The writer is done with these taken runs (written or discarded): releases them and
+    /// empties `taken`.
+    pub(crate) fn release_taken(&self, taken: &mut VecDeque<Frames>) {
+        let messages = taken.iter().map(Frames::count).sum();
+        let bytes = taken.iter().map(Frames::len).sum();
+        taken.clear();
+        self.release(messages, bytes);
     }
 
     /// The writer handed `messages` taken messages of `bytes` payload bytes to the socket layer
@@ -301,6 +306,14 @@ impl OutboundQueue {
 }
 
 impl State {
+    /// Messages and bytes the writer has taken and not released yet.
+    fn in_flight(&self) -> (usize, usize) {
+        (
+            self.messages.saturating_sub(self.queued_messages),
+            self.bytes.saturating_sub(self.queued_bytes),
+        )
+    }
+
     fn add(&mut self, run: Frames) {
         self.messages += run.count();
         self.bytes += run.len();
@@ -352,16 +365,7 @@ mod tests {
         crate::message::Message::text(s).encode_frame()
     }
 
-    /// One run holding the frames of these short text messages.
-    fn run(texts: &[&str]) -> Frames {
-        let mut builder = crate::connection::frames::RunBuilder::default();
-        for s in texts {
-            builder.push_message(&crate::message::Message::text(*s));
-        }
-        let mut runs = builder.finish();
-        assert_eq!(runs.len(), 1);
-        runs.pop().unwrap()
-    }
+    use crate::connection::frames::one_run as run;
 
     /// The texts queued, frame by frame, taken as a writer takes them: the queue hands over
     /// half its budget at a time, and each share is released before the next is taken; the
@@ -675,19 +679,11 @@ mod properties {
                 match op {
                     Op::Push(len) => { queue.push(Bytes::from(vec![0u8; len])); }
                     Op::PushRun(n, len) => {
-                        let mut builder = crate::connection::frames::RunBuilder::default();
-                        for _ in 0..n {
-                            builder.push_message(&crate::message::Message::binary(vec![0u8; len]));
-                        }
-                        queue.push_all(&builder.finish(), |_, _| {});
+                        let messages = vec![crate::message::Message::binary(vec![0u8; len]); n];
+                        queue.push_all(&crate::connection::frames::RunBuilder::pack(&messages), |_, _| {});
                     }
                     Op::Take => { let _ = queue.take(&mut taken); }
-                    Op::ReleaseAll => {
-                        let bytes = taken.iter().map(Frames::len).sum();
-                        let messages = taken.iter().map(Frames::count).sum();
-                        queue.release(messages, bytes);
-                        taken.clear();
-                    }
+                    Op::ReleaseAll => queue.release_taken(&mut taken),
                 }
                 let state = queue.lock();
                 let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Frames::len).sum();

@@ -324,15 +324,7 @@ mod tests {
         assert!(!wire.chunks[1].is_data());
     }
 
-    fn run_of(texts: &[&str]) -> Frames {
-        let mut builder = crate::connection::frames::RunBuilder::default();
-        for text in texts {
-            builder.push_message(&crate::message::Message::text(*text));
-        }
-        let mut runs = builder.finish();
-        assert_eq!(runs.len(), 1);
-        runs.pop().unwrap()
-    }
+    use crate::connection::frames::one_run as run_of;
 
     #[test]
     fn a_run_counts_as_its_frames_when_written_and_while_pending() {

@@ -389,18 +389,7 @@ impl HubInner {
             return;
         }
         let exclude = (!self.config.echo_to_sender).then_some(sender);
-        self.fan_out(
-            room,
-            messages.len(),
-            || {
-                let mut runs = RunBuilder::default();
-                messages
-                    .iter()
-                    .for_each(|message| runs.push_message(message));
-                runs.finish()
-            },
-            exclude,
-        );
+        self.fan_out(room, messages.len(), || RunBuilder::pack(messages), exclude);
         for message in messages {
             if let Err(error) = self.broker.publish(room.name(), message)
                 && let Some(suppressed) = self.drop_log.allow()

@@ -199,12 +199,6 @@ mod tests {
     use crate::message::Message;
     use bytes::Bytes;
 
-    fn runs(messages: &[Message]) -> Vec<Frames> {
-        let mut builder = RunBuilder::default();
-        messages.iter().for_each(|m| builder.push_message(m));
-        builder.finish()
-    }
-
     fn member(id: u64) -> Member {
         Member {
             id: ConnectionId(id),
@@ -252,7 +246,7 @@ mod tests {
         let queue = Arc::clone(&second.queue);
         registry.join("r", second, |_| {});
         let messages: Vec<Message> = (0..3).map(|i| Message::text(format!("m{i}"))).collect();
-        let result = room.fan_out(|| runs(&messages), Some(ConnectionId(1)));
+        let result = room.fan_out(|| RunBuilder::pack(&messages), Some(ConnectionId(1)));
         assert_eq!(
             result,
             FanOut {
@@ -276,7 +270,7 @@ mod tests {
         // `member` queues hold 8 messages and disconnect on overflow.
         let room = registry.join("r", member(1), |_| {});
         let messages: Vec<Message> = (0..12).map(|i| Message::text(format!("m{i}"))).collect();
-        let result = room.fan_out(|| runs(&messages), None);
+        let result = room.fan_out(|| RunBuilder::pack(&messages), None);
         assert_eq!(
             result,
             FanOut {

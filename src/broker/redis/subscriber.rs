@@ -35,7 +35,6 @@ const RECEIVE_BATCH: usize = 128;
 struct Run {
     room: String,
     frames: RunBuilder,
-    len: usize,
 }
 
 impl Run {
@@ -51,16 +50,13 @@ impl Run {
             self.deliver(hub);
             room.clone_into(&mut self.room);
         }
-        decode_frame_into(envelope, key, &mut self.frames)?;
-        self.len += 1;
-        Ok(())
+        decode_frame_into(envelope, key, &mut self.frames)
     }
 
     fn deliver(&mut self, hub: &HubInner) {
-        if self.len > 0 {
+        if !self.frames.is_empty() {
             let runs = std::mem::take(&mut self.frames).finish();
             hub.deliver_from_broker(&self.room, &runs);
-            self.len = 0;
         }
     }
 }
