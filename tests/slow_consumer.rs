@@ -13,8 +13,8 @@ mod support;
 use std::time::Duration;
 
 use support::raw::{RawWs, Upgrade, opcode, tcp_with_small_receive_buffer};
+use support::slow::{self, assert_increasing, seq_of};
 use support::*;
-use tokio::sync::mpsc;
 use tower_ws_hub::{Hub, HubStats, Message, SlowConsumerPolicy, close_code};
 
 const ROOM: &str = "flood";
@@ -26,17 +26,11 @@ const QUEUE: usize = 64;
 const BURST: u64 = 32;
 /// Give up if the slow client's queue has not overflowed after this many messages (32 MiB).
 const MAX_FLOOD: u64 = 8192;
-/// Sequence numbers from here on are markers sent after the flood.
-const MARKER: u64 = 90_000_000;
 
 fn message(seq: u64) -> Message {
     let mut text = format!("{seq:08}");
     text.extend(std::iter::repeat_n('.', PAYLOAD - text.len()));
     Message::text(text)
-}
-
-fn seq_of(payload: &[u8]) -> u64 {
-    std::str::from_utf8(&payload[..8]).unwrap().parse().unwrap()
 }
 
 struct Setup {
@@ -109,56 +103,14 @@ async fn publish_to_all(setup: &mut Setup, seq: u64) {
     }
 }
 
-/// Lets the slow client read again: returns the flood sequence numbers it receives before the
-/// first marker. Markers are published until one arrives (a marker published while the queue
-/// is still full may itself be dropped).
+/// Lets the slow client read again: the flood sequence numbers it receives before a marker
+/// (published to the whole room) arrives.
 async fn resume_reading(setup: &mut Setup) -> Vec<u64> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut slow = setup.slow.take().unwrap();
-    let reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        while let Some(frame) = slow.read_frame().await {
-            match frame.opcode {
-                opcode::TEXT => {
-                    let seq = seq_of(&frame.payload);
-                    if seq >= MARKER {
-                        break;
-                    }
-                    seqs.push(seq);
-                }
-                opcode::CLOSE => panic!("the slow client was closed: {:?}", frame.close_code()),
-                _ => {}
-            }
-        }
-        tx.send(()).ok();
-        (seqs, slow)
-    });
-    let mut marker = MARKER;
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        publish_to_all(setup, marker).await;
-        marker += 1;
-        if tokio::time::timeout(Duration::from_millis(50), rx.recv())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no marker reached the slow client"
-        );
-    }
-    let (seqs, slow) = reader.await.unwrap();
+    let slow = setup.slow.take().unwrap();
+    let (seqs, _markers, slow) =
+        slow::resume_reading(slow, async |marker| publish_to_all(setup, marker).await).await;
     setup.slow = Some(slow);
     seqs
-}
-
-fn assert_increasing(seqs: &[u64]) {
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "messages reordered: {seqs:?}"
-    );
 }
 
 #[tokio::test]

@@ -14,9 +14,9 @@ mod support;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use support::raw::{RawWs, Upgrade, opcode, tcp_with_small_receive_buffer};
+use support::raw::{RawWs, Upgrade, tcp_with_small_receive_buffer};
+use support::slow::{self, assert_increasing, seq_of};
 use support::*;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower_ws_hub::{Hub, HubStats, Message, SlowConsumerPolicy};
 
@@ -30,17 +30,11 @@ const QUEUE: usize = 64;
 const BURST: u64 = 40;
 /// Give up if the slow client has not overflowed by this many messages (60 MB).
 const MAX_FLOOD: u64 = 40_000;
-/// Sequence numbers from here on are markers the application publishes after the flood.
-const MARKER: u64 = 90_000_000;
 
 fn text(seq: u64) -> String {
     let mut text = format!("{seq:08}");
     text.extend(std::iter::repeat_n('.', PAYLOAD - text.len()));
     text
-}
-
-fn seq_of(payload: &[u8]) -> u64 {
-    std::str::from_utf8(&payload[..8]).unwrap().parse().unwrap()
 }
 
 struct Setup {
@@ -104,64 +98,26 @@ async fn flood_until(setup: &mut Setup, done: impl Fn(&HubStats) -> bool) -> u64
     panic!("the slow client's queue never overflowed after {MAX_FLOOD} messages");
 }
 
-/// Lets the slow client read again: returns the flood sequence numbers it receives before the
-/// first marker, and how many markers were published.
+/// Lets the slow client read again: the flood sequence numbers it receives before a marker
+/// (published by the application and checked at the healthy member) arrives, and how many
+/// markers were published.
 async fn resume_reading(setup: &mut Setup) -> (Vec<u64>, u64) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut slow = setup.slow.take().unwrap();
-    let reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        while let Some(frame) = slow.read_frame().await {
-            match frame.opcode {
-                opcode::TEXT => {
-                    let seq = seq_of(&frame.payload);
-                    if seq >= MARKER {
-                        break;
-                    }
-                    seqs.push(seq);
-                }
-                opcode::CLOSE => panic!("the slow client was closed: {:?}", frame.close_code()),
-                _ => {}
-            }
-        }
-        tx.send(()).ok();
-        (seqs, slow)
-    });
-    let mut marker = MARKER;
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
+    let slow = setup.slow.take().unwrap();
+    let (seqs, markers, slow) = slow::resume_reading(slow, async |marker| {
         setup
             .server
             .hub
             .publish(ROOM, Message::text(text(marker)))
             .await
             .unwrap();
-        marker += 1;
         assert_eq!(
             seq_of(next_text(&mut setup.healthy).await.as_bytes()),
-            marker - 1
+            marker
         );
-        if tokio::time::timeout(Duration::from_millis(50), rx.recv())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no marker reached the slow client"
-        );
-    }
-    let (seqs, slow) = reader.await.unwrap();
+    })
+    .await;
     setup.slow = Some(slow);
-    (seqs, marker - MARKER)
-}
-
-fn assert_increasing(seqs: &[u64]) {
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "messages reordered or duplicated"
-    );
+    (seqs, markers)
 }
 
 #[tokio::test]

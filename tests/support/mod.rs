@@ -154,6 +154,7 @@ pub async fn close_code(client: &mut Client) -> Option<u16> {
 
 pub mod bystanders;
 pub mod raw;
+pub mod slow;
 
 /// Serves `app` on a free loopback port with axum::serve, *without* tying the HTTP server's
 /// lifetime to the hub's shutdown: the server keeps accepting requests after `hub.shutdown()`
