@@ -247,21 +247,27 @@ mod tests {
         }
     }
 
+    /// Writes the whole wire to a socket that takes at most `limit` bytes per write.
+    fn write_all(wire: &mut Wire, limit: usize) -> (Vec<u8>, Written) {
+        let mut io = Trickle {
+            out: Vec::new(),
+            limit,
+        };
+        let mut written = Written::default();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(wire.poll_write(&mut io, &mut cx, &mut written).is_ready());
+        (io.out, written)
+    }
+
     #[test]
     fn partial_writes_keep_frames_whole_and_in_order() {
         let mut wire = Wire::default();
         wire.push_data(Frames::one(Bytes::from_static(b"aaaa")));
         wire.push_control(Bytes::from_static(b"P"));
         wire.push_data(Frames::one(Bytes::from_static(b"bb")));
-        let mut io = Trickle {
-            out: Vec::new(),
-            limit: 3,
-        };
-        let mut written = Written::default();
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(wire.poll_write(&mut io, &mut cx, &mut written).is_ready());
-        assert_eq!(io.out, b"aaaaPbb");
+        let (out, written) = write_all(&mut wire, 3);
+        assert_eq!(out, b"aaaaPbb");
         assert_eq!(
             written,
             Written {
@@ -339,14 +345,7 @@ mod tests {
                 bytes: 14
             }
         );
-        let mut io = Trickle {
-            out: Vec::new(),
-            limit: 5,
-        };
-        let mut written = Written::default();
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(wire.poll_write(&mut io, &mut cx, &mut written).is_ready());
+        let (out, written) = write_all(&mut wire, 5);
         assert_eq!(
             written,
             Written {
@@ -354,7 +353,7 @@ mod tests {
                 bytes: 14
             }
         );
-        assert_eq!(io.out.len(), 14);
+        assert_eq!(out.len(), 14);
         assert_eq!(wire.pending_data(), Written::default());
     }
 
