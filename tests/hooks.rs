@@ -410,3 +410,73 @@ async fn connection_context_knows_the_client_address_when_told_where_to_find_it(
     eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
     assert_eq!(seen.lock().unwrap()[0].remote_addr, Some(local));
 }
+
+/// With the `axum` feature, the hub knows axum's `OriginalUri`.
+#[cfg(feature = "axum")]
+mod original_uri {
+    use super::*;
+
+    /// Where a request's `OriginalUri` keeps its path: hyper parses the request target as a slice of
+    /// its connection read buffer, and axum's `OriginalUri` is a clone of that `Uri`.
+    fn path_address(uri: &axum::extract::OriginalUri) -> usize {
+        uri.0.path().as_ptr() as usize
+    }
+
+    /// Serves a hub whose `on_connect` records the `OriginalUri` it sees (as text, and where its
+    /// path lives); a middleware between axum's router and the hub layer records where the
+    /// request's own `OriginalUri` lives. Returns (request address, (hook address, hook text)).
+    async fn original_uri_as_seen(builder: HubBuilder, path: &str) -> (usize, (usize, String)) {
+        let in_request: Arc<Mutex<Option<usize>>> = Arc::default();
+        let in_hook: Arc<Mutex<Option<(usize, String)>>> = Arc::default();
+        let record_hook = Arc::clone(&in_hook);
+        let hub = builder
+            .on_connect(move |ctx| {
+                let uri = ctx
+                    .extensions()
+                    .get::<axum::extract::OriginalUri>()
+                    .expect("axum's OriginalUri is kept");
+                *record_hook.lock().unwrap() = Some((path_address(uri), uri.0.to_string()));
+            })
+            .build();
+        let record_request = Arc::clone(&in_request);
+        // `Router::layer`: both layers run after the router inserted `OriginalUri`; the later
+        // `layer` runs first.
+        let app = Router::new()
+            .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+            .layer(tower::util::MapRequestLayer::new(
+                move |request: Request<Body>| {
+                    let uri = request.extensions().get::<axum::extract::OriginalUri>();
+                    *record_request.lock().unwrap() = uri.map(path_address);
+                    request
+                },
+            ));
+        let server = serve_router(app, hub).await;
+        let url = format!("ws://{}{path}", server.addr);
+        let _client = connect(&url).await;
+        eventually("on_connect ran", || in_hook.lock().unwrap().is_some()).await;
+        let request = in_request
+            .lock()
+            .unwrap()
+            .expect("the router inserted OriginalUri");
+        let hook = in_hook.lock().unwrap().clone().unwrap();
+        (request, hook)
+    }
+
+    /// A connection lives for hours; axum's `OriginalUri` as the router made it would keep hyper's
+    /// whole read buffer (8 KiB or more) alive with it. Kept extensions get their own copy.
+    #[tokio::test]
+    async fn kept_original_uri_is_a_copy_that_does_not_pin_the_request_buffer() {
+        let (request, (hook, text)) = original_uri_as_seen(Hub::builder(), "/ws/pinned?x=1").await;
+        assert_eq!(text, "/ws/pinned?x=1");
+        assert_ne!(
+            request, hook,
+            "the connection kept the request's own OriginalUri (a slice of hyper's read buffer)"
+        );
+
+        // Also when listed explicitly.
+        let listed = Hub::builder().keep_extension::<axum::extract::OriginalUri>();
+        let (request, (hook, text)) = original_uri_as_seen(listed, "/ws/listed").await;
+        assert_eq!(text, "/ws/listed");
+        assert_ne!(request, hook);
+    }
+}

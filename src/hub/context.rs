@@ -61,6 +61,29 @@ fn compact_value(value: &HeaderValue) -> HeaderValue {
     copy
 }
 
+/// A URI in its own allocation, for the same reason as [`compact_value`]: hyper parses the
+/// request target as a slice of its read buffer.
+#[cfg(feature = "axum")]
+fn compact_uri(uri: &http::Uri) -> http::Uri {
+    // `FromStr` copies the text into a new buffer of exactly its size.
+    uri.to_string().parse().unwrap_or_else(|_| uri.clone())
+}
+
+/// Replaces the extensions known to hold slices of hyper's read buffer with copies.
+///
+/// axum's `Router` inserts `OriginalUri` (a clone of the request's `Uri`) into every request
+/// before its layers run; kept as it is, it would keep the connection's whole read buffer
+/// (8 KiB or more) alive as long as the WebSocket. Types we do not know cannot be copied
+/// deeply: `HubBuilder::keep_extension` documents the same caveat for the application's own.
+fn compact_extensions(extensions: &mut Extensions) {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = extensions.get_mut() {
+        *uri = compact_uri(uri);
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = extensions;
+}
+
 fn compact(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
@@ -108,15 +131,19 @@ impl ConnectionContext {
             } else {
                 HeaderMap::new()
             },
-            extensions: match &keep.extensions {
-                None => extensions,
-                Some(copiers) => {
-                    let mut kept = Extensions::new();
-                    for copy in copiers {
-                        copy(&extensions, &mut kept);
+            extensions: {
+                let mut kept = match &keep.extensions {
+                    None => extensions,
+                    Some(copiers) => {
+                        let mut kept = Extensions::new();
+                        for copy in copiers {
+                            copy(&extensions, &mut kept);
+                        }
+                        kept
                     }
-                    kept
-                }
+                };
+                compact_extensions(&mut kept);
+                kept
             },
             protocol: protocol.map(|p| compact_value(&p)),
             remote_addr,

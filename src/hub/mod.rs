@@ -718,9 +718,12 @@ impl HubBuilder {
     /// ([`ConnectionContext::extensions`]): call once per type (e.g. the `User` your auth
     /// middleware inserts). Default: every extension is kept.
     ///
-    /// Listing them saves memory per connection: extensions can hold on to much more than
-    /// themselves. axum's `OriginalUri`, inserted into every request, shares hyper's
-    /// connection read buffer (8 KiB or more), which then lives as long as the WebSocket.
+    /// Kept extensions live as long as the WebSocket, and can hold on to much more than
+    /// themselves: a value that is a slice of the request (a cloned `HeaderValue`, `Uri` or
+    /// `Bytes`) keeps hyper's whole connection read buffer (8 KiB or more) alive. Store owned
+    /// copies in your middleware's extensions, or list only the types hooks need. axum's
+    /// `OriginalUri`, which axum's `Router` inserts into every request, is such a slice: with
+    /// the `axum` cargo feature (on by default) the connection keeps its own copy of it.
     ///
     /// ```
     /// #[derive(Clone)]
