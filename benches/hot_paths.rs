@@ -9,7 +9,11 @@
 //! - `fan_out_batch/1000`: 64 messages read together from one client, queued for 1000 receivers
 //!   as one batch (packed into one run of frames), then drained; throughput counts deliveries;
 //! - `encode_frame`: a message's WebSocket frame, built once per publish;
-//! - `route`: matching a path against `/ws/{room}` and decoding the room.
+//! - `route`: matching a path against `/ws/{room}` and decoding the room;
+//! - `envelope`: the Redis envelope of a 64-byte message: `encode` (what every publish to
+//!   Redis costs), `decode` (to a `Message`), and `to_frame` (what a subscriber does with each
+//!   received envelope: the checks, then the WebSocket frame built straight from the bytes),
+//!   unsigned and signed with HMAC-SHA256.
 
 use std::hint::black_box;
 
@@ -74,5 +78,43 @@ fn route(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, fan_out, fan_out_batch, encode_frame, route);
+fn envelope(c: &mut Criterion) {
+    use tower_ws_hub::internals::envelope_to_frame;
+    use tower_ws_hub::redis::{Envelope, EnvelopeKey, InstanceId};
+
+    const CHANNEL: &str = "ws:room:lobby";
+    let mut group = c.benchmark_group("envelope");
+    let envelope = Envelope::new(InstanceId::random(), Message::binary(vec![7u8; 64]));
+    let key = EnvelopeKey::new(b"a benchmark signing key of 32 b.");
+    let plain = envelope.encode();
+    let signed = envelope.encode_signed(CHANNEL, &key);
+    // Measure the paths that succeed, not an early rejection.
+    assert!(Envelope::decode(&plain).is_ok());
+    assert_eq!(envelope_to_frame(&plain, None), Ok(66));
+    assert_eq!(envelope_to_frame(&signed, Some((CHANNEL, &key))), Ok(66));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encode/64", |b| b.iter(|| black_box(envelope.encode())));
+    group.bench_function("encode_signed/64", |b| {
+        b.iter(|| black_box(envelope.encode_signed(black_box(CHANNEL), &key)))
+    });
+    group.bench_function("decode/64", |b| {
+        b.iter(|| black_box(Envelope::decode(black_box(&plain)).is_ok()))
+    });
+    group.bench_function("to_frame/64", |b| {
+        b.iter(|| black_box(envelope_to_frame(black_box(&plain), None)))
+    });
+    group.bench_function("to_frame_signed/64", |b| {
+        b.iter(|| black_box(envelope_to_frame(black_box(&signed), Some((CHANNEL, &key)))))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    fan_out,
+    fan_out_batch,
+    encode_frame,
+    route,
+    envelope
+);
 criterion_main!(benches);

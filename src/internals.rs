@@ -126,3 +126,16 @@ impl FanOutFixture {
 pub fn encode_frame(message: &Message) -> Bytes {
     message.encode_frame()
 }
+
+/// What a Redis subscriber does with one received envelope: the checks of
+/// [`Envelope::decode`](crate::redis::Envelope::decode) (and the signature with `key`), then
+/// the message's WebSocket frame built straight from the bytes. Returns the frame's length.
+#[cfg(feature = "redis")]
+pub fn envelope_to_frame(
+    bytes: &[u8],
+    key: Option<(&str, &crate::redis::EnvelopeKey)>,
+) -> Result<usize, crate::redis::EnvelopeError> {
+    let mut runs = RunBuilder::default();
+    crate::broker::redis::envelope::decode_frame_into(bytes, key, &mut runs)?;
+    Ok(runs.finish().iter().map(Frames::len).sum())
+}

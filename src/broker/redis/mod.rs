@@ -110,7 +110,7 @@
 mod backoff;
 mod config;
 mod emitter;
-mod envelope;
+pub(crate) mod envelope;
 mod publisher;
 mod subscriber;
 
