@@ -73,6 +73,7 @@ pub(crate) struct HubConfig {
     pub(crate) inbound_rate: Option<RateLimit>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) upgrade_timeout: Duration,
+    pub(crate) tcp_nodelay: bool,
 }
 
 /// A token-bucket rate.
@@ -103,6 +104,7 @@ impl Default for HubConfig {
             inbound_rate: None,
             idle_timeout: None,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            tcp_nodelay: true,
         }
     }
 }

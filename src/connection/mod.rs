@@ -16,10 +16,44 @@ mod wire;
 
 use std::sync::Arc;
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::hub::{ConnectionContext, Hub};
+use io::Prefixed;
 use queue::OutboundQueue;
+
+/// The TCP socket under hyper's `Upgraded`, with the bytes the server read past the request
+/// head, when the server is one we know: hyper-util's auto builder (`axum::serve`) wraps the
+/// socket in a private type that its own `downcast` sees through; hyper's builders do not.
+fn tcp_socket(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded> {
+    use hyper_util::server::conn::auto::upgrade;
+    match upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
+        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
+        Err(upgraded) => upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map(|parts| (parts.io.into_inner(), parts.read_buf)),
+    }
+}
+
+/// Serves a socket the server handed over after the `101`/`200`. A plain TCP socket is read
+/// and written directly (and gets `TCP_NODELAY` unless configured otherwise); anything else
+/// (TLS, an HTTP/2 stream, another transport) through hyper's `Upgraded`.
+pub(crate) async fn serve_upgraded(hub: Hub, context: ConnectionContext, upgraded: Upgraded) {
+    match tcp_socket(upgraded) {
+        Ok((tcp, early)) => {
+            if hub.inner().config.tcp_nodelay
+                && let Err(error) = tcp.set_nodelay(true)
+            {
+                tracing::debug!(id = %context.id(), %error, "tower-ws-hub: could not set TCP_NODELAY");
+            }
+            serve(hub, context, Prefixed::new(early, tcp)).await;
+        }
+        Err(upgraded) => serve(hub, context, TokioIo::new(upgraded)).await,
+    }
+}
 
 /// Serves one upgraded connection until it closes: join the room, run the hooks, drive the
 /// socket, leave the room.

@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerConfig, BrokerConnectError, BrokerStatus};
@@ -285,7 +284,7 @@ impl Hub {
         self.inner.tasks.spawn(async move {
             let _reservation = reservation;
             match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
-                Ok(Ok(upgraded)) => connection::serve(hub, context, TokioIo::new(upgraded)).await,
+                Ok(Ok(upgraded)) => connection::serve_upgraded(hub, context, upgraded).await,
                 Ok(Err(error)) => hub.inner.upgrade_failed(context.id(), &error),
                 Err(_) => {
                     Counters::incr(&hub.inner.counters.handshakes_rejected);
@@ -695,6 +694,19 @@ impl HubBuilder {
     /// before the connection is abandoned. Default: 10 s.
     pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
         self.config.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Whether the hub turns Nagle's algorithm off (`TCP_NODELAY`) on the WebSocket sockets it
+    /// takes over. Default: `true`.
+    ///
+    /// The hub already coalesces whatever is queued for a connection into one write, so Nagle's
+    /// algorithm can only delay frames: a small frame written while the previous one is not yet
+    /// acknowledged waits for the client's (possibly delayed) ACK, tens of milliseconds. This
+    /// applies when the server hands over a plain TCP socket (`axum::serve`, hyper-util's
+    /// `TokioIo<TcpStream>`); over TLS or HTTP/2 set it where the server accepts connections.
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.config.tcp_nodelay = nodelay;
         self
     }
 

@@ -137,6 +137,18 @@ impl Upgrade {
         self.open_on(TcpStream::connect(addr).await.unwrap()).await
     }
 
+    /// Like [`open`](Self::open), with `early` bytes (frames, say) in the same write as the
+    /// request: a client may send before it has seen the `101`.
+    pub async fn open_with_early(&self, addr: SocketAddr, early: &[u8]) -> RawWs {
+        let mut conn = RawConn::new(TcpStream::connect(addr).await.unwrap());
+        let mut bytes = self.to_bytes();
+        bytes.extend_from_slice(early);
+        conn.write(&bytes).await;
+        let response = conn.read_response().await;
+        assert_eq!(response.status, 101, "upgrade refused: {response:?}");
+        RawWs { conn, response }
+    }
+
     /// Like [`open`](Self::open), on a socket the caller made (e.g. with a tiny receive buffer).
     pub async fn open_on(&self, stream: TcpStream) -> RawWs {
         let mut conn = RawConn::new(stream);

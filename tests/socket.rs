@@ -1,0 +1,131 @@
+//! The socket the hub takes over after the `101`: Nagle's algorithm is off on it unless
+//! configured otherwise (the hub coalesces writes itself), and frames a client sent in the same
+//! packets as its handshake are read first, whichever server handed the socket over: axum's
+//! `serve` (hyper-util's auto builder) or hyper's own HTTP/1 builder.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::serve::ListenerExt;
+use hyper_util::rt::TokioIo;
+use support::raw::{MASK, Upgrade, encode_frame, opcode};
+use support::*;
+use tokio::net::TcpListener;
+use tower_ws_hub::{Hub, HubLayer};
+
+/// The server side of every accepted connection, as a second descriptor of the same socket
+/// (socket options read through it are the socket's own).
+type Accepted = Arc<Mutex<Vec<OwnedFd>>>;
+
+fn keep(accepted: &Accepted, tcp: &tokio::net::TcpStream) {
+    let fd = tcp.as_fd().try_clone_to_owned().unwrap();
+    accepted.lock().unwrap().push(fd);
+}
+
+/// `axum::serve` on a free port, recording each accepted socket.
+async fn serve_axum(hub: Hub, accepted: &Accepted) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::clone(accepted);
+    let listener = listener.tap_io(move |tcp| keep(&accepted, tcp));
+    let app = Router::new().layer(HubLayer::new(hub).route("/ws/{room}"));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// hyper's HTTP/1 builder with upgrades (no hyper-util server), recording each accepted socket.
+async fn serve_hyper_http1(hub: Hub, accepted: &Accepted) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::clone(accepted);
+    let app = Router::new().layer(HubLayer::new(hub).route("/ws/{room}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            keep(&accepted, &tcp);
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Whether the one WebSocket the server accepted has Nagle's algorithm off.
+async fn nodelay_of_the_websocket(hub: Hub, serve: Server) -> bool {
+    let accepted = Accepted::default();
+    let addr = match serve {
+        Server::Axum => serve_axum(hub.clone(), &accepted).await,
+        Server::HyperHttp1 => serve_hyper_http1(hub.clone(), &accepted).await,
+    };
+    let _client = connect(&format!("ws://{addr}/ws/nagle")).await;
+    // Joined the room: the hub has taken the socket over (and set its options).
+    wait_members(&hub, "nagle", 1).await;
+    let fd = accepted.lock().unwrap().pop().expect("one accepted socket");
+    std::net::TcpStream::from(fd).nodelay().unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    Axum,
+    HyperHttp1,
+}
+
+#[tokio::test]
+async fn nagle_is_off_on_websockets_by_default_whichever_server_hands_them_over() {
+    for server in [Server::Axum, Server::HyperHttp1] {
+        let hub = Hub::builder().build();
+        assert!(
+            nodelay_of_the_websocket(hub, server).await,
+            "{server:?}: TCP_NODELAY not set"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tcp_nodelay_false_leaves_the_socket_as_the_server_made_it() {
+    for server in [Server::Axum, Server::HyperHttp1] {
+        let hub = Hub::builder().tcp_nodelay(false).build();
+        assert!(
+            !nodelay_of_the_websocket(hub, server).await,
+            "{server:?}: TCP_NODELAY set"
+        );
+    }
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_read_first() {
+    for server in [Server::Axum, Server::HyperHttp1] {
+        let hub = Hub::builder().build();
+        let accepted = Accepted::default();
+        let addr = match server {
+            Server::Axum => serve_axum(hub.clone(), &accepted).await,
+            Server::HyperHttp1 => serve_hyper_http1(hub.clone(), &accepted).await,
+        };
+        let mut listener = connect(&format!("ws://{addr}/ws/early")).await;
+        wait_members(&hub, "early", 1).await;
+
+        // Two frames in the same write as the request, before any `101` came back.
+        let mut early = encode_frame(true, 0, opcode::TEXT, Some(MASK), b"early bird");
+        early.extend(encode_frame(true, 0, opcode::TEXT, Some(MASK), b"second"));
+        let mut eager = Upgrade::new("/ws/early")
+            .open_with_early(addr, &early)
+            .await;
+        assert_eq!(next_text(&mut listener).await, "early bird", "{server:?}");
+        assert_eq!(next_text(&mut listener).await, "second", "{server:?}");
+
+        // And the connection goes on as usual afterwards.
+        eager.send(opcode::TEXT, b"later").await;
+        assert_eq!(next_text(&mut listener).await, "later", "{server:?}");
+    }
+}
