@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::hub::{ConnectionContext, Hub};
-use io::Prefixed;
+use io::{Prefixed, Socket};
 use queue::OutboundQueue;
 
 /// The TCP socket under hyper's `Upgraded`, with the bytes the server read past the request
@@ -41,18 +41,26 @@ fn tcp_socket(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded>
 /// Serves a socket the server handed over after the `101`/`200`. A plain TCP socket is read
 /// and written directly (and gets `TCP_NODELAY` unless configured otherwise); anything else
 /// (TLS, an HTTP/2 stream, another transport) through hyper's `Upgraded`.
-pub(crate) async fn serve_upgraded(hub: Hub, context: ConnectionContext, upgraded: Upgraded) {
-    match tcp_socket(upgraded) {
+///
+/// Not an `async fn`: that would store its arguments a second time beside the [`serve`]
+/// future it awaits, in every connection task (about 0.6 KiB measured).
+pub(crate) fn serve_upgraded(
+    hub: Hub,
+    context: ConnectionContext,
+    upgraded: Upgraded,
+) -> impl Future<Output = ()> {
+    let socket = match tcp_socket(upgraded) {
         Ok((tcp, early)) => {
             if hub.inner().config.tcp_nodelay
                 && let Err(error) = tcp.set_nodelay(true)
             {
                 tracing::debug!(id = %context.id(), %error, "tower-ws-hub: could not set TCP_NODELAY");
             }
-            serve(hub, context, Prefixed::new(early, tcp)).await;
+            Socket::Tcp(Prefixed::new(early, tcp))
         }
-        Err(upgraded) => serve(hub, context, TokioIo::new(upgraded)).await,
-    }
+        Err(upgraded) => Socket::Upgraded(TokioIo::new(upgraded)),
+    };
+    serve(hub, context, socket)
 }
 
 /// Serves one upgraded connection until it closes: join the room, run the hooks, drive the

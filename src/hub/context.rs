@@ -123,6 +123,17 @@ impl ConnectionContext {
             version,
             ..
         } = parts;
+        let mut extensions = match &keep.extensions {
+            None => extensions,
+            Some(copiers) => {
+                let mut kept = Extensions::new();
+                for copy in copiers {
+                    copy(&extensions, &mut kept);
+                }
+                kept
+            }
+        };
+        compact_extensions(&mut extensions);
         Self {
             id,
             room,
@@ -131,20 +142,7 @@ impl ConnectionContext {
             } else {
                 HeaderMap::new()
             },
-            extensions: {
-                let mut kept = match &keep.extensions {
-                    None => extensions,
-                    Some(copiers) => {
-                        let mut kept = Extensions::new();
-                        for copy in copiers {
-                            copy(&extensions, &mut kept);
-                        }
-                        kept
-                    }
-                };
-                compact_extensions(&mut kept);
-                kept
-            },
+            extensions,
             protocol: protocol.map(|p| compact_value(&p)),
             remote_addr,
             version,
