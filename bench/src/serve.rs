@@ -24,7 +24,8 @@ pub struct ServerArgs {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Set TCP_NODELAY on accepted sockets (off by default, as with a plain `axum::serve`).
+    /// Set TCP_NODELAY on accepted sockets (off by default, as with a plain `axum::serve`;
+    /// tower-ws-hub sets it on its own WebSockets anyway, `HubBuilder::tcp_nodelay`).
     #[arg(long)]
     pub nodelay: bool,
     /// Validate the flags and exit without serving.
