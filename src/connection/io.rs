@@ -1,4 +1,4 @@
-//! [`Socket`]: what a connection reads and writes; [`PollIo`]: the socket as tungstenite's
+//! [`Socket`]: what a connection reads and writes (with the [`Early`] bytes); [`PollIo`]: the socket as tungstenite's
 //! blocking-style `Read + Write`, inside a `poll`.
 //!
 //! Reads poll the socket with the task's context and turn `Pending` into `WouldBlock`, which
@@ -50,7 +50,8 @@ impl<S> Write for PollIo<'_, '_, S> {
 /// for both, so that a connection task's future is sized for one driver, not for two.
 #[derive(Debug)]
 pub(crate) enum Socket {
-    Tcp(Prefixed<TcpStream>),
+    /// The stream, and the bytes the server had already read from it past the request head.
+    Tcp(Early, TcpStream),
     Upgraded(TokioIo<Upgraded>),
 }
 
@@ -61,7 +62,12 @@ impl AsyncRead for Socket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Socket::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Socket::Tcp(early, io) => {
+                if early.read_into(buf) {
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(io).poll_read(cx, buf)
+            }
             Socket::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -74,7 +80,7 @@ impl AsyncWrite for Socket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Socket::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Socket::Tcp(_, io) => Pin::new(io).poll_write(cx, buf),
             Socket::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
@@ -85,123 +91,89 @@ impl AsyncWrite for Socket {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Socket::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Socket::Tcp(_, io) => Pin::new(io).poll_write_vectored(cx, bufs),
             Socket::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Socket::Tcp(io) => io.is_write_vectored(),
+            Socket::Tcp(_, io) => io.is_write_vectored(),
             Socket::Upgraded(io) => io.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Socket::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Socket::Tcp(_, io) => Pin::new(io).poll_flush(cx),
             Socket::Upgraded(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Socket::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Socket::Tcp(_, io) => Pin::new(io).poll_shutdown(cx),
             Socket::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }
 
-/// A socket taken over from the HTTP server, with the bytes the server had already read past
-/// the request head (a client may send its first frames without waiting for the `101`): reads
-/// return those first. Writes go straight to the socket.
+/// The bytes the HTTP server had already read past the request head when it handed the socket
+/// over (a client may send its first frames without waiting for the `101`): read before
+/// anything else from the socket.
 #[derive(Debug)]
-pub(crate) struct Prefixed<S> {
-    early: Bytes,
-    io: S,
-}
+pub(crate) struct Early(Bytes);
 
-impl<S> Prefixed<S> {
-    pub(crate) fn new(early: Bytes, io: S) -> Self {
-        let mut prefixed = Self { early, io };
-        prefixed.release_if_read();
-        prefixed
+impl Early {
+    pub(crate) fn new(bytes: Bytes) -> Self {
+        let mut early = Self(bytes);
+        early.release_if_read();
+        early
+    }
+
+    /// Copies what fits into `buf`; `false` when nothing was left to copy.
+    fn read_into(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let n = self.0.len().min(buf.remaining());
+        buf.put_slice(&self.0[..n]);
+        self.0.advance(n);
+        self.release_if_read();
+        true
     }
 
     /// The early bytes are a slice of the server's connection read buffer (8 KiB or more):
     /// even an empty slice would keep all of it alive as long as the WebSocket.
     fn release_if_read(&mut self) {
-        if self.early.is_empty() {
-            self.early = Bytes::new();
+        if self.0.is_empty() {
+            self.0 = Bytes::new();
         }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.early.is_empty() {
-            return Pin::new(&mut self.io).poll_read(cx, buf);
-        }
-        let n = self.early.len().min(buf.remaining());
-        buf.put_slice(&self.early[..n]);
-        self.early.advance(n);
-        self.release_if_read();
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn early_bytes_come_first_then_the_socket_in_small_reads_too() {
-        let (client, server) = tokio::io::duplex(64);
-        let mut io = Prefixed::new(Bytes::from_static(b"early"), server);
-        let mut client = client;
-        client.write_all(b" then socket").await.unwrap();
-        drop(client);
-        let mut first = [0u8; 3];
-        io.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"ear");
-        let mut rest = Vec::new();
-        io.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, b"ly then socket");
+    /// Reads `early` in steps of at most `step` bytes.
+    fn read_all(early: &mut Early, step: usize) -> Vec<Vec<u8>> {
+        let mut reads = Vec::new();
+        loop {
+            let mut storage = vec![0u8; step];
+            let mut buf = ReadBuf::new(&mut storage);
+            if !early.read_into(&mut buf) {
+                return reads;
+            }
+            reads.push(buf.filled().to_vec());
+        }
+    }
+
+    #[test]
+    fn early_bytes_come_first_in_small_reads_too() {
+        let mut early = Early::new(Bytes::from_static(b"early"));
+        assert_eq!(read_all(&mut early, 3), [b"ear".to_vec(), b"ly".to_vec()]);
+        assert!(read_all(&mut early, 3).is_empty());
     }
 
     /// What hyper hands over: the bytes after the request head, as a slice of its read buffer
@@ -214,40 +186,26 @@ mod tests {
         (head, buffer.freeze())
     }
 
-    #[tokio::test]
-    async fn no_early_bytes_keep_the_servers_read_buffer_alive() {
-        let (head, early) = read_buffer(b"");
-        let (_client, server) = tokio::io::duplex(64);
-        let io = Prefixed::new(early, server);
+    #[test]
+    fn no_early_bytes_keep_the_servers_read_buffer_alive() {
+        let (head, bytes) = read_buffer(b"");
+        let early = Early::new(bytes);
         assert!(
             head.is_unique(),
             "an empty slice still holds the read buffer"
         );
-        drop(io);
+        drop(early);
     }
 
-    #[tokio::test]
-    async fn early_bytes_let_go_of_the_servers_read_buffer_once_read() {
-        let (head, early) = read_buffer(b"frame");
-        let (_client, server) = tokio::io::duplex(64);
-        let mut io = Prefixed::new(early, server);
+    #[test]
+    fn early_bytes_let_go_of_the_servers_read_buffer_once_read() {
+        let (head, bytes) = read_buffer(b"frame");
+        let mut early = Early::new(bytes);
         assert!(!head.is_unique());
-        let mut got = [0u8; 5];
-        io.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"frame");
+        assert_eq!(read_all(&mut early, 8), [b"frame".to_vec()]);
         assert!(
             head.is_unique(),
             "read early bytes still hold the read buffer"
         );
-    }
-
-    #[tokio::test]
-    async fn writes_go_to_the_socket() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut io = Prefixed::new(Bytes::from_static(b"unread"), server);
-        io.write_all(b"out").await.unwrap();
-        let mut got = [0u8; 3];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"out");
     }
 }

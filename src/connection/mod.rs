@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::hub::{ConnectionContext, Hub};
-use io::{Prefixed, Socket};
+use io::{Early, Socket};
 use queue::OutboundQueue;
 
 /// The TCP socket under hyper's `Upgraded`, with the bytes the server read past the request
@@ -56,7 +56,7 @@ pub(crate) fn serve_upgraded(
             {
                 tracing::debug!(id = %context.id(), %error, "tower-ws-hub: could not set TCP_NODELAY");
             }
-            Socket::Tcp(Prefixed::new(early, tcp))
+            Socket::Tcp(Early::new(early), tcp)
         }
         Err(upgraded) => Socket::Upgraded(TokioIo::new(upgraded)),
     };
