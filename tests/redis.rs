@@ -632,6 +632,151 @@ async fn a_subscriber_connection_that_silently_stops_receiving_is_detected_and_r
     .await;
 }
 
+/// B's only subscriber connection goes through a proxy that can starve it; B publishes (and
+/// probes) directly.
+async fn instance_behind_starving_proxy(
+    redis: &RedisServer,
+    proxy: &StarvingProxy,
+    interval: Duration,
+    timeout: Duration,
+) -> Server {
+    let pool = deadpool_redis::Config::from_url(redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let config = RedisConfig::from_pool(pool, redis::Client::open(proxy.url()).unwrap())
+        .subscriber_connections(1)
+        .probe(interval, timeout);
+    instance(Hub::builder(), config).await
+}
+
+#[tokio::test]
+async fn a_stray_number_on_a_probe_channel_does_not_hide_a_starved_connection() {
+    let redis = RedisServer::start().await;
+    let proxy = StarvingProxy::start(redis.addr()).await;
+    let b = instance_behind_starving_proxy(
+        &redis,
+        &proxy,
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+    )
+    .await;
+    let mut cb = b.connect("r").await;
+    wait_members(&b.hub, "r", 1).await;
+    wait_subscribed(&b.hub, 1).await;
+    eventually("a probe came back", || {
+        b.hub.broker_status().last_probe_age.is_some()
+    })
+    .await;
+
+    // Anyone can find the probe channel and publish on it: a huge sequence number (what an
+    // earlier session's late probe, or a stray client, could send) must not count as every
+    // future probe having come back.
+    let mut plain = redis.connection().await;
+    let probes: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("tower-ws-hub#probe:*")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    for stray in [u64::MAX.to_string(), format!("{:016x}:{}", 0, u64::MAX)] {
+        assert_eq!(
+            publish_raw(&mut plain, &probes[0], stray.as_bytes()).await,
+            1
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    proxy.starve_open_connections();
+    eventually("the starved connection was replaced", || {
+        let status = b.hub.broker_status();
+        status.starvations >= 1 && status.connected && status.subscribed_rooms == 1
+    })
+    .await;
+    let envelope = envelope_by_hand(0x01, b"after");
+    assert_eq!(
+        publish_raw(&mut plain, "tower-ws-hub:r", &envelope).await,
+        1
+    );
+    assert_eq!(next_text(&mut cb).await, "after");
+}
+
+#[tokio::test]
+async fn a_subscriber_connection_overdue_on_its_probe_is_not_reported_connected() {
+    let redis = RedisServer::start().await;
+    let proxy = StarvingProxy::start(redis.addr()).await;
+    // The connection is replaced only at the probe tick after the timeout: here up to 1.3 s
+    // during which it is known to be overdue.
+    let b = instance_behind_starving_proxy(
+        &redis,
+        &proxy,
+        Duration::from_millis(1500),
+        Duration::from_millis(200),
+    )
+    .await;
+    let _cb = b.connect("r").await;
+    wait_members(&b.hub, "r", 1).await;
+    wait_subscribed(&b.hub, 1).await;
+
+    proxy.starve_open_connections();
+    // Still connected and the publisher up, but a probe is overdue: not ready.
+    eventually("the overdue probe shows in `connected`", || {
+        let status = b.hub.broker_status();
+        !status.connected
+            && status.publisher_connected
+            && status.subscribers_connected == 1
+            && status.starvations == 0
+    })
+    .await;
+    eventually("replaced, and connected again", || {
+        let status = b.hub.broker_status();
+        status.starvations >= 1 && status.connected
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn operation_timeout_is_the_only_limit_on_a_slow_redis() {
+    let redis = RedisServer::start().await;
+    let slow_ok = |url: &str| {
+        config(url)
+            .publisher_tasks(1)
+            .operation_timeout(Duration::from_secs(3))
+    };
+    let a = instance(Hub::builder(), slow_ok(&redis.url())).await;
+    let b = instance(Hub::builder(), slow_ok(&redis.url())).await;
+    let (_ca, mut cb) = one_client_each(&a, &b, "r").await;
+    a.hub.publish("r", Message::text("warm")).await.unwrap();
+    assert_eq!(next_text(&mut cb).await, "warm");
+
+    // Redis stalls for a second (a slow script, a fork on a large dataset): well within the
+    // 3 s allowed, but longer than redis-rs's own default reply timeout (500 ms).
+    let mut plain = redis.connection().await;
+    let sleeper = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async(&mut plain)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.hub.publish("r", Message::text("slow")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let during = a.hub.publish("r", Message::text("still in time")).await;
+    let status = a.hub.broker_status();
+    sleeper.await.unwrap();
+    assert!(
+        during.is_ok(),
+        "refused within operation_timeout: {during:?}, {status:?}"
+    );
+    assert!(status.publisher_connected, "{status:?}");
+    assert_eq!(next_text(&mut cb).await, "slow");
+    assert_eq!(next_text(&mut cb).await, "still in time");
+    let status = a.hub.broker_status();
+    assert_eq!(status.publish_failures, 0, "{status:?}");
+    assert_eq!(status.published, 3, "{status:?}");
+}
+
 #[tokio::test]
 async fn shutdown_closes_the_subscriber_connections() {
     let redis = RedisServer::start().await;

@@ -24,8 +24,9 @@ pub enum BrokerBackend {
 pub struct BrokerStatus {
     /// The backend.
     pub backend: BrokerBackend,
-    /// `true` when the publisher side is up and every subscriber connection is connected,
-    /// subscribed to every room it should be, and not overdue on its probe.
+    /// `true` when the publisher side is up and every subscriber connection is connected
+    /// (having subscribed, when it connected, to every room it had then) and not overdue on its
+    /// probe: a probe Redis accepted has not been out longer than the probe timeout.
     pub connected: bool,
     /// `false` after a publish to Redis failed, until a reconnect succeeds. While it is `false`,
     /// [`Hub::publish`](crate::Hub::publish) fails fast with
@@ -43,13 +44,16 @@ pub struct BrokerStatus {
     pub last_probe_age: Option<Duration>,
     /// Messages Redis accepted (PUBLISH replied).
     pub published: u64,
-    /// Messages not forwarded because Redis was unreachable or too slow: refused at once while
-    /// the publisher was down, or lost in a pipeline that failed (never retried, so never
-    /// delivered twice).
+    /// Messages not known to be forwarded because Redis was unreachable or too slow: refused
+    /// at once while the publisher was down, or in a pipeline that failed or timed out. They
+    /// are never retried, so never delivered twice; a pipeline whose reply came too late may
+    /// still have been run by Redis, so some of them may have reached other instances.
     pub publish_failures: u64,
     /// Messages refused because the publish queue was full.
     pub publish_dropped: u64,
-    /// Messages received from other instances (or emitters) and handed to local members.
+    /// Valid envelopes received from other instances (or emitters) on the room channels this
+    /// instance subscribes to, for their local members (a room whose last member left while
+    /// its messages were on the way has nobody left to hand them to).
     pub received: u64,
     /// Payloads on room channels that were not valid envelopes, dropped.
     pub invalid_envelopes: u64,

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::redis::AsyncConnectionConfig;
+use deadpool_redis::{Manager, Pool, Runtime};
 
 use super::envelope::EnvelopeKey;
 
@@ -117,19 +118,28 @@ impl fmt::Debug for RedisConfig {
 
 impl RedisConfig {
     /// Uses the Redis at `url` (e.g. `redis://127.0.0.1:6379`, `redis://:password@host/0`) for
-    /// everything: a new pool for publishing (deadpool-redis defaults) and dedicated subscriber
-    /// connections. Nothing connects yet.
+    /// everything: a new pool for publishing (deadpool-redis's default size) and dedicated
+    /// subscriber connections. Nothing connects yet.
+    ///
+    /// The pool's connections have no time limits of their own (redis-rs would otherwise give
+    /// up on a reply after 500 ms and on connecting after 1 s), so that
+    /// [`operation_timeout`](Self::operation_timeout) is the one limit on every operation.
     ///
     /// # Errors
     ///
     /// If `url` is not a valid Redis URL.
     pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
-        let client =
-            deadpool_redis::redis::Client::open(url).map_err(|error| RedisConfigError {
-                message: error.to_string(),
-            })?;
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(Runtime::Tokio1))
+        let invalid = |error: deadpool_redis::redis::RedisError| RedisConfigError {
+            message: error.to_string(),
+        };
+        let client = deadpool_redis::redis::Client::open(url).map_err(invalid)?;
+        let unlimited = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(None);
+        let manager = Manager::new_with_config(url, unlimited).map_err(invalid)?;
+        let pool = Pool::builder(manager)
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|error| RedisConfigError {
                 message: error.to_string(),
             })?;
@@ -142,6 +152,13 @@ impl RedisConfig {
     ///
     /// The hub holds at most one pooled connection per publisher task while it has messages to
     /// send, and briefly one per probe.
+    ///
+    /// The pool's own connection settings apply on top of
+    /// [`operation_timeout`](Self::operation_timeout), whichever is shorter: a pool made with
+    /// `deadpool_redis::Config::create_pool` gives up on a reply after redis-rs's default
+    /// 500 ms. To make `operation_timeout` the only limit, build the pool from a
+    /// `deadpool_redis::Manager::new_with_config` whose `AsyncConnectionConfig` has no response
+    /// and connection timeouts, as [`from_url`](Self::from_url) does.
     pub fn from_pool(pool: Pool, subscriber_client: deadpool_redis::redis::Client) -> Self {
         Self {
             pool,
@@ -275,8 +292,12 @@ impl RedisConfig {
 
     /// Time limit for one Redis operation: connecting, a pool checkout, a pipeline, a
     /// (un)subscribe. An operation over the limit counts as a failure (the connection is
-    /// replaced; a pipeline's messages are counted as failed, never retried). Default:
+    /// replaced; a pipeline's messages are counted as failed, never retried, although Redis
+    /// may still have run a pipeline whose reply came too late). Default:
     /// [`DEFAULT_OPERATION_TIMEOUT`] (1 s).
+    ///
+    /// With [`from_pool`](Self::from_pool), the pool's own connection timeouts can cut an
+    /// operation shorter; see there.
     ///
     /// # Panics
     ///

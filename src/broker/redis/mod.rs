@@ -44,9 +44,10 @@
 //!   queues (which never block).
 //! - **Probes.** Each subscriber connection also subscribes to its own probe channel,
 //!   `{prefix}#probe:{instance id}:{n}`, and every [probe interval](RedisConfig::probe) publishes
-//!   a probe to it through the pool. A probe that does not come back within the probe timeout
-//!   (or that Redis says nobody is subscribed to) means the connection is open but starved: it
-//!   is replaced and every room resubscribed.
+//!   a probe to it through the pool (payload `{session token, 16 hex digits}:{sequence number}`;
+//!   only the current session's own probes count). A probe that does not come back within the
+//!   probe timeout (or that Redis says nobody is subscribed to) means the connection is open but
+//!   starved: it is replaced and every room resubscribed.
 //!
 //! # The envelope
 //!
@@ -259,6 +260,16 @@ pub(crate) struct SubscriberSlot {
     pub(crate) connected: AtomicBool,
     pub(crate) subscribed: AtomicUsize,
     pub(crate) last_probe_ok: Mutex<Option<Instant>>,
+    /// When the probe Redis accepted last must be back by, while it is out.
+    pub(crate) probe_due: Mutex<Option<Instant>>,
+}
+
+impl SubscriberSlot {
+    /// Connected, and not overdue on its probe. A starved connection is replaced at the next
+    /// probe tick; until then, it must not count as healthy.
+    fn healthy(&self, now: Instant) -> bool {
+        self.connected.load(Ordering::Acquire) && lock(&self.probe_due).is_none_or(|due| now < due)
+    }
 }
 
 /// The Redis broker's handle, owned by the hub. Dropping it stops its tasks.
@@ -444,6 +455,7 @@ impl RedisBroker {
             .filter(|s| s.connected.load(Ordering::Acquire))
             .count();
         let now = Instant::now();
+        let subscribers_healthy = self.subscribers.iter().all(|s| s.healthy(now));
         let last_probe_age = self
             .subscribers
             .iter()
@@ -451,7 +463,7 @@ impl RedisBroker {
             .try_fold(Duration::ZERO, |oldest, age| age.map(|age| oldest.max(age)));
         BrokerStatus {
             backend: BrokerBackend::Redis,
-            connected: publisher_connected && subscribers_connected == self.subscribers.len(),
+            connected: publisher_connected && subscribers_healthy,
             publisher_connected,
             subscriber_connections: self.subscribers.len(),
             subscribers_connected,

@@ -18,7 +18,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::envelope::{EnvelopeError, EnvelopeKey, decode_frame_into, peek_origin};
+use super::envelope::{EnvelopeError, EnvelopeKey, decode_frame_into, peek_origin, random_u64};
 use super::{RedisConfig, Shared, SubscriberSlot, lock};
 use crate::connection::frames::RunBuilder;
 use crate::hub::HubInner;
@@ -84,6 +84,10 @@ type ProbeFuture = Pin<Box<dyn Future<Output = Result<i64, String>> + Send>>;
 /// End-to-end check that this connection still receives what is published.
 struct Probe {
     channel: String,
+    /// Random per session, in every probe's payload (`{token:016x}:{seq}`): only this
+    /// session's own probes count, not a late one from an earlier session on the same channel,
+    /// nor anything else published there.
+    token: u64,
     /// Last sequence number sent.
     sent: u64,
     /// Highest sequence number received back.
@@ -92,6 +96,17 @@ struct Probe {
     outstanding: Option<(u64, Instant)>,
     /// The PUBLISH of a probe, running beside the message loop.
     publishing: Option<ProbeFuture>,
+}
+
+impl Probe {
+    /// The sequence number of one of this session's probes that has been sent, or `None` for
+    /// anything else on the channel.
+    fn parse(&self, payload: &[u8]) -> Option<u64> {
+        let (token, seq) = std::str::from_utf8(payload).ok()?.split_once(':')?;
+        let token = u64::from_str_radix(token, 16).ok()?;
+        let seq = seq.parse::<u64>().ok()?;
+        (token == self.token && (1..=self.sent).contains(&seq)).then_some(seq)
+    }
 }
 
 impl Subscriber {
@@ -168,6 +183,7 @@ impl Subscriber {
     fn start_probe(&self, probe: &mut Probe) {
         probe.sent += 1;
         let seq = probe.sent;
+        let payload = format!("{:016x}:{seq}", probe.token);
         let pool = self.config.pool.clone();
         let channel = probe.channel.clone();
         let limit = self.config.operation_timeout;
@@ -176,7 +192,7 @@ impl Subscriber {
                 let mut connection = pool.get().await.map_err(|e| e.to_string())?;
                 redis::cmd("PUBLISH")
                     .arg(&channel)
-                    .arg(seq)
+                    .arg(&payload)
                     .query_async::<i64>(&mut *connection)
                     .await
                     .map_err(|e| e.to_string())
@@ -192,6 +208,7 @@ impl Subscriber {
             && seq <= probe.received
         {
             probe.outstanding = None;
+            *lock(&self.slot.probe_due) = None;
             *lock(&self.slot.last_probe_ok) = Some(Instant::now());
         }
     }
@@ -200,10 +217,7 @@ impl Subscriber {
     fn on_message(&self, message: &Msg, probe: &mut Probe, hub: Option<&HubInner>, run: &mut Run) {
         let channel = message.get_channel_name();
         if channel == probe.channel {
-            if let Some(seq) = std::str::from_utf8(message.get_payload_bytes())
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok())
-            {
+            if let Some(seq) = probe.parse(message.get_payload_bytes()) {
                 probe.received = probe.received.max(seq);
                 self.probe_came_back(probe);
             }
@@ -282,6 +296,7 @@ impl Subscriber {
 
         let mut probe = Probe {
             channel: probe_channel.to_owned(),
+            token: random_u64(),
             sent: 0,
             received: 0,
             outstanding: None,
@@ -315,7 +330,9 @@ impl Subscriber {
                             );
                         }
                         Ok(_) => {
-                            probe.outstanding = Some((probe.sent, Instant::now()));
+                            let now = Instant::now();
+                            probe.outstanding = Some((probe.sent, now));
+                            *lock(&self.slot.probe_due) = Some(now + self.config.probe_timeout);
                             self.probe_came_back(&mut probe);
                         }
                         // Publishing is down; the publisher reports it. Nothing learned here.
@@ -392,6 +409,7 @@ pub(crate) async fn run(subscriber: Subscriber) {
         let was_up = slot.connected.swap(false, Ordering::AcqRel);
         slot.subscribed.store(0, Ordering::Relaxed);
         *lock(&slot.last_probe_ok) = None;
+        *lock(&slot.probe_due) = None;
         match ended {
             Ended::Cancelled => return,
             Ended::Lost(error) => {
