@@ -188,3 +188,144 @@ async fn drop_oldest_keeps_the_slow_client_connected_and_counts_the_drops() {
     assert_eq!(stats.connections, 3);
     assert_eq!(setup.server.hub.room_size(ROOM), 3);
 }
+
+/// CPU time (user + system) this process has used, in clock ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A client that stops reading in the middle of a large frame, then misses its pong: the
+/// connection must stop sending data, discard its queue and be gone after `close_timeout`.
+/// The half-written frame still counts against the queue's bounds until the connection ends;
+/// discarding used to take the queue in turns, each turn handing over nothing while that frame
+/// held half the bound, so the connection task spun on its worker thread for ever.
+///
+/// The hub runs on a runtime of its own, in a thread, so that a spinning worker shows up as
+/// a missing report instead of hanging the test.
+#[test]
+fn a_client_stalled_mid_frame_is_dropped_after_its_pong_timeout() {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let hub = Hub::builder()
+                // Half the byte bound (128 KiB) holds less than two 64 KiB frames.
+                .outbound_queue(1024, 256 * 1024)
+                .slow_consumer_policy(SlowConsumerPolicy::DropNewest)
+                .ping_interval(Some(Duration::from_millis(500)))
+                .pong_timeout(Duration::from_millis(500))
+                .close_timeout(Duration::from_millis(500))
+                .build();
+            let server = serve_hub(hub.clone()).await;
+            // Never reads, never answers pings.
+            let _stalled = Upgrade::new("/ws/r")
+                .open_on(tcp_with_small_receive_buffer(server.addr).await)
+                .await;
+            wait_members(&hub, "r", 1).await;
+            for i in 0..200u32 {
+                let mut payload = vec![b'.'; 64 * 1024];
+                payload[..4].copy_from_slice(&i.to_be_bytes());
+                hub.publish("r", payload).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tx.send(format!("published; {:?}", hub.stats())).unwrap();
+            // Ping at 0.5 s, pong timeout at 1 s, close timeout at 1.5 s: 5 s is plenty.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let stats = hub.stats();
+            tx.send(format!(
+                "done: connections {}, pong timeouts {}",
+                hub.connection_count(),
+                stats.pong_timeouts
+            ))
+            .unwrap();
+        });
+    });
+    let mut last = String::from("nothing");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(message) if message.starts_with("done") => {
+                assert_eq!(message, "done: connections 0, pong timeouts 1");
+                return;
+            }
+            Ok(message) => last = message,
+            Err(_) => {
+                let before = cpu_ticks();
+                std::thread::sleep(Duration::from_secs(1));
+                panic!(
+                    "the hub's runtime stopped making progress (last report: {last}); CPU \
+                     ticks used in the next second: {} (100 = a core spinning)",
+                    cpu_ticks() - before
+                );
+            }
+        }
+    }
+}
+
+/// A client whose ten messages in one write are each answered by the hook with `Reply`, with
+/// room for two in its queue.
+async fn replies_overflowing(policy: SlowConsumerPolicy) -> (Hub, Server, RawWs) {
+    let hub = Hub::builder()
+        .outbound_queue(2, 1024 * 1024)
+        .slow_consumer_policy(policy)
+        .on_message(|_, message| tower_ws_hub::InboundAction::Reply(message))
+        .build();
+    let server = serve_hub(hub.clone()).await;
+    let mut client = Upgrade::new("/ws/r").open(server.addr).await;
+    wait_members(&hub, "r", 1).await;
+    let mut burst = Vec::new();
+    for i in 0..10u8 {
+        burst.extend(support::raw::encode_frame(
+            true,
+            0,
+            opcode::TEXT,
+            Some(support::raw::MASK),
+            format!("m{i}").as_bytes(),
+        ));
+    }
+    client.send_bytes(&burst).await;
+    (hub, server, client)
+}
+
+#[tokio::test]
+async fn a_reply_that_overflows_the_queue_counts_as_a_slow_consumer_disconnect() {
+    let (hub, _server, mut client) = replies_overflowing(SlowConsumerPolicy::Disconnect).await;
+    assert_eq!(client.close_code().await, Some(close_code::SLOW_CONSUMER));
+    let stats = hub.stats();
+    assert_eq!(stats.slow_consumer_disconnects, 1, "{stats:?}");
+    // The reply that overflowed is a drop too; what comes after is for a closing connection.
+    assert!(
+        stats.dropped_messages >= 1 && stats.deliveries >= 2,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn replies_dropped_by_drop_oldest_are_counted() {
+    let (hub, _server, mut client) = replies_overflowing(SlowConsumerPolicy::DropOldest).await;
+    let mut received = 0;
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_millis(500), client.read_frame()).await
+    {
+        if frame.opcode == opcode::TEXT {
+            received += 1;
+        }
+    }
+    let stats = hub.stats();
+    assert_eq!(stats.messages_received, 10, "{stats:?}");
+    assert_eq!(
+        received + stats.dropped_messages,
+        10,
+        "received {received}: every reply is either written or counted as dropped; {stats:?}"
+    );
+}

@@ -36,10 +36,11 @@ use tokio_tungstenite::tungstenite::{self};
 
 use super::frames::Frames;
 use super::io::PollIo;
-use super::queue::{CloseIntent, OutboundQueue, PushOutcome};
+use super::queue::{CloseIntent, OutboundQueue};
 use super::wire::{Wire, Written};
 use crate::close_code;
 use crate::config::{HubConfig, RateLimit};
+use crate::hub::registry::FanOut;
 use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
 use crate::message::Message;
@@ -353,22 +354,19 @@ where
     /// Moves what the queue hands over onto the wire (or drops all of it, when no data may go
     /// out). The queue hands the writer at most half its budget at a time; see `more_queued`.
     fn take_queued(&mut self) -> Option<CloseIntent> {
-        let mut taken = self.queue.take(&mut self.taken);
-        if self.sends_data() {
+        let intent = if self.sends_data() {
+            let taken = self.queue.take(&mut self.taken);
             for frames in self.taken.drain(..) {
                 self.wire.push_data(frames);
             }
+            self.more_queued = taken.more;
+            taken.close
         } else {
-            loop {
-                self.queue.release_taken(&mut self.taken);
-                if !taken.more {
-                    break;
-                }
-                taken = self.queue.take(&mut self.taken);
-            }
-        }
-        self.more_queued = taken.more;
-        let intent = taken.close;
+            // Under the lock, in one go: taking in turns would hand over nothing, for ever,
+            // while a half-written frame still counts as in flight (see `OutboundQueue::take`).
+            self.more_queued = false;
+            self.queue.discard_queued()
+        };
         if self.taken.capacity() > 16 {
             // The next swap hands this deque to the queue: do not let a burst's capacity live
             // on in either of them.
@@ -410,12 +408,11 @@ where
                 // Messages read before this one go out first: with `echo_to_sender` the sender
                 // sees its own messages and the reply in the order it sent them.
                 self.flush_forward();
-                let hub = self.membership.hub().inner();
-                if let PushOutcome::Dropped | PushOutcome::Disconnecting =
-                    self.queue.push(message.encode_frame())
-                {
-                    Counters::incr(&hub.counters.dropped_messages);
-                }
+                // Queued, dropped or disconnected like any other delivery to this connection.
+                let mut result = FanOut::default();
+                result.record(self.queue.push(message.encode_frame()), 1);
+                let room = self.membership.room().name();
+                self.membership.hub().inner().record_pushes(room, result);
             }
             InboundAction::Drop => {}
         }

@@ -254,6 +254,14 @@ impl OutboundQueue {
         }
     }
 
+    /// Drops everything queued (taken runs are the writer's to release) and returns the close
+    /// intent, if any: for a connection that may send no more data.
+    pub(crate) fn discard_queued(&self) -> Option<CloseIntent> {
+        let mut state = self.lock();
+        state.clear_queued();
+        state.close
+    }
+
     /// The writer is done with these taken runs (written or discarded): releases them and
     /// empties `taken`.
     pub(crate) fn release_taken(&self, taken: &mut VecDeque<Frames>) {

@@ -351,15 +351,22 @@ impl HubInner {
         exclude: Option<ConnectionId>,
     ) -> FanOut {
         let result = room.fan_out(frames, exclude);
+        Counters::add(&self.counters.messages_published, messages as u64);
+        self.record_pushes(room.name(), result);
+        result
+    }
+
+    /// Counts what a fan-out (or a reply to its sender) queued, dropped and disconnected in
+    /// `room`, and logs the drops at most once a second.
+    pub(crate) fn record_pushes(&self, room: &str, result: FanOut) {
         let counters = &self.counters;
-        Counters::add(&counters.messages_published, messages as u64);
         Counters::add(&counters.deliveries, result.queued);
         if result.dropped > 0 || result.disconnected > 0 {
             Counters::add(&counters.dropped_messages, result.dropped);
             Counters::add(&counters.slow_consumer_disconnects, result.disconnected);
             if let Some(suppressed) = self.drop_log.allow() {
                 tracing::warn!(
-                    room = %room.name(),
+                    %room,
                     dropped = result.dropped,
                     disconnected = result.disconnected,
                     similar_events_suppressed = suppressed,
@@ -368,7 +375,6 @@ impl HubInner {
                 );
             }
         }
-        result
     }
 
     /// A message another instance published to `room`, already encoded as a frame: delivered

@@ -46,7 +46,7 @@ pub(crate) struct FanOut {
 
 impl FanOut {
     /// `frames` frames had this outcome.
-    fn record(&mut self, outcome: PushOutcome, frames: u32) {
+    pub(crate) fn record(&mut self, outcome: PushOutcome, frames: u32) {
         let frames = u64::from(frames);
         match outcome {
             PushOutcome::Queued => self.queued += frames,

@@ -53,7 +53,8 @@ pub struct HubStats {
     pub messages_received: u64,
     /// Messages published to rooms (by clients and by the application).
     pub messages_published: u64,
-    /// Messages queued for local receivers (one per receiver).
+    /// Messages queued for local receivers (one per receiver), replies of the message hook
+    /// included.
     pub deliveries: u64,
     /// Messages dropped because a receiver's outbound queue was full.
     pub dropped_messages: u64,
