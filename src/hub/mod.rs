@@ -572,7 +572,10 @@ impl HubBuilder {
     }
 
     /// Per-connection socket read buffer. Small keeps idle connections cheap; large reads
-    /// floods of big messages in fewer syscalls. Default: 4 KiB.
+    /// floods of big messages in fewer syscalls. The buffer grows to hold the largest frame the
+    /// client sends and keeps that size for the rest of the connection (tungstenite never
+    /// shrinks it), so [`max_frame_size`](Self::max_frame_size) also bounds what one connection
+    /// can pin. Default: [`DEFAULT_READ_BUFFER_SIZE`](crate::DEFAULT_READ_BUFFER_SIZE) (2 KiB).
     ///
     /// # Panics
     ///
