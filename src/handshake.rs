@@ -48,6 +48,8 @@ pub enum HandshakeError {
     MissingKey,
     /// `Sec-WebSocket-Key` is not the base64 encoding of 16 bytes (→ 400).
     InvalidKey,
+    /// `Sec-WebSocket-Key` appears more than once (RFC 6455 §11.3.1; → 400).
+    DuplicateKey,
     /// HTTP/1.1 requires a `Host` header (→ 400).
     MissingHost,
 }
@@ -64,6 +66,7 @@ impl HandshakeError {
             Self::ConnectProtocolNotWebSocket
             | Self::MissingKey
             | Self::InvalidKey
+            | Self::DuplicateKey
             | Self::MissingHost => StatusCode::BAD_REQUEST,
         }
     }
@@ -80,6 +83,7 @@ impl HandshakeError {
             Self::UnsupportedVersion => "unsupported Sec-WebSocket-Version, this server speaks 13",
             Self::MissingKey => "missing Sec-WebSocket-Key header",
             Self::InvalidKey => "Sec-WebSocket-Key must be base64 of 16 bytes",
+            Self::DuplicateKey => "Sec-WebSocket-Key must appear exactly once",
             Self::MissingHost => "missing Host header",
         }
     }
@@ -194,9 +198,11 @@ impl Handshake {
                     return Err(HandshakeError::MissingUpgradeWebSocket);
                 }
                 check_version(headers)?;
-                let key = headers
-                    .get(header::SEC_WEBSOCKET_KEY)
-                    .ok_or(HandshakeError::MissingKey)?;
+                let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+                let key = keys.next().ok_or(HandshakeError::MissingKey)?;
+                if keys.next().is_some() {
+                    return Err(HandshakeError::DuplicateKey);
+                }
                 if !is_valid_key(key.as_bytes()) {
                     return Err(HandshakeError::InvalidKey);
                 }
@@ -235,9 +241,15 @@ impl Handshake {
     }
 }
 
+/// Exactly one `Sec-WebSocket-Version`, and it is `13` (RFC 6455 §4.2.1, §11.3.5).
 fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
-    match headers.get(header::SEC_WEBSOCKET_VERSION) {
-        Some(version) if version.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => Ok(()),
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(version), None)
+            if version.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() =>
+        {
+            Ok(())
+        }
         _ => Err(HandshakeError::UnsupportedVersion),
     }
 }
@@ -317,7 +329,7 @@ mod tests {
     #[test]
     fn each_rule_has_its_own_status() {
         type Case = (fn(&mut Request<()>), HandshakeError, u16);
-        let cases: [Case; 8] = [
+        let cases: [Case; 10] = [
             (
                 |r| *r.method_mut() = Method::POST,
                 HandshakeError::MethodNotGet,
@@ -372,6 +384,26 @@ mod tests {
                 },
                 HandshakeError::InvalidKey,
                 400,
+            ),
+            (
+                |r| {
+                    r.headers_mut().append(
+                        header::SEC_WEBSOCKET_KEY,
+                        HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="),
+                    );
+                },
+                HandshakeError::DuplicateKey,
+                400,
+            ),
+            (
+                |r| {
+                    r.headers_mut().append(
+                        header::SEC_WEBSOCKET_VERSION,
+                        HeaderValue::from_static("13"),
+                    );
+                },
+                HandshakeError::UnsupportedVersion,
+                426,
             ),
             (
                 |r| *r.version_mut() = Version::HTTP_10,

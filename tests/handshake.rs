@@ -265,6 +265,24 @@ async fn a_version_other_than_13_is_refused_with_426_naming_version_13() {
 }
 
 #[tokio::test]
+async fn a_key_or_version_sent_twice_is_refused() {
+    // RFC 6455 §11.3.1, §11.3.5: neither may appear more than once in a request.
+    let server = serve_default().await;
+    let response = Upgrade::new("/ws/lobby")
+        .also("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA==")
+        .send(server.addr)
+        .await;
+    response.assert_rejection(400, "Sec-WebSocket-Key");
+    let response = Upgrade::new("/ws/lobby")
+        .also("Sec-WebSocket-Version", "13")
+        .send(server.addr)
+        .await;
+    response.assert_rejection(426, "13");
+    assert_eq!(server.hub.stats().connections_opened, 0);
+    assert_eq!(server.hub.stats().handshakes_rejected, 2);
+}
+
+#[tokio::test]
 async fn a_missing_key_is_refused_with_400() {
     let server = serve_default().await;
     let response = Upgrade::new("/ws/lobby")

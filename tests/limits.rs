@@ -134,6 +134,71 @@ async fn a_full_room_gets_503_with_retry_after_while_other_rooms_work() {
     send_text(&mut other, "nobody else here").await;
 }
 
+/// Sends `request` on a new connection and returns the response's status code with the
+/// connection, kept open (an admitted WebSocket stays a member while it is).
+async fn status_keeping_connection(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(PROMPTLY, stream.read(&mut chunk))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed before a response head");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    (text.split(' ').nth(1).unwrap().parse().unwrap(), stream)
+}
+
+/// `n` upgrade requests for `room`, all in flight at once; the statuses, connections kept.
+async fn concurrent_upgrades(server: &Server, room: &str, n: usize) -> Vec<u16> {
+    let request = Upgrade::new(&format!("/ws/{room}")).to_bytes();
+    let results = futures_util::future::join_all(
+        (0..n).map(|_| status_keeping_connection(server.addr, &request)),
+    )
+    .await;
+    let statuses = results.iter().map(|(status, _)| *status).collect();
+    // Let the admitted one join before the connections close.
+    wait_members(&server.hub, room, 1).await;
+    statuses
+}
+
+#[tokio::test]
+async fn a_room_limit_holds_against_handshakes_arriving_together() {
+    let server = serve_hub(Hub::builder().max_room_connections(Some(1)).build()).await;
+    let statuses = concurrent_upgrades(&server, "solo", 20).await;
+    let admitted = statuses.iter().filter(|&&s| s == 101).count();
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    assert_eq!((admitted, refused), (1, 19), "{statuses:?}");
+    assert_eq!(server.hub.room_size("solo"), 1);
+}
+
+#[tokio::test]
+async fn a_room_limit_holds_while_an_authorizer_is_deciding() {
+    let hub = Hub::builder().max_room_connections(Some(1)).build();
+    let slow = |_: &axum::http::request::Parts, _: &str| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        true
+    };
+    let app = axum::Router::new().layer(
+        tower_ws_hub::HubLayer::new(hub.clone())
+            .route("/ws/{room}")
+            .authorize(slow),
+    );
+    let server = serve_router(app, hub).await;
+    let statuses = concurrent_upgrades(&server, "solo", 5).await;
+    let admitted = statuses.iter().filter(|&&s| s == 101).count();
+    assert_eq!(admitted, 1, "{statuses:?}");
+    assert_eq!(server.hub.room_size("solo"), 1);
+}
+
 // ----- inbound rate limit ---------------------------------------------------------------------
 
 #[tokio::test]

@@ -5,10 +5,11 @@ pub(crate) mod hooks;
 pub(crate) mod registry;
 pub(crate) mod stats;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +36,10 @@ pub use stats::HubStats;
 use hooks::Hooks;
 use registry::{FanOut, Member, Room, RoomRegistry};
 use stats::Counters;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A cloneable handle to a hub of WebSocket rooms.
 ///
@@ -66,6 +71,8 @@ pub(crate) struct HubInner {
     next_id: AtomicU64,
     /// Connections from accepted handshake to end (for the instance limit).
     reserved: AtomicUsize,
+    /// The same per room, kept only with a room limit (`max_room_connections`).
+    room_reserved: Mutex<HashMap<Arc<str>, usize>>,
     shutting_down: AtomicBool,
     shutdown_started: tokio::sync::Notify,
     tasks: TaskTracker,
@@ -237,7 +244,10 @@ impl Hub {
             return Err(shutting_down());
         }
         let reserved = inner.reserved.fetch_add(1, Ordering::AcqRel) + 1;
-        let reservation = Reservation { hub: self.clone() };
+        let mut reservation = Reservation {
+            hub: self.clone(),
+            room: None,
+        };
         if inner
             .config
             .max_connections
@@ -245,10 +255,16 @@ impl Hub {
         {
             return Err(unavailable("server is at its connection limit", "10"));
         }
-        if let Some(max) = inner.config.max_room_connections
-            && self.room_size(room) >= max
-        {
-            return Err(unavailable("room is full", "10"));
+        if let Some(max) = inner.config.max_room_connections {
+            // Counted like the instance limit, from the accepted handshake: upgrades still in
+            // flight (an authorizer deciding, a `101` on its way) hold their place too.
+            let mut rooms = lock(&inner.room_reserved);
+            if rooms.get(room).is_some_and(|&n| n >= max) {
+                return Err(unavailable("room is full", "10"));
+            }
+            let room: Arc<str> = Arc::from(room);
+            *rooms.entry(Arc::clone(&room)).or_insert(0) += 1;
+            reservation.room = Some(room);
         }
         Ok(reservation)
     }
@@ -448,11 +464,23 @@ fn shutting_down() -> Rejection {
 #[derive(Debug)]
 pub(crate) struct Reservation {
     hub: Hub,
+    /// The room's place, with a room limit.
+    room: Option<Arc<str>>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.hub.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        let inner = &self.hub.inner;
+        inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        if let Some(room) = self.room.take() {
+            let mut rooms = lock(&inner.room_reserved);
+            if let Some(count) = rooms.get_mut(&room) {
+                *count -= 1;
+                if *count == 0 {
+                    rooms.remove(&room);
+                }
+            }
+        }
     }
 }
 
@@ -668,8 +696,10 @@ impl HubBuilder {
     }
 
     /// Most local members of one room; further upgrade requests for that room get `503` with
-    /// `Retry-After`. Checked at the handshake, so upgrades completing at the same instant can
-    /// overshoot by the number in flight. Default: `None`.
+    /// `Retry-After`. Counted from the accepted handshake, like
+    /// [`max_connections`](Self::max_connections): upgrades still in flight (an authorizer
+    /// deciding, a `101` on its way) hold their place, so the limit is never overshot.
+    /// Default: `None`.
     pub fn max_room_connections(mut self, max: Option<usize>) -> Self {
         self.config.max_room_connections = max;
         self
@@ -819,6 +849,7 @@ impl HubBuilder {
                 broker: Broker::start(broker, hub),
                 next_id: AtomicU64::new(1),
                 reserved: AtomicUsize::new(0),
+                room_reserved: Mutex::default(),
                 shutting_down: AtomicBool::new(false),
                 shutdown_started: tokio::sync::Notify::new(),
                 tasks: TaskTracker::new(),

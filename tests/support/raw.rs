@@ -109,6 +109,12 @@ impl Upgrade {
         self
     }
 
+    /// Adds a header, keeping any of the same name.
+    pub fn also(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
     /// Removes a header.
     pub fn without(mut self, name: &str) -> Self {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
