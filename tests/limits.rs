@@ -181,6 +181,13 @@ async fn a_room_limit_holds_against_handshakes_arriving_together() {
 }
 
 #[tokio::test]
+async fn a_room_limit_of_zero_admits_nobody() {
+    let server = serve_hub(Hub::builder().max_room_connections(Some(0)).build()).await;
+    assert_unavailable(&server, "empty", "room is full").await;
+    assert_eq!(server.hub.stats().connections_opened, 0);
+}
+
+#[tokio::test]
 async fn a_room_limit_holds_while_an_authorizer_is_deciding() {
     let hub = Hub::builder().max_room_connections(Some(1)).build();
     let slow = |_: &axum::http::request::Parts, _: &str| async {

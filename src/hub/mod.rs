@@ -259,7 +259,7 @@ impl Hub {
             // Counted like the instance limit, from the accepted handshake: upgrades still in
             // flight (an authorizer deciding, a `101` on its way) hold their place too.
             let mut rooms = lock(&inner.room_reserved);
-            if rooms.get(room).is_some_and(|&n| n >= max) {
+            if rooms.get(room).copied().unwrap_or(0) >= max {
                 return Err(unavailable("room is full", "10"));
             }
             let room: Arc<str> = Arc::from(room);
