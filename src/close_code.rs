@@ -14,7 +14,7 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 pub const POLICY_VIOLATION: u16 = 1008;
 /// 1009: a message or frame was larger than the configured limit.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
-/// 1011: the server hit an unexpected condition.
+/// 1011: the server hit an unexpected condition (an application hook panicked).
 pub const INTERNAL_ERROR: u16 = 1011;
 /// 1013 ("try again later"): the client did not read fast enough and its outbound queue
 /// overflowed ([`SlowConsumerPolicy::Disconnect`](crate::SlowConsumerPolicy::Disconnect)).

@@ -480,3 +480,68 @@ mod original_uri {
         assert_ne!(request, hook);
     }
 }
+
+/// Counts `on_connect` and `on_disconnect` calls.
+fn counting(builder: HubBuilder) -> (HubBuilder, Arc<Mutex<(u32, u32)>>) {
+    let counts = Arc::new(Mutex::new((0, 0)));
+    let (connects, disconnects) = (Arc::clone(&counts), Arc::clone(&counts));
+    let builder = builder
+        .on_connect(move |ctx| {
+            connects.lock().unwrap().0 += 1;
+            assert_ne!(ctx.room(), "bad", "application bug in on_connect");
+        })
+        .on_disconnect(move |_| disconnects.lock().unwrap().1 += 1);
+    (builder, counts)
+}
+
+#[tokio::test]
+async fn a_panicking_message_hook_closes_its_connection_with_1011_and_on_disconnect_still_runs() {
+    let (builder, counts) = counting(Hub::builder().on_message(|_, msg| {
+        assert_ne!(msg.as_text(), Some("boom"), "application bug in on_message");
+        InboundAction::Forward(msg)
+    }));
+    let server = serve_hub(builder.build()).await;
+    let mut bystander = server.connect("p").await;
+    let mut client = server.connect("p").await;
+    wait_members(&server.hub, "p", 2).await;
+
+    // What the client sent before the panicking message still reaches the room.
+    client.send(WsMessage::text("before")).await.unwrap();
+    client.send(WsMessage::text("boom")).await.unwrap();
+    assert_eq!(next_text(&mut bystander).await, "before");
+    assert_eq!(close_code_to_end(&mut client).await, Some(1011));
+    eventually("the connection ended and on_disconnect ran", || {
+        *counts.lock().unwrap() == (2, 1) && server.hub.room_size("p") == 1
+    })
+    .await;
+    assert_eq!(server.hub.stats().hook_panics, 1);
+    // The room and its other member carry on.
+    server
+        .hub
+        .publish("p", Message::text("still here"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut bystander).await, "still here");
+}
+
+#[tokio::test]
+async fn a_panicking_connect_hook_closes_its_connection_with_1011_and_on_disconnect_still_runs() {
+    let (builder, counts) = counting(Hub::builder());
+    let server = serve_hub(builder.build()).await;
+    let mut client = server.connect("bad").await;
+    assert_eq!(close_code_to_end(&mut client).await, Some(1011));
+    eventually("the connection ended and on_disconnect ran", || {
+        *counts.lock().unwrap() == (1, 1) && server.hub.stats().connections == 0
+    })
+    .await;
+    assert_eq!(server.hub.room_size("bad"), 0);
+    assert_eq!(server.hub.stats().hook_panics, 1);
+    let mut good = server.connect("good").await;
+    wait_members(&server.hub, "good", 1).await;
+    server
+        .hub
+        .publish("good", Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut good).await, "hi");
+}

@@ -168,3 +168,76 @@ async fn the_http_server_stops_after_hub_shutdown_via_shutdown_started() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
+
+/// An extension the hub keeps for hooks, whose first clone starts `Hub::shutdown` on another
+/// thread: the hub clones kept extensions between its last shutdown check and spawning the
+/// connection's task, so this is a shutdown (a SIGTERM, say) landing in that window, made
+/// deterministic.
+struct ShutdownOnClone(std::sync::Arc<ShutdownProbe>);
+
+struct ShutdownProbe {
+    hub: Hub,
+    runtime: tokio::runtime::Handle,
+    /// `Hub::stats()` as `shutdown()` returned.
+    at_return: std::sync::Mutex<Option<tower_ws_hub::HubStats>>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Clone for ShutdownOnClone {
+    fn clone(&self) -> Self {
+        let probe = &self.0;
+        if probe.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let probe = std::sync::Arc::clone(probe);
+            std::thread::spawn(move || {
+                probe.runtime.block_on(probe.hub.shutdown());
+                *probe.at_return.lock().unwrap() = Some(probe.hub.stats());
+            });
+            // Let the shutdown raise its flag, close the connections it knows of and wait.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self(std::sync::Arc::clone(&self.0))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_return_before_an_upgrade_it_raced_with_is_closed() {
+    let hub = Hub::builder()
+        .keep_extension::<ShutdownOnClone>()
+        .close_timeout(Duration::from_millis(500))
+        .build();
+    let probe = std::sync::Arc::new(ShutdownProbe {
+        hub: hub.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        at_return: std::sync::Mutex::new(None),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let layer_probe = std::sync::Arc::clone(&probe);
+    let app = Router::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(axum::middleware::map_request(
+            move |mut request: axum::extract::Request| {
+                let extension = ShutdownOnClone(std::sync::Arc::clone(&layer_probe));
+                async move {
+                    request.extensions_mut().insert(extension);
+                    request
+                }
+            },
+        ));
+    let server = serve_router_forever(app, hub.clone()).await;
+    let response = Upgrade::new("/ws/late").send(server.addr).await;
+    // The shutdown began after the hub's last check: the upgrade went ahead.
+    assert_eq!(response.status, 101);
+
+    eventually("shutdown returned", || {
+        probe.at_return.lock().unwrap().is_some()
+    })
+    .await;
+    let at_return = probe.at_return.lock().unwrap().clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = hub.stats();
+    assert_eq!(
+        at_return.connections_opened, now.connections_opened,
+        "a connection opened after shutdown() returned: at return {at_return:?}, now {now:?}"
+    );
+    assert_eq!(at_return.connections, 0, "{at_return:?}");
+}

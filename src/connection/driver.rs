@@ -344,6 +344,10 @@ where
                 ),
                 false,
             ),
+            CloseIntent::InternalError => self.begin_close(
+                close_frame(close_code::INTERNAL_ERROR, "internal error"),
+                false,
+            ),
             CloseIntent::Shutdown => self.begin_close(
                 close_frame(close_code::GOING_AWAY, "server shutting down"),
                 true,
@@ -401,7 +405,15 @@ where
                 return;
             }
         }
-        match hub.hooks.inbound(self.context, message) {
+        let Ok(action) = hub.hooks.inbound(&hub.panic_sink(), self.context, message) else {
+            // Messages read before this one were accepted and still go out (`flush_forward`).
+            self.begin_close(
+                close_frame(close_code::INTERNAL_ERROR, "internal error"),
+                false,
+            );
+            return;
+        };
+        match action {
             // Fanned out with the rest of this poll's messages (`flush_forward`).
             InboundAction::Forward(message) => self.forward.push(message),
             InboundAction::Reply(message) => {

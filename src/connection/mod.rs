@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::hub::{ConnectionContext, Hub};
 use io::{Early, Socket};
-use queue::OutboundQueue;
+use queue::{CloseIntent, OutboundQueue};
 
 /// The TCP socket under hyper's `Upgraded`, with the bytes the server read past the request
 /// head, when the server is one we know: hyper-util's auto builder (`axum::serve`) wraps the
@@ -71,14 +71,24 @@ where
 {
     let queue = Arc::new(OutboundQueue::new(hub.queue_limits()));
     let membership = hub.join(&context, Arc::clone(&queue));
-    if let Some(hook) = &hub.inner().hooks.on_connect {
-        hook(&context);
+    // A panicking hook closes its connection with 1011; `on_disconnect` still runs.
+    if let Some(hook) = &hub.inner().hooks.on_connect
+        && hub
+            .inner()
+            .panic_sink()
+            .guard("on_connect", &context, || hook(&context))
+            .is_err()
+    {
+        queue.close(CloseIntent::InternalError);
     }
     tracing::debug!(id = %context.id(), room = context.room(), "tower-ws-hub: connection open");
     let end = driver::Driver::new(io, queue, &membership, &context).await;
     tracing::debug!(id = %context.id(), room = context.room(), ?end, "tower-ws-hub: connection closed");
     drop(membership);
     if let Some(hook) = &hub.inner().hooks.on_disconnect {
-        hook(&context);
+        let _ = hub
+            .inner()
+            .panic_sink()
+            .guard("on_disconnect", &context, || hook(&context));
     }
 }

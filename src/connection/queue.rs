@@ -23,6 +23,8 @@ pub(crate) enum CloseIntent {
     Shutdown,
     /// The queue overflowed under [`SlowConsumerPolicy::Disconnect`]: close now.
     SlowConsumer,
+    /// A hook panicked (`on_connect`): close now with 1011.
+    InternalError,
     /// The shutdown grace period is over: drop the socket.
     Abort,
 }
@@ -287,7 +289,10 @@ impl OutboundQueue {
             (None, _) => true,
             (Some(CloseIntent::Abort), _) => false,
             (Some(_), CloseIntent::Abort) => true,
-            (Some(CloseIntent::Shutdown), CloseIntent::SlowConsumer) => true,
+            (
+                Some(CloseIntent::Shutdown),
+                CloseIntent::SlowConsumer | CloseIntent::InternalError,
+            ) => true,
             (Some(_), _) => false,
         };
         if stronger {

@@ -78,6 +78,7 @@ pub(crate) struct HubInner {
     tasks: TaskTracker,
     drop_log: LogThrottle,
     upgrade_failure_log: LogThrottle,
+    hook_panic_log: LogThrottle,
 }
 
 impl Hub {
@@ -272,6 +273,10 @@ impl Hub {
     /// Starts a connection whose handshake passed every check: spawns its task (which waits
     /// for the server to hand the socket over) and returns the `101`/`200` response.
     pub(crate) fn start(&self, pending: PendingConnection) -> Result<Response<Bytes>, Rejection> {
+        // Counted by the task tracker from before the check to the spawn: a shutdown that
+        // begins in between waits for this connection too (whose join closes it with 1001)
+        // instead of returning while it is still to come.
+        let in_flight = self.inner.tasks.token();
         // Shutdown may have begun while an authorizer was deciding.
         if self.is_shutting_down() {
             return Err(shutting_down());
@@ -308,6 +313,8 @@ impl Hub {
                 }
             }
         });
+        // The task counts now.
+        drop(in_flight);
         Ok(response)
     }
 
@@ -357,6 +364,14 @@ impl Hub {
 }
 
 impl HubInner {
+    /// Where hook panics are counted and logged.
+    pub(crate) fn panic_sink(&self) -> hooks::PanicSink<'_> {
+        hooks::PanicSink {
+            counters: &self.counters,
+            log: &self.hook_panic_log,
+        }
+    }
+
     /// Local fan-out of the `messages` frames `frames` builds (only if someone receives them),
     /// plus bookkeeping. Never blocks.
     pub(crate) fn fan_out<F: AsRef<[Frames]>>(
@@ -798,13 +813,15 @@ impl HubBuilder {
         self
     }
 
-    /// Called once per connection after it joined its room.
+    /// Called once per connection after it joined its room. If it panics, the connection is
+    /// closed with 1011 and [`on_disconnect`](Self::on_disconnect) still runs.
     pub fn on_connect(mut self, hook: impl Fn(&ConnectionContext) + Send + Sync + 'static) -> Self {
         self.hooks.on_connect = Some(Arc::new(hook));
         self
     }
 
-    /// Called once per connection after it left its room, however it ended.
+    /// Called once per connection after it left its room, however it ended (a panicking hook
+    /// included).
     pub fn on_disconnect(
         mut self,
         hook: impl Fn(&ConnectionContext) + Send + Sync + 'static,
@@ -815,7 +832,9 @@ impl HubBuilder {
 
     /// Called for every data message a client sends, before it reaches the room: forward it
     /// (as is or transformed), reply to the sender only, or drop it. Runs on the connection's
-    /// task, in order, so it must not block; the default forwards everything unchanged.
+    /// task, in order, so it must not block; the default forwards everything unchanged. If it
+    /// panics, the connection is closed with 1011 (what the client sent before still reaches
+    /// the room), counted in [`HubStats::hook_panics`] and logged.
     ///
     /// Messages a client sends in a burst are read together: the hook runs for each of them,
     /// then the forwarded ones go to the room as one batch (a reply is queued after the
@@ -855,6 +874,7 @@ impl HubBuilder {
                 tasks: TaskTracker::new(),
                 drop_log: LogThrottle::per_second(),
                 upgrade_failure_log: LogThrottle::per_second(),
+                hook_panic_log: LogThrottle::per_second(),
             }),
         }
     }

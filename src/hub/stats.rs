@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub(crate) pong_timeouts: AtomicU64,
     pub(crate) rate_limit_closes: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) hook_panics: AtomicU64,
 }
 
 impl Counters {
@@ -68,6 +69,9 @@ pub struct HubStats {
     pub rate_limit_closes: u64,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: u64,
+    /// Hook calls that panicked (each closes its connection with 1011; `on_disconnect` still
+    /// runs).
+    pub hook_panics: u64,
 }
 
 impl Counters {
@@ -94,6 +98,7 @@ impl Counters {
             pong_timeouts: get(&self.pong_timeouts),
             rate_limit_closes: get(&self.rate_limit_closes),
             idle_timeouts: get(&self.idle_timeouts),
+            hook_panics: get(&self.hook_panics),
         }
     }
 }
