@@ -144,6 +144,7 @@ impl RunBuilder {
     }
 
     /// `true` when nothing was added since it was built.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.count == 0 && self.runs.is_empty()
     }
