@@ -67,6 +67,21 @@ fn envelope_by_hand(kind: u8, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Makes `redis` answer nobody for a second (`DEBUG SLEEP 1`), from 50 ms after this returns;
+/// the task ends with the stall.
+async fn stall_redis_for_a_second(redis: &RedisServer) -> tokio::task::JoinHandle<()> {
+    let mut plain = redis.connection().await;
+    let sleeper = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async(&mut plain)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sleeper
+}
+
 #[tokio::test]
 async fn a_message_sent_on_one_instance_reaches_members_on_the_other() {
     let redis = RedisServer::start().await;
@@ -396,15 +411,7 @@ async fn when_redis_is_too_slow_publishes_fail_fast_and_are_counted() {
     wait_subscribed(&a.hub, 1).await;
 
     // Redis stops answering anyone for a second (a stand-in for an overloaded server).
-    let mut plain = redis.connection().await;
-    let sleeper = tokio::spawn(async move {
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1)
-            .query_async(&mut plain)
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sleeper = stall_redis_for_a_second(&redis).await;
     let mut refused = 0;
     for i in 0..50 {
         match a.hub.publish("r", Message::text(i.to_string())).await {
@@ -649,20 +656,25 @@ async fn instance_behind_starving_proxy(
     instance(Hub::builder(), config).await
 }
 
-#[tokio::test]
-async fn a_stray_number_on_a_probe_channel_does_not_hide_a_starved_connection() {
+/// A throwaway Redis, a starving proxy, and instance B behind it with one client in room `r`,
+/// everything subscribed.
+async fn member_behind_starving_proxy(
+    interval: Duration,
+    timeout: Duration,
+) -> (RedisServer, StarvingProxy, Server, Client) {
     let redis = RedisServer::start().await;
     let proxy = StarvingProxy::start(redis.addr()).await;
-    let b = instance_behind_starving_proxy(
-        &redis,
-        &proxy,
-        Duration::from_millis(100),
-        Duration::from_millis(400),
-    )
-    .await;
-    let mut cb = b.connect("r").await;
+    let b = instance_behind_starving_proxy(&redis, &proxy, interval, timeout).await;
+    let client = b.connect("r").await;
     wait_members(&b.hub, "r", 1).await;
     wait_subscribed(&b.hub, 1).await;
+    (redis, proxy, b, client)
+}
+
+#[tokio::test]
+async fn a_stray_number_on_a_probe_channel_does_not_hide_a_starved_connection() {
+    let (redis, proxy, b, mut cb) =
+        member_behind_starving_proxy(Duration::from_millis(100), Duration::from_millis(400)).await;
     eventually("a probe came back", || {
         b.hub.broker_status().last_probe_age.is_some()
     })
@@ -703,20 +715,10 @@ async fn a_stray_number_on_a_probe_channel_does_not_hide_a_starved_connection() 
 
 #[tokio::test]
 async fn a_subscriber_connection_overdue_on_its_probe_is_not_reported_connected() {
-    let redis = RedisServer::start().await;
-    let proxy = StarvingProxy::start(redis.addr()).await;
     // The connection is replaced only at the probe tick after the timeout: here up to 1.3 s
     // during which it is known to be overdue.
-    let b = instance_behind_starving_proxy(
-        &redis,
-        &proxy,
-        Duration::from_millis(1500),
-        Duration::from_millis(200),
-    )
-    .await;
-    let _cb = b.connect("r").await;
-    wait_members(&b.hub, "r", 1).await;
-    wait_subscribed(&b.hub, 1).await;
+    let (_redis, proxy, b, _cb) =
+        member_behind_starving_proxy(Duration::from_millis(1500), Duration::from_millis(200)).await;
 
     proxy.starve_open_connections();
     // Still connected and the publisher up, but a probe is overdue: not ready.
@@ -751,15 +753,7 @@ async fn operation_timeout_is_the_only_limit_on_a_slow_redis() {
 
     // Redis stalls for a second (a slow script, a fork on a large dataset): well within the
     // 3 s allowed, but longer than redis-rs's own default reply timeout (500 ms).
-    let mut plain = redis.connection().await;
-    let sleeper = tokio::spawn(async move {
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1)
-            .query_async(&mut plain)
-            .await;
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sleeper = stall_redis_for_a_second(&redis).await;
     a.hub.publish("r", Message::text("slow")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(650)).await;
     let during = a.hub.publish("r", Message::text("still in time")).await;
