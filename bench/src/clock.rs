@@ -16,5 +16,10 @@ pub fn epoch() -> Instant {
 
 /// Nanoseconds since [`epoch`].
 pub fn now_ns() -> u64 {
-    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    ns_at(Instant::now())
+}
+
+/// `instant` as nanoseconds since [`epoch`] (0 for an instant before it).
+pub fn ns_at(instant: Instant) -> u64 {
+    u64::try_from(instant.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }

@@ -12,8 +12,9 @@
 //!   is split into a sender task (broadcast receiver → one `send` per message) and a receiver
 //!   task (socket → broadcast); a client's own messages are skipped by comparing the client id
 //!   carried alongside each message. A lagging receiver skips what it missed and continues.
-//! - `--redis URL`: every message a client sends is also `PUBLISH`ed to `{prefix}:{room}`
-//!   through one multiplexed connection (which pipelines concurrent publishes); one
+//! - `--redis URL`: every message a client sends goes to the local room first, then is
+//!   `PUBLISH`ed to `{prefix}:{room}` (awaited before the client's next message is read, which
+//!   keeps its messages in order) through one multiplexed connection shared by all clients; one
 //!   `PSUBSCRIBE {prefix}:*` connection feeds what other instances publish into the local
 //!   rooms. Messages carry the publishing instance's id so that an instance ignores its own.
 //! - `GET /healthz`, `GET /stats` (VmRSS, VmHWM, open connections), `--workers`, `--nodelay`,
@@ -149,10 +150,15 @@ async fn handle_socket(socket: WebSocket, room: String, state: AppState) {
         while let Some(Ok(message)) = receiver.next().await {
             match message {
                 Message::Text(_) | Message::Binary(_) => {
+                    // Local members first: they need not wait for Redis. Awaiting the PUBLISH
+                    // before reading on keeps this client's messages in order across instances.
+                    let _ = tx.send(Envelope {
+                        from: id,
+                        message: message.clone(),
+                    });
                     if let Some(redis) = &publisher {
                         redis.publish(&room_name, &message).await;
                     }
-                    let _ = tx.send(Envelope { from: id, message });
                 }
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) => {}

@@ -16,7 +16,8 @@
 //! 5. **Load.** Burst: each publisher sends its messages as fast as its socket takes them,
 //!    round-robin over its streams. Rate: each publisher sends `rate` messages per second on a
 //!    fixed schedule for `duration`. Each payload carries stream id, sequence number and send
-//!    time (see [`crate::payload`]).
+//!    time (see [`crate::payload`]); in rate mode the send time is when the message was due,
+//!    so that a publisher running late adds to the latency instead of hiding it.
 //! 6. **Drain** until every expected delivery arrived, or nothing arrived for `drain_timeout`.
 //!
 //! Latency is receive time minus send time on the process-wide monotonic clock, recorded in an
@@ -36,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::receiver::Receiver;
 use super::{Client, connect, room_name, room_url};
-use crate::clock::now_ns;
+use crate::clock::{now_ns, ns_at};
 use crate::payload::{Header, Kind};
 use crate::report::{Figures, round};
 use crate::server_stats::{self, ServerStats};
@@ -220,7 +221,8 @@ pub struct Report {
     pub sends_per_s: f64,
     /// Milliseconds from the last send to the last delivery.
     pub tail_after_last_send_ms: f64,
-    /// Rate mode: furthest a publisher fell behind its schedule, ms.
+    /// Rate mode: furthest a publisher fell behind its schedule, ms (latency counts from the
+    /// schedule, so this lag is inside the latency figures).
     pub max_publisher_lag_ms: f64,
     /// CPU time the load generator used from the start of the load to the end of the drain, ms.
     /// Close to `duration_s` means the load generator, not the server, was the bottleneck.
@@ -662,19 +664,23 @@ async fn publisher(
     let start = Instant::now();
     let streams = outcome.sinks.len();
     for i in 0..total {
-        if let Some(period) = period {
-            let due = start + period.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                tokio::time::sleep_until(due.into()).await;
-            } else {
-                let lag = u64::try_from((now - due).as_nanos()).unwrap_or(u64::MAX);
-                outcome.max_lag_ns = outcome.max_lag_ns.max(lag);
+        // Rate mode measures from when each message was due, not from when this task got round
+        // to sending it: a publisher woken late (the load generator is busy reading) must not
+        // hide that wait from the latency (coordinated omission).
+        let sent_ns = match period {
+            Some(period) => {
+                let due = start + period.mul_f64(i as f64);
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let due_ns = ns_at(due);
+                outcome.max_lag_ns = outcome.max_lag_ns.max(now_ns().saturating_sub(due_ns));
+                due_ns
             }
-        }
+            None => now_ns(),
+        };
         let k = (i % streams as u64) as usize;
         let (stream, seq) = outcome.sent[k];
-        let sent_ns = now_ns();
         let header = Header {
             kind: Kind::Data,
             stream,
@@ -693,6 +699,24 @@ async fn publisher(
         outcome.last_send_ns = Some(sent_ns);
     }
     outcome
+}
+
+/// A runtime owned by an async function: shut down in the background when dropped (a runtime
+/// cannot be dropped, blocking, inside another).
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 async fn wait_until(mut done: impl FnMut() -> bool, timeout: Duration) -> bool {
@@ -777,7 +801,20 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         return Err(format!("no subscriber could connect: {error}"));
     }
 
-    // 2. Publishers.
+    // 2. Publishers. In rate mode they keep their schedule on a thread of their own, so that
+    // the subscribers' reads on this one do not make them late (their lateness would count in
+    // the latency, see `publisher`).
+    let publisher_runtime = match opts.rate {
+        Some(_) => Some(BackgroundRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("loadgen-publishers")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("publisher runtime: {e}"))?,
+        ))),
+        None => None,
+    };
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut publishers = Vec::with_capacity(opts.publishers);
     for p in 0..opts.publishers {
@@ -798,12 +835,16 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             rate: opts.rate,
             duration: opts.duration,
         };
-        publishers.push(tokio::spawn(publisher(
+        let task = publisher(
             plan,
             Arc::clone(&shared),
             Arc::clone(&gate),
             phase_rx.clone(),
-        )));
+        );
+        publishers.push(match &publisher_runtime {
+            Some(runtime) => runtime.handle().spawn(task),
+            None => tokio::spawn(task),
+        });
     }
     let s = Arc::clone(&shared);
     wait_until(
@@ -1053,6 +1094,15 @@ fn figures(report: &Report) -> Figures {
     f.push("lost", report.lost as f64);
     f.push("duplicated", report.duplicated as f64);
     f.push("out_of_order", report.out_of_order as f64);
+    // A run that measured fewer clients than asked for must show in the table.
+    f.push(
+        "subscribers_missing",
+        (report.subscribers - report.subscribers_connected + report.subscribers_disconnected)
+            as f64,
+    );
+    if report.rate.is_some() {
+        f.push("max_publisher_lag_ms", report.max_publisher_lag_ms);
+    }
     if let Some(cpu) = report.server_cpu_ms {
         f.push("server_cpu_ms", cpu as f64);
     }
