@@ -313,13 +313,16 @@ where
     }
 
     /// Starts the close handshake (once): `frame` goes out after the queued data if `drain`,
-    /// at once otherwise.
-    fn begin_close(&mut self, frame: CloseFrame, drain: bool) {
+    /// at once otherwise. Returns how many data frames it discarded (taken for the wire, not
+    /// started).
+    fn begin_close(&mut self, frame: CloseFrame, drain: bool) -> usize {
         if !matches!(self.phase, Phase::Open) {
-            return;
+            return 0;
         }
+        let mut discarded_frames = 0;
         if !drain {
             let discarded = self.wire.discard_unstarted_data();
+            discarded_frames = discarded.frames;
             self.release(discarded);
         }
         let config = self.config();
@@ -331,27 +334,37 @@ where
             };
         self.timer.as_mut().reset(Instant::now() + deadline);
         self.phase = Phase::Closing { frame, drain };
+        discarded_frames
     }
 
     fn on_close_intent(&mut self, intent: CloseIntent) {
         match intent {
             // Handled by the caller: nothing more is written.
             CloseIntent::Abort => {}
-            CloseIntent::SlowConsumer => self.begin_close(
-                close_frame(
-                    close_code::SLOW_CONSUMER,
-                    "slow consumer: outbound queue full",
-                ),
-                false,
-            ),
-            CloseIntent::InternalError => self.begin_close(
-                close_frame(close_code::INTERNAL_ERROR, "internal error"),
-                false,
-            ),
-            CloseIntent::Shutdown => self.begin_close(
-                close_frame(close_code::GOING_AWAY, "server shutting down"),
-                true,
-            ),
+            CloseIntent::SlowConsumer => {
+                let discarded = self.begin_close(
+                    close_frame(
+                        close_code::SLOW_CONSUMER,
+                        "slow consumer: outbound queue full",
+                    ),
+                    false,
+                );
+                // Taken for the wire but never started: dropped with the queue (which counted
+                // what it still held).
+                Counters::add(&self.counters().dropped_messages, discarded as u64);
+            }
+            CloseIntent::InternalError => {
+                self.begin_close(
+                    close_frame(close_code::INTERNAL_ERROR, "internal error"),
+                    false,
+                );
+            }
+            CloseIntent::Shutdown => {
+                self.begin_close(
+                    close_frame(close_code::GOING_AWAY, "server shutting down"),
+                    true,
+                );
+            }
         }
     }
 

@@ -39,8 +39,9 @@ pub(crate) enum PushOutcome {
     /// Not queued: the queue is full ([`SlowConsumerPolicy::DropNewest`]), or this one message is
     /// larger than the whole byte budget.
     Dropped,
-    /// Not queued: the queue overflowed and the connection is now being disconnected.
-    Disconnecting,
+    /// Not queued: the queue overflowed and the connection is now being disconnected; the
+    /// messages still queued for it (this many) are discarded with it.
+    Disconnecting(usize),
     /// Not queued: the connection is already closing.
     Closed,
 }
@@ -153,7 +154,7 @@ impl OutboundQueue {
                         wake |= was_empty;
                     }
                     PushOutcome::Dropped => {}
-                    PushOutcome::Disconnecting => {
+                    PushOutcome::Disconnecting(_) => {
                         wake = true;
                         break 'runs;
                     }
@@ -183,8 +184,9 @@ impl OutboundQueue {
             match self.limits.policy {
                 SlowConsumerPolicy::Disconnect => {
                     state.close = Some(CloseIntent::SlowConsumer);
+                    let discarded = state.queued_messages;
                     state.clear_queued();
-                    return PushOutcome::Disconnecting;
+                    return PushOutcome::Disconnecting(discarded);
                 }
                 SlowConsumerPolicy::DropNewest => return PushOutcome::Dropped,
                 SlowConsumerPolicy::DropOldest => {
@@ -408,7 +410,7 @@ mod tests {
         let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
         assert_eq!(q.push(text("a")), PushOutcome::Queued);
         assert_eq!(q.push(text("b")), PushOutcome::Queued);
-        assert_eq!(q.push(text("c")), PushOutcome::Disconnecting);
+        assert_eq!(q.push(text("c")), PushOutcome::Disconnecting(2));
         assert_eq!(q.close_intent(), Some(CloseIntent::SlowConsumer));
         assert_eq!(q.push(text("d")), PushOutcome::Closed);
         assert!(drain(&q).is_empty());
@@ -547,7 +549,7 @@ mod tests {
             [
                 (PushOutcome::Queued, 1),
                 (PushOutcome::Queued, 1),
-                (PushOutcome::Disconnecting, 1)
+                (PushOutcome::Disconnecting(2), 1)
             ]
         );
         assert_eq!(q.close_intent(), Some(CloseIntent::SlowConsumer));

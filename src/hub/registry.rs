@@ -55,8 +55,9 @@ impl FanOut {
                 self.dropped += n as u64;
             }
             PushOutcome::Dropped => self.dropped += frames,
-            PushOutcome::Disconnecting => {
-                self.dropped += frames;
+            PushOutcome::Disconnecting(discarded) => {
+                // The new message, and those still queued for the connection it closes.
+                self.dropped += frames + discarded as u64;
                 self.disconnected += 1;
             }
             PushOutcome::Closed => {}
@@ -275,7 +276,9 @@ mod tests {
             result,
             FanOut {
                 queued: 8,
-                dropped: 1,
+                // The overflowing message and the 8 queued ones the disconnect discards; the
+                // rest of the batch is for a closing connection.
+                dropped: 9,
                 disconnected: 1
             }
         );

@@ -57,7 +57,10 @@ pub struct HubStats {
     /// Messages queued for local receivers (one per receiver), replies of the message hook
     /// included.
     pub deliveries: u64,
-    /// Messages dropped because a receiver's outbound queue was full.
+    /// Messages dropped because a receiver's outbound queue was full: the newest or the oldest
+    /// ones, by policy, and under `Disconnect` the new message with every message still queued
+    /// for the receiver it disconnects. (Dropped messages were counted in `deliveries` when
+    /// they were queued.)
     pub dropped_messages: u64,
     /// Connections closed because they did not keep up.
     pub slow_consumer_disconnects: u64,
