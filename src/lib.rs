@@ -58,6 +58,7 @@ mod message;
 mod origin;
 mod rejection;
 mod route;
+mod sync;
 
 pub use authorize::{Authorization, AuthorizationFuture, RoomAuthorizer};
 #[cfg(feature = "redis")]

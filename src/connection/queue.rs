@@ -7,7 +7,7 @@
 //! [`SlowConsumerPolicy`].
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
@@ -98,7 +98,7 @@ impl OutboundQueue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The critical sections below cannot panic half-way; a poisoned lock still holds a
         // consistent queue.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Registers the connection task to be woken by pushes and close requests.

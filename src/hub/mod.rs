@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use crate::log_throttle::LogThrottle;
 use crate::message::Message;
 use crate::rejection::Rejection;
 use crate::route::validate_room_name;
+use crate::sync::lock;
 
 pub use context::{ConnectionContext, ConnectionId};
 pub use hooks::InboundAction;
@@ -36,10 +37,6 @@ pub use stats::HubStats;
 use hooks::Hooks;
 use registry::{FanOut, Member, Room, RoomRegistry};
 use stats::Counters;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A cloneable handle to a hub of WebSocket rooms.
 ///

@@ -5,19 +5,12 @@
 //! burst in one room never stalls another and a slow client never stalls a room.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use crate::connection::frames::Frames;
 use crate::connection::queue::{OutboundQueue, PushOutcome};
 use crate::hub::context::ConnectionId;
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::{read, write};
 
 /// A room member: its id and the queue its writer drains.
 #[derive(Debug, Clone)]
