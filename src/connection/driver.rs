@@ -418,7 +418,7 @@ where
                 return;
             }
         }
-        let Ok(action) = hub.hooks.inbound(&hub.panic_sink(), self.context, message) else {
+        let Ok(action) = hub.inbound(self.context, message) else {
             // Messages read before this one were accepted and still go out (`flush_forward`).
             self.begin_close(
                 close_frame(close_code::INTERNAL_ERROR, "internal error"),

@@ -75,8 +75,7 @@ where
     if let Some(hook) = &hub.inner().hooks.on_connect
         && hub
             .inner()
-            .panic_sink()
-            .guard("on_connect", &context, || hook(&context))
+            .guard_hook("on_connect", &context, || hook(&context))
             .is_err()
     {
         queue.close(CloseIntent::InternalError);
@@ -88,7 +87,6 @@ where
     if let Some(hook) = &hub.inner().hooks.on_disconnect {
         let _ = hub
             .inner()
-            .panic_sink()
-            .guard("on_disconnect", &context, || hook(&context));
+            .guard_hook("on_disconnect", &context, || hook(&context));
     }
 }

@@ -361,11 +361,36 @@ impl Hub {
 }
 
 impl HubInner {
-    /// Where hook panics are counted and logged.
-    pub(crate) fn panic_sink(&self) -> hooks::PanicSink<'_> {
-        hooks::PanicSink {
-            counters: &self.counters,
-            log: &self.hook_panic_log,
+    /// Runs `call`, the application hook named `hook`, catching a panic (counted, and logged
+    /// at most once a second): a hook's bug must end its own connection (with 1011), not skip
+    /// the rest of the connection's bookkeeping (`on_disconnect`, the close handshake).
+    pub(crate) fn guard_hook<T>(
+        &self,
+        hook: &'static str,
+        context: &ConnectionContext,
+        call: impl FnOnce() -> T,
+    ) -> Result<T, hooks::HookPanicked> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|payload| {
+            let total = self.counters.hook_panics.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(suppressed) = self.hook_panic_log.allow() {
+                tracing::error!(id = %context.id(), room = context.room(), hook,
+                    panic = hooks::panic_message(&*payload), similar_events_suppressed = suppressed,
+                    total_hook_panics = total,
+                    "tower-ws-hub: a hook panicked; its connection is closed with 1011");
+            }
+            hooks::HookPanicked
+        })
+    }
+
+    /// The message hook's decision for `message` (forward unchanged without a hook).
+    pub(crate) fn inbound(
+        &self,
+        context: &ConnectionContext,
+        message: Message,
+    ) -> Result<InboundAction, hooks::HookPanicked> {
+        match &self.hooks.on_message {
+            Some(hook) => self.guard_hook("on_message", context, || hook(context, message)),
+            None => Ok(InboundAction::Forward(message)),
         }
     }
 
