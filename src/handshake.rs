@@ -198,11 +198,9 @@ impl Handshake {
                     return Err(HandshakeError::MissingUpgradeWebSocket);
                 }
                 check_version(headers)?;
-                let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
-                let key = keys.next().ok_or(HandshakeError::MissingKey)?;
-                if keys.next().is_some() {
-                    return Err(HandshakeError::DuplicateKey);
-                }
+                let key = sole_value(headers, &header::SEC_WEBSOCKET_KEY)
+                    .map_err(|Repeated| HandshakeError::DuplicateKey)?
+                    .ok_or(HandshakeError::MissingKey)?;
                 if !is_valid_key(key.as_bytes()) {
                     return Err(HandshakeError::InvalidKey);
                 }
@@ -243,14 +241,26 @@ impl Handshake {
 
 /// Exactly one `Sec-WebSocket-Version`, and it is `13` (RFC 6455 §4.2.1, §11.3.5).
 fn check_version(headers: &HeaderMap) -> Result<(), HandshakeError> {
-    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(version), None)
-            if version.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() =>
-        {
+    match sole_value(headers, &header::SEC_WEBSOCKET_VERSION) {
+        Ok(Some(version)) if version.as_bytes().trim_ascii() == WEBSOCKET_VERSION.as_bytes() => {
             Ok(())
         }
         _ => Err(HandshakeError::UnsupportedVersion),
+    }
+}
+
+/// A header that appears more than once where RFC 6455 allows it once.
+struct Repeated;
+
+/// The value of `name`, which must not be repeated (`Ok(None)` when absent).
+fn sole_value<'a>(
+    headers: &'a HeaderMap,
+    name: &header::HeaderName,
+) -> Result<Option<&'a HeaderValue>, Repeated> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (value, None) => Ok(value),
+        (_, Some(_)) => Err(Repeated),
     }
 }
 

@@ -420,10 +420,7 @@ where
         }
         let Ok(action) = hub.inbound(self.context, message) else {
             // Messages read before this one were accepted and still go out (`flush_forward`).
-            self.begin_close(
-                close_frame(close_code::INTERNAL_ERROR, "internal error"),
-                false,
-            );
+            self.on_close_intent(CloseIntent::InternalError);
             return;
         };
         match action {
