@@ -29,6 +29,9 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time [`Hub::shutdown`](crate::Hub::shutdown) waits for connections to drain: 10 s.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default shortest time between two writes of data to one connection: 4 ms
+/// ([`HubBuilder::write_interval`](crate::HubBuilder::write_interval)).
+pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_millis(4);
 
 /// What to do when a client does not read fast enough and its outbound queue is full.
 ///
@@ -74,6 +77,7 @@ pub(crate) struct HubConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) upgrade_timeout: Duration,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) write_interval: Duration,
 }
 
 /// A token-bucket rate.
@@ -105,6 +109,7 @@ impl Default for HubConfig {
             idle_timeout: None,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             tcp_nodelay: true,
+            write_interval: DEFAULT_WRITE_INTERVAL,
         }
     }
 }

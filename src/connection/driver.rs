@@ -6,8 +6,10 @@
 //! frames come from tungstenite, and one vectored write sends as many as the socket takes.
 //!
 //! Each `poll` does, in order:
-//! 1. take everything the outbound queue holds (and any close request from the hub);
-//! 2. the timer: heartbeat ping, pong timeout, idle timeout, or close deadline;
+//! 1. take everything the outbound queue holds (and any close request from the hub), unless
+//!    the last write of data was less than `write_interval` ago;
+//! 2. the timer: heartbeat ping, pong timeout, idle timeout, the end of the write interval,
+//!    or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
 //!    thread), running the message hook and the fan-out for each data message;
 //! 4. send our close frame when due, then write the wire.
@@ -154,11 +156,17 @@ pub(crate) struct Driver<'a, S> {
     /// The queue still held messages after the last take (it hands over half its budget at a
     /// time): take again once the wire is written.
     more_queued: bool,
+    /// Data may be taken from the queue again from this instant (`HubConfig::write_interval`
+    /// after the last take that found any); `None`: at once. A message from the client lifts
+    /// it: a client waiting for an answer does not wait for the interval.
+    next_take: Option<Instant>,
+    /// Queued data is waiting for `next_take`; the timer fires then.
+    take_waiting: bool,
     queue: Arc<OutboundQueue>,
     membership: &'a Membership,
     context: &'a ConnectionContext,
-    /// Fires at the earliest of the heartbeat event and the idle deadline, or at the close
-    /// deadline once closing.
+    /// Fires at the earliest of the heartbeat event, the idle deadline and a held-back take
+    /// (`take_waiting`), or at the close deadline once closing.
     timer: Pin<Box<Sleep>>,
     heartbeat: Heartbeat,
     heartbeat_at: Instant,
@@ -278,6 +286,8 @@ where
             taken: VecDeque::new(),
             forward: Vec::new(),
             more_queued: false,
+            next_take: None,
+            take_waiting: false,
             queue,
             membership,
             context,
@@ -368,11 +378,49 @@ where
         }
     }
 
+    /// Whether queued data waits for `next_take` (`HubConfig::write_interval`), so that what
+    /// arrives meanwhile goes out in the same write; if so, the timer fires then. Nothing is
+    /// held back while closing, while the wire is still being written, while a backlog is
+    /// being worked through (`more_queued`), or when the hub asks for a close.
+    fn holds_back(&mut self) -> bool {
+        let Some(next_take) = self.next_take else {
+            return false;
+        };
+        if !matches!(self.phase, Phase::Open) || self.more_queued || self.wire.has_data() {
+            return false;
+        }
+        if Instant::now() >= next_take {
+            self.next_take = None;
+            return false;
+        }
+        // With nothing queued there is nothing to wait for: the next push wakes this task.
+        let (queued, close) = self.queue.peek();
+        if !queued || close.is_some() {
+            return false;
+        }
+        if !self.take_waiting {
+            self.take_waiting = true;
+            if next_take < self.timer.deadline() {
+                self.timer.as_mut().reset(next_take);
+            }
+        }
+        true
+    }
+
     /// Moves what the queue hands over onto the wire (or drops all of it, when no data may go
-    /// out). The queue hands the writer at most half its budget at a time; see `more_queued`.
+    /// out), unless [`holds_back`](Self::holds_back). The queue hands the writer at most half
+    /// its budget at a time; see `more_queued`.
     fn take_queued(&mut self) -> Option<CloseIntent> {
+        if self.holds_back() {
+            return None;
+        }
+        self.take_waiting = false;
         let intent = if self.sends_data() {
             let taken = self.queue.take(&mut self.taken);
+            let interval = self.config().write_interval;
+            if !interval.is_zero() && !self.taken.is_empty() {
+                self.next_take = Some(Instant::now() + interval);
+            }
             for frames in self.taken.drain(..) {
                 self.wire.push_data(frames);
             }
@@ -392,6 +440,17 @@ where
         intent
     }
 
+    /// Takes what is queued and acts on the hub's close request, if any; ready when the
+    /// connection must end at once.
+    fn poll_take(&mut self) -> Poll<End> {
+        match self.take_queued() {
+            Some(CloseIntent::Abort) => return Poll::Ready(End::Aborted),
+            Some(intent) => self.on_close_intent(intent),
+            None => {}
+        }
+        Poll::Pending
+    }
+
     /// Moves what tungstenite wrote (pong answers, close frames) onto the wire.
     fn take_control(&mut self) {
         if !self.control.is_empty() {
@@ -401,6 +460,8 @@ where
 
     /// One data message from the client: rate limit, hook, then fan-out or reply.
     fn on_message(&mut self, message: Message) {
+        // An answer to this message (a reply, an echo, the room's response) is not held back.
+        self.next_take = None;
         let hub = self.membership.hub().inner();
         Counters::incr(&hub.counters.messages_received);
         if self.rate.is_some() || hub.config.idle_timeout.is_some() {
@@ -478,12 +539,18 @@ where
         Poll::Pending
     }
 
-    /// Points the timer at the next heartbeat event or idle deadline, whichever comes first.
+    /// Points the timer at the next heartbeat event, idle deadline or held-back take,
+    /// whichever comes first.
     fn rearm_timer(&mut self) {
-        let at = match self.config().idle_timeout {
+        let mut at = match self.config().idle_timeout {
             Some(idle) => self.heartbeat_at.min(self.last_data + idle),
             None => self.heartbeat_at,
         };
+        if self.take_waiting
+            && let Some(next_take) = self.next_take
+        {
+            at = at.min(next_take);
+        }
         self.timer.as_mut().reset(at);
     }
 
@@ -635,15 +702,21 @@ where
         let this = &mut *self;
         // Register before looking at the queue, so that a push between the two is not missed.
         this.queue.register(cx.waker());
-        match this.take_queued() {
-            Some(CloseIntent::Abort) => return Poll::Ready(End::Aborted),
-            Some(intent) => this.on_close_intent(intent),
-            None => {}
+        if let Poll::Ready(end) = this.poll_take() {
+            return Poll::Ready(end);
         }
         if let Poll::Ready(end) = this.poll_timer(cx) {
             return Poll::Ready(end);
         }
         if let Poll::Ready(end) = this.poll_read(cx) {
+            return Poll::Ready(end);
+        }
+        // A message from the client lifted the write interval's hold: what waited goes out in
+        // this poll's write.
+        if this.take_waiting
+            && this.next_take.is_none()
+            && let Poll::Ready(end) = this.poll_take()
+        {
             return Poll::Ready(end);
         }
         // Reading may have started a close (protocol error, rate limit); a reply it queued woke

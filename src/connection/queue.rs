@@ -307,6 +307,12 @@ impl OutboundQueue {
         self.waker.wake();
     }
 
+    /// Whether anything is queued, and the close intent, if any.
+    pub(crate) fn peek(&self) -> (bool, Option<CloseIntent>) {
+        let state = self.lock();
+        (!state.queued.is_empty(), state.close)
+    }
+
     /// The close intent, if any.
     #[cfg(test)]
     pub(crate) fn close_intent(&self) -> Option<CloseIntent> {

@@ -51,6 +51,10 @@ struct Args {
     /// experiments: it is a slice of hyper's read buffer, which it keeps alive).
     #[arg(long)]
     strip_original_uri: bool,
+    /// Override `HubBuilder::write_interval`, in microseconds (0 turns it off; for
+    /// experiments; default: the hub's default).
+    #[arg(long)]
+    write_interval_us: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,9 @@ fn main() -> ExitCode {
             let mut builder = Hub::builder();
             if let Some(bytes) = args.read_buffer_size {
                 builder = builder.read_buffer_size(bytes);
+            }
+            if let Some(us) = args.write_interval_us {
+                builder = builder.write_interval(std::time::Duration::from_micros(us));
             }
             if args.no_request_headers {
                 builder = builder.keep_request_headers(false);

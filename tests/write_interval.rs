@@ -1,0 +1,230 @@
+//! `HubBuilder::write_interval`: data for a connection written less than the interval ago
+//! waits for the rest of it and goes out with whatever else arrives meanwhile. A message after
+//! a quiet spell goes out at once; control frames, a close and the rest of a backlog are never
+//! held back; held-back messages count against the outbound queue.
+//!
+//! The intervals here are seconds long so that "held back" and "not held back" are told apart
+//! by margins no loaded machine closes: each check waits well inside the interval.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tower_ws_hub::{Hub, Message, close_code};
+
+const ROOM: &str = "paced";
+/// Long enough that a check made right after a write finishes well inside it.
+const INTERVAL: Duration = Duration::from_secs(3);
+/// How long a held-back message must stay away (a third of [`INTERVAL`]).
+const HELD: Duration = Duration::from_secs(1);
+
+async fn setup(hub: Hub) -> (Server, Client) {
+    let server = serve_hub(hub).await;
+    let client = server.connect(ROOM).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    (server, client)
+}
+
+async fn publish(hub: &Hub, text: &str) {
+    assert_eq!(hub.publish(ROOM, Message::text(text)).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_message_right_after_a_write_waits_for_the_interval_and_order_holds() {
+    let (server, mut client) = setup(Hub::builder().write_interval(INTERVAL).build()).await;
+    // Nothing written yet: the first message goes out at once.
+    let start = Instant::now();
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    assert!(
+        start.elapsed() < INTERVAL,
+        "the first message was held back"
+    );
+
+    for text in ["second", "third", "fourth"] {
+        publish(&server.hub, text).await;
+    }
+    assert_silent(&mut client, HELD).await;
+    for text in ["second", "third", "fourth"] {
+        assert_eq!(next_text(&mut client).await, text);
+    }
+    assert_eq!(server.hub.stats().deliveries, 4);
+}
+
+#[tokio::test]
+async fn a_zero_interval_writes_every_message_at_once() {
+    let (server, mut client) = setup(Hub::builder().write_interval(Duration::ZERO).build()).await;
+    for text in ["first", "second", "third"] {
+        let start = Instant::now();
+        publish(&server.hub, text).await;
+        assert_eq!(next_text(&mut client).await, text);
+        // With the interval of the other tests this one would wait 3 s.
+        assert!(
+            start.elapsed() < INTERVAL / 2,
+            "{text} took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_message_after_a_quiet_spell_is_not_held_back() {
+    let (server, mut client) = setup(Hub::builder().write_interval(INTERVAL).build()).await;
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    tokio::time::sleep(INTERVAL + HELD / 2).await;
+    // The interval since the last write is over: the message goes out at once (a hub that
+    // delayed every message by the interval would take 3 s).
+    let start = Instant::now();
+    publish(&server.hub, "second").await;
+    assert_eq!(next_text(&mut client).await, "second");
+    assert!(
+        start.elapsed() < INTERVAL / 2,
+        "held back for {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn pongs_and_the_shutdown_close_are_not_held_back() {
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .shutdown_grace(Duration::from_secs(30))
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    publish(&server.hub, "held").await;
+
+    // A ping is answered while "held" still waits.
+    client
+        .send(WsMessage::Ping(b"are you there".as_slice().into()))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(PROMPTLY, client.next())
+        .await
+        .expect("no pong in time")
+        .expect("stream ended")
+        .expect("read error");
+    assert_eq!(frame, WsMessage::Pong(b"are you there".as_slice().into()));
+
+    // Shutting down writes what is queued, then the close frame, without waiting out the
+    // 60 s interval.
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    assert_eq!(next_text(&mut client).await, "held");
+    assert_eq!(close_code(&mut client).await, Some(close_code::GOING_AWAY));
+    drop(client);
+    tokio::time::timeout(PROMPTLY, shutdown)
+        .await
+        .expect("shutdown did not finish in time")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn held_back_messages_count_against_the_outbound_queue() {
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .outbound_queue(4, 1024 * 1024)
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    // Four fit in the queue while they wait; the fifth overflows it (the default policy
+    // disconnects), and the close is not held back.
+    for n in 0..4 {
+        publish(&server.hub, &format!("held {n}")).await;
+    }
+    assert_eq!(
+        server
+            .hub
+            .publish(ROOM, Message::text("overflow"))
+            .await
+            .unwrap(),
+        0,
+        "the overflowing message is not queued"
+    );
+    assert_eq!(
+        close_code(&mut client).await,
+        Some(close_code::SLOW_CONSUMER)
+    );
+    let stats = server.hub.stats();
+    assert_eq!(stats.slow_consumer_disconnects, 1);
+    assert_eq!(
+        stats.dropped_messages, 5,
+        "four queued and the overflowing one"
+    );
+}
+
+#[tokio::test]
+async fn a_backlog_goes_out_without_waiting_between_its_parts() {
+    // The writer takes at most half the queue (4 messages) at a time; the rest of a backlog
+    // must follow as soon as the socket takes it, not an interval later.
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(INTERVAL)
+            .outbound_queue(8, 1024 * 1024)
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    for n in 0..8 {
+        publish(&server.hub, &format!("backlog {n}")).await;
+    }
+    assert_eq!(next_text(&mut client).await, "backlog 0");
+    let after_first = Instant::now();
+    for n in 1..8 {
+        assert_eq!(next_text(&mut client).await, format!("backlog {n}"));
+    }
+    assert!(
+        after_first.elapsed() < INTERVAL / 2,
+        "the second half of the backlog waited {:?}",
+        after_first.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_answers_is_not_held_back() {
+    // Request and answer in lockstep: each echo comes right after the previous write, so held
+    // back it would wait out the 60 s interval. The client's message lifts the hold.
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .echo_to_sender(true)
+            .build(),
+    )
+    .await;
+    for n in 0..5 {
+        let text = format!("request {n}");
+        send_text(&mut client, &text).await;
+        assert_eq!(next_text(&mut client).await, text);
+    }
+    assert_eq!(server.hub.stats().deliveries, 5);
+}
+
+#[tokio::test]
+async fn a_message_from_the_client_releases_what_was_held_back() {
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    publish(&server.hub, "held").await;
+    assert_silent(&mut client, HELD).await;
+    // Nothing comes back for this message (the sender is excluded); it only shows the client
+    // is there and waiting.
+    send_text(&mut client, "anything new?").await;
+    assert_eq!(next_text(&mut client).await, "held");
+}
