@@ -162,6 +162,10 @@ pub(crate) struct Driver<'a, S> {
     next_take: Option<Instant>,
     /// Queued data is waiting for `next_take`; the timer fires then.
     take_waiting: bool,
+    /// Data frames taken for the wire and then discarded because the connection started
+    /// closing (for a reason other than the slow-consumer policy, which counts its own):
+    /// reported with the rest when the connection ends.
+    discarded: usize,
     queue: Arc<OutboundQueue>,
     membership: &'a Membership,
     context: &'a ConnectionContext,
@@ -288,6 +292,7 @@ where
             more_queued: false,
             next_take: None,
             take_waiting: false,
+            discarded: 0,
             queue,
             membership,
             context,
@@ -322,18 +327,22 @@ where
         }
     }
 
+    /// Data frames on the wire that are not started yet are dropped (a close must not wait
+    /// behind them): counted in `discarded`, released from the queue bounds.
+    fn discard_unstarted(&mut self) -> usize {
+        let discarded = self.wire.discard_unstarted_data();
+        self.release(discarded);
+        discarded.frames
+    }
+
     /// Starts the close handshake (once): `frame` goes out after the queued data if `drain`,
-    /// at once otherwise. Returns how many data frames it discarded (taken for the wire, not
-    /// started).
-    fn begin_close(&mut self, frame: CloseFrame, drain: bool) -> usize {
+    /// at once otherwise (what the wire holds and has not started is discarded).
+    fn begin_close(&mut self, frame: CloseFrame, drain: bool) {
         if !matches!(self.phase, Phase::Open) {
-            return 0;
+            return;
         }
-        let mut discarded_frames = 0;
         if !drain {
-            let discarded = self.wire.discard_unstarted_data();
-            discarded_frames = discarded.frames;
-            self.release(discarded);
+            self.discarded += self.discard_unstarted();
         }
         let config = self.config();
         let deadline = config.close_timeout
@@ -344,7 +353,6 @@ where
             };
         self.timer.as_mut().reset(Instant::now() + deadline);
         self.phase = Phase::Closing { frame, drain };
-        discarded_frames
     }
 
     fn on_close_intent(&mut self, intent: CloseIntent) {
@@ -352,16 +360,19 @@ where
             // Handled by the caller: nothing more is written.
             CloseIntent::Abort => {}
             CloseIntent::SlowConsumer => {
-                let discarded = self.begin_close(
+                if matches!(self.phase, Phase::Open) {
+                    // Taken for the wire but never started: dropped with the queue (which
+                    // counted what it still held).
+                    let dropped = self.discard_unstarted();
+                    Counters::add(&self.counters().dropped_messages, dropped as u64);
+                }
+                self.begin_close(
                     close_frame(
                         close_code::SLOW_CONSUMER,
                         "slow consumer: outbound queue full",
                     ),
                     false,
                 );
-                // Taken for the wire but never started: dropped with the queue (which counted
-                // what it still held).
-                Counters::add(&self.counters().dropped_messages, discarded as u64);
             }
             CloseIntent::InternalError => {
                 self.begin_close(
@@ -607,8 +618,7 @@ where
                     }
                     if matches!(self.phase, Phase::Open | Phase::Closing { .. }) {
                         // Our answer is on the wire; data queued after it must not follow.
-                        let discarded = self.wire.discard_unstarted_data();
-                        self.release(discarded);
+                        self.discarded += self.discard_unstarted();
                         self.phase = Phase::PeerClosed;
                     }
                 }
@@ -759,8 +769,17 @@ impl<S> Drop for Driver<'_, S> {
         // still reach the room.
         self.flush_forward();
         // Whatever was taken and never written no longer counts against the queue.
+        let unwritten =
+            self.wire.unwritten_data_frames() + self.taken.iter().map(Frames::count).sum::<usize>();
         let pending = self.wire.pending_data();
         self.queue.release(pending.frames, pending.bytes);
         self.queue.release_taken(&mut self.taken);
+        // Later pushes are refused (the connection is about to leave its room); everything
+        // that was queued for it and never written is counted once, here.
+        let discarded = self.discarded + unwritten + self.queue.end();
+        if discarded > 0 {
+            let counters = &self.membership.hub().inner().counters;
+            Counters::add(&counters.discarded_on_close, discarded as u64);
+        }
     }
 }

@@ -76,6 +76,10 @@ struct State {
     queued_messages: usize,
     queued_bytes: usize,
     close: Option<CloseIntent>,
+    /// Messages cleared from `queued` by a close request or the end of the connection (not by
+    /// the slow-consumer policy, whose pusher counts them as dropped): [`OutboundQueue::end`]
+    /// reports them.
+    discarded: usize,
 }
 
 /// A connection's outbound queue. See the [module docs](self).
@@ -262,8 +266,18 @@ impl OutboundQueue {
     /// intent, if any: for a connection that may send no more data.
     pub(crate) fn discard_queued(&self) -> Option<CloseIntent> {
         let mut state = self.lock();
-        state.clear_queued();
+        state.discard_queued();
         state.close
+    }
+
+    /// The connection has ended: refuses every later push (as closed), discards what is
+    /// queued, and returns how many messages this queue discarded since it was made, other
+    /// than by the slow-consumer policy (see `State::discarded`).
+    pub(crate) fn end(&self) -> usize {
+        let mut state = self.lock();
+        state.close = Some(CloseIntent::Abort);
+        state.discard_queued();
+        state.discarded
     }
 
     /// The writer is done with these taken runs (written or discarded): releases them and
@@ -300,7 +314,7 @@ impl OutboundQueue {
         if stronger {
             state.close = Some(intent);
             if intent != CloseIntent::Shutdown {
-                state.clear_queued();
+                state.discard_queued();
             }
         }
         drop(state);
@@ -341,6 +355,12 @@ impl State {
         self.queued_messages += run.count();
         self.queued_bytes += run.len();
         self.queued.push_back(run);
+    }
+
+    /// [`clear_queued`](Self::clear_queued), counting what it clears as discarded.
+    fn discard_queued(&mut self) {
+        self.discarded += self.queued_messages;
+        self.clear_queued();
     }
 
     fn clear_queued(&mut self) {

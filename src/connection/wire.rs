@@ -150,6 +150,26 @@ impl Wire {
             })
     }
 
+    /// Data frames not completely written: those of a half-written run that are already out
+    /// do not count, the half-written frame does. For the count of messages a connection never
+    /// delivered when it ends.
+    pub(crate) fn unwritten_data_frames(&self) -> usize {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, chunk)| chunk.is_data())
+            .map(|(index, chunk)| {
+                if index == 0 && self.front_written > 0 {
+                    // `through` frames end at or after the half-written one: all but it are out.
+                    let (_, through) = end_of_frame_at(&chunk.bytes, self.front_written);
+                    chunk.frames - (through - 1)
+                } else {
+                    chunk.frames
+                }
+            })
+            .sum()
+    }
+
     /// Writes as much as the socket takes. `Ready(Ok)` when the wire is empty, `Pending` when
     /// the socket is full (the task is woken when it drains). `written` accumulates the data
     /// frames completed.
@@ -331,6 +351,22 @@ mod tests {
     }
 
     use crate::connection::frames::one_run as run_of;
+
+    #[test]
+    fn unwritten_frames_leave_out_what_a_half_written_run_already_wrote() {
+        let mut wire = Wire::default();
+        // Frames of 4, 5 and 3 bytes, then a control frame and a frame of 4.
+        wire.push_data(run_of(&["ab", "cde", "f"]));
+        wire.push_control(Bytes::from_static(b"C"));
+        wire.push_data(Frames::one(Bytes::from_static(b"zzzz")));
+        assert_eq!(wire.unwritten_data_frames(), 4);
+        // The first frame out, the second started: two of the run are not written.
+        wire.front_written = 6;
+        assert_eq!(wire.unwritten_data_frames(), 3);
+        // Exactly at the end of the second: only the third is left of the run.
+        wire.front_written = 9;
+        assert_eq!(wire.unwritten_data_frames(), 2);
+    }
 
     #[test]
     fn a_run_counts_as_its_frames_when_written_and_while_pending() {

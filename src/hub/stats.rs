@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) rate_limit_closes: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
+    pub(crate) discarded_on_close: AtomicU64,
 }
 
 impl Counters {
@@ -64,6 +65,11 @@ pub struct HubStats {
     pub dropped_messages: u64,
     /// Connections closed because they did not keep up.
     pub slow_consumer_disconnects: u64,
+    /// Messages queued for a connection (counted in `deliveries`) that it never wrote because
+    /// it closed first: the client closed or vanished, or the server closed it for a protocol
+    /// error, a timeout, the rate limit, a hook panic or the end of the shutdown grace period.
+    /// What a slow-consumer disconnect discards counts in `dropped_messages` instead.
+    pub discarded_on_close: u64,
     /// Connections closed for a protocol error, an oversized message or invalid UTF-8.
     pub protocol_closes: u64,
     /// Connections closed because they did not answer a ping in time.
@@ -102,6 +108,7 @@ impl Counters {
             rate_limit_closes: get(&self.rate_limit_closes),
             idle_timeouts: get(&self.idle_timeouts),
             hook_panics: get(&self.hook_panics),
+            discarded_on_close: get(&self.discarded_on_close),
         }
     }
 }
