@@ -38,8 +38,10 @@ pub enum OriginPolicy {
     /// proxy keep the original `Host`).
     #[default]
     SameOrigin,
-    /// Only these exact origins (`scheme://host[:port]`, compared case-insensitively); requests
-    /// without `Origin` are allowed.
+    /// Only these origins (`scheme://host[:port]`); requests without `Origin` are allowed.
+    /// Scheme and host compare case-insensitively, and a port equal to the scheme's default
+    /// (80 for `http`/`ws`, 443 for `https`/`wss`) is the same as none. Build it with
+    /// [`allow_list`](Self::allow_list), which checks and normalises each entry.
     AllowList(Arc<[HeaderValue]>),
     /// A custom decision from the `Origin` header (if any) and the request head.
     Predicate(Arc<OriginPredicate>),
@@ -60,11 +62,17 @@ impl std::fmt::Debug for OriginPolicy {
 }
 
 impl OriginPolicy {
-    /// Only these exact origins, e.g. `["https://example.com"]`.
+    /// Only these origins, e.g. `["https://example.com", "http://localhost:8080"]`: what a
+    /// browser sends as `Origin`, `scheme://host[:port]` (a trailing `/` is ignored).
+    /// `https://example.com:443` and `https://example.com` are the same origin, as are
+    /// `https://Example.COM` and `https://example.com`; each entry is stored lower-case and
+    /// without its scheme's default port.
     ///
     /// # Panics
     ///
-    /// If an origin is not a valid header value.
+    /// If an entry is not `scheme://host[:port]` (a path, a user name, a missing scheme or
+    /// host, a port that is not a number, or the opaque origin `null`, which any sandboxed
+    /// page can send and so must never be allowed).
     pub fn allow_list<I, O>(origins: I) -> Self
     where
         I: IntoIterator<Item = O>,
@@ -73,9 +81,18 @@ impl OriginPolicy {
         let list = origins
             .into_iter()
             .map(|origin| {
-                let origin = origin.as_ref().trim_end_matches('/');
-                HeaderValue::from_str(origin)
-                    .unwrap_or_else(|_| panic!("invalid origin in allow list: {origin:?}"))
+                let given = origin.as_ref();
+                let normalised = Origin::parse(given.trim_end_matches('/'))
+                    .map(|origin| origin.to_string())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "invalid origin in allow list: {given:?} (expected \
+                             scheme://host[:port], as browsers send it, e.g. \
+                             \"https://app.example.com\")"
+                        )
+                    });
+                HeaderValue::from_str(&normalised)
+                    .unwrap_or_else(|_| panic!("invalid origin in allow list: {given:?}"))
             })
             .collect::<Vec<_>>();
         Self::AllowList(list.into())
@@ -96,8 +113,16 @@ impl OriginPolicy {
             Self::Predicate(predicate) => predicate(origin, parts),
             Self::SameOrigin => origin.is_none_or(|origin| is_same_origin(origin, parts)),
             Self::AllowList(list) => origin.is_none_or(|origin| {
-                list.iter()
-                    .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+                let Some(origin) = origin.to_str().ok().and_then(Origin::parse) else {
+                    return false;
+                };
+                list.iter().any(|allowed| {
+                    allowed
+                        .to_str()
+                        .ok()
+                        .and_then(Origin::parse)
+                        .is_some_and(|allowed| allowed == origin)
+                })
             }),
         };
         if allowed {
@@ -108,13 +133,79 @@ impl OriginPolicy {
     }
 }
 
+/// An origin taken apart: `scheme://host[:port]`, compared as browsers do.
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    /// The explicit port, or the scheme's default (`None` for a scheme without one).
+    port: Option<u16>,
+}
+
+impl<'a> Origin<'a> {
+    fn parse(origin: &'a str) -> Option<Self> {
+        let (scheme, authority) = origin.split_once("://")?;
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            return None;
+        }
+        let (host, port) = split_host_port(authority)?;
+        Some(Self {
+            scheme,
+            host,
+            port: port.or_else(|| default_port(scheme)),
+        })
+    }
+}
+
+impl PartialEq for Origin<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.scheme.eq_ignore_ascii_case(other.scheme)
+            && self.host.eq_ignore_ascii_case(other.host)
+            && self.port == other.port
+    }
+}
+
+impl std::fmt::Display for Origin<'_> {
+    /// Lower-case, without the scheme's default port.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.scheme.to_ascii_lowercase();
+        let host = self.host.to_ascii_lowercase();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        match self.port {
+            Some(port) if Some(port) != default_port(&scheme) => {
+                write!(f, "{scheme}://{host}:{port}")
+            }
+            _ => write!(f, "{scheme}://{host}"),
+        }
+    }
+}
+
+/// The port a scheme implies when an origin names none.
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws") {
+        Some(80)
+    } else if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss") {
+        Some(443)
+    } else {
+        None
+    }
+}
+
 /// `scheme://host[:port]` of `origin` names the same host and port as the request's authority.
 fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
-    let Ok(origin) = origin.to_str() else {
+    // Fails on the opaque origin "null" too (sandboxed iframes, file: pages).
+    let Some(origin) = origin.to_str().ok().and_then(Origin::parse) else {
         return false;
     };
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        // Includes the opaque origin "null" (sandboxed iframes, file: pages).
+    let Some(default_port) = default_port(origin.scheme) else {
         return false;
     };
     let request_authority = parts
@@ -122,24 +213,12 @@ fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
         .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-    let Some(request_authority) = request_authority else {
-        return false;
-    };
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => 80,
-        "https" | "wss" => 443,
-        _ => return false,
-    };
-    let (Some((origin_host, origin_port)), Some((host, port))) = (
-        split_host_port(authority),
-        split_host_port(request_authority),
-    ) else {
+    let Some((host, port)) = request_authority.and_then(split_host_port) else {
         return false;
     };
     // The server cannot tell whether the client spoke TLS (a proxy may have terminated it), so
     // a `Host` without a port matches an origin on its scheme's default port, whichever it is.
-    origin_port.unwrap_or(default_port) == port.unwrap_or(default_port)
-        && origin_host.eq_ignore_ascii_case(host)
+    origin.port == Some(port.unwrap_or(default_port)) && origin.host.eq_ignore_ascii_case(host)
 }
 
 /// Splits `host[:port]` (with `[v6]` literals).
@@ -217,6 +296,62 @@ mod tests {
                 .is_err()
         );
         assert!(policy.check(&parts(None, None)).is_ok());
+    }
+
+    #[test]
+    fn allow_list_treats_a_default_port_as_none() {
+        let ok =
+            |policy: &OriginPolicy, origin: &str| policy.check(&parts(None, Some(origin))).is_ok();
+        let policy = OriginPolicy::allow_list(["https://app.example.com:443", "http://localhost"]);
+        // What browsers send: no port when it is the scheme's default.
+        assert!(ok(&policy, "https://app.example.com"));
+        assert!(ok(&policy, "https://app.example.com:443"));
+        assert!(ok(&policy, "http://localhost:80"));
+        assert!(!ok(&policy, "https://app.example.com:8443"));
+        assert!(!ok(&policy, "http://app.example.com:443"));
+        assert!(!ok(&policy, "http://localhost:8080"));
+        assert!(!ok(&policy, "null"));
+        let policy = OriginPolicy::allow_list(["http://[::1]:3000", "https://example.com:8443"]);
+        assert!(ok(&policy, "http://[::1]:3000"));
+        assert!(!ok(&policy, "http://[::1]"));
+        assert!(ok(&policy, "https://EXAMPLE.com:8443"));
+        assert!(!ok(&policy, "https://example.com"));
+    }
+
+    #[test]
+    fn allow_list_entries_are_stored_normalised() {
+        let OriginPolicy::AllowList(list) = OriginPolicy::allow_list([
+            "HTTPS://App.Example.com:443/",
+            "http://[::1]:80",
+            "wss://example.com:8443",
+        ]) else {
+            unreachable!()
+        };
+        let list: Vec<_> = list.iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            list,
+            [
+                "https://app.example.com",
+                "http://[::1]",
+                "wss://example.com:8443"
+            ]
+        );
+    }
+
+    #[test]
+    fn allow_list_refuses_what_is_not_an_origin() {
+        for bad in [
+            "example.com",
+            "https://example.com/app",
+            "https://user@example.com",
+            "https://example.com:http",
+            "https://",
+            "null",
+            "://example.com",
+        ] {
+            let result = std::panic::catch_unwind(|| OriginPolicy::allow_list([bad]));
+            assert!(result.is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -246,6 +246,26 @@ async fn an_allow_list_compares_origins_case_insensitively() {
 }
 
 #[tokio::test]
+async fn an_allow_list_entry_with_the_default_port_matches_what_browsers_send() {
+    // Browsers leave the scheme's default port out of `Origin`; an entry written with it must
+    // still match, and a different port must not.
+    let policy = OriginPolicy::allow_list(["https://app.example.com:443"]);
+    let server = serve_with(Hub::builder().build(), move |l| l.origin(policy.clone())).await;
+    let raw = upgrade(&server, "room")
+        .header("Origin", "https://app.example.com")
+        .open(server.addr)
+        .await;
+    assert_eq!(raw.response.status, 101);
+    wait_members(&server.hub, "room", 1).await;
+    upgrade(&server, "room")
+        .header("Origin", "https://app.example.com:444")
+        .send(server.addr)
+        .await
+        .assert_rejection(403, "origin");
+    drop(raw);
+}
+
+#[tokio::test]
 async fn an_allow_list_still_accepts_clients_without_origin() {
     let server = serve_with(Hub::builder().build(), |l| l.origin(app_origins())).await;
     let _client = server.connect("room").await;
