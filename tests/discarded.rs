@@ -36,8 +36,8 @@ async fn stats_once_closed(hub: &Hub) -> HubStats {
     hub.stats()
 }
 
-#[tokio::test]
-async fn a_client_that_closes_with_messages_queued_has_them_counted() {
+/// A client that read "first", with two more messages held in its queue.
+async fn client_with_two_held() -> (Server, Client) {
     let server = serve_hub(holding_hub()).await;
     let mut client = server.connect(ROOM).await;
     wait_members(&server.hub, ROOM, 1).await;
@@ -45,7 +45,12 @@ async fn a_client_that_closes_with_messages_queued_has_them_counted() {
     assert_eq!(next_text(&mut client).await, "first");
     two_held(&server.hub).await;
     assert_eq!(server.hub.stats().discarded_on_close, 0);
+    (server, client)
+}
 
+#[tokio::test]
+async fn a_client_that_closes_with_messages_queued_has_them_counted() {
+    let (server, mut client) = client_with_two_held().await;
     client.close(None).await.unwrap();
     let stats = stats_once_closed(&server.hub).await;
     assert_eq!(stats.deliveries, 3);
@@ -55,13 +60,7 @@ async fn a_client_that_closes_with_messages_queued_has_them_counted() {
 
 #[tokio::test]
 async fn a_client_that_vanishes_with_messages_queued_has_them_counted() {
-    let server = serve_hub(holding_hub()).await;
-    let mut client = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    publish(&server.hub, "first").await;
-    assert_eq!(next_text(&mut client).await, "first");
-    two_held(&server.hub).await;
-
+    let (server, client) = client_with_two_held().await;
     // No close frame: the TCP connection just ends.
     drop(client);
     let stats = stats_once_closed(&server.hub).await;
