@@ -8,6 +8,7 @@
 //! attack (they hold their own credentials), so a missing `Origin` is allowed by the same-origin
 //! policy.
 
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -82,7 +83,7 @@ impl OriginPolicy {
             .into_iter()
             .map(|origin| {
                 let given = origin.as_ref();
-                let normalised = Origin::parse(given.trim_end_matches('/'))
+                let normalised = Origin::parse(given.strip_suffix('/').unwrap_or(given))
                     .map(|origin| origin.to_string())
                     .unwrap_or_else(|| {
                         panic!(
@@ -137,15 +138,46 @@ impl OriginPolicy {
 #[derive(Debug, Clone, Copy)]
 struct Origin<'a> {
     scheme: &'a str,
-    host: &'a str,
+    host: Host<'a>,
     /// The explicit port, or the scheme's default (`None` for a scheme without one).
     port: Option<u16>,
+}
+
+/// A host as an origin or a `Host` header names it.
+#[derive(Debug, Clone, Copy)]
+enum Host<'a> {
+    /// A DNS name or an IPv4 address: ASCII letters, digits, `-`, `.`, `_` (a name with
+    /// other characters, e.g. an internationalised one, must be written as browsers send it:
+    /// its `xn--` form).
+    Name(&'a str),
+    /// A bracketed IPv6 literal (no zone id: browsers refuse those).
+    V6(Ipv6Addr),
+}
+
+impl PartialEq for Host<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Name(a), Self::Name(b)) => a.eq_ignore_ascii_case(b),
+            (Self::V6(a), Self::V6(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Host<'_> {
+    /// Lower-case; IPv6 in its short form, as browsers send it (RFC 5952).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(&name.to_ascii_lowercase()),
+            Self::V6(address) => write!(f, "[{address}]"),
+        }
+    }
 }
 
 impl<'a> Origin<'a> {
     fn parse(origin: &'a str) -> Option<Self> {
         let (scheme, authority) = origin.split_once("://")?;
-        if scheme.is_empty()
+        if !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             || !scheme
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
@@ -164,26 +196,19 @@ impl<'a> Origin<'a> {
 impl PartialEq for Origin<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.scheme.eq_ignore_ascii_case(other.scheme)
-            && self.host.eq_ignore_ascii_case(other.host)
+            && self.host == other.host
             && self.port == other.port
     }
 }
 
 impl std::fmt::Display for Origin<'_> {
-    /// Lower-case, without the scheme's default port.
+    /// Lower-case, without the scheme's default port: how browsers serialise an origin.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = self.scheme.to_ascii_lowercase();
-        let host = self.host.to_ascii_lowercase();
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
+        write!(f, "{scheme}://{}", self.host)?;
         match self.port {
-            Some(port) if Some(port) != default_port(&scheme) => {
-                write!(f, "{scheme}://{host}:{port}")
-            }
-            _ => write!(f, "{scheme}://{host}"),
+            Some(port) if Some(port) != default_port(&scheme) => write!(f, ":{port}"),
+            _ => Ok(()),
         }
     }
 }
@@ -218,28 +243,38 @@ fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
     };
     // The server cannot tell whether the client spoke TLS (a proxy may have terminated it), so
     // a `Host` without a port matches an origin on its scheme's default port, whichever it is.
-    origin.port == Some(port.unwrap_or(default_port)) && origin.host.eq_ignore_ascii_case(host)
+    origin.port == Some(port.unwrap_or(default_port)) && origin.host == host
 }
 
-/// Splits `host[:port]` (with `[v6]` literals).
-fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
-    if authority.is_empty() || authority.contains(['/', '@', ' ']) {
-        return None;
-    }
+/// Splits `host[:port]` (a `Host` header, or an origin's authority), checking both: a host
+/// as [`Host`] describes it, a port of 1 to 5 digits.
+fn split_host_port(authority: &str) -> Option<(Host<'_>, Option<u16>)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        (host, after.strip_prefix(':'))
+        let (address, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (Host::V6(address.parse().ok()?), port)
     } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
+        let (name, port) = match authority.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
             None => (authority, None),
-        }
+        };
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        (valid.then_some(Host::Name(name))?, port)
     };
     let port = match port {
-        Some(port) => Some(port.parse().ok()?),
+        Some(port) if (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(port.parse().ok()?)
+        }
+        Some(_) => return None,
         None => None,
     };
-    (!host.is_empty()).then_some((host, port))
+    Some((host, port))
 }
 
 #[cfg(test)]
@@ -319,6 +354,44 @@ mod tests {
     }
 
     #[test]
+    fn malformed_origins_and_hosts_are_refused_by_every_policy() {
+        let policy = OriginPolicy::allow_list(["http://[::1]", "https://example.com"]);
+        for origin in [
+            "http://[::1].evil.example",
+            "http://[::1]@evil.example",
+            "https://example.com:+443",
+            "https://example.com.:443:443",
+        ] {
+            assert!(
+                policy.check(&parts(None, Some(origin))).is_err(),
+                "allow list accepted {origin:?}"
+            );
+        }
+        let same = |host, origin| {
+            OriginPolicy::SameOrigin
+                .check(&parts(Some(host), Some(origin)))
+                .is_ok()
+        };
+        assert!(!same("[::1]", "http://[::1].evil.example"));
+        assert!(!same("[::1]evil.example", "http://[::1]"));
+        assert!(same("[::1]:3000", "http://[0:0::1]:3000"));
+    }
+
+    #[test]
+    fn ipv6_entries_match_the_short_form_browsers_send() {
+        let policy = OriginPolicy::allow_list(["http://[0:0:0:0:0:0:0:1]:3000"]);
+        assert!(
+            policy
+                .check(&parts(None, Some("http://[::1]:3000")))
+                .is_ok()
+        );
+        let OriginPolicy::AllowList(list) = policy else {
+            unreachable!()
+        };
+        assert_eq!(list[0], "http://[::1]:3000");
+    }
+
+    #[test]
     fn allow_list_entries_are_stored_normalised() {
         let OriginPolicy::AllowList(list) = OriginPolicy::allow_list([
             "HTTPS://App.Example.com:443/",
@@ -348,6 +421,21 @@ mod tests {
             "https://",
             "null",
             "://example.com",
+            "https://example.com//",
+            "https://example.com:",
+            "https://example.com:+443",
+            "https://example.com:70000",
+            "http://[::1]3000",
+            "http://[::1]evil.example",
+            "http://::1",
+            "http://[fe80::1%25eth0]",
+            "http://a]:b:8080",
+            "https://*.example.com",
+            "https://example.com?x=1",
+            "https://example.com#top",
+            "https://example.com\t",
+            // Browsers send the `xn--` form; this one could never match.
+            "https://bücher.example",
         ] {
             let result = std::panic::catch_unwind(|| OriginPolicy::allow_list([bad]));
             assert!(result.is_err(), "{bad:?} was accepted");

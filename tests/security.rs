@@ -266,6 +266,20 @@ async fn an_allow_list_entry_with_the_default_port_matches_what_browsers_send() 
 }
 
 #[tokio::test]
+async fn an_allow_list_refuses_an_origin_with_anything_after_an_ipv6_literal() {
+    let policy = OriginPolicy::allow_list(["http://[::1]"]);
+    let server = serve_with(Hub::builder().build(), move |l| l.origin(policy.clone())).await;
+    for origin in ["http://[::1].evil.example", "http://[::1]@evil.example"] {
+        upgrade(&server, "room")
+            .header("Origin", origin)
+            .send(server.addr)
+            .await
+            .assert_rejection(403, "origin");
+    }
+    assert_nobody_joined(&server.hub, "room");
+}
+
+#[tokio::test]
 async fn an_allow_list_still_accepts_clients_without_origin() {
     let server = serve_with(Hub::builder().build(), |l| l.origin(app_origins())).await;
     let _client = server.connect("room").await;
