@@ -148,3 +148,31 @@ async fn every_message_is_either_read_by_the_client_or_counted() {
         stats.discarded_on_close
     );
 }
+
+#[tokio::test]
+async fn a_client_that_closes_and_stops_reading_is_dropped_after_the_close_timeout() {
+    // Its close frame arrives while the server's socket is full: the answer waits behind a
+    // half-written frame the client never reads. Without pings nothing else would ever end the
+    // connection; the close timeout must, and what was left counts as discarded.
+    let server = serve_hub(
+        Hub::builder()
+            .write_interval(Duration::ZERO)
+            .ping_interval(None)
+            .close_timeout(Duration::from_millis(300))
+            .outbound_queue(1024, 64 * 1024 * 1024)
+            .build(),
+    )
+    .await;
+    let mut raw = Upgrade::new(&format!("/ws/{ROOM}"))
+        .open_on(support::raw::tcp_with_small_receive_buffer(server.addr).await)
+        .await;
+    wait_members(&server.hub, ROOM, 1).await;
+    let payload = "x".repeat(64 * 1024);
+    for _ in 0..100 {
+        publish(&server.hub, &payload).await;
+    }
+    raw.send_close(close_code::NORMAL).await;
+    let stats = stats_once_closed(&server.hub).await;
+    assert!(stats.discarded_on_close > 0, "{stats:?}");
+    drop(raw);
+}

@@ -228,3 +228,98 @@ async fn a_message_from_the_client_releases_what_was_held_back() {
     send_text(&mut client, "anything new?").await;
     assert_eq!(next_text(&mut client).await, "held");
 }
+
+/// The next text message within [`HELD`] × 5, or a panic saying it was held back.
+async fn answer_within(client: &mut Client, what: &str) -> String {
+    match tokio::time::timeout(HELD * 5, next_text(client)).await {
+        Ok(text) => text,
+        Err(_) => panic!("{what}: held back"),
+    }
+}
+
+#[tokio::test]
+async fn the_rooms_response_to_a_client_is_not_held_back_after_its_own_echo() {
+    // The question lifts the hold; the asker's own echo is written at once, and the answer
+    // from the room, which is what it waits for, must not wait for an interval after that.
+    let server = serve_hub(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .echo_to_sender(true)
+            .build(),
+    )
+    .await;
+    let mut asker = server.connect(ROOM).await;
+    let mut answerer = server.connect(ROOM).await;
+    wait_members(&server.hub, ROOM, 2).await;
+    send_text(&mut asker, "question").await;
+    assert_eq!(
+        answer_within(&mut asker, "the asker's echo").await,
+        "question"
+    );
+    assert_eq!(
+        answer_within(&mut answerer, "the question").await,
+        "question"
+    );
+    send_text(&mut answerer, "answer").await;
+    assert_eq!(
+        answer_within(&mut answerer, "the answerer's echo").await,
+        "answer"
+    );
+    assert_eq!(answer_within(&mut asker, "the answer").await, "answer");
+}
+
+#[tokio::test]
+async fn other_traffic_after_a_question_does_not_hold_back_the_answer() {
+    let server = serve_hub(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .build(),
+    )
+    .await;
+    let mut asker = server.connect(ROOM).await;
+    let mut answerer = server.connect(ROOM).await;
+    wait_members(&server.hub, ROOM, 2).await;
+    send_text(&mut asker, "question").await;
+    assert_eq!(
+        answer_within(&mut answerer, "the question").await,
+        "question"
+    );
+    assert_eq!(
+        server
+            .hub
+            .publish(ROOM, Message::text("news"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(answer_within(&mut asker, "the news").await, "news");
+    send_text(&mut answerer, "answer").await;
+    assert_eq!(answer_within(&mut asker, "the answer").await, "answer");
+}
+
+#[tokio::test]
+async fn durations_too_long_to_add_to_an_instant_mean_never() {
+    // `Duration::MAX` everywhere: no overflow panic in the connection's task, messages flow,
+    // and the client can still close.
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(Duration::MAX)
+            .ping_interval(Some(Duration::MAX))
+            .pong_timeout(Duration::MAX)
+            .idle_timeout(Some(Duration::MAX))
+            .close_timeout(Duration::MAX)
+            .shutdown_grace(Duration::MAX)
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(&mut client).await, "first");
+    send_text(&mut client, "hello").await;
+    publish(&server.hub, "second").await;
+    assert_eq!(next_text(&mut client).await, "second");
+    client.close(None).await.unwrap();
+    eventually("the connection to end", || {
+        server.hub.stats().connections == 0
+    })
+    .await;
+}

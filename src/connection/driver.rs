@@ -52,8 +52,14 @@ const READ_BUDGET: usize = 64;
 /// Control frames (pongs, close) waiting to be written beyond which reading pauses until the
 /// client reads: a client that sends pings and never reads gets TCP back-pressure, not memory.
 const MAX_PENDING_CONTROL: usize = 4 * 1024;
-/// Stands in for "never" when pings are disabled.
+/// Stands in for "never" when pings are disabled, and caps every configured duration.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `at + by`, with `by` capped at [`FAR_FUTURE`]: a configured `Duration::MAX` means "never",
+/// not an overflow.
+fn later(at: Instant, by: Duration) -> Instant {
+    at + by.min(FAR_FUTURE)
+}
 
 /// How a connection ended (for logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +168,10 @@ pub(crate) struct Driver<'a, S> {
     next_take: Option<Instant>,
     /// Queued data is waiting for `next_take`; the timer fires then.
     take_waiting: bool,
+    /// Until then nothing is held back: the client sent a data message less than
+    /// `write_interval` ago and may be waiting for an answer (a reply, its echo, the room's
+    /// response).
+    answering_until: Option<Instant>,
     /// Data frames taken for the wire and then discarded because the connection started
     /// closing (for a reason other than the slow-consumer policy, which counts its own):
     /// reported with the rest when the connection ends.
@@ -271,11 +281,11 @@ where
         let config = &membership.hub().inner().config;
         let now = Instant::now();
         let (heartbeat, heartbeat_at) = match config.ping_interval {
-            Some(interval) => (Heartbeat::Idle, now + interval),
-            None => (Heartbeat::Disabled, now + FAR_FUTURE),
+            Some(interval) => (Heartbeat::Idle, later(now, interval)),
+            None => (Heartbeat::Disabled, later(now, FAR_FUTURE)),
         };
         let first_deadline = match config.idle_timeout {
-            Some(idle) => heartbeat_at.min(now + idle),
+            Some(idle) => heartbeat_at.min(later(now, idle)),
             None => heartbeat_at,
         };
         let readiness = Arc::new(ReadReadiness::default());
@@ -292,6 +302,7 @@ where
             more_queued: false,
             next_take: None,
             take_waiting: false,
+            answering_until: None,
             discarded: 0,
             queue,
             membership,
@@ -330,8 +341,9 @@ where
     /// Data frames on the wire that are not started yet are dropped (a close must not wait
     /// behind them): counted in `discarded`, released from the queue bounds.
     fn discard_unstarted(&mut self) -> usize {
-        let discarded = self.wire.discard_unstarted_data();
+        let (discarded, completed) = self.wire.discard_unstarted_data();
         self.release(discarded);
+        self.release(completed);
         discarded.frames
     }
 
@@ -345,13 +357,12 @@ where
             self.discarded += self.discard_unstarted();
         }
         let config = self.config();
-        let deadline = config.close_timeout
-            + if drain {
-                config.shutdown_grace
-            } else {
-                Duration::ZERO
-            };
-        self.timer.as_mut().reset(Instant::now() + deadline);
+        let deadline = if drain {
+            config.close_timeout.saturating_add(config.shutdown_grace)
+        } else {
+            config.close_timeout
+        };
+        self.timer.as_mut().reset(later(Instant::now(), deadline));
         self.phase = Phase::Closing { frame, drain };
     }
 
@@ -400,7 +411,8 @@ where
         if !matches!(self.phase, Phase::Open) || self.more_queued || self.wire.has_data() {
             return false;
         }
-        if Instant::now() >= next_take {
+        let now = Instant::now();
+        if now >= next_take || self.answering_until.is_some_and(|until| now < until) {
             self.next_take = None;
             return false;
         }
@@ -430,7 +442,7 @@ where
             let taken = self.queue.take(&mut self.taken);
             let interval = self.config().write_interval;
             if !interval.is_zero() && !self.taken.is_empty() {
-                self.next_take = Some(Instant::now() + interval);
+                self.next_take = Some(later(Instant::now(), interval));
             }
             for frames in self.taken.drain(..) {
                 self.wire.push_data(frames);
@@ -472,7 +484,11 @@ where
     /// One data message from the client: rate limit, hook, then fan-out or reply.
     fn on_message(&mut self, message: Message) {
         // An answer to this message (a reply, an echo, the room's response) is not held back.
-        self.next_take = None;
+        let interval = self.config().write_interval;
+        if !interval.is_zero() {
+            self.next_take = None;
+            self.answering_until = Some(later(Instant::now(), interval));
+        }
         let hub = self.membership.hub().inner();
         Counters::incr(&hub.counters.messages_received);
         if self.rate.is_some() || hub.config.idle_timeout.is_some() {
@@ -524,7 +540,7 @@ where
                     Heartbeat::Idle => {
                         self.wire.push_control(ping_frame());
                         self.heartbeat = Heartbeat::AwaitingPong(now);
-                        self.heartbeat_at = now + self.config().pong_timeout;
+                        self.heartbeat_at = later(now, self.config().pong_timeout);
                     }
                     Heartbeat::AwaitingPong(_) => {
                         Counters::incr(&self.counters().pong_timeouts);
@@ -535,15 +551,25 @@ where
                         );
                         continue;
                     }
-                    Heartbeat::Disabled => self.heartbeat_at = now + FAR_FUTURE,
+                    Heartbeat::Disabled => self.heartbeat_at = later(now, FAR_FUTURE),
                 }
             }
             if let Some(idle) = self.config().idle_timeout
-                && now >= self.last_data + idle
+                && now >= later(self.last_data, idle)
             {
                 Counters::incr(&self.counters().idle_timeouts);
                 self.begin_close(close_frame(close_code::NORMAL, "idle timeout"), false);
                 continue;
+            }
+            if self.take_waiting && self.next_take.is_some_and(|at| now >= at) {
+                // The hold ran out since this poll's take: take now (a timer rearmed at a
+                // passed deadline would fire again at once, round and round).
+                if let Poll::Ready(end) = self.poll_take() {
+                    return Poll::Ready(end);
+                }
+                if !matches!(self.phase, Phase::Open) {
+                    continue;
+                }
             }
             self.rearm_timer();
         }
@@ -554,7 +580,7 @@ where
     /// whichever comes first.
     fn rearm_timer(&mut self) {
         let mut at = match self.config().idle_timeout {
-            Some(idle) => self.heartbeat_at.min(self.last_data + idle),
+            Some(idle) => self.heartbeat_at.min(later(self.last_data, idle)),
             None => self.heartbeat_at,
         };
         if self.take_waiting
@@ -568,7 +594,7 @@ where
     fn on_pong(&mut self) {
         if let (Phase::Open, Heartbeat::AwaitingPong(sent)) = (&self.phase, self.heartbeat) {
             self.heartbeat = Heartbeat::Idle;
-            self.heartbeat_at = sent + self.config().ping_interval.unwrap_or(FAR_FUTURE);
+            self.heartbeat_at = later(sent, self.config().ping_interval.unwrap_or(FAR_FUTURE));
             self.rearm_timer();
         }
     }
@@ -620,6 +646,12 @@ where
                         // Our answer is on the wire; data queued after it must not follow.
                         self.discarded += self.discard_unstarted();
                         self.phase = Phase::PeerClosed;
+                        // The answer may wait behind a half-written frame: a client that
+                        // closes and then stops reading gets `close_timeout`, as when we close.
+                        let close_timeout = self.config().close_timeout;
+                        self.timer
+                            .as_mut()
+                            .reset(later(Instant::now(), close_timeout));
                     }
                 }
                 Ok(data) => {
@@ -681,7 +713,9 @@ where
         // From here on the client has `close_timeout` to answer, whatever the wait before was
         // (a shutdown allows for draining the queue first).
         let close_timeout = self.config().close_timeout;
-        self.timer.as_mut().reset(Instant::now() + close_timeout);
+        self.timer
+            .as_mut()
+            .reset(later(Instant::now(), close_timeout));
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {

@@ -111,20 +111,36 @@ impl Wire {
     }
 
     /// Drops every data frame not yet started (a half-written one must be finished, or the
-    /// stream would be corrupt). Returns what was dropped, to release from the queue bounds.
-    pub(crate) fn discard_unstarted_data(&mut self) -> Written {
+    /// stream would be corrupt). Returns what was dropped, and what of a half-written run
+    /// turned out to be completely written once its unstarted frames were cut off (the socket
+    /// stopped exactly at a frame boundary): both are to be released from the queue bounds.
+    pub(crate) fn discard_unstarted_data(&mut self) -> (Written, Written) {
         let mut discarded = Written::default();
+        let mut completed = Written::default();
         let started = usize::from(self.front_written > 0);
         if let Some(front) = self.chunks.front_mut()
             && started == 1
             && front.frames > 1
         {
-            // Keep the half-written run only up to the end of its half-written frame.
-            let (end, frames) = end_of_frame_at(&front.bytes, self.front_written);
+            // Keep the half-written run only up to the end of the last frame it has started.
+            let (end, frames) = end_of_frame_at(&front.bytes, self.front_written - 1);
             discarded.frames += front.frames - frames;
             discarded.bytes += front.bytes.len() - end;
             front.bytes.truncate(end);
             front.frames = frames;
+        }
+        let mut started = started;
+        if started == 1
+            && let Some(front) = self.chunks.front()
+            && front.is_data()
+            && self.front_written == front.bytes.len()
+        {
+            // Nothing of it left to write: it is done (an empty write would fail).
+            let done = self.chunks.pop_front().expect("front exists");
+            completed.frames += done.frames;
+            completed.bytes += done.bytes.len();
+            self.front_written = 0;
+            started = 0;
         }
         let mut index = 0;
         self.chunks.retain(|chunk| {
@@ -136,7 +152,7 @@ impl Wire {
             }
             keep
         });
-        discarded
+        (discarded, completed)
     }
 
     /// All data frames, written or not, for accounting when the connection ends.
@@ -338,7 +354,8 @@ mod tests {
         wire.push_data(Frames::one(Bytes::from_static(b"bb")));
         wire.push_control(Bytes::from_static(b"C"));
         wire.front_written = 1;
-        let discarded = wire.discard_unstarted_data();
+        let (discarded, completed) = wire.discard_unstarted_data();
+        assert_eq!(completed, Written::default());
         assert_eq!(
             discarded,
             Written {
@@ -351,6 +368,121 @@ mod tests {
     }
 
     use crate::connection::frames::one_run as run_of;
+
+    #[test]
+    fn discarding_at_a_frame_boundary_inside_a_run_keeps_nothing_unstarted() {
+        let mut wire = Wire::default();
+        // Frames of 4, 5 and 3 bytes; the socket took exactly the first.
+        wire.push_data(run_of(&["ab", "cde", "f"]));
+        wire.push_control(Bytes::from_static(b"C"));
+        wire.front_written = 4;
+        assert_eq!(wire.unwritten_data_frames(), 2);
+        let (discarded, completed) = wire.discard_unstarted_data();
+        assert_eq!(
+            discarded,
+            Written {
+                frames: 2,
+                bytes: 8
+            }
+        );
+        // What is left of the run is written: done, not left for an empty write.
+        assert_eq!(
+            completed,
+            Written {
+                frames: 1,
+                bytes: 4
+            }
+        );
+        assert_eq!(wire.unwritten_data_frames(), 0);
+        assert_eq!(wire.chunks.len(), 1);
+        assert!(!wire.chunks[0].is_data());
+        let (out, written) = write_all(&mut wire, 100);
+        assert_eq!(out, b"C");
+        assert_eq!(written, Written::default());
+    }
+
+    /// Whatever the socket takes and wherever the unstarted data is discarded, every data
+    /// frame is exactly once written whole, discarded, or left unwritten.
+    #[test]
+    fn every_frame_is_written_discarded_or_unwritten_exactly_once() {
+        /// Takes at most 3 bytes a write, and `left` bytes in all.
+        struct Budget {
+            out: Vec<u8>,
+            left: usize,
+        }
+        impl AsyncWrite for Budget {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                if self.left == 0 {
+                    return Poll::Pending;
+                }
+                let n = buf.len().min(self.left).min(3);
+                self.left -= n;
+                self.out.extend_from_slice(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        /// Complete text frames in `out` (every frame here is short).
+        fn complete_data_frames(out: &[u8]) -> usize {
+            let (mut at, mut n) = (0, 0);
+            while at + 2 <= out.len() {
+                let len = 2 + usize::from(out[at + 1] & 0x7f);
+                if at + len > out.len() {
+                    break;
+                }
+                n += usize::from(out[at] & 0x0f == 1);
+                at += len;
+            }
+            n
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let total_bytes = 4 + 5 + 3 + 2 + 4 + 6 + 3;
+        for first in 0..=total_bytes {
+            for second in 0..=total_bytes {
+                for discard in [false, true] {
+                    let mut wire = Wire::default();
+                    wire.push_data(run_of(&["ab", "cde", "f"]));
+                    wire.push_control(Bytes::from_static(&[0x89, 0x00]));
+                    wire.push_data(run_of(&["zz", "wwww"]));
+                    wire.push_data(Frames::one(Bytes::from_static(&[0x81, 0x01, b'q'])));
+                    let mut io = Budget {
+                        out: Vec::new(),
+                        left: first,
+                    };
+                    let mut written = Written::default();
+                    let _ = wire.poll_write(&mut io, &mut cx, &mut written);
+                    let mut discarded = 0;
+                    if discard {
+                        let (dropped, completed) = wire.discard_unstarted_data();
+                        discarded = dropped.frames;
+                        written.frames += completed.frames;
+                    }
+                    io.left = second;
+                    let result = wire.poll_write(&mut io, &mut cx, &mut written);
+                    assert!(!matches!(result, Poll::Ready(Err(_))), "{result:?}");
+                    let out = complete_data_frames(&io.out);
+                    let unwritten = wire.unwritten_data_frames();
+                    let case = format!("first {first}, second {second}, discard {discard}");
+                    assert_eq!(out + discarded + unwritten, 6, "{case}");
+                    // A run counts as written once all of it is (see above).
+                    assert!(written.frames <= out, "{case}: counted as written");
+                    if unwritten == 0 {
+                        assert_eq!(written.frames + discarded, 6, "{case}: counted");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn unwritten_frames_leave_out_what_a_half_written_run_already_wrote() {
@@ -401,7 +533,8 @@ mod tests {
         wire.push_control(Bytes::from_static(b"C"));
         // Inside the second frame of the run (bytes 4..9).
         wire.front_written = 6;
-        let discarded = wire.discard_unstarted_data();
+        let (discarded, completed) = wire.discard_unstarted_data();
+        assert_eq!(completed, Written::default());
         // The run's third frame (3 bytes) and the next data frame (2 bytes) go.
         assert_eq!(
             discarded,

@@ -797,11 +797,11 @@ impl HubBuilder {
     /// come faster than one per interval. Order is kept.
     ///
     /// Never held back:
-    /// - anything for a client that has just sent a data message: its message lifts the hold,
-    ///   so a client that waits for each answer (a reply from the message hook, its own echo,
-    ///   the room's response) is not slowed down to one exchange per interval;
-    /// - control frames (pongs, pings, close frames), and the messages still queued when the
-    ///   connection starts closing (shutdown, slow-consumer disconnect);
+    /// - anything for a client that sent a data message less than an interval ago: a client
+    ///   that waits for each answer (a reply from the message hook, its own echo, the room's
+    ///   response) is not slowed down to one exchange per interval;
+    /// - control frames (pongs, pings, close frames), and the messages still queued when a
+    ///   [shutdown](crate::Hub::shutdown) starts draining the connection;
     /// - the rest of a backlog the writer is working through (it takes half the
     ///   [outbound queue](Self::outbound_queue) at a time).
     ///

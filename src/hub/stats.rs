@@ -60,15 +60,21 @@ pub struct HubStats {
     pub deliveries: u64,
     /// Messages dropped because a receiver's outbound queue was full: the newest or the oldest
     /// ones, by policy, and under `Disconnect` the new message with every message still queued
-    /// for the receiver it disconnects. (Dropped messages were counted in `deliveries` when
-    /// they were queued.)
+    /// for the receiver it disconnects, or taken for its socket and not started. Those that
+    /// had been queued were counted in `deliveries`; the new message refused by `DropNewest`
+    /// or `Disconnect` (or one larger than the whole queue) was not.
     pub dropped_messages: u64,
     /// Connections closed because they did not keep up.
     pub slow_consumer_disconnects: u64,
     /// Messages queued for a connection (counted in `deliveries`) that it never wrote because
     /// it closed first: the client closed or vanished, or the server closed it for a protocol
     /// error, a timeout, the rate limit, a hook panic or the end of the shutdown grace period.
-    /// What a slow-consumer disconnect discards counts in `dropped_messages` instead.
+    /// Counted when the connection's task ends. What a slow-consumer disconnect discards counts
+    /// in `dropped_messages` instead; only a frame it had half written, and that the client
+    /// then never read to the end, lands here.
+    ///
+    /// So for each connection, what it was queued (`deliveries`) is written to its socket,
+    /// dropped, or counted here.
     pub discarded_on_close: u64,
     /// Connections closed for a protocol error, an oversized message or invalid UTF-8.
     pub protocol_closes: u64,
