@@ -273,6 +273,35 @@ async fn a_client_over_the_inbound_rate_limit_is_closed_with_1008_while_a_slow_s
 }
 
 #[tokio::test]
+async fn pings_count_against_the_inbound_rate_limit() {
+    // A ping flood costs the server a read and a pong each: the limit covers it like data.
+    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
+    let mut pinger = server.connect("pings").await;
+    let mut calm = server.connect("pings").await;
+    wait_members(&server.hub, "pings", 2).await;
+    for i in 0..50u8 {
+        pinger.feed(WsMessage::Ping(vec![i].into())).await.unwrap();
+    }
+    pinger.flush().await.unwrap();
+    let frame = close_frame(&mut pinger).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), close_code::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "rate limit exceeded");
+    eventually("the pinger is gone", || server.hub.stats().connections == 1).await;
+    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+    // Within the limit, pings are answered and nobody is closed.
+    for i in 0..3u8 {
+        calm.send(WsMessage::Ping(vec![i].into())).await.unwrap();
+        let pong = tokio::time::timeout(PROMPTLY, calm.next())
+            .await
+            .expect("a pong in time")
+            .expect("stream open")
+            .expect("no error");
+        assert_eq!(pong, WsMessage::Pong(vec![i].into()));
+    }
+    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+}
+
+#[tokio::test]
 async fn the_rate_limit_is_per_connection() {
     // Five clients each spend their whole burst at once: nobody is over its own limit.
     let server = serve_hub(Hub::builder().inbound_rate_limit(1.0, 5).build()).await;

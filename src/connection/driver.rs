@@ -494,15 +494,7 @@ where
         if self.rate.is_some() || hub.config.idle_timeout.is_some() {
             let now = Instant::now();
             self.last_data = now;
-            if let Some(rate) = &mut self.rate
-                && !rate.take(now)
-            {
-                Counters::incr(&hub.counters.rate_limit_closes);
-                tracing::debug!(id = %self.context.id(), "tower-ws-hub: inbound rate limit exceeded");
-                self.begin_close(
-                    close_frame(close_code::POLICY_VIOLATION, "rate limit exceeded"),
-                    false,
-                );
+            if !self.spend_rate_token(now) {
                 return;
             }
         }
@@ -526,6 +518,25 @@ where
             }
             InboundAction::Drop => {}
         }
+    }
+
+    /// Spends a token of the inbound rate limit, if there is one, for a frame from the client
+    /// (data, ping or pong). Over the limit, the connection starts closing with 1008 and this
+    /// returns `false`.
+    fn spend_rate_token(&mut self, now: Instant) -> bool {
+        let Some(rate) = &mut self.rate else {
+            return true;
+        };
+        if rate.take(now) || !matches!(self.phase, Phase::Open) {
+            return true;
+        }
+        Counters::incr(&self.counters().rate_limit_closes);
+        tracing::debug!(id = %self.context.id(), "tower-ws-hub: inbound rate limit exceeded");
+        self.begin_close(
+            close_frame(close_code::POLICY_VIOLATION, "rate limit exceeded"),
+            false,
+        );
+        false
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
@@ -629,9 +640,20 @@ where
             });
             self.take_control();
             match result {
-                Ok(tungstenite::Message::Pong(_)) => self.on_pong(),
-                // tungstenite wrote the pong; `take_control` put it on the wire.
-                Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Frame(_)) => {}
+                Ok(tungstenite::Message::Pong(_)) => {
+                    self.on_pong();
+                    if self.rate.is_some() {
+                        self.spend_rate_token(Instant::now());
+                    }
+                }
+                // tungstenite wrote the pong; `take_control` put it on the wire. Pings count
+                // against the inbound rate limit like messages: a ping flood costs as much.
+                Ok(tungstenite::Message::Ping(_)) => {
+                    if self.rate.is_some() {
+                        self.spend_rate_token(Instant::now());
+                    }
+                }
+                Ok(tungstenite::Message::Frame(_)) => {}
                 Ok(tungstenite::Message::Close(frame)) => {
                     // tungstenite replaces a code the RFC forbids on the wire (1005, 999, ...)
                     // with 1002 before handing the frame over; either way the connection ends

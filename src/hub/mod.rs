@@ -744,7 +744,10 @@ impl HubBuilder {
 
     /// Inbound rate limit per connection: a token bucket refilled at `per_second` messages a
     /// second holding at most `burst`; a client that sends faster is closed with 1008
-    /// ("rate limit exceeded"). Default: `None` (no limit).
+    /// ("rate limit exceeded"). Data messages, pings and pongs each take a token (a ping flood
+    /// costs the server as much as a message flood; the pong that answers the hub's own ping
+    /// once per [ping interval](Self::ping_interval) takes one too). Default: `None` (no
+    /// limit).
     ///
     /// # Panics
     ///
