@@ -3,17 +3,24 @@
 //! nothing pending counts nothing.
 //!
 //! A long `write_interval` holds the messages in the connection's queue, so that a known number
-//! is still there when the connection closes.
+//! is still there when the connection closes. The rest of the tests use a client on a socket
+//! with a tiny receive buffer that does not read while the server fills its socket, wire and
+//! queue; it reads what did go out only after the server decided to close (a truncated last
+//! frame, cut by the end of the stream, is not read): for that connection every delivery ends
+//! up exactly once as read by the client, in `dropped_messages`, or in `discarded_on_close`,
+//! whichever way it closed.
 
 mod support;
 
 use std::time::Duration;
 
-use support::raw::{Upgrade, encode_frame, opcode};
+use futures_util::FutureExt;
+use support::raw::{RawWs, Upgrade, encode_frame, opcode, tcp_with_small_receive_buffer};
 use support::*;
-use tower_ws_hub::{Hub, HubStats, Message, close_code};
+use tower_ws_hub::{Hub, HubStats, Message, SlowConsumerPolicy, close_code};
 
 const ROOM: &str = "leaving";
+const BIG: usize = 64 * 1024;
 
 fn holding_hub() -> Hub {
     Hub::builder()
@@ -107,46 +114,18 @@ async fn every_message_is_either_read_by_the_client_or_counted() {
     // and the rest waits on the connection's wire and in its queue. Then the client breaks a
     // rule; the server closes at once, and the client reads what did go out, up to the close
     // frame. Whatever it did not get must be counted, wherever it was waiting.
-    const MESSAGES: usize = 200;
-    let server = serve_hub(
-        Hub::builder()
-            .write_interval(Duration::ZERO)
-            .outbound_queue(1024, 64 * 1024 * 1024)
-            .build(),
-    )
-    .await;
-    let mut raw = Upgrade::new(&format!("/ws/{ROOM}"))
-        .open_on(support::raw::tcp_with_small_receive_buffer(server.addr).await)
-        .await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let payload = "x".repeat(64 * 1024);
-    for _ in 0..MESSAGES {
-        publish(&server.hub, &payload).await;
-    }
+    let server = serve_hub(roomy().build()).await;
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 200).await;
     raw.send_bytes(&encode_frame(true, 0, opcode::TEXT, None, b"x"))
         .await;
-    let mut read = 0;
-    let code = loop {
-        let frame = raw
-            .read_frame()
-            .await
-            .expect("a close frame before the end");
-        match frame.opcode {
-            opcode::TEXT => read += 1,
-            opcode::CLOSE => break frame.close_code(),
-            other => panic!("unexpected opcode {other}"),
-        }
-    };
-    assert_eq!(code, Some(close_code::PROTOCOL_ERROR));
+    let (read, close) = read_everything(&mut raw).await;
+    assert_eq!(close, Some(Some(close_code::PROTOCOL_ERROR)));
     let stats = stats_once_closed(&server.hub).await;
-    assert_eq!(stats.deliveries, MESSAGES as u64);
-    assert!(read < MESSAGES, "the test needs messages left behind");
-    assert_eq!(
-        read as u64 + stats.discarded_on_close,
-        MESSAGES as u64,
-        "read {read}, counted {}",
-        stats.discarded_on_close
-    );
+    assert_eq!(stats.deliveries, 200);
+    assert!(read < 200, "the test needs messages left behind");
+    assert_eq!(stats.dropped_messages, 0);
+    assert_accounted(read, &stats);
 }
 
 #[tokio::test]
@@ -155,24 +134,327 @@ async fn a_client_that_closes_and_stops_reading_is_dropped_after_the_close_timeo
     // half-written frame the client never reads. Without pings nothing else would ever end the
     // connection; the close timeout must, and what was left counts as discarded.
     let server = serve_hub(
-        Hub::builder()
-            .write_interval(Duration::ZERO)
+        roomy()
             .ping_interval(None)
             .close_timeout(Duration::from_millis(300))
-            .outbound_queue(1024, 64 * 1024 * 1024)
             .build(),
     )
     .await;
-    let mut raw = Upgrade::new(&format!("/ws/{ROOM}"))
-        .open_on(support::raw::tcp_with_small_receive_buffer(server.addr).await)
-        .await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let payload = "x".repeat(64 * 1024);
-    for _ in 0..100 {
-        publish(&server.hub, &payload).await;
-    }
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 100).await;
     raw.send_close(close_code::NORMAL).await;
     let stats = stats_once_closed(&server.hub).await;
     assert!(stats.discarded_on_close > 0, "{stats:?}");
     drop(raw);
+}
+
+/// A queue large enough that nothing overflows it.
+fn roomy() -> tower_ws_hub::HubBuilder {
+    Hub::builder()
+        .write_interval(Duration::ZERO)
+        .outbound_queue(1_000_000, 256 * 1024 * 1024)
+}
+
+async fn stalled_receiver(server: &Server) -> RawWs {
+    let raw = Upgrade::new(&format!("/ws/{ROOM}"))
+        .open_on(tcp_with_small_receive_buffer(server.addr).await)
+        .await;
+    wait_members(&server.hub, ROOM, 1).await;
+    raw
+}
+
+async fn publish_big(hub: &Hub, n: usize) {
+    let payload = "x".repeat(BIG);
+    for _ in 0..n {
+        assert_eq!(
+            hub.publish(ROOM, Message::text(payload.clone()))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+}
+
+/// Reads every frame until the server's close frame or the end of the stream: the number of
+/// data frames read, and the close code if a close frame came.
+async fn read_everything(raw: &mut RawWs) -> (u64, Option<Option<u16>>) {
+    let mut read = 0;
+    while let Some(frame) = raw.read_frame().await {
+        match frame.opcode {
+            opcode::TEXT | opcode::BINARY => read += 1,
+            opcode::CLOSE => return (read, Some(frame.close_code())),
+            _ => {}
+        }
+    }
+    (read, None)
+}
+
+#[track_caller]
+fn assert_accounted(read: u64, stats: &HubStats) {
+    assert_eq!(
+        read + stats.dropped_messages + stats.discarded_on_close,
+        stats.deliveries,
+        "read {read}, dropped {}, discarded {}, deliveries {}: {stats:?}",
+        stats.dropped_messages,
+        stats.discarded_on_close,
+        stats.deliveries
+    );
+}
+
+#[tokio::test]
+async fn shutdown_grace_expiry_counts_what_a_stalled_client_never_got() {
+    let server = serve_hub(
+        roomy()
+            .shutdown_grace(Duration::from_millis(300))
+            .close_timeout(Duration::from_secs(30))
+            .build(),
+    )
+    .await;
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 100).await;
+    server.hub.shutdown().await;
+    let stats = stats_once_closed(&server.hub).await;
+    let (read, _) = read_everything(&mut raw).await;
+    assert!(read < 100, "the test needs messages left behind");
+    assert!(stats.discarded_on_close > 0, "{stats:?}");
+    assert_accounted(read, &stats);
+}
+
+#[tokio::test]
+async fn pong_timeout_then_close_timeout_counts_what_a_stalled_client_never_got() {
+    let server = serve_hub(
+        roomy()
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(200))
+            .close_timeout(Duration::from_millis(200))
+            .build(),
+    )
+    .await;
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 100).await;
+    let stats = stats_once_closed(&server.hub).await;
+    assert_eq!(stats.pong_timeouts, 1);
+    let (read, _) = read_everything(&mut raw).await;
+    assert!(read < 100, "the test needs messages left behind");
+    assert_accounted(read, &stats);
+}
+
+#[tokio::test]
+async fn a_stalled_client_that_sends_close_has_the_rest_counted() {
+    let server = serve_hub(roomy().build()).await;
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 100).await;
+    raw.send_close(close_code::NORMAL).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (read, close) = read_everything(&mut raw).await;
+    assert_eq!(close, Some(Some(close_code::NORMAL)));
+    let stats = stats_once_closed(&server.hub).await;
+    assert!(read < 100, "the test needs messages left behind");
+    assert_accounted(read, &stats);
+}
+
+#[tokio::test]
+async fn a_stalled_client_closed_for_a_hook_panic_has_the_rest_counted() {
+    let server = serve_hub(
+        roomy()
+            .on_message(|_, _| panic!("a hook panic (expected by this test)"))
+            .build(),
+    )
+    .await;
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 100).await;
+    raw.send(opcode::TEXT, b"boom").await;
+    let (read, close) = read_everything(&mut raw).await;
+    assert_eq!(close, Some(Some(close_code::INTERNAL_ERROR)));
+    raw.send_close(close_code::INTERNAL_ERROR).await;
+    let stats = stats_once_closed(&server.hub).await;
+    assert_eq!(stats.hook_panics, 1);
+    assert_accounted(read, &stats);
+}
+
+#[tokio::test]
+async fn a_stalled_client_over_its_rate_limit_has_the_rest_counted() {
+    let server = serve_hub(roomy().inbound_rate_limit(0.001, 1).build()).await;
+    let mut raw = stalled_receiver(&server).await;
+    publish_big(&server.hub, 100).await;
+    let mut two = encode_frame(true, 0, opcode::TEXT, Some(support::raw::MASK), b"1");
+    two.extend(encode_frame(
+        true,
+        0,
+        opcode::TEXT,
+        Some(support::raw::MASK),
+        b"2",
+    ));
+    raw.send_bytes(&two).await;
+    let (read, close) = read_everything(&mut raw).await;
+    assert_eq!(close, Some(Some(close_code::POLICY_VIOLATION)));
+    raw.send_close(close_code::POLICY_VIOLATION).await;
+    let stats = stats_once_closed(&server.hub).await;
+    assert_eq!(stats.rate_limit_closes, 1);
+    // The first message went to the room, whose only member is the sender (not echoed).
+    assert_accounted(read, &stats);
+}
+
+#[tokio::test]
+async fn messages_queued_before_an_on_connect_panic_are_counted() {
+    let hub_cell: std::sync::Arc<std::sync::OnceLock<Hub>> = Default::default();
+    let cell = hub_cell.clone();
+    let hub = Hub::builder()
+        .on_connect(move |ctx| {
+            let hub = cell.get().unwrap();
+            for _ in 0..3 {
+                let queued = hub
+                    .publish(ctx.room(), Message::text("before the panic"))
+                    .now_or_never()
+                    .expect("an in-process publish does not wait")
+                    .unwrap();
+                assert_eq!(queued, 1);
+            }
+            panic!("an on_connect panic (expected by this test)");
+        })
+        .build();
+    hub_cell.set(hub.clone()).unwrap();
+    let server = serve_hub(hub).await;
+    let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    let (read, close) = read_everything(&mut raw).await;
+    assert_eq!(close, Some(Some(close_code::INTERNAL_ERROR)));
+    raw.send_close(close_code::INTERNAL_ERROR).await;
+    let stats = stats_once_closed(&server.hub).await;
+    assert_eq!(stats.deliveries, 3);
+    assert_eq!(stats.discarded_on_close, 3, "{stats:?}");
+    assert_accounted(read, &stats);
+}
+
+/// Runs of small frames (a client's burst is fanned out as runs), so that the server's socket
+/// stops in the middle of a run: half-written runs are cut and counted frame by frame.
+#[tokio::test]
+async fn half_written_runs_are_counted_frame_by_frame() {
+    for round in 0..5 {
+        let server = serve_hub(roomy().max_message_size(1 << 20).build()).await;
+        let mut raw = stalled_receiver(&server).await;
+        let mut sender = server.connect(ROOM).await;
+        wait_members(&server.hub, ROOM, 2).await;
+        // 40 000 messages of 40..=140 bytes, in bursts the server reads together.
+        let mut n = 0u64;
+        for burst in 0..200 {
+            let mut bytes = Vec::new();
+            for i in 0..200 {
+                let len = 40 + (burst * 7 + i * 13) % 101;
+                bytes.extend(encode_frame(
+                    true,
+                    0,
+                    opcode::TEXT,
+                    Some(support::raw::MASK),
+                    "y".repeat(len).as_bytes(),
+                ));
+                n += 1;
+            }
+            use tokio::io::AsyncWriteExt;
+            let stream = sender.get_mut();
+            match stream {
+                tokio_tungstenite::MaybeTlsStream::Plain(tcp) => {
+                    tcp.write_all(&bytes).await.unwrap()
+                }
+                _ => unreachable!(),
+            }
+        }
+        eventually("every message received", || {
+            server.hub.stats().messages_received == n
+        })
+        .await;
+        // An unmasked frame: the server closes at once.
+        raw.send_bytes(&encode_frame(true, 0, opcode::TEXT, None, b"x"))
+            .await;
+        let (read, close) = read_everything(&mut raw).await;
+        assert_eq!(
+            close,
+            Some(Some(close_code::PROTOCOL_ERROR)),
+            "round {round}"
+        );
+        raw.send_close(close_code::PROTOCOL_ERROR).await;
+        drop(sender);
+        let stats = stats_once_closed(&server.hub).await;
+        assert!(
+            read < n,
+            "round {round}: the test needs messages left behind"
+        );
+        assert_accounted(read, &stats);
+    }
+}
+
+/// A publisher floods the room from another thread while the client closes: pushes that race
+/// with the connection's end are either refused or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_racing_with_the_end_are_refused_or_counted() {
+    for round in 0..20 {
+        let server = serve_hub(roomy().build()).await;
+        let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+        wait_members(&server.hub, ROOM, 1).await;
+        let hub = server.hub.clone();
+        let publisher = tokio::spawn(async move {
+            let mut queued = 0u64;
+            while hub.stats().connections > 0 {
+                for _ in 0..50 {
+                    queued += hub.publish(ROOM, Message::text("race")).await.unwrap() as u64;
+                }
+                tokio::task::yield_now().await;
+            }
+            queued
+        });
+        let mut read = 0u64;
+        while read < 200 + round * 37 {
+            let frame = raw.read_frame().await.expect("a frame");
+            if frame.opcode == opcode::TEXT {
+                read += 1;
+            }
+        }
+        raw.send_close(close_code::NORMAL).await;
+        let (more, close) = read_everything(&mut raw).await;
+        read += more;
+        assert_eq!(close, Some(Some(close_code::NORMAL)));
+        let queued = publisher.await.unwrap();
+        let stats = server.hub.stats();
+        assert_eq!(stats.deliveries, queued);
+        assert_accounted(read, &stats);
+    }
+}
+
+/// A slow-consumer disconnect of a client that never reads again before the server gives up:
+/// what it discards is counted in `dropped_messages` and the frame left half-written is never
+/// written. Prints where each part went.
+#[tokio::test]
+async fn slow_consumer_disconnect_then_close_timeout() {
+    let server = serve_hub(
+        Hub::builder()
+            .write_interval(Duration::ZERO)
+            .outbound_queue(64, 64 * 1024 * 1024)
+            .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let mut raw = stalled_receiver(&server).await;
+    let payload = "x".repeat(4096);
+    let mut published = 0u64;
+    while server.hub.stats().slow_consumer_disconnects == 0 {
+        server
+            .hub
+            .publish(ROOM, Message::text(payload.clone()))
+            .await
+            .unwrap();
+        published += 1;
+        assert!(published < 100_000);
+        // Let the connection write: its socket must fill before its queue does.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let stats = stats_once_closed(&server.hub).await;
+    let (read, _) = read_everything(&mut raw).await;
+    eprintln!("published {published}, read {read}, {stats:?}");
+    // The message that overflowed was never a delivery; it is counted as dropped.
+    assert_eq!(stats.deliveries + 1, published);
+    assert_eq!(
+        read + stats.dropped_messages + stats.discarded_on_close,
+        published,
+        "read {read}: {stats:?}"
+    );
 }

@@ -257,10 +257,12 @@ impl Wire {
 mod tests {
     use super::*;
 
-    /// A socket that takes at most `limit` bytes per write.
+    /// A socket that takes at most `limit` bytes per write, and `left` bytes in all (then it
+    /// is full: `Pending`).
     struct Trickle {
         out: Vec<u8>,
         limit: usize,
+        left: usize,
     }
 
     impl AsyncWrite for Trickle {
@@ -269,7 +271,11 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.limit);
+            if self.left == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.limit).min(self.left);
+            self.left -= n;
             self.out.extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
         }
@@ -288,6 +294,7 @@ mod tests {
         let mut io = Trickle {
             out: Vec::new(),
             limit,
+            left: usize::MAX,
         };
         let mut written = Written::default();
         let waker = futures_util::task::noop_waker();
@@ -405,32 +412,6 @@ mod tests {
     /// frame is exactly once written whole, discarded, or left unwritten.
     #[test]
     fn every_frame_is_written_discarded_or_unwritten_exactly_once() {
-        /// Takes at most 3 bytes a write, and `left` bytes in all.
-        struct Budget {
-            out: Vec<u8>,
-            left: usize,
-        }
-        impl AsyncWrite for Budget {
-            fn poll_write(
-                mut self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                if self.left == 0 {
-                    return Poll::Pending;
-                }
-                let n = buf.len().min(self.left).min(3);
-                self.left -= n;
-                self.out.extend_from_slice(&buf[..n]);
-                Poll::Ready(Ok(n))
-            }
-            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-        }
         /// Complete text frames in `out` (every frame here is short).
         fn complete_data_frames(out: &[u8]) -> usize {
             let (mut at, mut n) = (0, 0);
@@ -455,8 +436,9 @@ mod tests {
                     wire.push_control(Bytes::from_static(&[0x89, 0x00]));
                     wire.push_data(run_of(&["zz", "wwww"]));
                     wire.push_data(Frames::one(Bytes::from_static(&[0x81, 0x01, b'q'])));
-                    let mut io = Budget {
+                    let mut io = Trickle {
                         out: Vec::new(),
+                        limit: 3,
                         left: first,
                     };
                     let mut written = Written::default();
