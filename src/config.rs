@@ -23,7 +23,8 @@ pub const DEFAULT_OUTBOUND_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a client has to answer a ping: 20 s.
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
-/// Default time to wait for the client's close frame after sending ours: 5 s.
+/// Default time to wait for the client's close frame after sending ours (or, after the
+/// client's, for our answer to be written): 5 s.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time the server may take to hand over an upgraded socket: 10 s.
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -42,7 +42,8 @@ pub enum OriginPolicy {
     /// Only these origins (`scheme://host[:port]`); requests without `Origin` are allowed.
     /// Scheme and host compare case-insensitively, and a port equal to the scheme's default
     /// (80 for `http`/`ws`, 443 for `https`/`wss`) is the same as none. Build it with
-    /// [`allow_list`](Self::allow_list), which checks and normalises each entry.
+    /// [`allow_list`](Self::allow_list), which checks and normalises each entry (an entry of a
+    /// list built directly is not checked: one that is not a valid origin never matches).
     AllowList(Arc<[HeaderValue]>),
     /// A custom decision from the `Origin` header (if any) and the request head.
     Predicate(Arc<OriginPredicate>),
@@ -66,14 +67,18 @@ impl OriginPolicy {
     /// Only these origins, e.g. `["https://example.com", "http://localhost:8080"]`: what a
     /// browser sends as `Origin`, `scheme://host[:port]` (a trailing `/` is ignored).
     /// `https://example.com:443` and `https://example.com` are the same origin, as are
-    /// `https://Example.COM` and `https://example.com`; each entry is stored lower-case and
+    /// `https://Example.COM` and `https://example.com`; IPv6 hosts compare by address
+    /// (`[0:0::1]` is `[::1]`). Each entry is stored lower-case, IPv6 in its short form, and
     /// without its scheme's default port.
     ///
     /// # Panics
     ///
-    /// If an entry is not `scheme://host[:port]` (a path, a user name, a missing scheme or
-    /// host, a port that is not a number, or the opaque origin `null`, which any sandboxed
-    /// page can send and so must never be allowed).
+    /// If an entry is not `scheme://host[:port]` as browsers send it: a path, query or
+    /// fragment, a user name, a wildcard, a missing scheme or host, a host with anything but
+    /// ASCII letters, digits, `-`, `.` and `_` (write an internationalised domain in its
+    /// `xn--` form), an IPv6 address without brackets or with a zone id, a port that is not
+    /// 1–5 digits within 1–65535, or the opaque origin `null`, which any sandboxed page can
+    /// send and so must never be allowed.
     pub fn allow_list<I, O>(origins: I) -> Self
     where
         I: IntoIterator<Item = O>,

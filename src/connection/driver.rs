@@ -6,12 +6,16 @@
 //! frames come from tungstenite, and one vectored write sends as many as the socket takes.
 //!
 //! Each `poll` does, in order:
-//! 1. take everything the outbound queue holds (and any close request from the hub), unless
-//!    the last write of data was less than `write_interval` ago;
+//! 1. take what the outbound queue hands over (at most half its budget) and any close request
+//!    from the hub, unless `write_interval` holds data back: the last take of data was less
+//!    than the interval ago, and none of these applies: the client sent a data message within
+//!    the last interval, a backlog is being worked through, the wire still holds data, or the
+//!    connection is closing or asked to close;
 //! 2. the timer: heartbeat ping, pong timeout, idle timeout, the end of the write interval,
 //!    or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
-//!    thread), running the message hook and the fan-out for each data message;
+//!    thread), running the message hook and the fan-out for each data message; a data message
+//!    lifts a hold, and what was held is taken right after;
 //! 4. send our close frame when due, then write the wire.
 //!
 //! The task is woken by the socket (reads and writes), by the timer, and by the outbound queue

@@ -2,8 +2,9 @@
 //!
 //! Producers (the fan-out of any room member, the application's `publish`, the connection's own
 //! message hook replying) push under a short mutex and wake the connection task; the task takes
-//! everything queued in one go and writes it with one flush. Nothing here ever waits on a socket,
-//! so a slow client can only ever fill its own queue, and what happens then is the configured
+//! what is queued (at most half the budget at a time, and not while `write_interval` holds it
+//! back) and writes it with one vectored write. Nothing here ever waits on a socket, so a slow
+//! client can only ever fill its own queue, and what happens then is the configured
 //! [`SlowConsumerPolicy`].
 
 use std::collections::VecDeque;

@@ -699,8 +699,9 @@ impl HubBuilder {
         self
     }
 
-    /// How long to wait for the client's close frame after sending ours before dropping the
-    /// socket. Default: 5 s.
+    /// How long to wait for the client's close frame after sending ours, and, once the client
+    /// has sent its close frame, for our answer to be written, before dropping the socket.
+    /// Default: 5 s. `Duration::MAX` (or anything over a year) means never.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self
@@ -815,9 +816,9 @@ impl HubBuilder {
     /// Under a steady stream of messages to many connections, writing each message on its
     /// own spends the CPU on those instead of on delivering, and latency grows with the
     /// backlog. Measured on a 2-core machine (BENCHMARKS.md, `rate1000`: 1000 messages/s to
-    /// 1000 subscribers on two instances), 4 ms took p99 latency from 37–100 ms down to about
-    /// 11 ms and the servers' CPU time down by about a quarter; 1 ms barely helped there, 2 ms
-    /// half-way.
+    /// 1000 subscribers on two instances), 4 ms took p99 latency from 29–63 ms down to
+    /// 10.5–15 ms and the servers' CPU time down by about a quarter; 1 ms did not help there
+    /// (56 ms), 2 ms most of the way (17 ms).
     pub fn write_interval(mut self, interval: Duration) -> Self {
         self.config.write_interval = interval;
         self
