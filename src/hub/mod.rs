@@ -679,7 +679,7 @@ impl HubBuilder {
     }
 
     /// Interval between server pings; `None` disables them (and with them the detection of dead
-    /// peers). Default: 30 s.
+    /// peers). Default: 30 s. Durations over a year count as a year.
     ///
     /// # Panics
     ///
@@ -694,6 +694,7 @@ impl HubBuilder {
     }
 
     /// How long a client has to answer a ping before it is closed with 1008. Default: 20 s.
+    /// Durations over a year count as a year.
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
         self.config.pong_timeout = timeout;
         self
@@ -701,7 +702,7 @@ impl HubBuilder {
 
     /// How long to wait for the client's close frame after sending ours, and, once the client
     /// has sent its close frame, for our answer to be written, before dropping the socket.
-    /// Default: 5 s. `Duration::MAX` (or anything over a year) means never.
+    /// Default: 5 s. Durations over a year count as a year.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self
@@ -764,7 +765,8 @@ impl HubBuilder {
 
     /// Closes a connection (1000, "idle timeout") after this long without a data message from
     /// the client. Pings and pongs do not count as activity. Default: `None` (dead peers are
-    /// still detected by the [ping interval](Self::ping_interval)).
+    /// still detected by the [ping interval](Self::ping_interval)). Durations over a year count
+    /// as a year.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
         self
