@@ -77,7 +77,7 @@ impl OriginPolicy {
     /// fragment, a user name, a wildcard, a missing scheme or host, a host with anything but
     /// ASCII letters, digits, `-`, `.` and `_` (write an internationalised domain in its
     /// `xn--` form), an IPv6 address without brackets or with a zone id, a port that is not
-    /// 1–5 digits within 1–65535, or the opaque origin `null`, which any sandboxed page can
+    /// 1–5 digits or is above 65535, or the opaque origin `null`, which any sandboxed page can
     /// send and so must never be allowed.
     pub fn allow_list<I, O>(origins: I) -> Self
     where

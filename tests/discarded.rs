@@ -189,6 +189,15 @@ async fn read_everything(raw: &mut RawWs) -> (u64, Option<Option<u16>>) {
     (read, None)
 }
 
+/// Reads everything up to the server's close frame, which must carry `code`, and answers it:
+/// the number of data frames read.
+async fn read_to_close_and_answer(raw: &mut RawWs, code: u16) -> u64 {
+    let (read, close) = read_everything(raw).await;
+    assert_eq!(close, Some(Some(code)));
+    raw.send_close(code).await;
+    read
+}
+
 #[track_caller]
 fn assert_accounted(read: u64, stats: &HubStats) {
     assert_eq!(
@@ -264,9 +273,7 @@ async fn a_stalled_client_closed_for_a_hook_panic_has_the_rest_counted() {
     let mut raw = stalled_receiver(&server).await;
     publish_big(&server.hub, 100).await;
     raw.send(opcode::TEXT, b"boom").await;
-    let (read, close) = read_everything(&mut raw).await;
-    assert_eq!(close, Some(Some(close_code::INTERNAL_ERROR)));
-    raw.send_close(close_code::INTERNAL_ERROR).await;
+    let read = read_to_close_and_answer(&mut raw, close_code::INTERNAL_ERROR).await;
     let stats = stats_once_closed(&server.hub).await;
     assert_eq!(stats.hook_panics, 1);
     assert_accounted(read, &stats);
@@ -286,9 +293,7 @@ async fn a_stalled_client_over_its_rate_limit_has_the_rest_counted() {
         b"2",
     ));
     raw.send_bytes(&two).await;
-    let (read, close) = read_everything(&mut raw).await;
-    assert_eq!(close, Some(Some(close_code::POLICY_VIOLATION)));
-    raw.send_close(close_code::POLICY_VIOLATION).await;
+    let read = read_to_close_and_answer(&mut raw, close_code::POLICY_VIOLATION).await;
     let stats = stats_once_closed(&server.hub).await;
     assert_eq!(stats.rate_limit_closes, 1);
     // The first message went to the room, whose only member is the sender (not echoed).
@@ -316,9 +321,7 @@ async fn messages_queued_before_an_on_connect_panic_are_counted() {
     hub_cell.set(hub.clone()).unwrap();
     let server = serve_hub(hub).await;
     let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
-    let (read, close) = read_everything(&mut raw).await;
-    assert_eq!(close, Some(Some(close_code::INTERNAL_ERROR)));
-    raw.send_close(close_code::INTERNAL_ERROR).await;
+    let read = read_to_close_and_answer(&mut raw, close_code::INTERNAL_ERROR).await;
     let stats = stats_once_closed(&server.hub).await;
     assert_eq!(stats.deliveries, 3);
     assert_eq!(stats.discarded_on_close, 3, "{stats:?}");

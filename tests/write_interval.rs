@@ -232,20 +232,26 @@ async fn answer_within(client: &mut Client, what: &str) -> String {
     }
 }
 
+/// Two members of [`ROOM`] on a hub with a 60 s interval: one asks, the other answers.
+async fn asker_and_answerer(echo: bool) -> (Server, Client, Client) {
+    let server = serve_hub(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .echo_to_sender(echo)
+            .build(),
+    )
+    .await;
+    let asker = server.connect(ROOM).await;
+    let answerer = server.connect(ROOM).await;
+    wait_members(&server.hub, ROOM, 2).await;
+    (server, asker, answerer)
+}
+
 #[tokio::test]
 async fn the_rooms_response_to_a_client_is_not_held_back_after_its_own_echo() {
     // The question lifts the hold; the asker's own echo is written at once, and the answer
     // from the room, which is what it waits for, must not wait for an interval after that.
-    let server = serve_hub(
-        Hub::builder()
-            .write_interval(Duration::from_secs(60))
-            .echo_to_sender(true)
-            .build(),
-    )
-    .await;
-    let mut asker = server.connect(ROOM).await;
-    let mut answerer = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 2).await;
+    let (_server, mut asker, mut answerer) = asker_and_answerer(true).await;
     send_text(&mut asker, "question").await;
     assert_eq!(
         answer_within(&mut asker, "the asker's echo").await,
@@ -265,15 +271,7 @@ async fn the_rooms_response_to_a_client_is_not_held_back_after_its_own_echo() {
 
 #[tokio::test]
 async fn other_traffic_after_a_question_does_not_hold_back_the_answer() {
-    let server = serve_hub(
-        Hub::builder()
-            .write_interval(Duration::from_secs(60))
-            .build(),
-    )
-    .await;
-    let mut asker = server.connect(ROOM).await;
-    let mut answerer = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 2).await;
+    let (server, mut asker, mut answerer) = asker_and_answerer(false).await;
     send_text(&mut asker, "question").await;
     assert_eq!(
         answer_within(&mut answerer, "the question").await,

@@ -366,8 +366,14 @@ where
         } else {
             config.close_timeout
         };
-        self.timer.as_mut().reset(later(Instant::now(), deadline));
+        self.arm_close_timer(deadline);
         self.phase = Phase::Closing { frame, drain };
+    }
+
+    /// Points the timer at the end of the close handshake: `after` from now, the connection
+    /// ends (`End::CloseTimeout`) if it is not over by then.
+    fn arm_close_timer(&mut self, after: Duration) {
+        self.timer.as_mut().reset(later(Instant::now(), after));
     }
 
     fn on_close_intent(&mut self, intent: CloseIntent) {
@@ -487,19 +493,23 @@ where
 
     /// One data message from the client: rate limit, hook, then fan-out or reply.
     fn on_message(&mut self, message: Message) {
-        // An answer to this message (a reply, an echo, the room's response) is not held back.
-        let interval = self.config().write_interval;
-        if !interval.is_zero() {
-            self.next_take = None;
-            self.answering_until = Some(later(Instant::now(), interval));
-        }
         let hub = self.membership.hub().inner();
         Counters::incr(&hub.counters.messages_received);
-        if self.rate.is_some() || hub.config.idle_timeout.is_some() {
+        let interval = hub.config.write_interval;
+        let limited = self.rate.is_some() || hub.config.idle_timeout.is_some();
+        if !interval.is_zero() || limited {
             let now = Instant::now();
-            self.last_data = now;
-            if !self.spend_rate_token(now) {
-                return;
+            if !interval.is_zero() {
+                // An answer to this message (a reply, an echo, the room's response) is not
+                // held back.
+                self.next_take = None;
+                self.answering_until = Some(later(now, interval));
+            }
+            if limited {
+                self.last_data = now;
+                if !self.spend_rate_token(now) {
+                    return;
+                }
             }
         }
         let Ok(action) = hub.inbound(self.context, message) else {
@@ -644,15 +654,13 @@ where
             });
             self.take_control();
             match result {
-                Ok(tungstenite::Message::Pong(_)) => {
-                    self.on_pong();
-                    if self.rate.is_some() {
-                        self.spend_rate_token(Instant::now());
+                // For a ping, tungstenite wrote the pong; `take_control` put it on the wire.
+                // Both count against the inbound rate limit like messages: a flood of them
+                // costs as much.
+                Ok(control @ (tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_))) => {
+                    if matches!(control, tungstenite::Message::Pong(_)) {
+                        self.on_pong();
                     }
-                }
-                // tungstenite wrote the pong; `take_control` put it on the wire. Pings count
-                // against the inbound rate limit like messages: a ping flood costs as much.
-                Ok(tungstenite::Message::Ping(_)) => {
                     if self.rate.is_some() {
                         self.spend_rate_token(Instant::now());
                     }
@@ -674,10 +682,7 @@ where
                         self.phase = Phase::PeerClosed;
                         // The answer may wait behind a half-written frame: a client that
                         // closes and then stops reading gets `close_timeout`, as when we close.
-                        let close_timeout = self.config().close_timeout;
-                        self.timer
-                            .as_mut()
-                            .reset(later(Instant::now(), close_timeout));
+                        self.arm_close_timer(self.config().close_timeout);
                     }
                 }
                 Ok(data) => {
@@ -738,10 +743,7 @@ where
         self.phase = Phase::CloseSent;
         // From here on the client has `close_timeout` to answer, whatever the wait before was
         // (a shutdown allows for draining the queue first).
-        let close_timeout = self.config().close_timeout;
-        self.timer
-            .as_mut()
-            .reset(later(Instant::now(), close_timeout));
+        self.arm_close_timer(self.config().close_timeout);
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
@@ -829,11 +831,10 @@ impl<S> Drop for Driver<'_, S> {
         // still reach the room.
         self.flush_forward();
         // Whatever was taken and never written no longer counts against the queue.
-        let unwritten =
-            self.wire.unwritten_data_frames() + self.taken.iter().map(Frames::count).sum::<usize>();
         let pending = self.wire.pending_data();
         self.queue.release(pending.frames, pending.bytes);
-        self.queue.release_taken(&mut self.taken);
+        let unwritten =
+            self.wire.unwritten_data_frames() + self.queue.release_taken(&mut self.taken);
         // Later pushes are refused (the connection is about to leave its room); everything
         // that was queued for it and never written is counted once, here.
         let discarded = self.discarded + unwritten + self.queue.end();

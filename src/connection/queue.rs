@@ -281,13 +281,14 @@ impl OutboundQueue {
         state.discarded
     }
 
-    /// The writer is done with these taken runs (written or discarded): releases them and
-    /// empties `taken`.
-    pub(crate) fn release_taken(&self, taken: &mut VecDeque<Frames>) {
+    /// The writer is done with these taken runs (written or discarded): releases them, empties
+    /// `taken`, and returns how many messages they held.
+    pub(crate) fn release_taken(&self, taken: &mut VecDeque<Frames>) -> usize {
         let messages = taken.iter().map(Frames::count).sum();
         let bytes = taken.iter().map(Frames::len).sum();
         taken.clear();
         self.release(messages, bytes);
+        messages
     }
 
     /// The writer handed `messages` taken messages of `bytes` payload bytes to the socket layer
@@ -725,7 +726,7 @@ mod properties {
                         queue.push_all(&crate::connection::frames::RunBuilder::pack(&messages), |_, _| {});
                     }
                     Op::Take => { let _ = queue.take(&mut taken); }
-                    Op::ReleaseAll => queue.release_taken(&mut taken),
+                    Op::ReleaseAll => { queue.release_taken(&mut taken); }
                 }
                 let state = queue.lock();
                 let held_bytes: usize = state.queued.iter().chain(taken.iter()).map(Frames::len).sum();

@@ -110,6 +110,14 @@ impl Wire {
         self.control_bytes
     }
 
+    /// For the front chunk when it is a half-written run: the end of the last frame it has
+    /// started, and how many frames it has started (the last one possibly only in part).
+    fn front_started(&self) -> Option<(usize, usize)> {
+        let front = self.chunks.front()?;
+        (self.front_written > 0 && front.is_data())
+            .then(|| end_of_frame_at(&front.bytes, self.front_written - 1))
+    }
+
     /// Drops every data frame not yet started (a half-written one must be finished, or the
     /// stream would be corrupt). Returns what was dropped, and what of a half-written run
     /// turned out to be completely written once its unstarted frames were cut off (the socket
@@ -118,12 +126,11 @@ impl Wire {
         let mut discarded = Written::default();
         let mut completed = Written::default();
         let started = usize::from(self.front_written > 0);
-        if let Some(front) = self.chunks.front_mut()
-            && started == 1
+        if let Some((end, frames)) = self.front_started()
+            && let Some(front) = self.chunks.front_mut()
             && front.frames > 1
         {
             // Keep the half-written run only up to the end of the last frame it has started.
-            let (end, frames) = end_of_frame_at(&front.bytes, self.front_written - 1);
             discarded.frames += front.frames - frames;
             discarded.bytes += front.bytes.len() - end;
             front.bytes.truncate(end);
@@ -170,18 +177,17 @@ impl Wire {
     /// do not count, the half-written frame does. For the count of messages a connection never
     /// delivered when it ends.
     pub(crate) fn unwritten_data_frames(&self) -> usize {
+        let front = self.front_started();
         self.chunks
             .iter()
             .enumerate()
             .filter(|(_, chunk)| chunk.is_data())
-            .map(|(index, chunk)| {
-                if index == 0 && self.front_written > 0 {
-                    // `through` frames end at or after the half-written one: all but it are out.
-                    let (_, through) = end_of_frame_at(&chunk.bytes, self.front_written);
-                    chunk.frames - (through - 1)
-                } else {
-                    chunk.frames
+            .map(|(index, chunk)| match front {
+                // Of the frames started, all are out but a last one written only in part.
+                Some((end, started)) if index == 0 => {
+                    chunk.frames - started + usize::from(end != self.front_written)
                 }
+                _ => chunk.frames,
             })
             .sum()
     }
