@@ -14,6 +14,7 @@
 
 pub mod clock;
 pub mod loadgen;
+pub mod netstat;
 pub mod payload;
 pub mod report;
 pub mod serve;

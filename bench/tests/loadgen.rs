@@ -252,6 +252,19 @@ fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected
         "{ctx}"
     );
     assert_eq!(figure("lost"), Some(0.0), "{ctx}");
+    // The machine's segment counters span the load: every subscriber got at least one data
+    // segment, and the figure is that count per delivery.
+    if cfg!(target_os = "linux") {
+        let segments = report.tcp_segments.expect("Linux has the counters");
+        assert!(
+            segments.data >= opts.subscribers as u64,
+            "{ctx}: {segments:?}"
+        );
+        assert!(segments.all >= segments.data, "{ctx}: {segments:?}");
+        let per_delivery = figure("data_segments_per_delivery").expect("figure present");
+        let expected = segments.data as f64 / report.delivered as f64;
+        assert!((per_delivery - expected).abs() < 0.001, "{ctx}");
+    }
 }
 
 async fn burst(server: Server) {

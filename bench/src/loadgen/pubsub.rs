@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::receiver::Receiver;
 use super::{Client, connect, room_name, room_url};
 use crate::clock::{now_ns, ns_at};
+use crate::netstat::TcpSegments;
 use crate::payload::{Header, Kind};
 use crate::report::{Figures, round};
 use crate::server_stats::{self, ServerStats};
@@ -232,6 +233,9 @@ pub struct Report {
     /// `delivered / server CPU seconds`: throughput per unit of server work, which a machine
     /// shared with other work disturbs less than wall-clock throughput.
     pub deliveries_per_server_cpu_s: Option<f64>,
+    /// TCP segments the whole machine sent over the same span (see [`crate::netstat`]):
+    /// servers, load generator and Redis together; `None` off Linux.
+    pub tcp_segments: Option<TcpSegments>,
     /// Growth of the servers' peak RSS (VmHWM) over the load, KiB: the transient memory of the
     /// load, which samples of the current RSS can miss.
     pub server_hwm_growth_kib: Option<u64>,
@@ -280,6 +284,12 @@ impl Report {
             line += &format!(
                 "; connect failures {}, disconnected {}, ready {}",
                 self.connect_failures, self.subscribers_disconnected, self.ready
+            );
+        }
+        if let Some(segments) = self.tcp_segments.filter(|_| self.delivered > 0) {
+            line += &format!(
+                "; {:.2} data segments per delivery",
+                segments.data as f64 / self.delivered as f64
             );
         }
         if let Some(watch) = &self.rss_watch {
@@ -889,6 +899,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
 
     // 5. Load.
     let loadgen_cpu_before = crate::sys::cpu_time();
+    let segments_before = TcpSegments::read();
     let _ = phase_tx.send(Phase::Go);
     let mut outcomes = Vec::with_capacity(publishers.len());
     for handle in publishers {
@@ -919,6 +930,9 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let loadgen_cpu_ms = (crate::sys::cpu_time() - loadgen_cpu_before).as_millis() as u64;
+    let tcp_segments = segments_before
+        .zip(TcpSegments::read())
+        .map(|(before, after)| after.since(before));
     let stats_after = if want_stats {
         Some(server_stats::fetch_all(&opts.urls).await?)
     } else {
@@ -1060,6 +1074,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         deliveries_per_server_cpu_s: server_cpu_ms
             .filter(|&ms| ms > 0)
             .map(|ms| round(delivered as f64 / (ms as f64 / 1000.0), 0)),
+        tcp_segments,
         server_hwm_growth_kib,
         latency_ms: latency,
         per_publisher,
@@ -1110,6 +1125,13 @@ fn figures(report: &Report) -> Figures {
         f.push("deliveries_per_server_cpu_s", rate);
     }
     f.push("loadgen_cpu_ms", report.loadgen_cpu_ms as f64);
+    if let Some(segments) = report.tcp_segments.filter(|_| report.delivered > 0) {
+        // Per delivery, so that runs of different lengths compare: 1.0 data segments per
+        // delivery is one segment for every message to every subscriber.
+        let per = |n: u64| round(n as f64 / report.delivered as f64, 3);
+        f.push("data_segments_per_delivery", per(segments.data));
+        f.push("segments_per_delivery", per(segments.all));
+    }
     if let Some(growth) = report.server_hwm_growth_kib {
         f.push("hwm_growth_mib", round(mib(growth), 1));
     }
