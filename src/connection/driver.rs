@@ -15,7 +15,8 @@
 //!    or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
 //!    thread), running the message hook and the fan-out for each data message; a data message
-//!    lifts a hold, and what was held is taken right after;
+//!    lifts a hold, and what was held is taken right after; once the socket is empty, a read
+//!    buffer grown by a large frame is let go of (`shrink_read_buffer`);
 //! 4. send our close frame when due, then write the wire.
 //!
 //! The task is woken by the socket (reads and writes), by the timer, and by the outbound queue
@@ -40,6 +41,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketContext};
 use tokio_tungstenite::tungstenite::{self};
 
+use super::boundary::FrameBoundary;
 use super::frames::Frames;
 use super::io::PollIo;
 use super::queue::{CloseIntent, OutboundQueue};
@@ -156,6 +158,9 @@ pub(crate) struct Driver<'a, S> {
     /// The last read attempt found nothing; skip reading until `readiness` says otherwise.
     read_blocked: bool,
     ws: WebSocketContext,
+    /// Where the client's frames end in what `ws` was given: tells when `ws` holds nothing
+    /// and may be replaced, to let go of a read buffer grown by a large frame.
+    boundary: FrameBoundary,
     /// What tungstenite wrote during the last call (pongs, close frames), bound for the wire.
     control: BytesMut,
     wire: Wire,
@@ -299,6 +304,7 @@ where
             readiness,
             read_blocked: false,
             ws: WebSocketContext::new(Role::Server, Some(config.websocket_config())),
+            boundary: FrameBoundary::default(),
             control: BytesMut::new(),
             wire: Wire::default(),
             taken: VecDeque::new(),
@@ -651,6 +657,7 @@ where
                 io: &mut self.io,
                 cx: &mut read_cx,
                 written: &mut self.control,
+                boundary: &mut self.boundary,
             });
             self.take_control();
             match result {
@@ -694,6 +701,7 @@ where
                 Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                     // The socket registered `read_waker`: it flags readiness when data comes.
                     self.read_blocked = true;
+                    self.shrink_read_buffer();
                     return Poll::Pending;
                 }
                 Err(error) => match classify(error) {
@@ -720,6 +728,26 @@ where
         Poll::Pending
     }
 
+    /// Replaces tungstenite's protocol state with a fresh one, and so its read buffer with one
+    /// of `read_buffer_size`, once a frame larger than that has been read and nothing is left
+    /// in the old state: tungstenite has just asked for more bytes (so it has parsed every
+    /// complete frame, and answered any ping: `read` flushes pongs before it reads), every
+    /// byte it was given ends a frame, no fragmented message is half assembled, and the
+    /// connection is open (no close handshake under way). The fresh state is then exactly the
+    /// old one, minus the memory.
+    fn shrink_read_buffer(&mut self) {
+        let config = self.config();
+        if !matches!(self.phase, Phase::Open)
+            || self.read_done
+            || !self.boundary.at_message_boundary()
+            || self.boundary.largest() <= config.read_buffer_size as u64
+        {
+            return;
+        }
+        self.ws = WebSocketContext::new(Role::Server, Some(config.websocket_config()));
+        self.boundary.reset();
+    }
+
     /// Puts our close frame on the wire once what must precede it is written.
     fn send_close_when_due(&mut self, cx: &mut Context<'_>) {
         let Phase::Closing { frame, drain } = &self.phase else {
@@ -736,6 +764,7 @@ where
                 io: &mut self.io,
                 cx,
                 written: &mut self.control,
+                boundary: &mut self.boundary,
             },
             Some(frame),
         );

@@ -16,18 +16,25 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::boundary::FrameBoundary;
+
 pub(crate) struct PollIo<'a, 'b, S> {
     pub(crate) io: &'a mut S,
     pub(crate) cx: &'a mut Context<'b>,
     /// What tungstenite wrote: control frames for the wire.
     pub(crate) written: &'a mut BytesMut,
+    /// Sees every byte read, on its way to tungstenite.
+    pub(crate) boundary: &'a mut FrameBoundary,
 }
 
 impl<S: AsyncRead + Unpin> Read for PollIo<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
         match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
-            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Ok(())) => {
+                self.boundary.observe(buf.filled());
+                Ok(buf.filled().len())
+            }
             Poll::Ready(Err(error)) => Err(error),
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }

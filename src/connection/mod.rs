@@ -8,6 +8,7 @@
 //!
 //! Close codes the server sends are listed in [`close_code`](crate::close_code).
 
+mod boundary;
 mod driver;
 pub(crate) mod frames;
 mod io;

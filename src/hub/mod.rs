@@ -637,10 +637,12 @@ impl HubBuilder {
     }
 
     /// Per-connection socket read buffer. Small keeps idle connections cheap; large reads
-    /// floods of big messages in fewer syscalls. The buffer grows to hold the largest frame the
-    /// client sends and keeps that size for the rest of the connection (tungstenite never
-    /// shrinks it), so [`max_frame_size`](Self::max_frame_size) also bounds what one connection
-    /// can pin. Default: [`DEFAULT_READ_BUFFER_SIZE`](crate::DEFAULT_READ_BUFFER_SIZE) (2 KiB).
+    /// floods of big messages in fewer syscalls. The buffer grows to hold a frame larger than
+    /// itself and goes back to this size once that frame is read and nothing else is buffered
+    /// (the connection starts a fresh parser between messages), so a client that once sent a
+    /// large message does not keep its size for the rest of the connection; while a large
+    /// frame is arriving, [`max_frame_size`](Self::max_frame_size) bounds what it holds.
+    /// Default: [`DEFAULT_READ_BUFFER_SIZE`](crate::DEFAULT_READ_BUFFER_SIZE) (2 KiB).
     ///
     /// # Panics
     ///
