@@ -15,12 +15,20 @@ use tower_ws_hub::Hub;
 /// Long enough for the server to read what was sent and find the socket empty.
 const PAUSE: Duration = Duration::from_millis(50);
 
-/// A hub that takes messages up to 1 MiB, with a raw sender and a listener in one room.
-async fn sender_and_listener() -> (support::Server, RawWs, Client) {
-    let hub = Hub::builder()
+/// A hub that takes messages up to 1 MiB.
+fn roomy_hub() -> Hub {
+    Hub::builder()
         .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
-        .build();
+        .build()
+}
+
+/// A raw sender and a listener in one room of a [`roomy_hub`].
+async fn sender_and_listener() -> (support::Server, RawWs, Client) {
+    sender_and_listener_on(roomy_hub()).await
+}
+
+async fn sender_and_listener_on(hub: Hub) -> (support::Server, RawWs, Client) {
     let server = support::serve_hub(hub).await;
     let sender = Upgrade::new("/ws/big").open(server.addr).await;
     let listener = server.connect("big").await;
@@ -155,4 +163,135 @@ async fn limits_still_hold_after_the_buffer_is_replaced() {
         .expect("close in time")
         .expect("a close frame");
     assert_eq!(frame.close_code(), Some(1009));
+}
+
+#[tokio::test]
+async fn a_large_frame_sent_with_the_handshake_is_read_whole() {
+    // The frames come in the same write as the upgrade request: the server reads them from
+    // the bytes it had already read past the request head, then from the socket.
+    let server = support::serve_hub(roomy_hub()).await;
+    let mut listener = server.connect("early").await;
+    wait_members(&server.hub, "early", 1).await;
+    let big = payload(13, 40 * 1024);
+    let mut early = encode_frame(true, 0, opcode::BINARY, Some(MASK), &big);
+    early.extend(encode_frame(true, 0, opcode::BINARY, Some(MASK), b"tail"));
+    let mut sender = Upgrade::new("/ws/early")
+        .open_with_early(server.addr, &early)
+        .await;
+    expect_binary(&mut listener, &big, "the large early frame").await;
+    expect_binary(&mut listener, b"tail", "the frame after it").await;
+    tokio::time::sleep(PAUSE).await;
+    sender.send(opcode::BINARY, b"after").await;
+    expect_binary(&mut listener, b"after", "a frame after a pause").await;
+}
+
+#[tokio::test]
+async fn headers_split_byte_by_byte_and_non_minimal_lengths_are_followed() {
+    let (_server, mut sender, mut listener) = sender_and_listener().await;
+    let big = payload(14, 10 * 1024);
+    let frame = encode_frame(true, 0, opcode::BINARY, Some(MASK), &big);
+    for byte in &frame[..8] {
+        sender.send_bytes(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sender.send_bytes(&frame[8..]).await;
+    tokio::time::sleep(PAUSE).await;
+    // A 5-byte payload with a 64-bit length field (RFC 6455 asks for the shortest form;
+    // tungstenite accepts this one, so the tracker must too): a 14-byte header.
+    let mut odd = vec![0x80 | opcode::BINARY, 0x80 | 127];
+    odd.extend_from_slice(&5u64.to_be_bytes());
+    odd.extend_from_slice(&MASK);
+    odd.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    for byte in &odd {
+        sender.send_bytes(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    expect_binary(&mut listener, &big, "the frame with a split header").await;
+    expect_binary(&mut listener, b"hello", "the non-minimal frame").await;
+}
+
+#[tokio::test]
+async fn a_character_split_across_large_fragments_with_a_ping_between_is_one_valid_text() {
+    let (_server, mut sender, mut listener) = sender_and_listener().await;
+    // "é" is 0xC3 0xA9: its bytes end one fragment and start the next.
+    let mut first = vec![b'a'; 5000];
+    first.push(0xC3);
+    let mut second = vec![0xA9];
+    second.extend(vec![b'b'; 5000]);
+    sender
+        .send_bytes(&encode_frame(false, 0, opcode::TEXT, Some(MASK), &first))
+        .await;
+    tokio::time::sleep(PAUSE).await;
+    sender.send(opcode::PING, b"p").await;
+    tokio::time::sleep(PAUSE).await;
+    sender
+        .send_bytes(&encode_frame(
+            true,
+            0,
+            opcode::CONTINUATION,
+            Some(MASK),
+            &second,
+        ))
+        .await;
+    let pong = sender.read_frame().await.expect("a pong");
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (opcode::PONG, &b"p"[..])
+    );
+    match next_data(&mut listener).await {
+        WsMessage::Text(text) => {
+            assert_eq!(text.len(), 10_002);
+            assert_eq!(text.matches('é').count(), 1);
+        }
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_message_size_limit_counts_every_fragment_after_a_fresh_start() {
+    let hub = Hub::builder()
+        .max_message_size(16 * 1024)
+        .max_frame_size(16 * 1024)
+        .build();
+    let (_server, mut sender, mut listener) = sender_and_listener_on(hub).await;
+    let big = payload(15, 12 * 1024);
+    sender.send(opcode::BINARY, &big).await;
+    tokio::time::sleep(PAUSE).await;
+    expect_binary(&mut listener, &big, "a message under the limit").await;
+    // Two fragments of 10 KiB: each under the frame limit, together over the message limit.
+    sender
+        .send_bytes(&encode_frame(
+            false,
+            0,
+            opcode::BINARY,
+            Some(MASK),
+            &payload(16, 10 * 1024),
+        ))
+        .await;
+    tokio::time::sleep(PAUSE).await;
+    sender
+        .send_bytes(&encode_frame(
+            true,
+            0,
+            opcode::CONTINUATION,
+            Some(MASK),
+            &payload(17, 10 * 1024),
+        ))
+        .await;
+    assert_eq!(sender.close_code().await, Some(1009));
+}
+
+#[tokio::test]
+async fn the_client_can_close_after_a_fresh_start() {
+    let (_server, mut sender, mut listener) = sender_and_listener().await;
+    let big = payload(18, 30 * 1024);
+    sender.send(opcode::BINARY, &big).await;
+    expect_binary(&mut listener, &big, "the large message").await;
+    tokio::time::sleep(PAUSE).await;
+    sender.send_close(1000).await;
+    let close = sender.read_close().await.expect("the close answered");
+    assert_eq!(close.close_code(), Some(1000));
+    tokio::time::timeout(PROMPTLY, sender.wait_eof())
+        .await
+        .expect("the server ends the connection");
 }

@@ -2,11 +2,12 @@
 //! connection knows when tungstenite's read buffer is empty and may be replaced by a small one.
 //!
 //! tungstenite grows its read buffer to hold the largest frame a client sends and never shrinks
-//! it: one 64 KiB message would pin 64 KiB for the rest of the connection, ten times an idle
-//! connection's whole cost. The buffer cannot be inspected or shrunk from outside, but the
-//! protocol state can be rebuilt (a fresh `WebSocketContext`) at a moment when the old one holds
-//! nothing: every byte read has been parsed into frames, and no fragmented message is half
-//! assembled. This tracker sees every byte on its way to tungstenite and parses only the frame
+//! it: one 64 KiB message would pin 64 KiB for the rest of the connection, eleven times an idle
+//! connection's whole cost, and even a frame half the buffer's size can double it. The buffer
+//! cannot be inspected or shrunk from outside, but the protocol state can be rebuilt (a fresh
+//! `WebSocketContext`) at a moment when the old one holds nothing: every byte read has been
+//! parsed into frames, and no fragmented message is half assembled. This tracker sees every
+//! byte on its way to tungstenite and parses only the frame
 //! headers (with tungstenite's own [`FrameHeader::parse`]) to tell such a moment.
 
 use std::io::Cursor;
@@ -27,6 +28,8 @@ pub(crate) struct FrameBoundary {
     payload_left: u64,
     /// A data frame without FIN was seen and its final continuation was not.
     fragmented: bool,
+    /// Bytes seen since [`reset`](Self::reset).
+    read: u64,
     /// The largest frame payload seen since [`reset`](Self::reset).
     largest: u64,
     /// A header did not parse: the stream is broken and the connection is about to close;
@@ -37,6 +40,7 @@ pub(crate) struct FrameBoundary {
 impl FrameBoundary {
     /// Follows `bytes`, the next bytes handed to tungstenite.
     pub(crate) fn observe(&mut self, mut bytes: &[u8]) {
+        self.read = self.read.saturating_add(bytes.len() as u64);
         while !bytes.is_empty() && !self.broken {
             if self.payload_left > 0 {
                 // Fits in usize: it is at most `bytes.len()`.
@@ -80,13 +84,21 @@ impl FrameBoundary {
         !self.broken && self.header_len == 0 && self.payload_left == 0 && !self.fragmented
     }
 
-    /// The largest frame payload seen since the last [`reset`](Self::reset).
-    pub(crate) fn largest(&self) -> u64 {
-        self.largest
+    /// Whether a parser whose read buffer started at `capacity` bytes at the last
+    /// [`reset`](Self::reset) may have grown it since. tungstenite's buffer holds what was read
+    /// since it was made, at most, and asks for room for a whole frame payload (or a header)
+    /// on top of what it holds: it can only have outgrown `capacity` if those two together
+    /// exceed it. (Counting only frames larger than `capacity` would miss one of half its
+    /// size arriving whole, which doubles the buffer.)
+    pub(crate) fn may_have_grown(&self, capacity: usize) -> bool {
+        self.read
+            .saturating_add(self.largest.max(MAX_HEADER as u64))
+            > capacity as u64
     }
 
-    /// The parser was replaced: start counting the largest frame afresh.
+    /// The parser was replaced: count afresh.
     pub(crate) fn reset(&mut self) {
+        self.read = 0;
         self.largest = 0;
     }
 }
@@ -139,7 +151,8 @@ mod tests {
             for step in [1, 2, 3, 7, 13, 14, 15, 64, 4096, two.len()] {
                 let (boundary, at) = feed(&two, step);
                 assert!(boundary.at_message_boundary(), "len {len} step {step}");
-                assert_eq!(boundary.largest(), len as u64);
+                assert_eq!(boundary.largest, len as u64);
+                assert_eq!(boundary.read, two.len() as u64);
                 // Inside the stream, a chunk ends on a boundary only where a frame ends.
                 for (i, &at) in at.iter().enumerate() {
                     let end = ((i + 1) * step).min(two.len());
@@ -183,19 +196,43 @@ mod tests {
         stream.extend(frame(OpCode::Control(Control::Pong), true, 125));
         let (boundary, at) = feed(&stream, stream.len());
         assert_eq!(at, [true]);
-        assert_eq!(boundary.largest(), 125);
+        assert_eq!(boundary.largest, 125);
     }
 
     #[test]
-    fn reset_forgets_the_largest_frame_but_not_the_position() {
+    fn reset_forgets_what_was_read_but_not_the_position() {
         let big = binary(100_000);
         let mut boundary = FrameBoundary::default();
         boundary.observe(&big[..50]);
         boundary.reset();
-        assert_eq!(boundary.largest(), 0);
+        assert!(!boundary.may_have_grown(2048));
         assert!(!boundary.at_message_boundary());
         boundary.observe(&big[50..]);
         assert!(boundary.at_message_boundary());
+    }
+
+    #[test]
+    fn growth_is_possible_once_what_was_read_and_the_largest_frame_exceed_the_capacity() {
+        const CAPACITY: usize = 2048;
+        // Small frames, well within the buffer: no growth possible.
+        let mut boundary = FrameBoundary::default();
+        boundary.observe(&binary(100));
+        assert!(!boundary.may_have_grown(CAPACITY));
+        // A frame larger than the buffer.
+        let mut boundary = FrameBoundary::default();
+        boundary.observe(&binary(3000));
+        assert!(boundary.may_have_grown(CAPACITY));
+        // A frame of less than the buffer's size arriving whole: tungstenite asks for room for
+        // its whole payload on top of the payload it already holds, and doubles the buffer.
+        let mut boundary = FrameBoundary::default();
+        boundary.observe(&binary(2000));
+        assert!(boundary.may_have_grown(CAPACITY));
+        // Many small frames: the buffer's data end moves on until it needs to make room.
+        let mut boundary = FrameBoundary::default();
+        for _ in 0..30 {
+            boundary.observe(&binary(100));
+        }
+        assert!(boundary.may_have_grown(CAPACITY));
     }
 
     #[test]

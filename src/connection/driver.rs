@@ -729,8 +729,8 @@ where
     }
 
     /// Replaces tungstenite's protocol state with a fresh one, and so its read buffer with one
-    /// of `read_buffer_size`, once a frame larger than that has been read and nothing is left
-    /// in the old state: tungstenite has just asked for more bytes (so it has parsed every
+    /// of `read_buffer_size`, once the old buffer may have grown (see
+    /// [`FrameBoundary::may_have_grown`]) and nothing is left in the old state: tungstenite has just asked for more bytes (so it has parsed every
     /// complete frame, and answered any ping: `read` flushes pongs before it reads), every
     /// byte it was given ends a frame, no fragmented message is half assembled, and the
     /// connection is open (no close handshake under way). The fresh state is then exactly the
@@ -740,7 +740,7 @@ where
         if !matches!(self.phase, Phase::Open)
             || self.read_done
             || !self.boundary.at_message_boundary()
-            || self.boundary.largest() <= config.read_buffer_size as u64
+            || !self.boundary.may_have_grown(config.read_buffer_size)
         {
             return;
         }
@@ -850,6 +850,11 @@ impl<S> Driver<'_, S> {
             let hub = self.membership.hub().inner();
             hub.publish_from(self.membership.room(), &self.forward, self.context.id());
             self.forward.clear();
+            if self.forward.capacity() > 16 {
+                // A burst's worth (up to READ_BUDGET messages) would otherwise stay with the
+                // connection for good.
+                self.forward = Vec::new();
+            }
         }
     }
 }

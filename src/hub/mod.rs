@@ -637,11 +637,13 @@ impl HubBuilder {
     }
 
     /// Per-connection socket read buffer. Small keeps idle connections cheap; large reads
-    /// floods of big messages in fewer syscalls. The buffer grows to hold a frame larger than
-    /// itself and goes back to this size once that frame is read and nothing else is buffered
-    /// (the connection starts a fresh parser between messages), so a client that once sent a
-    /// large message does not keep its size for the rest of the connection; while a large
-    /// frame is arriving, [`max_frame_size`](Self::max_frame_size) bounds what it holds.
+    /// floods of big messages in fewer syscalls. The buffer grows to hold a large frame (one
+    /// of more than about half its size may double it) and goes back to this size once the
+    /// client's bytes so far are read and nothing else is buffered (the connection starts a
+    /// fresh parser between messages), so a client that once sent a large message does not
+    /// keep its size for the rest of the connection. While a frame is arriving, the buffer
+    /// holds up to [`max_frame_size`](Self::max_frame_size) plus this size; while a fragmented
+    /// message is, the connection holds up to [`max_message_size`](Self::max_message_size).
     /// Default: [`DEFAULT_READ_BUFFER_SIZE`](crate::DEFAULT_READ_BUFFER_SIZE) (2 KiB).
     ///
     /// # Panics
