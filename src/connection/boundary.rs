@@ -7,8 +7,8 @@
 //! cannot be inspected or shrunk from outside, but the protocol state can be rebuilt (a fresh
 //! `WebSocketContext`) at a moment when the old one holds nothing: every byte read has been
 //! parsed into frames, and no fragmented message is half assembled. This tracker sees every
-//! byte on its way to tungstenite and parses only the frame
-//! headers (with tungstenite's own [`FrameHeader::parse`]) to tell such a moment.
+//! byte on its way to tungstenite and parses only the frame headers (with tungstenite's own
+//! [`FrameHeader::parse`]) to tell such a moment.
 
 use std::io::Cursor;
 

@@ -730,11 +730,11 @@ where
 
     /// Replaces tungstenite's protocol state with a fresh one, and so its read buffer with one
     /// of `read_buffer_size`, once the old buffer may have grown (see
-    /// [`FrameBoundary::may_have_grown`]) and nothing is left in the old state: tungstenite has just asked for more bytes (so it has parsed every
-    /// complete frame, and answered any ping: `read` flushes pongs before it reads), every
-    /// byte it was given ends a frame, no fragmented message is half assembled, and the
-    /// connection is open (no close handshake under way). The fresh state is then exactly the
-    /// old one, minus the memory.
+    /// [`FrameBoundary::may_have_grown`]) and nothing is left in the old state: tungstenite
+    /// has just asked for more bytes (so it has parsed every complete frame, and answered any
+    /// ping: `read` flushes pongs before it reads), every byte it was given ends a frame, no
+    /// fragmented message is half assembled, and the connection is open (no close handshake
+    /// under way). The fresh state is then exactly the old one, minus the memory.
     fn shrink_read_buffer(&mut self) {
         let config = self.config();
         if !matches!(self.phase, Phase::Open)
