@@ -36,6 +36,11 @@ async fn sender_and_listener_on(hub: Hub) -> (support::Server, RawWs, Client) {
     (server, sender, listener)
 }
 
+/// One masked frame, as a client sends it.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    encode_frame(fin, 0, opcode, Some(MASK), payload)
+}
+
 /// Payload `len` bytes long, different for each `seed`, so that a mix-up shows.
 fn payload(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -73,14 +78,8 @@ async fn a_large_frame_sent_in_pieces_with_pauses_is_read_whole() {
     let (_server, mut sender, mut listener) = sender_and_listener().await;
     // The server reads part of the frame, finds the socket empty, and must keep what it has.
     let big = payload(3, 200 * 1024);
-    let mut bytes = encode_frame(true, 0, opcode::BINARY, Some(MASK), &big);
-    bytes.extend(encode_frame(
-        true,
-        0,
-        opcode::BINARY,
-        Some(MASK),
-        &payload(4, 10),
-    ));
+    let mut bytes = frame(true, opcode::BINARY, &big);
+    bytes.extend(frame(true, opcode::BINARY, &payload(4, 10)));
     for piece in bytes.chunks(37 * 1024) {
         sender.send_bytes(piece).await;
         tokio::time::sleep(PAUSE).await;
@@ -101,9 +100,9 @@ async fn a_fragmented_message_survives_pauses_between_large_fragments() {
         payload(7, 30 * 1024),
     ];
     let frames = [
-        encode_frame(false, 0, opcode::BINARY, Some(MASK), &parts[0]),
-        encode_frame(false, 0, opcode::CONTINUATION, Some(MASK), &parts[1]),
-        encode_frame(true, 0, opcode::CONTINUATION, Some(MASK), &parts[2]),
+        frame(false, opcode::BINARY, &parts[0]),
+        frame(false, opcode::CONTINUATION, &parts[1]),
+        frame(true, opcode::CONTINUATION, &parts[2]),
     ];
     for frame in &frames {
         sender.send_bytes(frame).await;
@@ -173,8 +172,8 @@ async fn a_large_frame_sent_with_the_handshake_is_read_whole() {
     let mut listener = server.connect("early").await;
     wait_members(&server.hub, "early", 1).await;
     let big = payload(13, 40 * 1024);
-    let mut early = encode_frame(true, 0, opcode::BINARY, Some(MASK), &big);
-    early.extend(encode_frame(true, 0, opcode::BINARY, Some(MASK), b"tail"));
+    let mut early = frame(true, opcode::BINARY, &big);
+    early.extend(frame(true, opcode::BINARY, b"tail"));
     let mut sender = Upgrade::new("/ws/early")
         .open_with_early(server.addr, &early)
         .await;
@@ -189,12 +188,12 @@ async fn a_large_frame_sent_with_the_handshake_is_read_whole() {
 async fn headers_split_byte_by_byte_and_non_minimal_lengths_are_followed() {
     let (_server, mut sender, mut listener) = sender_and_listener().await;
     let big = payload(14, 10 * 1024);
-    let frame = encode_frame(true, 0, opcode::BINARY, Some(MASK), &big);
-    for byte in &frame[..8] {
+    let bytes = frame(true, opcode::BINARY, &big);
+    for byte in &bytes[..8] {
         sender.send_bytes(&[*byte]).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    sender.send_bytes(&frame[8..]).await;
+    sender.send_bytes(&bytes[8..]).await;
     tokio::time::sleep(PAUSE).await;
     // A 5-byte payload with a 64-bit length field (RFC 6455 asks for the shortest form;
     // tungstenite accepts this one, so the tracker must too): a 14-byte header.
@@ -218,20 +217,12 @@ async fn a_character_split_across_large_fragments_with_a_ping_between_is_one_val
     first.push(0xC3);
     let mut second = vec![0xA9];
     second.extend(vec![b'b'; 5000]);
-    sender
-        .send_bytes(&encode_frame(false, 0, opcode::TEXT, Some(MASK), &first))
-        .await;
+    sender.send_bytes(&frame(false, opcode::TEXT, &first)).await;
     tokio::time::sleep(PAUSE).await;
     sender.send(opcode::PING, b"p").await;
     tokio::time::sleep(PAUSE).await;
     sender
-        .send_bytes(&encode_frame(
-            true,
-            0,
-            opcode::CONTINUATION,
-            Some(MASK),
-            &second,
-        ))
+        .send_bytes(&frame(true, opcode::CONTINUATION, &second))
         .await;
     let pong = sender.read_frame().await.expect("a pong");
     assert_eq!(
@@ -260,23 +251,11 @@ async fn the_message_size_limit_counts_every_fragment_after_a_fresh_start() {
     expect_binary(&mut listener, &big, "a message under the limit").await;
     // Two fragments of 10 KiB: each under the frame limit, together over the message limit.
     sender
-        .send_bytes(&encode_frame(
-            false,
-            0,
-            opcode::BINARY,
-            Some(MASK),
-            &payload(16, 10 * 1024),
-        ))
+        .send_bytes(&frame(false, opcode::BINARY, &payload(16, 10 * 1024)))
         .await;
     tokio::time::sleep(PAUSE).await;
     sender
-        .send_bytes(&encode_frame(
-            true,
-            0,
-            opcode::CONTINUATION,
-            Some(MASK),
-            &payload(17, 10 * 1024),
-        ))
+        .send_bytes(&frame(true, opcode::CONTINUATION, &payload(17, 10 * 1024)))
         .await;
     assert_eq!(sender.close_code().await, Some(1009));
 }
