@@ -6,8 +6,8 @@
 #   REPS=1 bench/run.sh local_burst      # quick look while developing
 #
 # Scenarios: local_burst redis2_burst rooms rate1000 rate100 idle broadcast_rss redis_publish
-# local_rate1000 local_rate100 (see BENCHMARKS.md for what each one does and what it is
-# expected to show; the local_rate* ones are the rate scenarios on a single instance).
+# local_rate1000 local_rate100 inbound_rss (see BENCHMARKS.md for what each one does and what
+# it is expected to show; the local_rate* ones are the rate scenarios on a single instance).
 #
 # Environment:
 #   REPS=3               repetitions per scenario and implementation (project and baseline
@@ -31,7 +31,7 @@ ROOT=$(dirname "$HERE")
 REPS=${REPS:-3}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
 ALL_SCENARIOS="local_burst redis2_burst rooms rate1000 rate100 idle broadcast_rss redis_publish
-    local_rate1000 local_rate100"
+    local_rate1000 local_rate100 inbound_rss"
 ALL_SCENARIOS=$(echo $ALL_SCENARIOS)
 SCENARIOS=${*:-$ALL_SCENARIOS}
 OUT=${RESULTS_DIR:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
@@ -135,7 +135,7 @@ start_redis() {
 # Scenario definitions: instances, whether Redis is needed, and the load-generator command.
 instances_of() {
     case $1 in
-        local_burst | idle | broadcast_rss | local_rate*) echo 1 ;;
+        local_burst | idle | broadcast_rss | local_rate* | inbound_rss) echo 1 ;;
         *) echo 2 ;;
     esac
 }
@@ -168,6 +168,11 @@ loadgen_args() {
                 --size 64 --publish-via first --server-stats ;;
         idle)
             echo idle "${urls[@]}" --connections 10000 --rooms 100 --settle 2 ;;
+        inbound_rss)
+            # Each connection alone in its room sends one 60 000-byte message: what is left
+            # of it in the server once it is read.
+            echo idle "${urls[@]}" --connections 2000 --rooms 2000 --settle 2 \
+                --send-once 60000 ;;
         broadcast_rss)
             echo pubsub "${urls[@]}" --subscribers 2000 --publishers 1 --messages 1 --size 65536 \
                 --watch-rss 5 ;;

@@ -348,6 +348,7 @@ async fn idle_connections(server: Server) {
         connect_concurrency: 16,
         settle: Duration::from_millis(50),
         hold: Duration::ZERO,
+        send_once: None,
         room_prefix: "idle".into(),
         label: format!("{} idle", server.name),
     };
@@ -368,8 +369,70 @@ async fn idle_connections(server: Server) {
     assert!(report.after[0].vm_rss_kib > 0, "{ctx}");
     assert!(report.rss_per_connection_kib.is_finite(), "{ctx}");
     assert!(report.loadgen_rss_kib > 0, "{ctx}");
+    assert!(report.after_message.is_none(), "{ctx}");
     // The run closed its connections on the way out.
     server.wait_for_connections(0).await;
+}
+
+/// `--send-once`: every connection sends one message after the idle measurement, and the
+/// memory is read a third time, with every connection still open.
+async fn idle_then_one_message_each(server: Server) {
+    let opts = idle::Options {
+        urls: vec![server.url()],
+        connections: 20,
+        rooms: 20,
+        connect_concurrency: 8,
+        settle: Duration::from_millis(50),
+        hold: Duration::ZERO,
+        send_once: Some(10_000),
+        room_prefix: "once".into(),
+        label: format!("{} once", server.name),
+    };
+    let report = idle::run(opts)
+        .await
+        .unwrap_or_else(|error| panic!("{}: idle::run failed: {error}", server.name));
+    eprintln!("{}", report.human());
+    let ctx = serde_json::to_string_pretty(&report).unwrap();
+    assert_eq!(report.connected, 20, "{ctx}");
+    assert_eq!(report.message_bytes, Some(10_000), "{ctx}");
+    let after = report
+        .after_message
+        .as_ref()
+        .expect("measured after the messages");
+    assert_eq!(after.len(), 1, "{ctx}");
+    assert_eq!(
+        after[0].connections, 20,
+        "{ctx}: a connection closed over its message"
+    );
+    let figure = |name: &str| {
+        report
+            .figures
+            .0
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    };
+    assert_eq!(figure("messages_sent"), Some(20.0), "{ctx}");
+    let per = report
+        .rss_per_connection_after_message_kib
+        .expect("the per-connection figure");
+    let shown = figure("rss_per_conn_after_message_kib").expect("in the table");
+    assert!((shown - per).abs() <= 0.01, "{ctx}");
+    assert!(
+        report.human().contains("after one 10000-byte message each"),
+        "{ctx}"
+    );
+    server.wait_for_connections(0).await;
+}
+
+#[tokio::test]
+async fn idle_then_one_message_against_hub_server() {
+    idle_then_one_message_each(Server::hub_server()).await;
+}
+
+#[tokio::test]
+async fn idle_then_one_message_against_baseline() {
+    idle_then_one_message_each(Server::baseline()).await;
 }
 
 #[tokio::test]

@@ -147,6 +147,11 @@ struct IdleArgs {
     /// Seconds to keep the connections open after measuring.
     #[arg(long, default_value_t = 0.0)]
     hold: f64,
+    /// After the idle measurement, each connection sends one binary message of this many
+    /// bytes, and the servers' memory is measured again after `--settle` (give each
+    /// connection a room of its own: `--rooms` = `--connections`).
+    #[arg(long)]
+    send_once: Option<usize>,
     /// Room name prefix.
     #[arg(long, default_value = "idle")]
     room_prefix: String,
@@ -267,6 +272,7 @@ fn main() -> ExitCode {
                 connect_concurrency: args.connect_concurrency,
                 settle: secs(args.settle),
                 hold: secs(args.hold),
+                send_once: args.send_once,
                 room_prefix: args.room_prefix,
                 label: args.label,
             };

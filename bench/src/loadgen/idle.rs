@@ -4,14 +4,21 @@
 //! round-robin over the URLs), waits until the servers count them all and a settle time has
 //! passed, reads `/stats` again, and reports `(RSS after - RSS before) / connections`. The
 //! clients keep reading (and so answer pings) until the run ends.
+//!
+//! With `send_once`, every connection then sends one binary message of that size, and after
+//! another settle time the servers' RSS is read a third time: what the message left behind in
+//! each connection (a read buffer that grew to hold it and never shrank, say). Put every
+//! connection in a room of its own (`rooms` = `connections`), or the messages fan out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{connect, room_name, room_url};
 use crate::report::{Figures, round};
@@ -32,6 +39,9 @@ pub struct Options {
     pub settle: Duration,
     /// Keep the connections open this long after measuring.
     pub hold: Duration,
+    /// After the idle measurement, each connection sends one binary message of this many
+    /// bytes, and the memory is measured again.
+    pub send_once: Option<usize>,
     /// Room names are `{room_prefix}-{index}`.
     pub room_prefix: String,
     /// Free text copied into the report.
@@ -65,6 +75,14 @@ pub struct Report {
     pub after: Vec<ServerStats>,
     /// `(sum of RSS after - sum of RSS before) / connected`, KiB.
     pub rss_per_connection_kib: f64,
+    /// With `send_once`: the message size, and `/stats` once every connection sent it and
+    /// the settle time passed.
+    pub message_bytes: Option<usize>,
+    /// With `send_once`: `/stats` after the messages.
+    pub after_message: Option<Vec<ServerStats>>,
+    /// With `send_once`: `(sum of RSS after the messages - sum of RSS before) / connected`,
+    /// KiB.
+    pub rss_per_connection_after_message_kib: Option<f64>,
     /// The load generator's own RSS with every connection open, KiB.
     pub loadgen_rss_kib: u64,
     /// The headline numbers, for `loadgen summarize`.
@@ -76,7 +94,7 @@ impl Report {
     pub fn human(&self) -> String {
         let rss =
             |stats: &[ServerStats]| stats.iter().map(|s| s.vm_rss_kib).sum::<u64>() as f64 / 1024.0;
-        format!(
+        let mut line = format!(
             "{label}: {connected}/{connections} idle connections in {rooms} rooms: server RSS \
              {before:.1} MiB -> {after:.1} MiB = {per:.2} KiB per connection (connect {secs:.1} s)",
             label = if self.label.is_empty() {
@@ -91,7 +109,18 @@ impl Report {
             after = rss(&self.after),
             per = self.rss_per_connection_kib,
             secs = self.connect_s,
-        )
+        );
+        if let (Some(bytes), Some(after), Some(per)) = (
+            self.message_bytes,
+            &self.after_message,
+            self.rss_per_connection_after_message_kib,
+        ) {
+            line += &format!(
+                "; after one {bytes}-byte message each: {:.1} MiB = {per:.2} KiB per connection",
+                rss(after)
+            );
+        }
+        line
     }
 }
 
@@ -109,6 +138,9 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let gate = Arc::new(Semaphore::new(opts.connect_concurrency.max(1)));
     let connected = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (send_tx, send_rx) = watch::channel(false);
+    let message = opts.send_once.map(|bytes| Bytes::from(vec![0x5a; bytes]));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(opts.connections);
     for i in 0..opts.connections {
@@ -117,11 +149,13 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             &opts.urls[(i / rooms + room) % opts.urls.len()],
             &room_name(&opts.room_prefix, room),
         );
-        let (gate, connected, failed) = (
+        let (gate, connected, failed, sent) = (
             Arc::clone(&gate),
             Arc::clone(&connected),
             Arc::clone(&failed),
+            Arc::clone(&sent),
         );
+        let (mut send_rx, message) = (send_rx.clone(), message.clone());
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire().await;
             let client = connect(&url, false).await;
@@ -129,7 +163,28 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             match client {
                 Ok(mut client) => {
                     connected.fetch_add(1, Ordering::Relaxed);
-                    while let Some(Ok(_)) = client.next().await {}
+                    // Read (answering pings) until told to send, send, then read on.
+                    let mut message = message;
+                    loop {
+                        tokio::select! {
+                            read = client.next() => {
+                                if !matches!(read, Some(Ok(_))) {
+                                    break;
+                                }
+                            }
+                            go = async { send_rx.wait_for(|go| *go).await.is_ok() },
+                                if message.is_some() =>
+                            {
+                                if !go {
+                                    break;
+                                }
+                                let bytes = message.take().expect("checked by the guard");
+                                if client.send(Message::Binary(bytes)).await.is_ok() {
+                                    sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
                 }
                 Err(error) => {
                     if failed.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -174,6 +229,26 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     figures.push("rss_before_mib", round(sum(&before) as f64 / 1024.0, 1));
     figures.push("rss_after_mib", round(sum(&after) as f64 / 1024.0, 1));
     figures.push("connect_s", round(connect_s, 2));
+
+    let (after_message, rss_per_connection_after_message_kib) = if opts.send_once.is_some() {
+        let _ = send_tx.send(true);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sent.load(Ordering::Relaxed) < open && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(opts.settle).await;
+        let after_message = server_stats::fetch_all(&opts.urls).await?;
+        let per = if open > 0 {
+            (sum(&after_message) as f64 - sum(&before) as f64) / open as f64
+        } else {
+            0.0
+        };
+        figures.push("rss_per_conn_after_message_kib", round(per, 2));
+        figures.push("messages_sent", sent.load(Ordering::Relaxed) as f64);
+        (Some(after_message), Some(round(per, 3)))
+    } else {
+        (None, None)
+    };
     tokio::time::sleep(opts.hold).await;
     for task in tasks {
         task.abort();
@@ -191,6 +266,9 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         before,
         after,
         rss_per_connection_kib: round(per_connection, 3),
+        message_bytes: opts.send_once,
+        after_message,
+        rss_per_connection_after_message_kib,
         loadgen_rss_kib,
         figures,
     })
