@@ -1,7 +1,7 @@
 //! After a large frame, a connection lets go of the read buffer that frame grew (it starts a
 //! fresh protocol state once the old one holds nothing): these tests check that nothing the
 //! client sends is lost, reordered or misread across that point, whatever the frame
-//! boundaries and pauses. `read_buffer_memory.rs` checks the memory itself.
+//! boundaries and pauses. `connection_memory.rs` checks the memory itself.
 
 mod support;
 

@@ -446,4 +446,14 @@ impl RawWs {
     pub async fn wait_eof(&mut self) {
         while self.read_frame().await.is_some() {}
     }
+
+    /// Lets go of this client's read buffer (it holds nothing unread), so that a test that
+    /// measures the process's heap sees the server's memory, not the client's.
+    pub fn release_read_buffer(&mut self) {
+        assert!(
+            self.conn.buf.is_empty(),
+            "unread bytes in the client's buffer"
+        );
+        self.conn.buf = Vec::new();
+    }
 }

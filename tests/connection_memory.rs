@@ -1,5 +1,7 @@
-//! A connection that received one large message does not keep a read buffer of that size for
-//! the rest of its life.
+//! What a connection keeps once a moment of heavy use is over: a large message received, a
+//! burst of messages, a backlog written out. Each must leave the connection at its idle size
+//! (no read buffer the size of the largest message, no queue the length of the longest
+//! backlog).
 //!
 //! The heap in use is measured with a counting global allocator around the system one. It is
 //! this test binary's alone (its own file, its own process); the library stays
@@ -176,5 +178,65 @@ async fn a_burst_of_messages_leaves_nothing_behind() {
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after a burst of 64 messages"
+    );
+}
+
+#[tokio::test]
+async fn a_backlog_written_out_leaves_nothing_behind() {
+    // The outbound side's counterpart: clients stop reading while the application publishes
+    // far more than their sockets hold, so hundreds of messages wait in the hub's queues;
+    // once the clients read it all, nothing of the backlog may stay with the connections.
+    const MESSAGES: usize = 400;
+    let _serial = SERIAL.lock().await;
+    let server = support::serve_hub(Hub::builder().build()).await;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(Upgrade::new("/ws/backlog").open(server.addr).await);
+    }
+    support::wait_members(&server.hub, "backlog", CONNECTIONS).await;
+    for client in &mut clients {
+        client.send(opcode::PING, b"warm").await;
+        assert_eq!(
+            client.read_frame().await.expect("pong").opcode,
+            opcode::PONG
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = live();
+
+    let payload = vec![b'x'; 1024];
+    for i in 0..MESSAGES {
+        let mut message = payload.clone();
+        message[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        server
+            .hub
+            .publish("backlog", message)
+            .await
+            .expect("published");
+    }
+    let queued = live() - before;
+    for client in &mut clients {
+        for i in 0..MESSAGES {
+            let frame = tokio::time::timeout(PROMPTLY, client.read_frame())
+                .await
+                .expect("frame in time")
+                .expect("connection open");
+            assert_eq!(frame.payload[..8], (i as u64).to_be_bytes());
+        }
+        client.release_read_buffer();
+    }
+    let mut lowest = live() - before;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lowest = lowest.min(live() - before);
+    }
+    let held = lowest / CONNECTIONS as isize;
+    eprintln!(
+        "backlog: {:.0} KiB in use right after publishing, {held} bytes per connection after reading",
+        queued as f64 / 1024.0
+    );
+    assert!(
+        held < SMALL,
+        "each connection keeps {held} bytes after a backlog of {MESSAGES} messages was written"
     );
 }
