@@ -240,3 +240,71 @@ async fn a_backlog_written_out_leaves_nothing_behind() {
         "each connection keeps {held} bytes after a backlog of {MESSAGES} messages was written"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_pings_answered_leaves_nothing_behind() {
+    // Pongs wait on the connection's wire until written (a newer pong replaces one still
+    // waiting: RFC 6455 lets a server answer only the latest ping). A client that sends
+    // hundreds of pings at once must leave nothing behind once answered.
+    const PINGS: u16 = 300;
+    let _serial = SERIAL.lock().await;
+    let ping = |i: u16| {
+        let mut payload = vec![0u8; 100];
+        payload[..2].copy_from_slice(&i.to_be_bytes());
+        encode_frame(true, 0, opcode::PING, Some(MASK), &payload)
+    };
+    let flood: Vec<u8> = (0..PINGS).flat_map(ping).collect();
+    let server = support::serve_hub(Hub::builder().build()).await;
+    let mut clients = Vec::new();
+    for i in 0..CONNECTIONS {
+        clients.push(
+            Upgrade::new(&format!("/ws/pings-{i}"))
+                .open(server.addr)
+                .await,
+        );
+    }
+    eventually("every client connected", || {
+        server.hub.stats().connections == CONNECTIONS as u64
+    })
+    .await;
+    for client in &mut clients {
+        client.send(opcode::PING, b"warm").await;
+        assert_eq!(
+            client.read_frame().await.expect("pong").opcode,
+            opcode::PONG
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = live();
+    for client in &mut clients {
+        client.send_bytes(&flood).await;
+    }
+    for client in &mut clients {
+        // Pongs answer pings in order, and the last ping is answered.
+        let mut last = None;
+        while last != Some(PINGS - 1) {
+            let pong = tokio::time::timeout(PROMPTLY, client.read_frame())
+                .await
+                .expect("pong in time")
+                .expect("connection open");
+            assert_eq!(pong.opcode, opcode::PONG);
+            let answered = u16::from_be_bytes([pong.payload[0], pong.payload[1]]);
+            assert!(
+                last.is_none_or(|last| answered > last),
+                "{answered} after {last:?}"
+            );
+            last = Some(answered);
+        }
+        client.release_read_buffer();
+    }
+    let mut lowest = live() - before;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lowest = lowest.min(live() - before);
+    }
+    let held = lowest / CONNECTIONS as isize;
+    assert!(
+        held < SMALL,
+        "each connection keeps {held} bytes after answering {PINGS} pings"
+    );
+}
