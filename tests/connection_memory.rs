@@ -308,3 +308,69 @@ async fn a_flood_of_pings_answered_leaves_nothing_behind() {
         "each connection keeps {held} bytes after answering {PINGS} pings"
     );
 }
+
+#[tokio::test]
+async fn a_full_queue_that_dropped_its_oldest_leaves_nothing_behind_once_read() {
+    // Clients that stop reading under `DropOldest` keep a full queue (the newest messages)
+    // while the application publishes on; once they read again, the queue drains to nothing.
+    const MESSAGES: u64 = 3000;
+    let _serial = SERIAL.lock().await;
+    let hub = Hub::builder()
+        .slow_consumer_policy(tower_ws_hub::SlowConsumerPolicy::DropOldest)
+        .outbound_queue(256, 1 << 20)
+        .build();
+    let server = support::serve_hub(hub).await;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(Upgrade::new("/ws/dropping").open(server.addr).await);
+    }
+    support::wait_members(&server.hub, "dropping", CONNECTIONS).await;
+    for client in &mut clients {
+        client.send(opcode::PING, b"warm").await;
+        assert_eq!(
+            client.read_frame().await.expect("pong").opcode,
+            opcode::PONG
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = live();
+
+    let payload = vec![b'y'; 1024];
+    for i in 0..MESSAGES {
+        let mut message = payload.clone();
+        message[..8].copy_from_slice(&i.to_be_bytes());
+        server
+            .hub
+            .publish("dropping", message)
+            .await
+            .expect("published");
+    }
+    assert!(
+        server.hub.stats().dropped_messages > 0,
+        "the queues never filled"
+    );
+    for client in &mut clients {
+        // Whatever was kept arrives in order, ending with the last message published.
+        let mut last = None;
+        while last != Some(MESSAGES - 1) {
+            let frame = tokio::time::timeout(PROMPTLY, client.read_frame())
+                .await
+                .expect("frame in time")
+                .expect("connection open");
+            let seq = u64::from_be_bytes(frame.payload[..8].try_into().unwrap());
+            assert!(last.is_none_or(|last| seq > last), "{seq} after {last:?}");
+            last = Some(seq);
+        }
+        client.release_read_buffer();
+    }
+    let mut lowest = live() - before;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lowest = lowest.min(live() - before);
+    }
+    let held = lowest / CONNECTIONS as isize;
+    assert!(
+        held < SMALL,
+        "each connection keeps {held} bytes after a full queue under DropOldest"
+    );
+}
