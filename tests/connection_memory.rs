@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use support::raw::{MASK, Upgrade, encode_frame, opcode};
+use support::raw::{MASK, RawWs, Upgrade, encode_frame, opcode};
 use support::{PROMPTLY, eventually};
 use tower_ws_hub::Hub;
 
@@ -74,22 +74,20 @@ fn live() -> isize {
 /// tokio's mutex works across them).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Connections, each alone in its room (what it sends goes to nobody, so nothing but the
-/// connection itself could hold on to it).
+/// Clients per test.
 const CONNECTIONS: usize = 32;
 
-/// What is left to each of [`CONNECTIONS`] connections, in bytes, once each has sent `bytes`
-/// (`messages` data messages) and the server has read them all.
-async fn held_per_connection(tag: &str, bytes: &[u8], messages: usize) -> isize {
-    let hub = Hub::builder()
-        .max_message_size(1 << 20)
-        .max_frame_size(1 << 20)
-        .build();
-    let server = support::serve_hub(hub).await;
+/// Far below any buffer the tests below would catch (the smallest, a burst's vector of
+/// messages, is 2.5 KiB), and above the few small allocations a connection may keep.
+const SMALL: isize = 512;
+
+/// [`CONNECTIONS`] raw clients on `server`, client `i` in room `room(i)`, each past its first
+/// ping (whatever a connection allocates on its first read happens before the measurement).
+async fn warmed_clients(server: &support::Server, room: impl Fn(usize) -> String) -> Vec<RawWs> {
     let mut clients = Vec::new();
     for i in 0..CONNECTIONS {
         clients.push(
-            Upgrade::new(&format!("/ws/{tag}-{i}"))
+            Upgrade::new(&format!("/ws/{}", room(i)))
                 .open(server.addr)
                 .await,
         );
@@ -98,7 +96,6 @@ async fn held_per_connection(tag: &str, bytes: &[u8], messages: usize) -> isize 
         server.hub.stats().connections == CONNECTIONS as u64
     })
     .await;
-    // Whatever a connection allocates on its first read, before the measurement.
     for client in &mut clients {
         client.send(opcode::PING, b"warm").await;
         assert_eq!(
@@ -107,8 +104,47 @@ async fn held_per_connection(tag: &str, bytes: &[u8], messages: usize) -> isize 
         );
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = live();
+    clients
+}
 
+/// The heap's growth since `before`, per connection: the lowest reading over half a second
+/// (a connection lets go once it next runs; no figure here depends on how long that takes).
+async fn held_since(before: isize) -> isize {
+    let mut lowest = live() - before;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lowest = lowest.min(live() - before);
+    }
+    lowest / CONNECTIONS as isize
+}
+
+/// Reads frames until `done` says the last expected one came; each must be a `opcode` frame.
+async fn read_until(client: &mut RawWs, opcode: u8, mut done: impl FnMut(&[u8]) -> bool) {
+    loop {
+        let frame = tokio::time::timeout(PROMPTLY, client.read_frame())
+            .await
+            .expect("frame in time")
+            .expect("connection open");
+        assert_eq!(frame.opcode, opcode);
+        if done(&frame.payload) {
+            break;
+        }
+    }
+    // What remains in use is the server's, not this client's read buffer.
+    client.release_read_buffer();
+}
+
+/// What is left to each of [`CONNECTIONS`] connections, each alone in its room (what it sends
+/// goes to nobody, so nothing but the connection itself could hold on to it), once each has
+/// sent `bytes` (`messages` data messages) and the server has read them all.
+async fn held_after_sending(tag: &str, bytes: &[u8], messages: usize) -> isize {
+    let hub = Hub::builder()
+        .max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .build();
+    let server = support::serve_hub(hub).await;
+    let mut clients = warmed_clients(&server, |i| format!("{tag}-{i}")).await;
+    let before = live();
     for client in &mut clients {
         client.send_bytes(bytes).await;
     }
@@ -118,35 +154,34 @@ async fn held_per_connection(tag: &str, bytes: &[u8], messages: usize) -> isize 
         server.hub.stats().messages_received == expected
     })
     .await;
-    // The release happens once each connection finds its socket empty: give it a moment,
-    // then take the lowest reading (no figure here depends on how long that takes).
-    let mut lowest = live() - before;
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        lowest = lowest.min(live() - before);
-    }
+    let held = held_since(before).await;
     // And the connections still work.
     for client in &mut clients {
         client.send(opcode::PING, b"still there").await;
-        let pong = tokio::time::timeout(PROMPTLY, client.read_frame())
-            .await
-            .expect("pong in time")
-            .expect("connection open");
-        assert_eq!(pong.opcode, opcode::PONG);
+        read_until(client, opcode::PONG, |_| true).await;
     }
-    lowest / CONNECTIONS as isize
+    held
 }
 
-/// Far below any buffer the tests below would catch (the smallest, a burst's vector of
-/// messages, is 2.5 KiB), and above the few small allocations a connection may keep.
-const SMALL: isize = 512;
+/// Publishes `count` messages of 1 KiB to `room`, each starting with its sequence number.
+async fn publish_numbered(hub: &Hub, room: &str, count: u64) {
+    let mut message = vec![b'x'; 1024];
+    for i in 0..count {
+        message[..8].copy_from_slice(&i.to_be_bytes());
+        hub.publish(room, message.clone()).await.expect("published");
+    }
+}
+
+fn sequence(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"))
+}
 
 #[tokio::test]
 async fn a_large_message_does_not_pin_its_size_in_the_connection() {
     let _serial = SERIAL.lock().await;
     // Kept for good, the buffer would be 256 KiB per connection.
     let frame = encode_frame(true, 0, opcode::BINARY, Some(MASK), &[7u8; 256 * 1024]);
-    let held = held_per_connection("large", &frame, 1).await;
+    let held = held_after_sending("large", &frame, 1).await;
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after one 256 KiB message"
@@ -159,7 +194,7 @@ async fn a_message_of_less_than_the_read_buffer_size_does_not_double_it() {
     // 2000 bytes arriving whole: tungstenite asks for room for the payload on top of the
     // payload it holds, and the 2 KiB buffer becomes 4 KiB.
     let frame = encode_frame(true, 0, opcode::BINARY, Some(MASK), &[2u8; 2000]);
-    let held = held_per_connection("under", &frame, 1).await;
+    let held = held_after_sending("under", &frame, 1).await;
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after one 2000-byte message"
@@ -174,7 +209,7 @@ async fn a_burst_of_messages_leaves_nothing_behind() {
     let burst: Vec<u8> = (0..64u8)
         .flat_map(|i| encode_frame(true, 0, opcode::BINARY, Some(MASK), &[i; 20]))
         .collect();
-    let held = held_per_connection("burst", &burst, 64).await;
+    let held = held_after_sending("burst", &burst, 64).await;
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after a burst of 64 messages"
@@ -186,58 +221,61 @@ async fn a_backlog_written_out_leaves_nothing_behind() {
     // The outbound side's counterpart: clients stop reading while the application publishes
     // far more than their sockets hold, so hundreds of messages wait in the hub's queues;
     // once the clients read it all, nothing of the backlog may stay with the connections.
-    const MESSAGES: usize = 400;
+    const MESSAGES: u64 = 400;
     let _serial = SERIAL.lock().await;
     let server = support::serve_hub(Hub::builder().build()).await;
-    let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS {
-        clients.push(Upgrade::new("/ws/backlog").open(server.addr).await);
-    }
-    support::wait_members(&server.hub, "backlog", CONNECTIONS).await;
-    for client in &mut clients {
-        client.send(opcode::PING, b"warm").await;
-        assert_eq!(
-            client.read_frame().await.expect("pong").opcode,
-            opcode::PONG
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut clients = warmed_clients(&server, |_| "backlog".into()).await;
     let before = live();
-
-    let payload = vec![b'x'; 1024];
-    for i in 0..MESSAGES {
-        let mut message = payload.clone();
-        message[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        server
-            .hub
-            .publish("backlog", message)
-            .await
-            .expect("published");
-    }
-    let queued = live() - before;
+    publish_numbered(&server.hub, "backlog", MESSAGES).await;
     for client in &mut clients {
-        for i in 0..MESSAGES {
-            let frame = tokio::time::timeout(PROMPTLY, client.read_frame())
-                .await
-                .expect("frame in time")
-                .expect("connection open");
-            assert_eq!(frame.payload[..8], (i as u64).to_be_bytes());
-        }
-        client.release_read_buffer();
+        let mut next = 0;
+        read_until(client, opcode::BINARY, |payload| {
+            assert_eq!(sequence(payload), next, "in order, none lost");
+            next += 1;
+            next == MESSAGES
+        })
+        .await;
     }
-    let mut lowest = live() - before;
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        lowest = lowest.min(live() - before);
-    }
-    let held = lowest / CONNECTIONS as isize;
-    eprintln!(
-        "backlog: {:.0} KiB in use right after publishing, {held} bytes per connection after reading",
-        queued as f64 / 1024.0
-    );
+    let held = held_since(before).await;
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after a backlog of {MESSAGES} messages was written"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_that_dropped_its_oldest_leaves_nothing_behind_once_read() {
+    // Clients that stop reading under `DropOldest` keep a full queue (the newest messages)
+    // while the application publishes on; once they read again, the queue drains to nothing.
+    const MESSAGES: u64 = 3000;
+    let _serial = SERIAL.lock().await;
+    let hub = Hub::builder()
+        .slow_consumer_policy(tower_ws_hub::SlowConsumerPolicy::DropOldest)
+        .outbound_queue(256, 1 << 20)
+        .build();
+    let server = support::serve_hub(hub).await;
+    let mut clients = warmed_clients(&server, |_| "dropping".into()).await;
+    let before = live();
+    publish_numbered(&server.hub, "dropping", MESSAGES).await;
+    assert!(
+        server.hub.stats().dropped_messages > 0,
+        "the queues never filled"
+    );
+    for client in &mut clients {
+        // Whatever was kept arrives in order, ending with the last message published.
+        let mut last = None;
+        read_until(client, opcode::BINARY, |payload| {
+            let seq = sequence(payload);
+            assert!(last.is_none_or(|last| seq > last), "{seq} after {last:?}");
+            last = Some(seq);
+            seq == MESSAGES - 1
+        })
+        .await;
+    }
+    let held = held_since(before).await;
+    assert!(
+        held < SMALL,
+        "each connection keeps {held} bytes after a full queue under DropOldest"
     );
 }
 
@@ -255,26 +293,7 @@ async fn a_flood_of_pings_answered_leaves_nothing_behind() {
     };
     let flood: Vec<u8> = (0..PINGS).flat_map(ping).collect();
     let server = support::serve_hub(Hub::builder().build()).await;
-    let mut clients = Vec::new();
-    for i in 0..CONNECTIONS {
-        clients.push(
-            Upgrade::new(&format!("/ws/pings-{i}"))
-                .open(server.addr)
-                .await,
-        );
-    }
-    eventually("every client connected", || {
-        server.hub.stats().connections == CONNECTIONS as u64
-    })
-    .await;
-    for client in &mut clients {
-        client.send(opcode::PING, b"warm").await;
-        assert_eq!(
-            client.read_frame().await.expect("pong").opcode,
-            opcode::PONG
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut clients = warmed_clients(&server, |i| format!("pings-{i}")).await;
     let before = live();
     for client in &mut clients {
         client.send_bytes(&flood).await;
@@ -282,95 +301,20 @@ async fn a_flood_of_pings_answered_leaves_nothing_behind() {
     for client in &mut clients {
         // Pongs answer pings in order, and the last ping is answered.
         let mut last = None;
-        while last != Some(PINGS - 1) {
-            let pong = tokio::time::timeout(PROMPTLY, client.read_frame())
-                .await
-                .expect("pong in time")
-                .expect("connection open");
-            assert_eq!(pong.opcode, opcode::PONG);
-            let answered = u16::from_be_bytes([pong.payload[0], pong.payload[1]]);
+        read_until(client, opcode::PONG, |payload| {
+            let answered = u16::from_be_bytes([payload[0], payload[1]]);
             assert!(
                 last.is_none_or(|last| answered > last),
                 "{answered} after {last:?}"
             );
             last = Some(answered);
-        }
-        client.release_read_buffer();
+            answered == PINGS - 1
+        })
+        .await;
     }
-    let mut lowest = live() - before;
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        lowest = lowest.min(live() - before);
-    }
-    let held = lowest / CONNECTIONS as isize;
+    let held = held_since(before).await;
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after answering {PINGS} pings"
-    );
-}
-
-#[tokio::test]
-async fn a_full_queue_that_dropped_its_oldest_leaves_nothing_behind_once_read() {
-    // Clients that stop reading under `DropOldest` keep a full queue (the newest messages)
-    // while the application publishes on; once they read again, the queue drains to nothing.
-    const MESSAGES: u64 = 3000;
-    let _serial = SERIAL.lock().await;
-    let hub = Hub::builder()
-        .slow_consumer_policy(tower_ws_hub::SlowConsumerPolicy::DropOldest)
-        .outbound_queue(256, 1 << 20)
-        .build();
-    let server = support::serve_hub(hub).await;
-    let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS {
-        clients.push(Upgrade::new("/ws/dropping").open(server.addr).await);
-    }
-    support::wait_members(&server.hub, "dropping", CONNECTIONS).await;
-    for client in &mut clients {
-        client.send(opcode::PING, b"warm").await;
-        assert_eq!(
-            client.read_frame().await.expect("pong").opcode,
-            opcode::PONG
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = live();
-
-    let payload = vec![b'y'; 1024];
-    for i in 0..MESSAGES {
-        let mut message = payload.clone();
-        message[..8].copy_from_slice(&i.to_be_bytes());
-        server
-            .hub
-            .publish("dropping", message)
-            .await
-            .expect("published");
-    }
-    assert!(
-        server.hub.stats().dropped_messages > 0,
-        "the queues never filled"
-    );
-    for client in &mut clients {
-        // Whatever was kept arrives in order, ending with the last message published.
-        let mut last = None;
-        while last != Some(MESSAGES - 1) {
-            let frame = tokio::time::timeout(PROMPTLY, client.read_frame())
-                .await
-                .expect("frame in time")
-                .expect("connection open");
-            let seq = u64::from_be_bytes(frame.payload[..8].try_into().unwrap());
-            assert!(last.is_none_or(|last| seq > last), "{seq} after {last:?}");
-            last = Some(seq);
-        }
-        client.release_read_buffer();
-    }
-    let mut lowest = live() - before;
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        lowest = lowest.min(live() - before);
-    }
-    let held = lowest / CONNECTIONS as isize;
-    assert!(
-        held < SMALL,
-        "each connection keeps {held} bytes after a full queue under DropOldest"
     );
 }

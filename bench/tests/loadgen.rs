@@ -23,6 +23,11 @@ use tower_ws_hub_bench::server_stats;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A benchmark server process, killed on drop.
+/// A headline figure of a report, by name.
+fn figure(figures: &tower_ws_hub_bench::report::Figures, name: &str) -> Option<f64> {
+    figures.0.iter().find(|f| f.name == name).map(|f| f.value)
+}
+
 struct Server {
     name: &'static str,
     child: Child,
@@ -238,14 +243,7 @@ fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected
     assert!(report.server_cpu_ms.is_some(), "{ctx}");
     assert!(report.server_hwm_growth_kib.is_some(), "{ctx}");
     // The headline figures `loadgen summarize` reads include the server's CPU.
-    let figure = |name: &str| {
-        report
-            .figures
-            .0
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| f.value)
-    };
+    let figure = |name: &str| figure(&report.figures, name);
     assert_eq!(
         figure("server_cpu_ms"),
         report.server_cpu_ms.map(|ms| ms as f64),
@@ -340,15 +338,22 @@ async fn large_messages_against_baseline() {
     large_messages(Server::baseline()).await;
 }
 
-async fn idle_connections(server: Server) {
+/// Runs the idle scenario against `server` and returns the report with its JSON (for
+/// assertion messages).
+async fn run_idle(
+    server: &Server,
+    connections: usize,
+    rooms: usize,
+    send_once: Option<usize>,
+) -> (idle::Report, String) {
     let opts = idle::Options {
         urls: vec![server.url()],
-        connections: 50,
-        rooms: 5,
+        connections,
+        rooms,
         connect_concurrency: 16,
         settle: Duration::from_millis(50),
         hold: Duration::ZERO,
-        send_once: None,
+        send_once,
         room_prefix: "idle".into(),
         label: format!("{} idle", server.name),
     };
@@ -357,6 +362,11 @@ async fn idle_connections(server: Server) {
         .unwrap_or_else(|error| panic!("{}: idle::run failed: {error}", server.name));
     eprintln!("{}", report.human());
     let ctx = serde_json::to_string_pretty(&report).unwrap();
+    (report, ctx)
+}
+
+async fn idle_connections(server: Server) {
+    let (report, ctx) = run_idle(&server, 50, 5, None).await;
     assert_eq!(report.kind, "idle", "{ctx}");
     assert_eq!(report.connected, 50, "{ctx}");
     assert_eq!(report.connect_failures, 0, "{ctx}");
@@ -377,22 +387,7 @@ async fn idle_connections(server: Server) {
 /// `--send-once`: every connection sends one message after the idle measurement, and the
 /// memory is read a third time, with every connection still open.
 async fn idle_then_one_message_each(server: Server) {
-    let opts = idle::Options {
-        urls: vec![server.url()],
-        connections: 20,
-        rooms: 20,
-        connect_concurrency: 8,
-        settle: Duration::from_millis(50),
-        hold: Duration::ZERO,
-        send_once: Some(10_000),
-        room_prefix: "once".into(),
-        label: format!("{} once", server.name),
-    };
-    let report = idle::run(opts)
-        .await
-        .unwrap_or_else(|error| panic!("{}: idle::run failed: {error}", server.name));
-    eprintln!("{}", report.human());
-    let ctx = serde_json::to_string_pretty(&report).unwrap();
+    let (report, ctx) = run_idle(&server, 20, 20, Some(10_000)).await;
     assert_eq!(report.connected, 20, "{ctx}");
     assert_eq!(report.message_bytes, Some(10_000), "{ctx}");
     let after = report
@@ -404,14 +399,7 @@ async fn idle_then_one_message_each(server: Server) {
         after[0].connections, 20,
         "{ctx}: a connection closed over its message"
     );
-    let figure = |name: &str| {
-        report
-            .figures
-            .0
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| f.value)
-    };
+    let figure = |name: &str| figure(&report.figures, name);
     assert_eq!(figure("messages_sent"), Some(20.0), "{ctx}");
     let per = report
         .rss_per_connection_after_message_kib
