@@ -172,6 +172,16 @@ async fn publish_numbered(hub: &Hub, room: &str, count: u64) {
     }
 }
 
+/// Checks that `next` comes after the last one seen (in order, nothing repeated), and
+/// remembers it.
+fn after<T: PartialOrd + std::fmt::Debug + Copy>(last: &mut Option<T>, next: T) {
+    assert!(
+        last.is_none_or(|last| next > last),
+        "{next:?} after {last:?}"
+    );
+    *last = Some(next);
+}
+
 fn sequence(payload: &[u8]) -> u64 {
     u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"))
 }
@@ -266,8 +276,7 @@ async fn a_full_queue_that_dropped_its_oldest_leaves_nothing_behind_once_read() 
         let mut last = None;
         read_until(client, opcode::BINARY, |payload| {
             let seq = sequence(payload);
-            assert!(last.is_none_or(|last| seq > last), "{seq} after {last:?}");
-            last = Some(seq);
+            after(&mut last, seq);
             seq == MESSAGES - 1
         })
         .await;
@@ -303,11 +312,7 @@ async fn a_flood_of_pings_answered_leaves_nothing_behind() {
         let mut last = None;
         read_until(client, opcode::PONG, |payload| {
             let answered = u16::from_be_bytes([payload[0], payload[1]]);
-            assert!(
-                last.is_none_or(|last| answered > last),
-                "{answered} after {last:?}"
-            );
-            last = Some(answered);
+            after(&mut last, answered);
             answered == PINGS - 1
         })
         .await;

@@ -125,7 +125,7 @@ impl Wire {
     pub(crate) fn discard_unstarted_data(&mut self) -> (Written, Written) {
         let mut discarded = Written::default();
         let mut completed = Written::default();
-        let started = usize::from(self.front_written > 0);
+        let mut started = usize::from(self.front_written > 0);
         if let Some((end, frames)) = self.front_started()
             && let Some(front) = self.chunks.front_mut()
             && front.frames > 1
@@ -136,7 +136,6 @@ impl Wire {
             front.bytes.truncate(end);
             front.frames = frames;
         }
-        let mut started = started;
         if started == 1
             && let Some(front) = self.chunks.front()
             && front.is_data()

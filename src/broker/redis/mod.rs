@@ -129,6 +129,7 @@ use crate::broker::status::{BrokerBackend, BrokerStatus};
 use crate::hub::{HubBuilder, HubInner};
 use crate::log_throttle::LogThrottle;
 use crate::message::Message;
+use crate::sync::lock;
 
 pub use config::{
     DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PIPELINE, DEFAULT_OPERATION_TIMEOUT,
@@ -158,8 +159,6 @@ impl HubBuilder {
         self
     }
 }
-
-pub(crate) use crate::sync::lock;
 
 /// Which of `n` tasks owns `room`. Stable for the life of the process, which is all that
 /// ordering needs (each instance routes its own publishes and subscriptions).

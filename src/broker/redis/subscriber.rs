@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::envelope::{EnvelopeError, EnvelopeKey, decode_frame_into, peek_origin, random_u64};
-use super::{RedisConfig, Shared, SubscriberSlot, lock};
+use super::{RedisConfig, Shared, SubscriberSlot};
 use crate::connection::frames::RunBuilder;
 use crate::hub::HubInner;
+use crate::sync::lock;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many rooms change at once.
 const CHANNELS_PER_COMMAND: usize = 256;
