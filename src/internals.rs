@@ -114,7 +114,7 @@ impl FanOutFixture {
         for queue in &self.queues {
             // As a writer does: take, write (here: forget), release, until nothing is left.
             while {
-                let taken = queue.take(&mut self.scratch);
+                let taken = queue.take(&mut self.scratch, false);
                 queue.release_taken(&mut self.scratch);
                 taken.more
             } {}

@@ -224,6 +224,58 @@ async fn a_message_from_the_client_releases_what_was_held_back() {
     assert_eq!(next_text(&mut client).await, "held");
 }
 
+/// "first", then "second" right after it: "second" is held back and taken when the interval
+/// ends. Data came during the hold, so the stream counts as steady: the connection's next take
+/// waits for its timer, and what is pushed meanwhile wakes nobody.
+async fn into_a_steady_stream(server: &Server, client: &mut Client) {
+    publish(&server.hub, "first").await;
+    assert_eq!(next_text(client).await, "first");
+    publish(&server.hub, "second").await;
+    assert_eq!(next_text(client).await, "second");
+}
+
+#[tokio::test]
+async fn a_steady_stream_goes_out_at_the_timer_and_a_message_after_it_stops_is_not_held() {
+    // No heartbeat: nothing but the queue and the write interval's timer wakes the connection.
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(INTERVAL)
+            .ping_interval(None)
+            .build(),
+    )
+    .await;
+    into_a_steady_stream(&server, &mut client).await;
+    publish(&server.hub, "third").await;
+    assert_silent(&mut client, HELD).await;
+    assert_eq!(next_text(&mut client).await, "third");
+    // The stream stops: the timer's next take finds nothing, and from then on a push wakes the
+    // connection again (a connection that kept waiting for its timer would never send this).
+    tokio::time::sleep(INTERVAL + HELD / 2).await;
+    let start = Instant::now();
+    publish(&server.hub, "fourth").await;
+    assert_eq!(next_text(&mut client).await, "fourth");
+    assert_not_held(start, "the message after the stream stopped");
+    assert_eq!(server.hub.stats().deliveries, 4);
+}
+
+#[tokio::test]
+async fn a_message_from_the_client_lifts_the_hold_of_a_steady_stream() {
+    let (server, mut client) = setup(Hub::builder().write_interval(INTERVAL).build()).await;
+    into_a_steady_stream(&server, &mut client).await;
+    publish(&server.hub, "held").await;
+    assert_silent(&mut client, HELD / 2).await;
+    let start = Instant::now();
+    send_text(&mut client, "anything new?").await;
+    assert_eq!(next_text(&mut client).await, "held");
+    assert_not_held(start, "what was held when the client spoke");
+    // The client may be waiting for an answer: what the room sends it now is not held back
+    // either, although its stream was steady.
+    let start = Instant::now();
+    publish(&server.hub, "answer").await;
+    assert_eq!(next_text(&mut client).await, "answer");
+    assert_not_held(start, "the answer");
+}
+
 /// The next text message within [`HELD`] × 5, or a panic saying it was held back.
 async fn answer_within(client: &mut Client, what: &str) -> String {
     match tokio::time::timeout(HELD * 5, next_text(client)).await {

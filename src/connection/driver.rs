@@ -20,7 +20,10 @@
 //! 4. send our close frame when due, then write the wire.
 //!
 //! The task is woken by the socket (reads and writes), by the timer, and by the outbound queue
-//! (pushes and close requests).
+//! (pushes and close requests). Under a steady stream (data arrived while the last take was
+//! held back) the next take waits for the timer alone: the queue wakes the task for close
+//! requests only, until a take finds nothing or a message from the client lifts the hold. That
+//! makes one wake-up per write instead of two.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -453,12 +456,32 @@ where
         if self.holds_back() {
             return None;
         }
-        self.take_waiting = false;
+        // Set: this take ends a hold that data arrived during, so data is coming steadily.
+        let steady = std::mem::take(&mut self.take_waiting);
         let intent = if self.sends_data() {
-            let taken = self.queue.take(&mut self.taken);
             let interval = self.config().write_interval;
-            if !interval.is_zero() && !self.taken.is_empty() {
-                self.next_take = Some(later(Instant::now(), interval));
+            let now = (!interval.is_zero()).then(Instant::now);
+            // A steady stream: the next take waits for the timer whatever arrives (unless the
+            // client's message lifts the hold), so the queue need not wake this task for data
+            // until then. One wake-up per write instead of two: the first push after a write,
+            // then the timer.
+            let hold = steady
+                && matches!(self.phase, Phase::Open)
+                && now.is_some_and(|now| !self.answering_until.is_some_and(|until| now < until));
+            let taken = self.queue.take(&mut self.taken, hold);
+            if let Some(now) = now
+                && !self.taken.is_empty()
+            {
+                let next_take = later(now, interval);
+                self.next_take = Some(next_take);
+                if hold {
+                    self.take_waiting = true;
+                    // Called from the timer, whose deadline has passed, this leaves the
+                    // rearming to `poll_timer`.
+                    if next_take < self.timer.deadline() {
+                        self.timer.as_mut().reset(next_take);
+                    }
+                }
             }
             for frames in self.taken.drain(..) {
                 self.wire.push_data(frames);

@@ -77,6 +77,11 @@ struct State {
     queued_messages: usize,
     queued_bytes: usize,
     close: Option<CloseIntent>,
+    /// The writer's timer will take what is queued (`HubConfig::write_interval` holds its next
+    /// take back), so data pushes need not wake it; close requests and a slow-consumer
+    /// disconnect still do. Set by [`OutboundQueue::take`] only when it hands over frames and the
+    /// writer asks for it; any take that finds nothing clears it.
+    writer_holding: bool,
     /// Messages cleared from `queued` by a close request or the end of the connection (not by
     /// the slow-consumer policy, whose pusher counts them as dropped): [`OutboundQueue::end`]
     /// reports them.
@@ -127,8 +132,9 @@ impl OutboundQueue {
         let mut state = self.lock();
         // The writer only needs waking when the queue goes from empty to non-empty: a push onto a
         // non-empty queue is covered by the wake-up of the push that made it non-empty (or, when
-        // the writer left messages queued, by its own return for them; see `take`).
-        let was_empty = state.queued.is_empty();
+        // the writer left messages queued, by its own return for them; see `take`). A writer
+        // whose timer takes next (`writer_holding`) needs no wake-up for data at all.
+        let was_empty = state.queued.is_empty() && !state.writer_holding;
         let mut wake = false;
         'runs: for run in runs {
             if state.close.is_some() {
@@ -227,8 +233,14 @@ impl OutboundQueue {
     /// [`SlowConsumerPolicy::DropOldest`] can still drop it in favour of newer messages. Were
     /// the writer to hold the whole budget while its socket is blocked, nothing would be left
     /// to drop but the newest message.
-    pub(crate) fn take(&self, batch: &mut VecDeque<Frames>) -> Taken {
+    ///
+    /// `hold`: the writer will take again when its timer fires (`HubConfig::write_interval`),
+    /// whatever is pushed meanwhile, so data pushes need not wake it until its next take. This
+    /// holds only if frames were handed over now; when the queue had nothing, pushes wake the
+    /// writer again.
+    pub(crate) fn take(&self, batch: &mut VecDeque<Frames>, hold: bool) -> Taken {
         let mut state = self.lock();
+        let before = batch.len();
         let half_messages = (self.limits.max_messages / 2).max(1);
         let half_bytes = (self.limits.max_bytes / 2).max(1);
         if state.messages <= half_messages && state.bytes <= half_bytes {
@@ -257,6 +269,7 @@ impl OutboundQueue {
                 batch.push_back(run);
             }
         }
+        state.writer_holding = hold && batch.len() > before;
         Taken {
             close: state.close,
             more: !state.queued.is_empty(),
@@ -267,6 +280,7 @@ impl OutboundQueue {
     /// intent, if any: for a connection that may send no more data.
     pub(crate) fn discard_queued(&self) -> Option<CloseIntent> {
         let mut state = self.lock();
+        state.writer_holding = false;
         state.discard_queued();
         state.close
     }
@@ -417,7 +431,7 @@ mod tests {
         let mut texts = Vec::new();
         loop {
             let mut batch = VecDeque::new();
-            let taken = queue.take(&mut batch);
+            let taken = queue.take(&mut batch, false);
             let frames: Vec<Bytes> = batch.into_iter().flat_map(Frames::into_each).collect();
             let bytes = frames.iter().map(Bytes::len).sum();
             texts.extend(
@@ -548,6 +562,75 @@ mod tests {
     }
 
     #[test]
+    fn a_holding_writer_is_woken_for_closes_not_for_data_until_a_take_finds_nothing() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let q = queue(100, 1024, SlowConsumerPolicy::Disconnect);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = futures_util::task::waker(Arc::clone(&counter));
+        q.register(&waker);
+        // A wake-up uses the registered waker up; the writer registers anew on every poll.
+        let wakes = || {
+            q.register(&waker);
+            counter.0.load(Ordering::SeqCst)
+        };
+        let take = |hold: bool| {
+            let mut batch = VecDeque::new();
+            q.take(&mut batch, hold);
+            let texts: Vec<String> = batch
+                .iter()
+                .flat_map(|run| run.clone().into_each())
+                .map(|frame| String::from_utf8(frame[2..].to_vec()).unwrap())
+                .collect();
+            q.release_taken(&mut batch);
+            texts
+        };
+        q.push(text("a"));
+        assert_eq!(wakes(), 1);
+        assert_eq!(take(true), ["a"]);
+        // The writer's timer takes next: pushes onto the empty queue wake nobody.
+        q.push(text("b"));
+        q.push(text("c"));
+        assert_eq!(wakes(), 1);
+        assert_eq!(take(true), ["b", "c"]);
+        q.push(text("d"));
+        assert_eq!(wakes(), 1);
+        // A take without holding (the client's message lifted the hold, say): pushes wake again.
+        assert_eq!(take(false), ["d"]);
+        q.push(text("e"));
+        assert_eq!(wakes(), 2);
+        assert_eq!(take(true), ["e"]);
+        // The timer found nothing: the stream has stopped, and the next push must wake.
+        assert!(take(true).is_empty());
+        q.push(text("f"));
+        assert_eq!(wakes(), 3);
+        assert_eq!(take(true), ["f"]);
+        // Close requests always wake, holding or not.
+        q.close(CloseIntent::Shutdown);
+        assert_eq!(wakes(), 4);
+    }
+
+    #[test]
+    fn a_holding_writer_is_woken_for_a_slow_consumer_disconnect() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
+        let counter = Arc::new(CountingWaker(Default::default()));
+        let waker = futures_util::task::waker(Arc::clone(&counter));
+        q.register(&waker);
+        q.push(text("a"));
+        let mut batch = VecDeque::new();
+        q.take(&mut batch, true);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        q.register(&waker);
+        q.push(text("b"));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        // "a" is still in flight: the third message overflows the bound of two.
+        assert_eq!(q.push(text("c")), PushOutcome::Disconnecting(1));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn a_batch_is_queued_in_order_with_one_wake_up() {
         use std::sync::Arc;
         use std::sync::atomic::Ordering;
@@ -610,7 +693,7 @@ mod tests {
     /// Takes what the queue hands over, as the writer does, without releasing it.
     fn take_texts(queue: &OutboundQueue) -> (Vec<String>, bool) {
         let mut batch = VecDeque::new();
-        let taken = queue.take(&mut batch);
+        let taken = queue.take(&mut batch, false);
         let texts = batch
             .into_iter()
             .flat_map(Frames::into_each)
@@ -725,7 +808,7 @@ mod properties {
                         let messages = vec![crate::message::Message::binary(vec![0u8; len]); n];
                         queue.push_all(&crate::connection::frames::RunBuilder::pack(&messages), |_, _| {});
                     }
-                    Op::Take => { let _ = queue.take(&mut taken); }
+                    Op::Take => { let _ = queue.take(&mut taken, false); }
                     Op::ReleaseAll => { queue.release_taken(&mut taken); }
                 }
                 let state = queue.lock();

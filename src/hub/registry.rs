@@ -250,7 +250,7 @@ mod tests {
             }
         );
         let mut taken = std::collections::VecDeque::new();
-        let _ = queue.take(&mut taken);
+        let _ = queue.take(&mut taken, false);
         // One run for the three small messages: one queue entry.
         assert_eq!(taken.len(), 1);
         let frames: Vec<Bytes> = taken.into_iter().flat_map(Frames::into_each).collect();
