@@ -467,7 +467,7 @@ where
             // then the timer.
             let hold = steady
                 && matches!(self.phase, Phase::Open)
-                && now.is_some_and(|now| !self.answering_until.is_some_and(|until| now < until));
+                && now.is_some_and(|now| self.answering_until.is_none_or(|until| now >= until));
             let taken = self.queue.take(&mut self.taken, hold);
             if let Some(now) = now
                 && !self.taken.is_empty()
