@@ -33,6 +33,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default shortest time between two writes of data to one connection: 4 ms
 /// ([`HubBuilder::write_interval`](crate::HubBuilder::write_interval)).
 pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_millis(4);
+/// Default longest the write interval grows to under a steady stream of messages: 12 ms
+/// ([`HubBuilder::max_write_interval`](crate::HubBuilder::max_write_interval)).
+pub const DEFAULT_MAX_WRITE_INTERVAL: Duration = Duration::from_millis(12);
 
 /// What to do when a client does not read fast enough and its outbound queue is full.
 ///
@@ -79,6 +82,7 @@ pub(crate) struct HubConfig {
     pub(crate) upgrade_timeout: Duration,
     pub(crate) tcp_nodelay: bool,
     pub(crate) write_interval: Duration,
+    pub(crate) max_write_interval: Duration,
 }
 
 /// A token-bucket rate.
@@ -111,6 +115,7 @@ impl Default for HubConfig {
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             tcp_nodelay: true,
             write_interval: DEFAULT_WRITE_INTERVAL,
+            max_write_interval: DEFAULT_MAX_WRITE_INTERVAL,
         }
     }
 }

@@ -276,6 +276,63 @@ async fn a_message_from_the_client_lifts_the_hold_of_a_steady_stream() {
     assert_not_held(start, "the answer");
 }
 
+/// The interval of the two tests below, and the most it may grow to.
+const BASE: Duration = Duration::from_secs(2);
+const GROWN: Duration = Duration::from_secs(4);
+
+fn growing_hub() -> Hub {
+    Hub::builder()
+        .write_interval(BASE)
+        .max_write_interval(GROWN)
+        .ping_interval(None)
+        .build()
+}
+
+#[tokio::test]
+async fn a_stream_faster_than_the_interval_is_written_less_often_up_to_the_maximum() {
+    let (server, mut client) = setup(growing_hub()).await;
+    publish(&server.hub, "1").await;
+    assert_eq!(next_text(&mut client).await, "1");
+    // Two messages within one interval: more than one per `write_interval`.
+    publish(&server.hub, "2").await;
+    publish(&server.hub, "3").await;
+    assert_eq!(next_text(&mut client).await, "2");
+    assert_eq!(next_text(&mut client).await, "3");
+    // The interval has grown to `GROWN`: what comes now waits past `BASE`.
+    publish(&server.hub, "4").await;
+    assert_silent(&mut client, BASE + BASE / 2).await;
+    assert_eq!(next_text(&mut client).await, "4");
+    // That write carried one message in `GROWN`: slower than one per `BASE`, so the interval
+    // is back to `BASE`.
+    let start = Instant::now();
+    publish(&server.hub, "5").await;
+    assert_eq!(next_text(&mut client).await, "5");
+    let waited = start.elapsed();
+    assert!(
+        waited < BASE + BASE / 2,
+        "held back {waited:?}: the interval did not go back to write_interval"
+    );
+}
+
+#[tokio::test]
+async fn one_message_per_interval_does_not_grow_it() {
+    let (server, mut client) = setup(growing_hub()).await;
+    publish(&server.hub, "1").await;
+    assert_eq!(next_text(&mut client).await, "1");
+    // Held back, and alone when its write comes: one message per interval.
+    publish(&server.hub, "2").await;
+    assert_eq!(next_text(&mut client).await, "2");
+    let start = Instant::now();
+    publish(&server.hub, "3").await;
+    assert_eq!(next_text(&mut client).await, "3");
+    let waited = start.elapsed();
+    assert!(
+        waited < BASE + BASE / 2,
+        "held back {waited:?}: the interval grew for a stream of one message per interval"
+    );
+    assert_eq!(server.hub.stats().deliveries, 3);
+}
+
 /// The next text message within [`HELD`] × 5, or a panic saying it was held back.
 async fn answer_within(client: &mut Client, what: &str) -> String {
     match tokio::time::timeout(HELD * 5, next_text(client)).await {

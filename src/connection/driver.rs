@@ -23,7 +23,9 @@
 //! (pushes and close requests). Under a steady stream (data arrived while the last take was
 //! held back) the next take waits for the timer alone: the queue wakes the task for close
 //! requests only, until a take finds nothing or a message from the client lifts the hold. That
-//! makes one wake-up per write instead of two.
+//! makes one wake-up per write instead of two. A steady stream also lengthens the interval, by
+//! `write_interval` at each take, up to `max_write_interval`; any other take starts it again
+//! from `write_interval`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -174,12 +176,17 @@ pub(crate) struct Driver<'a, S> {
     /// The queue still held messages after the last take (it hands over half its budget at a
     /// time): take again once the wire is written.
     more_queued: bool,
-    /// Data may be taken from the queue again from this instant (`HubConfig::write_interval`
-    /// after the last take that found any); `None`: at once. A message from the client lifts
+    /// Data may be taken from the queue again from this instant (`interval` after the last
+    /// take that found any); `None`: at once. A message from the client lifts
     /// it: a client waiting for an answer does not wait for the interval.
     next_take: Option<Instant>,
     /// Queued data is waiting for `next_take`; the timer fires then.
     take_waiting: bool,
+    /// The current write interval: `HubConfig::write_interval`, grown under a steady stream
+    /// by that much at each write up to `HubConfig::max_write_interval`.
+    interval: Duration,
+    /// When data was last taken (kept only with a write interval).
+    last_take: Option<Instant>,
     /// Until then nothing is held back: the client sent a data message less than
     /// `write_interval` ago and may be waiting for an answer (a reply, its echo, the room's
     /// response).
@@ -315,6 +322,8 @@ where
             more_queued: false,
             next_take: None,
             take_waiting: false,
+            interval: config.write_interval,
+            last_take: None,
             answering_until: None,
             discarded: 0,
             queue,
@@ -472,7 +481,24 @@ where
             if let Some(now) = now
                 && !self.taken.is_empty()
             {
-                let next_take = later(now, interval);
+                // A stream of more than one message per `write_interval` since the last take
+                // is written less and less often, up to the maximum; anything else starts
+                // again from `write_interval`. (Measured against `write_interval`, not the
+                // current interval: a grown interval would otherwise keep collecting two
+                // messages of a slower stream, and hold it back for good.)
+                let messages = self.taken.iter().map(Frames::count).sum::<usize>();
+                let fast = self.last_take.is_some_and(|last| {
+                    interval.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX))
+                        > now.saturating_duration_since(last)
+                });
+                self.interval = if hold && fast {
+                    let max = self.config().max_write_interval.max(interval);
+                    self.interval.saturating_add(interval).min(max)
+                } else {
+                    interval
+                };
+                self.last_take = Some(now);
+                let next_take = later(now, self.interval);
                 self.next_take = Some(next_take);
                 if hold {
                     self.take_waiting = true;

@@ -55,6 +55,10 @@ struct Args {
     /// experiments; default: the hub's default).
     #[arg(long)]
     write_interval_us: Option<u64>,
+    /// Override `HubBuilder::max_write_interval`, in microseconds (at most the write interval
+    /// keeps it fixed; for experiments; default: the hub's default).
+    #[arg(long)]
+    max_write_interval_us: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,9 @@ fn main() -> ExitCode {
             }
             if let Some(us) = args.write_interval_us {
                 builder = builder.write_interval(std::time::Duration::from_micros(us));
+            }
+            if let Some(us) = args.max_write_interval_us {
+                builder = builder.max_write_interval(std::time::Duration::from_micros(us));
             }
             if args.no_request_headers {
                 builder = builder.keep_request_headers(false);
