@@ -176,17 +176,16 @@ pub(crate) struct Driver<'a, S> {
     /// The queue still held messages after the last take (it hands over half its budget at a
     /// time): take again once the wire is written.
     more_queued: bool,
-    /// Data may be taken from the queue again from this instant (`interval` after the last
-    /// take that found any); `None`: at once. A message from the client lifts
+    /// Data may be taken from the queue again from this instant (the current interval, see
+    /// `intervals`, after the last take that found any); `None`: at once. A message from the client lifts
     /// it: a client waiting for an answer does not wait for the interval.
     next_take: Option<Instant>,
     /// Queued data is waiting for `next_take`; the timer fires then.
     take_waiting: bool,
-    /// The current write interval: `HubConfig::write_interval`, grown under a steady stream
-    /// by that much at each write up to `HubConfig::max_write_interval`.
-    interval: Duration,
-    /// When data was last taken (kept only with a write interval).
-    last_take: Option<Instant>,
+    /// The current write interval, in `HubConfig::write_interval`s: 1, grown by one at each
+    /// take of a steady stream while below `HubConfig::max_write_interval`. (A count, not a
+    /// `Duration`: every byte here is paid by every idle connection.)
+    intervals: u32,
     /// Until then nothing is held back: the client sent a data message less than
     /// `write_interval` ago and may be waiting for an answer (a reply, its echo, the room's
     /// response).
@@ -322,8 +321,7 @@ where
             more_queued: false,
             next_take: None,
             take_waiting: false,
-            interval: config.write_interval,
-            last_take: None,
+            intervals: 1,
             answering_until: None,
             discarded: 0,
             queue,
@@ -481,24 +479,22 @@ where
             if let Some(now) = now
                 && !self.taken.is_empty()
             {
-                // A stream of more than one message per `write_interval` since the last take
-                // is written less and less often, up to the maximum; anything else starts
-                // again from `write_interval`. (Measured against `write_interval`, not the
-                // current interval: a grown interval would otherwise keep collecting two
-                // messages of a slower stream, and hold it back for good.)
+                // A steady stream of more than one message per `write_interval` (more
+                // messages than the held-back take waited `write_interval`s for) is written
+                // less and less often, up to the maximum; anything else starts again from
+                // `write_interval`. (Per `write_interval`, not per take: a grown interval would
+                // otherwise keep collecting two messages of a slower stream, and hold it back
+                // for good.)
+                let max = self.config().max_write_interval.max(interval);
                 let messages = self.taken.iter().map(Frames::count).sum::<usize>();
-                let fast = self.last_take.is_some_and(|last| {
-                    interval.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX))
-                        > now.saturating_duration_since(last)
-                });
-                self.interval = if hold && fast {
-                    let max = self.config().max_write_interval.max(interval);
-                    self.interval.saturating_add(interval).min(max)
+                self.intervals = if !hold || messages <= self.intervals as usize {
+                    1
+                } else if interval.saturating_mul(self.intervals) < max {
+                    self.intervals + 1
                 } else {
-                    interval
+                    self.intervals
                 };
-                self.last_take = Some(now);
-                let next_take = later(now, self.interval);
+                let next_take = later(now, interval.saturating_mul(self.intervals).min(max));
                 self.next_take = Some(next_take);
                 if hold {
                     self.take_waiting = true;
