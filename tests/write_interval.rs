@@ -280,6 +280,14 @@ async fn a_message_from_the_client_lifts_the_hold_of_a_steady_stream() {
 const BASE: Duration = Duration::from_secs(2);
 const GROWN: Duration = Duration::from_secs(4);
 
+/// Less than one and a half [`BASE`]s went by since `start`: `what` waited for `BASE` at most,
+/// not for the grown interval.
+#[track_caller]
+fn assert_waited_base_at_most(start: Instant, what: &str) {
+    let waited = start.elapsed();
+    assert!(waited < BASE + BASE / 2, "{what} waited {waited:?}");
+}
+
 fn growing_hub() -> Hub {
     Hub::builder()
         .write_interval(BASE)
@@ -307,10 +315,39 @@ async fn a_stream_faster_than_the_interval_is_written_less_often_up_to_the_maxim
     let start = Instant::now();
     publish(&server.hub, "5").await;
     assert_eq!(next_text(&mut client).await, "5");
+    assert_waited_base_at_most(start, "the message after the stream slowed down");
+}
+
+#[tokio::test]
+async fn at_a_maximum_between_two_multiples_the_rate_is_judged_over_the_real_wait() {
+    // 4 s growing to 6 s: grown, a take waits 6 s, not two whole intervals (8 s).
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(Duration::from_secs(4))
+            .max_write_interval(Duration::from_secs(6))
+            .ping_interval(None)
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "1").await;
+    assert_eq!(next_text(&mut client).await, "1");
+    publish(&server.hub, "2").await;
+    publish(&server.hub, "3").await;
+    assert_eq!(next_text(&mut client).await, "2");
+    assert_eq!(next_text(&mut client).await, "3");
+    // Two messages in the 6 s wait: one per 3 s, faster than one per 4 s, so it stays at 6 s.
+    publish(&server.hub, "4").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publish(&server.hub, "5").await;
+    assert_eq!(next_text(&mut client).await, "4");
+    assert_eq!(next_text(&mut client).await, "5");
+    let start = Instant::now();
+    publish(&server.hub, "6").await;
+    assert_eq!(next_text(&mut client).await, "6");
     let waited = start.elapsed();
     assert!(
-        waited < BASE + BASE / 2,
-        "held back {waited:?}: the interval did not go back to write_interval"
+        waited > Duration::from_secs(5),
+        "the interval fell back to 4 s (waited {waited:?})"
     );
 }
 
@@ -325,11 +362,7 @@ async fn one_message_per_interval_does_not_grow_it() {
     let start = Instant::now();
     publish(&server.hub, "3").await;
     assert_eq!(next_text(&mut client).await, "3");
-    let waited = start.elapsed();
-    assert!(
-        waited < BASE + BASE / 2,
-        "held back {waited:?}: the interval grew for a stream of one message per interval"
-    );
+    assert_waited_base_at_most(start, "the third message of one per interval");
     assert_eq!(server.hub.stats().deliveries, 3);
 }
 

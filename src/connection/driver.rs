@@ -7,9 +7,10 @@
 //!
 //! Each `poll` does, in order:
 //! 1. take what the outbound queue hands over (at most half its budget) and any close request
-//!    from the hub, unless `write_interval` holds data back: the last take of data was less
-//!    than the interval ago, and none of these applies: the client sent a data message within
-//!    the last interval, a backlog is being worked through, the wire still holds data, or the
+//!    from the hub, unless the write interval holds data back: the last take of data was less
+//!    than the current interval (`write_interval`, or more under a steady stream) ago, and
+//!    none of these applies: the client sent a data message within the last
+//!    `write_interval`, a backlog is being worked through, the wire still holds data, or the
 //!    connection is closing or asked to close;
 //! 2. the timer: heartbeat ping, pong timeout, idle timeout, the end of the write interval,
 //!    or close deadline;
@@ -23,9 +24,9 @@
 //! (pushes and close requests). Under a steady stream (data arrived while the last take was
 //! held back) the next take waits for the timer alone: the queue wakes the task for close
 //! requests only, until a take finds nothing or a message from the client lifts the hold. That
-//! makes one wake-up per write instead of two. A steady stream also lengthens the interval, by
-//! `write_interval` at each take, up to `max_write_interval`; any other take starts it again
-//! from `write_interval`.
+//! makes one wake-up per write instead of two. A steady stream of more than one message per
+//! `write_interval` also lengthens the interval, by `write_interval` at each take, up to
+//! `max_write_interval`; any other take starts it again from `write_interval`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -177,8 +178,8 @@ pub(crate) struct Driver<'a, S> {
     /// time): take again once the wire is written.
     more_queued: bool,
     /// Data may be taken from the queue again from this instant (the current interval, see
-    /// `intervals`, after the last take that found any); `None`: at once. A message from the client lifts
-    /// it: a client waiting for an answer does not wait for the interval.
+    /// `intervals`, after the last take that found any); `None`: at once. A message from the
+    /// client lifts it: a client waiting for an answer does not wait for the interval.
     next_take: Option<Instant>,
     /// Queued data is waiting for `next_take`; the timer fires then.
     take_waiting: bool,
@@ -426,7 +427,7 @@ where
         }
     }
 
-    /// Whether queued data waits for `next_take` (`HubConfig::write_interval`), so that what
+    /// Whether queued data waits for `next_take` (the current write interval), so that what
     /// arrives meanwhile goes out in the same write; if so, the timer fires then. Nothing is
     /// held back while closing, while the wire is still being written, while a backlog is
     /// being worked through (`more_queued`), or when the hub asks for a close.
@@ -479,22 +480,25 @@ where
             if let Some(now) = now
                 && !self.taken.is_empty()
             {
-                // A steady stream of more than one message per `write_interval` (more
-                // messages than the held-back take waited `write_interval`s for) is written
-                // less and less often, up to the maximum; anything else starts again from
-                // `write_interval`. (Per `write_interval`, not per take: a grown interval would
-                // otherwise keep collecting two messages of a slower stream, and hold it back
-                // for good.)
+                // A steady stream of more than one message per `write_interval` (over the
+                // interval the held-back take waited) is written less and less often, up to
+                // the maximum; anything else starts again from `write_interval`. (Per
+                // `write_interval`, not per take: a grown interval would otherwise keep
+                // collecting two messages of a slower stream, and hold it back for good.)
                 let max = self.config().max_write_interval.max(interval);
+                let current = |intervals: u32| interval.saturating_mul(intervals).min(max);
+                let waited = current(self.intervals);
                 let messages = self.taken.iter().map(Frames::count).sum::<usize>();
-                self.intervals = if !hold || messages <= self.intervals as usize {
+                let faster =
+                    interval.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX)) > waited;
+                self.intervals = if !hold || !faster {
                     1
-                } else if interval.saturating_mul(self.intervals) < max {
+                } else if waited < max {
                     self.intervals + 1
                 } else {
                     self.intervals
                 };
-                let next_take = later(now, interval.saturating_mul(self.intervals).min(max));
+                let next_take = later(now, current(self.intervals));
                 self.next_take = Some(next_take);
                 if hold {
                     self.take_waiting = true;

@@ -77,8 +77,8 @@ struct State {
     queued_messages: usize,
     queued_bytes: usize,
     close: Option<CloseIntent>,
-    /// The writer's timer will take what is queued (`HubConfig::write_interval` holds its next
-    /// take back), so data pushes need not wake it; close requests and a slow-consumer
+    /// The writer's timer will take what is queued (the write interval holds its next take
+    /// back), so data pushes need not wake it; close requests and a slow-consumer
     /// disconnect still do. Set by [`OutboundQueue::take`] only when it hands over frames and the
     /// writer asks for it; any take that finds nothing clears it.
     writer_holding: bool,
@@ -134,7 +134,7 @@ impl OutboundQueue {
         // non-empty queue is covered by the wake-up of the push that made it non-empty (or, when
         // the writer left messages queued, by its own return for them; see `take`). A writer
         // whose timer takes next (`writer_holding`) needs no wake-up for data at all.
-        let was_empty = state.queued.is_empty() && !state.writer_holding;
+        let data_wakes = state.queued.is_empty() && !state.writer_holding;
         let mut wake = false;
         'runs: for run in runs {
             if state.close.is_some() {
@@ -145,7 +145,7 @@ impl OutboundQueue {
                 // The whole run at once: the usual case.
                 state.add(run.clone());
                 outcome(PushOutcome::Queued, run.count() as u32);
-                wake |= was_empty;
+                wake |= data_wakes;
                 continue;
             }
             // Frame by frame, so that each one meets the policy as if pushed alone. A frame
@@ -162,7 +162,7 @@ impl OutboundQueue {
                 outcome(result, 1);
                 match result {
                     PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => {
-                        wake |= was_empty;
+                        wake |= data_wakes;
                     }
                     PushOutcome::Dropped => {}
                     PushOutcome::Disconnecting(_) => {
@@ -234,7 +234,7 @@ impl OutboundQueue {
     /// the writer to hold the whole budget while its socket is blocked, nothing would be left
     /// to drop but the newest message.
     ///
-    /// `hold`: the writer will take again when its timer fires (`HubConfig::write_interval`),
+    /// `hold`: the writer will take again when its timer fires (the write interval),
     /// whatever is pushed meanwhile, so data pushes need not wake it until its next take. This
     /// holds only if frames were handed over now; when the queue had nothing, pushes wake the
     /// writer again.
@@ -536,6 +536,21 @@ mod tests {
     /// A waker that counts its wake-ups.
     struct CountingWaker(std::sync::atomic::AtomicUsize);
 
+    impl CountingWaker {
+        fn wakes(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// A counting waker registered as `queue`'s writer: the counter, and the waker to register
+    /// again after a wake-up (which uses the registration up, as a writer's next poll renews it).
+    fn watch(queue: &OutboundQueue) -> (std::sync::Arc<CountingWaker>, Waker) {
+        let counter = std::sync::Arc::new(CountingWaker(Default::default()));
+        let waker = futures_util::task::waker(std::sync::Arc::clone(&counter));
+        queue.register(&waker);
+        (counter, waker)
+    }
+
     impl futures_util::task::ArcWake for CountingWaker {
         fn wake_by_ref(arc: &std::sync::Arc<Self>) {
             arc.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -544,35 +559,26 @@ mod tests {
 
     #[test]
     fn the_writer_is_woken_when_the_queue_becomes_non_empty_not_for_every_push() {
-        use std::sync::Arc;
-        use std::sync::atomic::Ordering;
         let q = queue(100, 1024, SlowConsumerPolicy::Disconnect);
-        let counter = Arc::new(CountingWaker(Default::default()));
-        let waker = futures_util::task::waker(Arc::clone(&counter));
-        q.register(&waker);
+        let (counter, waker) = watch(&q);
         for _ in 0..10 {
             q.push(text("x"));
         }
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counter.wakes(), 1);
         // Taken by the writer: the next push must wake it again.
         assert_eq!(drain(&q).len(), 10);
         q.register(&waker);
         q.push(text("y"));
-        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        assert_eq!(counter.wakes(), 2);
     }
 
     #[test]
     fn a_holding_writer_is_woken_for_closes_not_for_data_until_a_take_finds_nothing() {
-        use std::sync::Arc;
-        use std::sync::atomic::Ordering;
         let q = queue(100, 1024, SlowConsumerPolicy::Disconnect);
-        let counter = Arc::new(CountingWaker(Default::default()));
-        let waker = futures_util::task::waker(Arc::clone(&counter));
-        q.register(&waker);
-        // A wake-up uses the registered waker up; the writer registers anew on every poll.
+        let (counter, waker) = watch(&q);
         let wakes = || {
             q.register(&waker);
-            counter.0.load(Ordering::SeqCst)
+            counter.wakes()
         };
         let take = |hold: bool| {
             let mut batch = VecDeque::new();
@@ -612,31 +618,24 @@ mod tests {
 
     #[test]
     fn a_holding_writer_is_woken_for_a_slow_consumer_disconnect() {
-        use std::sync::Arc;
-        use std::sync::atomic::Ordering;
         let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
-        let counter = Arc::new(CountingWaker(Default::default()));
-        let waker = futures_util::task::waker(Arc::clone(&counter));
-        q.register(&waker);
+        let (counter, waker) = watch(&q);
         q.push(text("a"));
         let mut batch = VecDeque::new();
         q.take(&mut batch, true);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counter.wakes(), 1);
         q.register(&waker);
         q.push(text("b"));
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counter.wakes(), 1);
         // "a" is still in flight: the third message overflows the bound of two.
         assert_eq!(q.push(text("c")), PushOutcome::Disconnecting(1));
-        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        assert_eq!(counter.wakes(), 2);
     }
 
     #[test]
     fn a_batch_is_queued_in_order_with_one_wake_up() {
-        use std::sync::Arc;
-        use std::sync::atomic::Ordering;
         let q = queue(100, 1024, SlowConsumerPolicy::Disconnect);
-        let counter = Arc::new(CountingWaker(Default::default()));
-        q.register(&futures_util::task::waker(Arc::clone(&counter)));
+        let (counter, _waker) = watch(&q);
         let mut outcomes = Vec::new();
         q.push_all(&[run(&["a", "b"]), Frames::one(text("c"))], |o, n| {
             outcomes.push((o, n));
@@ -645,7 +644,7 @@ mod tests {
             outcomes,
             [(PushOutcome::Queued, 2), (PushOutcome::Queued, 1)]
         );
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counter.wakes(), 1);
         assert_eq!(drain(&q), ["a", "b", "c"]);
     }
 

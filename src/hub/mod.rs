@@ -800,8 +800,9 @@ impl HubBuilder {
     /// ([`DEFAULT_WRITE_INTERVAL`](crate::DEFAULT_WRITE_INTERVAL)); `Duration::ZERO`
     /// writes every message as soon as the connection's task runs.
     ///
-    /// A message for a connection that has had nothing written for this long goes out at
-    /// once. One that comes sooner after the last write waits for the rest of the interval,
+    /// A message for a connection that has had nothing written for this long (for the
+    /// current interval, if a steady stream grew it; see below) goes out at once. One that
+    /// comes sooner after the last write waits for the rest of the interval,
     /// and everything that arrives meanwhile goes out with it in one vectored write. So a
     /// message is held back only while messages for its connection come faster than one per
     /// interval. Order is kept.
