@@ -341,7 +341,7 @@ async fn an_idle_connection_takes_no_more_than_its_budget_of_heap() {
         .shutdown_grace(Duration::from_millis(200))
         .build();
     let server = support::serve_hub(hub).await;
-    // Four rooms, as the `idle` scenario has 100 connections per room.
+    // Several connections per room, as in the `idle` scenario (100 per room there).
     let mut clients = warmed_clients(&server, |i| format!("idle-{}", i % 4)).await;
     for client in &mut clients {
         client.release_read_buffer();
