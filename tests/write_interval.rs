@@ -352,6 +352,30 @@ async fn at_a_maximum_between_two_multiples_the_rate_is_judged_over_the_real_wai
 }
 
 #[tokio::test]
+async fn the_interval_does_not_grow_past_what_the_outbound_queue_can_hold() {
+    // Room for 4 messages: a take of 2 is half of it, and a longer wait could overflow it.
+    let (server, mut client) = setup(
+        Hub::builder()
+            .write_interval(BASE)
+            .max_write_interval(GROWN)
+            .outbound_queue(4, 1024 * 1024)
+            .ping_interval(None)
+            .build(),
+    )
+    .await;
+    publish(&server.hub, "1").await;
+    assert_eq!(next_text(&mut client).await, "1");
+    publish(&server.hub, "2").await;
+    publish(&server.hub, "3").await;
+    assert_eq!(next_text(&mut client).await, "2");
+    assert_eq!(next_text(&mut client).await, "3");
+    let start = Instant::now();
+    publish(&server.hub, "4").await;
+    assert_eq!(next_text(&mut client).await, "4");
+    assert_waited_base_at_most(start, "the message after a take of half the queue");
+}
+
+#[tokio::test]
 async fn one_message_per_interval_does_not_grow_it() {
     let (server, mut client) = setup(growing_hub()).await;
     publish(&server.hub, "1").await;

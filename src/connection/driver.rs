@@ -485,13 +485,21 @@ where
                 // the maximum; anything else starts again from `write_interval`. (Per
                 // `write_interval`, not per take: a grown interval would otherwise keep
                 // collecting two messages of a slower stream, and hold it back for good.)
-                let max = self.config().max_write_interval.max(interval);
+                let config = self.config();
+                let max = config.max_write_interval.max(interval);
                 let current = |intervals: u32| interval.saturating_mul(intervals).min(max);
                 let waited = current(self.intervals);
                 let messages = self.taken.iter().map(Frames::count).sum::<usize>();
+                let bytes = self.taken.iter().map(Frames::len).sum::<usize>();
                 let faster =
                     interval.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX)) > waited;
-                self.intervals = if !hold || !faster {
+                // Held-back messages count against the outbound queue: a take of more than a
+                // quarter of it (the next one, over a longer wait, could bring half) stops the
+                // growth, so that waiting longer does not overflow the queue of a client that
+                // keeps up.
+                let roomy = messages.saturating_mul(4) <= config.outbound_max_messages
+                    && bytes.saturating_mul(4) <= config.outbound_max_bytes;
+                self.intervals = if !hold || !faster || !roomy {
                     1
                 } else if waited < max {
                     self.intervals + 1

@@ -856,7 +856,10 @@ impl HubBuilder {
     /// (server and client), at the price of waiting up to this long. The first write that
     /// finds fewer (the stream slowed down or stopped), or a data message from the client,
     /// puts the interval back to `write_interval`. Slower streams (a message every 10 ms
-    /// with the default 4 ms interval, say) never grow it.
+    /// with the default 4 ms interval, say) never grow it. Nor does a write that carries more
+    /// than a quarter of the [outbound queue](Self::outbound_queue)'s bound (in messages or
+    /// bytes): held-back messages count against the queue, and waiting longer must not
+    /// overflow it for a client that keeps up.
     ///
     /// Measured (BENCHMARKS.md, `rate1000`: 1000 messages/s to each of 1000 subscribers on
     /// two instances, a 2-core VM): with the interval fixed at 4 ms, p99 latency 25.7–33.3
