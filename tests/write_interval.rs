@@ -288,6 +288,18 @@ fn assert_waited_base_at_most(start: Instant, what: &str) {
     assert!(waited < BASE + BASE / 2, "{what} waited {waited:?}");
 }
 
+/// "1", then "2" and "3" together right after it: the take of "2" and "3" ends a hold with
+/// more than one message per `write_interval`, which grows the interval (where the limits
+/// allow).
+async fn two_messages_in_one_interval(server: &Server, client: &mut Client) {
+    publish(&server.hub, "1").await;
+    assert_eq!(next_text(client).await, "1");
+    publish(&server.hub, "2").await;
+    publish(&server.hub, "3").await;
+    assert_eq!(next_text(client).await, "2");
+    assert_eq!(next_text(client).await, "3");
+}
+
 fn growing_hub() -> Hub {
     Hub::builder()
         .write_interval(BASE)
@@ -299,13 +311,7 @@ fn growing_hub() -> Hub {
 #[tokio::test]
 async fn a_stream_faster_than_the_interval_is_written_less_often_up_to_the_maximum() {
     let (server, mut client) = setup(growing_hub()).await;
-    publish(&server.hub, "1").await;
-    assert_eq!(next_text(&mut client).await, "1");
-    // Two messages within one interval: more than one per `write_interval`.
-    publish(&server.hub, "2").await;
-    publish(&server.hub, "3").await;
-    assert_eq!(next_text(&mut client).await, "2");
-    assert_eq!(next_text(&mut client).await, "3");
+    two_messages_in_one_interval(&server, &mut client).await;
     // The interval has grown to `GROWN`: what comes now waits past `BASE`.
     publish(&server.hub, "4").await;
     assert_silent(&mut client, BASE + BASE / 2).await;
@@ -329,12 +335,7 @@ async fn at_a_maximum_between_two_multiples_the_rate_is_judged_over_the_real_wai
             .build(),
     )
     .await;
-    publish(&server.hub, "1").await;
-    assert_eq!(next_text(&mut client).await, "1");
-    publish(&server.hub, "2").await;
-    publish(&server.hub, "3").await;
-    assert_eq!(next_text(&mut client).await, "2");
-    assert_eq!(next_text(&mut client).await, "3");
+    two_messages_in_one_interval(&server, &mut client).await;
     // Two messages in the 6 s wait: one per 3 s, faster than one per 4 s, so it stays at 6 s.
     publish(&server.hub, "4").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -363,12 +364,7 @@ async fn the_interval_does_not_grow_past_what_the_outbound_queue_can_hold() {
             .build(),
     )
     .await;
-    publish(&server.hub, "1").await;
-    assert_eq!(next_text(&mut client).await, "1");
-    publish(&server.hub, "2").await;
-    publish(&server.hub, "3").await;
-    assert_eq!(next_text(&mut client).await, "2");
-    assert_eq!(next_text(&mut client).await, "3");
+    two_messages_in_one_interval(&server, &mut client).await;
     let start = Instant::now();
     publish(&server.hub, "4").await;
     assert_eq!(next_text(&mut client).await, "4");
