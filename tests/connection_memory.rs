@@ -163,6 +163,28 @@ async fn held_after_sending(tag: &str, bytes: &[u8], messages: usize) -> isize {
     held
 }
 
+/// What is left to each of [`CONNECTIONS`] connections of one room on a server with `hub`,
+/// once `count` numbered messages were published to the room (all before any is read: the
+/// clients are not reading) and then read; `check()` makes each client's check of the
+/// sequence numbers it reads, which says when the last one expected came. Also the hub's
+/// stats once all is read.
+async fn held_after_reading_published<C: FnMut(u64) -> bool>(
+    hub: Hub,
+    count: u64,
+    check: impl Fn() -> C,
+) -> (isize, tower_ws_hub::HubStats) {
+    const ROOM: &str = "published";
+    let server = support::serve_hub(hub).await;
+    let mut clients = warmed_clients(&server, |_| ROOM.into()).await;
+    let before = live();
+    publish_numbered(&server.hub, ROOM, count).await;
+    for client in &mut clients {
+        let mut check = check();
+        read_until(client, opcode::BINARY, |payload| check(sequence(payload))).await;
+    }
+    (held_since(before).await, server.hub.stats())
+}
+
 /// Publishes `count` messages of 1 KiB to `room`, each starting with its sequence number.
 async fn publish_numbered(hub: &Hub, room: &str, count: u64) {
     let mut message = vec![b'x'; 1024];
@@ -233,20 +255,15 @@ async fn a_backlog_written_out_leaves_nothing_behind() {
     // once the clients read it all, nothing of the backlog may stay with the connections.
     const MESSAGES: u64 = 400;
     let _serial = SERIAL.lock().await;
-    let server = support::serve_hub(Hub::builder().build()).await;
-    let mut clients = warmed_clients(&server, |_| "backlog".into()).await;
-    let before = live();
-    publish_numbered(&server.hub, "backlog", MESSAGES).await;
-    for client in &mut clients {
+    let (held, _) = held_after_reading_published(Hub::builder().build(), MESSAGES, || {
         let mut next = 0;
-        read_until(client, opcode::BINARY, |payload| {
-            assert_eq!(sequence(payload), next, "in order, none lost");
+        move |seq| {
+            assert_eq!(seq, next, "in order, none lost");
             next += 1;
             next == MESSAGES
-        })
-        .await;
-    }
-    let held = held_since(before).await;
+        }
+    })
+    .await;
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after a backlog of {MESSAGES} messages was written"
@@ -263,25 +280,16 @@ async fn a_full_queue_that_dropped_its_oldest_leaves_nothing_behind_once_read() 
         .slow_consumer_policy(tower_ws_hub::SlowConsumerPolicy::DropOldest)
         .outbound_queue(256, 1 << 20)
         .build();
-    let server = support::serve_hub(hub).await;
-    let mut clients = warmed_clients(&server, |_| "dropping".into()).await;
-    let before = live();
-    publish_numbered(&server.hub, "dropping", MESSAGES).await;
-    assert!(
-        server.hub.stats().dropped_messages > 0,
-        "the queues never filled"
-    );
-    for client in &mut clients {
-        // Whatever was kept arrives in order, ending with the last message published.
+    // Whatever was kept arrives in order, ending with the last message published.
+    let (held, stats) = held_after_reading_published(hub, MESSAGES, || {
         let mut last = None;
-        read_until(client, opcode::BINARY, |payload| {
-            let seq = sequence(payload);
+        move |seq| {
             after(&mut last, seq);
             seq == MESSAGES - 1
-        })
-        .await;
-    }
-    let held = held_since(before).await;
+        }
+    })
+    .await;
+    assert!(stats.dropped_messages > 0, "the queues never filled");
     assert!(
         held < SMALL,
         "each connection keeps {held} bytes after a full queue under DropOldest"

@@ -50,7 +50,7 @@ use tokio_tungstenite::tungstenite::{self};
 use super::boundary::FrameBoundary;
 use super::frames::Frames;
 use super::io::PollIo;
-use super::queue::{CloseIntent, OutboundQueue};
+use super::queue::{CloseIntent, OutboundQueue, Taken};
 use super::wire::{Wire, Written};
 use crate::close_code;
 use crate::config::{HubConfig, RateLimit};
@@ -478,35 +478,9 @@ where
                 && now.is_some_and(|now| self.answering_until.is_none_or(|until| now >= until));
             let taken = self.queue.take(&mut self.taken, hold);
             if let Some(now) = now
-                && !self.taken.is_empty()
+                && taken.messages > 0
             {
-                // A steady stream of more than one message per `write_interval` (over the
-                // interval the held-back take waited) is written less and less often, up to
-                // the maximum; anything else starts again from `write_interval`. (Per
-                // `write_interval`, not per take: a grown interval would otherwise keep
-                // collecting two messages of a slower stream, and hold it back for good.)
-                let config = self.config();
-                let max = config.max_write_interval.max(interval);
-                let current = |intervals: u32| interval.saturating_mul(intervals).min(max);
-                let waited = current(self.intervals);
-                let messages = self.taken.iter().map(Frames::count).sum::<usize>();
-                let bytes = self.taken.iter().map(Frames::len).sum::<usize>();
-                let faster =
-                    interval.saturating_mul(u32::try_from(messages).unwrap_or(u32::MAX)) > waited;
-                // Held-back messages count against the outbound queue: a take of more than a
-                // quarter of it (the next one, over a longer wait, could bring half) stops the
-                // growth, so that waiting longer does not overflow the queue of a client that
-                // keeps up.
-                let roomy = messages.saturating_mul(4) <= config.outbound_max_messages
-                    && bytes.saturating_mul(4) <= config.outbound_max_bytes;
-                self.intervals = if !hold || !faster || !roomy {
-                    1
-                } else if waited < max {
-                    self.intervals + 1
-                } else {
-                    self.intervals
-                };
-                let next_take = later(now, current(self.intervals));
+                let next_take = later(now, self.next_interval(hold, taken));
                 self.next_take = Some(next_take);
                 if hold {
                     self.take_waiting = true;
@@ -534,6 +508,35 @@ where
             self.taken = VecDeque::new();
         }
         intent
+    }
+
+    /// How long the next take waits after this one, which handed over `taken` (`hold`: it
+    /// ended a hold that data arrived during). A steady stream of more than one message per
+    /// `write_interval` (over the interval this take waited) is written less and less often,
+    /// up to `max_write_interval`; anything else starts again from `write_interval`. (Per
+    /// `write_interval`, not per take: a grown interval would otherwise keep collecting two
+    /// messages of a slower stream, and hold it back for good.)
+    fn next_interval(&mut self, hold: bool, taken: Taken) -> Duration {
+        let config = self.config();
+        let interval = config.write_interval;
+        let max = config.max_write_interval.max(interval);
+        let current = |intervals: u32| interval.saturating_mul(intervals).min(max);
+        let waited = current(self.intervals);
+        let faster =
+            interval.saturating_mul(u32::try_from(taken.messages).unwrap_or(u32::MAX)) > waited;
+        // Held-back messages count against the outbound queue: a take of more than a quarter
+        // of it (the next one, over a longer wait, could bring half) stops the growth, so that
+        // waiting longer does not overflow the queue of a client that keeps up.
+        let roomy = taken.messages.saturating_mul(4) <= config.outbound_max_messages
+            && taken.bytes.saturating_mul(4) <= config.outbound_max_bytes;
+        self.intervals = if !hold || !faster || !roomy {
+            1
+        } else if waited < max {
+            self.intervals + 1
+        } else {
+            self.intervals
+        };
+        current(self.intervals)
     }
 
     /// Takes what is queued and acts on the hub's close request, if any; ready when the

@@ -54,6 +54,10 @@ pub(crate) struct Taken {
     pub(crate) close: Option<CloseIntent>,
     /// Frames are still queued (the writer holds half the budget): take again once written.
     pub(crate) more: bool,
+    /// Messages handed over by this take.
+    pub(crate) messages: usize,
+    /// Frame bytes of those messages.
+    pub(crate) bytes: usize,
 }
 
 /// Queue bounds and overflow policy.
@@ -240,7 +244,7 @@ impl OutboundQueue {
     /// writer again.
     pub(crate) fn take(&self, batch: &mut VecDeque<Frames>, hold: bool) -> Taken {
         let mut state = self.lock();
-        let before = batch.len();
+        let (queued_messages, queued_bytes) = (state.queued_messages, state.queued_bytes);
         let half_messages = (self.limits.max_messages / 2).max(1);
         let half_bytes = (self.limits.max_bytes / 2).max(1);
         if state.messages <= half_messages && state.bytes <= half_bytes {
@@ -269,10 +273,13 @@ impl OutboundQueue {
                 batch.push_back(run);
             }
         }
-        state.writer_holding = hold && batch.len() > before;
+        let messages = queued_messages - state.queued_messages;
+        state.writer_holding = hold && messages > 0;
         Taken {
             close: state.close,
             more: !state.queued.is_empty(),
+            messages,
+            bytes: queued_bytes - state.queued_bytes,
         }
     }
 
