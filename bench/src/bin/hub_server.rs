@@ -9,8 +9,9 @@
 //! `Hub::builder()` defaults and nothing else), `GET /healthz`, and `GET /stats` (VmRSS, VmHWM
 //! and open connections as JSON, for the load generator's memory scenarios). Flags shared with
 //! the baseline: `--workers N`, `--nodelay`, `--check`. `--read-buffer-size BYTES`,
-//! `--no-request-headers` and `--strip-original-uri` change one thing each, for experiments
-//! (see BENCHMARKS.md); the benchmarks run without them.
+//! `--no-request-headers`, `--strip-original-uri`, `--write-interval-us`,
+//! `--max-write-interval-us` and `--hub-nagle` change one thing each, for experiments (see
+//! BENCHMARKS.md); the benchmarks run without them.
 //!
 //! `--redis URL` fans out across instances through that Redis (`RedisConfig::from_url`, defaults).
 //! `--keep-no-extensions` is the documented memory setting for large numbers of connections
@@ -59,6 +60,10 @@ struct Args {
     /// keeps it fixed; for experiments; default: the hub's default).
     #[arg(long)]
     max_write_interval_us: Option<u64>,
+    /// `HubBuilder::tcp_nodelay(false)`: leave Nagle's algorithm on for the hub's WebSockets
+    /// (for experiments; default: the hub's default, Nagle off).
+    #[arg(long)]
+    hub_nagle: bool,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +95,9 @@ fn main() -> ExitCode {
             }
             if let Some(us) = args.max_write_interval_us {
                 builder = builder.max_write_interval(std::time::Duration::from_micros(us));
+            }
+            if args.hub_nagle {
+                builder = builder.tcp_nodelay(false);
             }
             if args.no_request_headers {
                 builder = builder.keep_request_headers(false);
