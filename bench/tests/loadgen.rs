@@ -227,6 +227,20 @@ fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected
         "{ctx}"
     );
     assert!(l.max < 10_000.0, "latency max {} ms: {ctx}", l.max);
+    // Per URL: every delivery counted once, under its subscriber's URL; the overall extremes
+    // are those of one URL or another.
+    let by_url = &report.latency_ms_by_url;
+    assert_eq!(by_url.len(), opts.urls.len(), "{ctx}");
+    assert_eq!(
+        by_url.iter().map(|l| l.count).sum::<u64>(),
+        report.delivered,
+        "{ctx}"
+    );
+    let largest = by_url.iter().map(|l| l.max).fold(0.0, f64::max);
+    assert_eq!(largest, l.max, "{ctx}");
+    for url in by_url {
+        assert!(url.p50 <= url.p99 && url.p99 <= url.max, "{ctx}");
+    }
     assert!(report.duration_s > 0.0, "{ctx}");
     assert!(report.deliveries_per_s > 0.0, "{ctx}");
     assert!(report.duration_s >= report.send_s, "{ctx}");
@@ -235,10 +249,13 @@ fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected
     let connections = (opts.subscribers + report.publisher_connections) as u64;
     for stats in [&report.server_stats_before, &report.server_stats_after] {
         let stats = stats.as_ref().expect("server_stats asked for");
-        assert_eq!(stats.len(), 1, "{ctx}");
-        assert_eq!(stats[0].connections, connections, "{ctx}");
-        assert!(stats[0].vm_rss_kib > 0, "{ctx}");
-        assert!(stats[0].vm_hwm_kib >= stats[0].vm_rss_kib, "{ctx}");
+        // One entry per URL (the tests' URLs all lead to one server).
+        assert_eq!(stats.len(), opts.urls.len(), "{ctx}");
+        for stats in stats {
+            assert_eq!(stats.connections, connections, "{ctx}");
+            assert!(stats.vm_rss_kib > 0, "{ctx}");
+            assert!(stats.vm_hwm_kib >= stats.vm_rss_kib, "{ctx}");
+        }
     }
     assert!(report.server_cpu_ms.is_some(), "{ctx}");
     assert!(report.server_hwm_growth_kib.is_some(), "{ctx}");
@@ -285,6 +302,29 @@ async fn burst_against_hub_server() {
 #[tokio::test]
 async fn burst_against_baseline() {
     burst(Server::baseline()).await;
+}
+
+/// Two URLs (here both the same server, so that every room reaches every subscriber without
+/// Redis): subscribers are spread over them, and each URL's latency counts its own subscribers'
+/// deliveries.
+#[tokio::test]
+async fn latency_is_also_reported_per_url() {
+    let server = Server::hub_server();
+    let opts = pubsub::Options {
+        urls: vec![server.url(), server.url()],
+        ..options(&server, "hub_server two URLs")
+    };
+    let expected = expected_deliveries(&opts, opts.messages);
+    let report = run_pubsub(opts.clone()).await;
+    assert_clean_pubsub(&report, &opts, expected);
+    // 40 subscribers, 2 rooms: each URL has 10 subscribers of each room, half the deliveries.
+    let counts: Vec<u64> = report.latency_ms_by_url.iter().map(|l| l.count).collect();
+    assert_eq!(counts, [expected / 2, expected / 2], "{}", report.human());
+    assert!(report.human().contains("p99 by URL "), "{}", report.human());
+    for (i, url) in report.latency_ms_by_url.iter().enumerate() {
+        let name = format!("p99_ms_url{}", i + 1);
+        assert_eq!(figure(&report.figures, &name), Some(url.p99), "{name}");
+    }
 }
 
 #[tokio::test]

@@ -119,6 +119,26 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: histogram.len(),
+            mean: round(histogram.mean() / 1000.0, 3),
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// A latency histogram in µs, 1 µs to `MAX_LATENCY_US`, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
 /// Delivery accounting for one publisher (all its streams).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PublisherReport {
@@ -241,6 +261,9 @@ pub struct Report {
     pub server_hwm_growth_kib: Option<u64>,
     /// Latency of unique deliveries.
     pub latency_ms: Latency,
+    /// The same, for the subscribers of each URL (instance), in `urls` order: with several
+    /// instances, tells what the path through another instance (and Redis) adds.
+    pub latency_ms_by_url: Vec<Latency>,
     /// Accounting per publisher.
     pub per_publisher: Vec<PublisherReport>,
     /// The servers' `/stats` before the load (with `--server-stats` or `--watch-rss`).
@@ -280,6 +303,14 @@ impl Report {
             ooo = self.out_of_order,
             tail = self.tail_after_last_send_ms,
         );
+        if self.latency_ms_by_url.len() > 1 {
+            let p99: Vec<String> = self
+                .latency_ms_by_url
+                .iter()
+                .map(|l| format!("{:.2}", l.p99))
+                .collect();
+            line += &format!("; p99 by URL {}", p99.join(" / "));
+        }
         if self.connect_failures > 0 || self.subscribers_disconnected > 0 || !self.ready {
             line += &format!(
                 "; connect failures {}, disconnected {}, ready {}",
@@ -401,7 +432,8 @@ struct StreamCounts {
 
 #[derive(Debug)]
 struct Shard {
-    latency_us: Histogram<u64>,
+    /// One histogram per URL (instance), in `Options::urls` order.
+    latency_us: Vec<Histogram<u64>>,
     streams: Vec<StreamCounts>,
     delivered: u64,
     last_receive_ns: u64,
@@ -479,9 +511,11 @@ impl Track {
     }
 }
 
+/// `url`: the index of its URL in `Options::urls` (its latencies go to that URL's histogram),
+/// and the address to connect to.
 async fn subscriber(
     index: usize,
-    url: String,
+    (url_index, url): (usize, String),
     room: usize,
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
@@ -554,9 +588,7 @@ async fn subscriber(
                 }
                 counts.delivered += 1;
                 shard.delivered += 1;
-                shard
-                    .latency_us
-                    .saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
+                shard.latency_us[url_index].saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
             }
             shard.last_receive_ns = shard.last_receive_ns.max(last_receive_ns);
         }
@@ -760,8 +792,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         shards: (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                        .expect("valid histogram bounds"),
+                    latency_us: opts.urls.iter().map(|_| new_histogram()).collect(),
                     streams: vec![StreamCounts::default(); stream_count],
                     delivered: 0,
                     last_receive_ns: 0,
@@ -785,10 +816,10 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     // 1. Subscribers.
     let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(opts.subscribers);
     for (index, &(room, url)) in shared.topology.subscribers.iter().enumerate() {
-        let url = room_url(&opts.urls[url], &shared.topology.room_names[room]);
+        let address = room_url(&opts.urls[url], &shared.topology.room_names[room]);
         tasks.push(tokio::spawn(subscriber(
             index,
-            url,
+            (url, address),
             room,
             Arc::clone(&shared),
             Arc::clone(&gate),
@@ -944,15 +975,15 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     };
 
     // Tally.
-    let mut latency_us =
-        Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds");
+    let mut latency_by_url: Vec<Histogram<u64>> =
+        opts.urls.iter().map(|_| new_histogram()).collect();
     let mut per_stream = vec![StreamCounts::default(); stream_count];
     let mut last_receive_ns = 0;
     for shard in &shared.shards {
         let shard = lock(shard);
-        latency_us
-            .add(&shard.latency_us)
-            .expect("same histogram bounds");
+        for (total, url) in latency_by_url.iter_mut().zip(&shard.latency_us) {
+            total.add(url).expect("same histogram bounds");
+        }
         for (total, counts) in per_stream.iter_mut().zip(&shard.streams) {
             total.delivered += counts.delivered;
             total.duplicated += counts.duplicated;
@@ -998,16 +1029,11 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         Some(last) if last_receive_ns > last => (last_receive_ns - last) as f64 / 1e6,
         _ => 0.0,
     };
-    let ms = |us: u64| us as f64 / 1000.0;
-    let latency = Latency {
-        count: latency_us.len(),
-        mean: round(latency_us.mean() / 1000.0, 3),
-        p50: ms(latency_us.value_at_quantile(0.50)),
-        p90: ms(latency_us.value_at_quantile(0.90)),
-        p99: ms(latency_us.value_at_quantile(0.99)),
-        p999: ms(latency_us.value_at_quantile(0.999)),
-        max: ms(latency_us.max()),
-    };
+    let mut latency_us = new_histogram();
+    for url in &latency_by_url {
+        latency_us.add(url).expect("same histogram bounds");
+    }
+    let latency = Latency::of(&latency_us);
     let deliveries_per_s = if duration_s > 0.0 {
         delivered as f64 / duration_s
     } else {
@@ -1077,6 +1103,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         tcp_segments,
         server_hwm_growth_kib,
         latency_ms: latency,
+        latency_ms_by_url: latency_by_url.iter().map(Latency::of).collect(),
         per_publisher,
         server_stats_before: stats_before,
         server_stats_after: stats_after,
@@ -1105,6 +1132,13 @@ fn figures(report: &Report) -> Figures {
     f.push("p99_ms", l.p99);
     f.push("p999_ms", l.p999);
     f.push("max_ms", l.max);
+    if report.latency_ms_by_url.len() > 1 {
+        // Instance by instance: with `--publish-via first` and Redis, the other instances'
+        // subscribers get every message through the first instance, Redis and their own.
+        for (i, url) in report.latency_ms_by_url.iter().enumerate() {
+            f.push(&format!("p99_ms_url{}", i + 1), url.p99);
+        }
+    }
     f.push("tail_after_last_send_ms", report.tail_after_last_send_ms);
     f.push("lost", report.lost as f64);
     f.push("duplicated", report.duplicated as f64);
