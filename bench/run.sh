@@ -18,6 +18,12 @@
 #   SERVER_WORKERS=      tokio workers for both servers (default: one per core)
 #   NODELAY=0            1 sets TCP_NODELAY on the servers' accepted sockets
 #   HUB_FLAGS=           extra hub_server flags, e.g. "--keep-no-extensions" (project only)
+#   HUB_BIN=, BASELINE_BIN=, BASELINE_FLAGS=
+#                        other binaries for the two sides, and extra flags for the baseline
+#                        side: to compare two builds or settings of the hub with the same
+#                        alternation and table, e.g. BASELINE_BIN=$CARGO_TARGET_DIR/release/hub_server
+#                        BASELINE_FLAGS="--max-write-interval-us 16000" (the "baseline" column
+#                        is then that hub; `redis_publish` has no baseline and ignores them)
 #   SKIP_BUILD=0         1 reuses the binaries already built
 #   BENCH_COMMIT=        what to record as the measured commit (default: git describe)
 #
@@ -86,8 +92,8 @@ start_server() {
     local impl=$1 name=$2 bin
     shift 2
     case $impl in
-        project) bin=$BIN/hub_server ;;
-        baseline) bin=$BIN/baseline ;;
+        project) bin=${HUB_BIN:-$BIN/hub_server} ;;
+        baseline) bin=${BASELINE_BIN:-$BIN/baseline} ;;
     esac
     local flags=(--addr 127.0.0.1:0)
     [[ -n ${SERVER_WORKERS:-} ]] && flags+=(--workers "$SERVER_WORKERS")
@@ -95,6 +101,11 @@ start_server() {
     # HUB_FLAGS: extra hub_server flags (e.g. --keep-no-extensions), project only.
     if [[ $impl == project && -n ${HUB_FLAGS:-} ]]; then
         read -r -a extra <<<"$HUB_FLAGS"
+        flags+=("${extra[@]}")
+    fi
+    # BASELINE_FLAGS: extra flags for the other side (e.g. a second hub_server, see the top).
+    if [[ $impl == baseline && -n ${BASELINE_FLAGS:-} ]]; then
+        read -r -a extra <<<"$BASELINE_FLAGS"
         flags+=("${extra[@]}")
     fi
     "$bin" "${flags[@]}" "$@" >"$OUT/logs/$name.out" 2>"$OUT/logs/$name.err" &
@@ -236,6 +247,8 @@ main() {
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "reps: $REPS, loadgen threads: $LOADGEN_THREADS, server workers:" \
             "${SERVER_WORKERS:-default}, nodelay: ${NODELAY:-0}"
+        echo "project: ${HUB_BIN:-$BIN/hub_server} ${HUB_FLAGS:-}"
+        echo "baseline: ${BASELINE_BIN:-$BIN/baseline} ${BASELINE_FLAGS:-}"
     } >"$OUT/machine.txt"
     local project_redis=no have_redis=no
     if "$BIN/hub_server" --check --redis redis://127.0.0.1:1 >/dev/null 2>&1; then
