@@ -870,8 +870,10 @@ impl HubBuilder {
     /// either way.
     ///
     /// The best maximum depends on what a write costs. On a VM where a write cost more
-    /// (about 10 µs of server CPU per delivery at 100 messages/s), 16 ms measured better than
-    /// the default: p99 21.8–24.1 ms against 29.8–42.4 ms at 12 ms, 24.9–26.0 ms at 20 ms.
+    /// (about 10 µs of server CPU per delivery at 100 messages/s, both cores saturated),
+    /// 16 ms had the lower p99 in 7 of 8 pairs against 12 ms run by hand (21.4–29.7 ms
+    /// against 21.5–42.4 ms; 20 ms: 24.9–26.0 ms), though in only 2 of 4 in a later, noisier
+    /// run; it took less server CPU in every pair (10–16 % less in that run).
     /// If your servers run the cores flat out under streams like these, try a longer one.
     pub fn max_write_interval(mut self, interval: Duration) -> Self {
         self.config.max_write_interval = interval;

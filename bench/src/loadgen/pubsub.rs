@@ -511,11 +511,12 @@ impl Track {
     }
 }
 
-/// `url`: the index of its URL in `Options::urls` (its latencies go to that URL's histogram),
-/// and the address to connect to.
+/// Subscriber `index`, in `room`: connects to `url` (its URL in `Options::urls`, at
+/// `url_index`, with the room filled in; its latencies go to that URL's histogram).
 async fn subscriber(
     index: usize,
-    (url_index, url): (usize, String),
+    url_index: usize,
+    url: String,
     room: usize,
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
@@ -819,7 +820,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         let address = room_url(&opts.urls[url], &shared.topology.room_names[room]);
         tasks.push(tokio::spawn(subscriber(
             index,
-            (url, address),
+            url,
+            address,
             room,
             Arc::clone(&shared),
             Arc::clone(&gate),
