@@ -89,23 +89,18 @@ stop() {
 
 # start_server IMPL NAME [flags...]: starts a server on a free port; sets SERVER_PID, SERVER_ADDR.
 start_server() {
-    local impl=$1 name=$2 bin
+    local impl=$1 name=$2 bin extra_flags
     shift 2
+    # HUB_FLAGS / BASELINE_FLAGS: extra flags for one side (see the top).
     case $impl in
-        project) bin=${HUB_BIN:-$BIN/hub_server} ;;
-        baseline) bin=${BASELINE_BIN:-$BIN/baseline} ;;
+        project) bin=${HUB_BIN:-$BIN/hub_server} extra_flags=${HUB_FLAGS:-} ;;
+        baseline) bin=${BASELINE_BIN:-$BIN/baseline} extra_flags=${BASELINE_FLAGS:-} ;;
     esac
     local flags=(--addr 127.0.0.1:0)
     [[ -n ${SERVER_WORKERS:-} ]] && flags+=(--workers "$SERVER_WORKERS")
     [[ ${NODELAY:-0} == 1 ]] && flags+=(--nodelay)
-    # HUB_FLAGS: extra hub_server flags (e.g. --keep-no-extensions), project only.
-    if [[ $impl == project && -n ${HUB_FLAGS:-} ]]; then
-        read -r -a extra <<<"$HUB_FLAGS"
-        flags+=("${extra[@]}")
-    fi
-    # BASELINE_FLAGS: extra flags for the other side (e.g. a second hub_server, see the top).
-    if [[ $impl == baseline && -n ${BASELINE_FLAGS:-} ]]; then
-        read -r -a extra <<<"$BASELINE_FLAGS"
+    if [[ -n $extra_flags ]]; then
+        read -r -a extra <<<"$extra_flags"
         flags+=("${extra[@]}")
     fi
     "$bin" "${flags[@]}" "$@" >"$OUT/logs/$name.out" 2>"$OUT/logs/$name.err" &

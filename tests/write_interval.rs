@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tower_ws_hub::{Hub, Message, close_code};
+use tower_ws_hub::{Hub, HubBuilder, Message, close_code};
 
 const ROOM: &str = "paced";
 /// Long enough that a check made right after a write finishes well inside it.
@@ -38,6 +38,15 @@ fn assert_not_held(start: Instant, what: &str) {
 
 async fn publish(hub: &Hub, text: &str) {
     assert_eq!(hub.publish(ROOM, Message::text(text)).await.unwrap(), 1);
+}
+
+/// Publishes `text` and checks that the client gets it without the write interval holding it
+/// back (`what` names it in the failure).
+async fn published_at_once(server: &Server, client: &mut Client, text: &str, what: &str) {
+    let start = Instant::now();
+    publish(&server.hub, text).await;
+    assert_eq!(next_text(client).await, text);
+    assert_not_held(start, what);
 }
 
 #[tokio::test]
@@ -66,11 +75,8 @@ async fn a_message_right_after_a_write_waits_for_the_interval_and_order_holds() 
 async fn a_zero_interval_writes_every_message_at_once() {
     let (server, mut client) = setup(Hub::builder().write_interval(Duration::ZERO).build()).await;
     for text in ["first", "second", "third"] {
-        let start = Instant::now();
-        publish(&server.hub, text).await;
-        assert_eq!(next_text(&mut client).await, text);
         // With the interval of the other tests this one would wait 3 s.
-        assert_not_held(start, text);
+        published_at_once(&server, &mut client, text, text).await;
     }
 }
 
@@ -82,10 +88,13 @@ async fn a_message_after_a_quiet_spell_is_not_held_back() {
     tokio::time::sleep(INTERVAL + HELD / 2).await;
     // The interval since the last write is over: the message goes out at once (a hub that
     // delayed every message by the interval would take 3 s).
-    let start = Instant::now();
-    publish(&server.hub, "second").await;
-    assert_eq!(next_text(&mut client).await, "second");
-    assert_not_held(start, "the message after a quiet spell");
+    published_at_once(
+        &server,
+        &mut client,
+        "second",
+        "the message after a quiet spell",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -251,10 +260,13 @@ async fn a_steady_stream_goes_out_at_the_timer_and_a_message_after_it_stops_is_n
     // The stream stops: the timer's next take finds nothing, and from then on a push wakes the
     // connection again (a connection that kept waiting for its timer would never send this).
     tokio::time::sleep(INTERVAL + HELD / 2).await;
-    let start = Instant::now();
-    publish(&server.hub, "fourth").await;
-    assert_eq!(next_text(&mut client).await, "fourth");
-    assert_not_held(start, "the message after the stream stopped");
+    published_at_once(
+        &server,
+        &mut client,
+        "fourth",
+        "the message after the stream stopped",
+    )
+    .await;
     assert_eq!(server.hub.stats().deliveries, 4);
 }
 
@@ -270,10 +282,7 @@ async fn a_message_from_the_client_lifts_the_hold_of_a_steady_stream() {
     assert_not_held(start, "what was held when the client spoke");
     // The client may be waiting for an answer: what the room sends it now is not held back
     // either, although its stream was steady.
-    let start = Instant::now();
-    publish(&server.hub, "answer").await;
-    assert_eq!(next_text(&mut client).await, "answer");
-    assert_not_held(start, "the answer");
+    published_at_once(&server, &mut client, "answer", "the answer").await;
 }
 
 /// The interval of the two tests below, and the most it may grow to.
@@ -300,17 +309,18 @@ async fn two_messages_in_one_interval(server: &Server, client: &mut Client) {
     assert_eq!(next_text(client).await, "3");
 }
 
-fn growing_hub() -> Hub {
+/// A hub whose write interval grows from `base` to `max`, without a heartbeat (nothing but the
+/// queue and the write interval's timer wakes a connection).
+fn growing(base: Duration, max: Duration) -> HubBuilder {
     Hub::builder()
-        .write_interval(BASE)
-        .max_write_interval(GROWN)
+        .write_interval(base)
+        .max_write_interval(max)
         .ping_interval(None)
-        .build()
 }
 
 #[tokio::test]
 async fn a_stream_faster_than_the_interval_is_written_less_often_up_to_the_maximum() {
-    let (server, mut client) = setup(growing_hub()).await;
+    let (server, mut client) = setup(growing(BASE, GROWN).build()).await;
     two_messages_in_one_interval(&server, &mut client).await;
     // The interval has grown to `GROWN`: what comes now waits past `BASE`.
     publish(&server.hub, "4").await;
@@ -327,14 +337,8 @@ async fn a_stream_faster_than_the_interval_is_written_less_often_up_to_the_maxim
 #[tokio::test]
 async fn at_a_maximum_between_two_multiples_the_rate_is_judged_over_the_real_wait() {
     // 4 s growing to 6 s: grown, a take waits 6 s, not two whole intervals (8 s).
-    let (server, mut client) = setup(
-        Hub::builder()
-            .write_interval(Duration::from_secs(4))
-            .max_write_interval(Duration::from_secs(6))
-            .ping_interval(None)
-            .build(),
-    )
-    .await;
+    let (server, mut client) =
+        setup(growing(Duration::from_secs(4), Duration::from_secs(6)).build()).await;
     two_messages_in_one_interval(&server, &mut client).await;
     // Two messages in the 6 s wait: one per 3 s, faster than one per 4 s, so it stays at 6 s.
     publish(&server.hub, "4").await;
@@ -355,15 +359,8 @@ async fn at_a_maximum_between_two_multiples_the_rate_is_judged_over_the_real_wai
 #[tokio::test]
 async fn the_interval_does_not_grow_past_what_the_outbound_queue_can_hold() {
     // Room for 4 messages: a take of 2 is half of it, and a longer wait could overflow it.
-    let (server, mut client) = setup(
-        Hub::builder()
-            .write_interval(BASE)
-            .max_write_interval(GROWN)
-            .outbound_queue(4, 1024 * 1024)
-            .ping_interval(None)
-            .build(),
-    )
-    .await;
+    let (server, mut client) =
+        setup(growing(BASE, GROWN).outbound_queue(4, 1024 * 1024).build()).await;
     two_messages_in_one_interval(&server, &mut client).await;
     let start = Instant::now();
     publish(&server.hub, "4").await;
@@ -373,7 +370,7 @@ async fn the_interval_does_not_grow_past_what_the_outbound_queue_can_hold() {
 
 #[tokio::test]
 async fn one_message_per_interval_does_not_grow_it() {
-    let (server, mut client) = setup(growing_hub()).await;
+    let (server, mut client) = setup(growing(BASE, GROWN).build()).await;
     publish(&server.hub, "1").await;
     assert_eq!(next_text(&mut client).await, "1");
     // Held back, and alone when its write comes: one message per interval.
