@@ -9,6 +9,9 @@
 #![allow(unsafe_code)]
 
 mod support;
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -368,4 +371,49 @@ async fn an_idle_connection_takes_no_more_than_its_budget_of_heap() {
         "an idle connection held {freed} bytes of the server's heap (budget {IDLE_BUDGET})"
     );
     drop(clients);
+}
+
+/// While Redis is down the hub serves locally, and rooms keep coming and going. What it holds
+/// once they are gone must not grow with the number of rooms used during the outage (the
+/// subscriber's list of rooms to reconcile is for a connection that is up; the next one
+/// subscribes every room that has members anyway).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn rooms_used_while_redis_is_down_are_not_remembered() {
+    use tower_ws_hub::redis::RedisConfig;
+    let _serial = SERIAL.lock().await;
+    let redis = redis_support::RedisServer::unused().await; // nothing listens: Redis is down
+    let config = RedisConfig::from_url(&redis.url())
+        .unwrap()
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(100));
+    let server = support::serve_hub(Hub::builder().redis(config).build()).await;
+    assert!(!server.hub.broker_status().connected);
+    // Long names, so that each one kept is easy to see.
+    let filler = "x".repeat(200);
+    let churn = |tag: &'static str, rooms: usize| {
+        let server = &server;
+        let filler = &filler;
+        async move {
+            for i in 0..rooms {
+                let client = server.connect(&format!("{tag}-{i}-{filler}")).await;
+                support::close_client(client).await;
+            }
+            eventually("every connection gone", || {
+                server.hub.stats().connections == 0 && server.hub.rooms().is_empty()
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    churn("warm-up", 200).await;
+    let before = live();
+    let rooms = 1500;
+    churn("outage", rooms).await;
+    let growth = live() - before;
+    assert!(
+        growth < 100 * 1024,
+        "{growth} bytes more in use after {rooms} short-lived rooms while Redis was down \
+         ({} per room): the broker keeps the names of rooms long gone",
+        growth / rooms as isize
+    );
 }

@@ -7,9 +7,11 @@
 mod redis_support;
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_support::{RedisServer, StarvingProxy, numsub, publish_raw};
+use redis_support::{LatencyProxy, RedisServer, StarvingProxy, numsub, publish_raw};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower_ws_hub::redis::RedisConfig;
@@ -811,4 +813,118 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Rooms that keep gaining their first member and losing their last (per-user rooms during a
+/// reconnect storm) keep the subscriber connection busy with SUBSCRIBE and UNSUBSCRIBE round
+/// trips. Messages from other instances must still reach local members promptly, and the
+/// probe must keep running without calling the connection starved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
+    let redis = RedisServer::start().await;
+    // A's one subscriber connection talks to a Redis 10 ms away: every reconcile takes 20 ms
+    // or more, and the churn below makes one due at all times.
+    let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(10)).await;
+    let pool = deadpool_redis::Config::from_url(redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let config_a = RedisConfig::from_pool(pool, redis::Client::open(proxy.url()).unwrap())
+        .subscriber_connections(1)
+        .probe(Duration::from_millis(200), Duration::from_secs(1));
+    let a = instance(Hub::builder(), config_a).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "stable").await;
+    send_text(&mut cb, "before").await;
+    assert_eq!(next_text(&mut ca).await, "before");
+
+    // 12 loops on A, each joining a fresh room, staying 40 ms, leaving: ~250 changes a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..12)
+        .map(|n| {
+            let base = a.ws_url("churn");
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut rooms = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let client = connect(&format!("{base}-{n}-{rooms}")).await;
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    close_client(client).await;
+                    rooms += 1;
+                }
+                rooms
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let text = format!("during churn {i}");
+        let sent = Instant::now();
+        send_text(&mut cb, &text).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), next_text(&mut ca)).await;
+        assert_eq!(got.as_deref().ok(), Some(text.as_str()), "{:?}", a.hub.broker_status());
+        waits.push(sent.elapsed());
+        // Long enough for several probe rounds over the test.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut changes = 0;
+    for churner in churners {
+        changes += churner.await.unwrap();
+    }
+    let status = a.hub.broker_status();
+    assert!(changes > 100, "the churn made only {changes} rooms");
+    assert!(
+        waits.iter().all(|wait| *wait < Duration::from_secs(1)),
+        "messages from B reached A's member after {waits:?} while rooms churned on A; A: {status:?}"
+    );
+    assert_eq!(status.starvations, 0, "a healthy connection was called starved: {status:?}");
+    assert!(
+        status.last_probe_age.is_some_and(|age| age < Duration::from_secs(1)),
+        "the probe stopped while rooms churned: {status:?}"
+    );
+}
+
+/// With a signing key, an envelope not signed with it is counted in `invalid_envelopes`, even
+/// when it carries this instance's own id (which is no secret: it is in the probe channels'
+/// names) and would otherwise be skipped as the instance's own message coming back.
+#[tokio::test]
+async fn a_forged_envelope_with_the_instances_own_id_counts_as_invalid() {
+    use tower_ws_hub::redis::EnvelopeKey;
+    let redis = RedisServer::start().await;
+    let hub = instance(
+        Hub::builder(),
+        config(&redis.url()).signing_key(EnvelopeKey::new([7u8; 32])),
+    )
+    .await;
+    let mut member = hub.connect("r").await;
+    wait_members(&hub.hub, "r", 1).await;
+    wait_subscribed(&hub.hub, 1).await;
+    let mut plain = redis.connection().await;
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("tower-ws-hub#probe:*")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    // tower-ws-hub#probe:{32 hex digits}:{n}
+    let hex = channels[0].split(':').nth(1).unwrap();
+    let own_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut forged = vec![0xF7, 0x01, 0x01];
+    forged.extend_from_slice(&own_id);
+    forged.extend_from_slice(b"forged");
+    publish_raw(&mut plain, "tower-ws-hub:r", &forged).await;
+    // The hub's own messages still come back and are skipped without being counted.
+    hub.hub.publish("r", Message::text("own")).await.unwrap();
+    assert_eq!(next_text(&mut member).await, "own");
+    eventually("the forgery counted", || {
+        hub.hub.broker_status().invalid_envelopes == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_silent(&mut member, Duration::from_millis(100)).await;
+    assert_eq!(hub.hub.broker_status().invalid_envelopes, 1);
 }

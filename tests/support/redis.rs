@@ -1,5 +1,5 @@
-//! Redis test support: throwaway `redis-server` processes, a plain connection for checks, and a
-//! TCP proxy that can silently starve the connections passing through it.
+//! Redis test support: throwaway `redis-server` processes, a plain connection for checks, a TCP
+//! proxy that can silently starve the connections passing through it, and one that delays them.
 //!
 //! Never touches the Redis that may run on 6379: every server here is started by the test on a
 //! free port and killed when dropped.
@@ -238,4 +238,64 @@ impl Drop for StarvingProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A TCP proxy in front of Redis that delays every byte by `delay` in each direction, order
+/// kept: a Redis a few milliseconds away, so that every round trip (a SUBSCRIBE) takes time.
+pub struct LatencyProxy {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LatencyProxy {
+    pub async fn start(upstream: SocketAddr, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(delayed_copy(client_read, server_write, delay));
+                tokio::spawn(delayed_copy(server_read, client_write, delay));
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for LatencyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buffer).await {
+        if n == 0 || tx.send((tokio::time::Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }

@@ -245,8 +245,20 @@ struct PublisherHandle {
 #[derive(Debug, Default)]
 pub(crate) struct SlotRooms {
     pub(crate) desired: HashSet<Arc<str>>,
-    /// Rooms whose membership changed since the task last looked.
+    /// Rooms whose membership changed since the task last looked; kept only while `live`.
     pub(crate) dirty: HashSet<Arc<str>>,
+    /// A session is subscribed (or subscribing) and will reconcile `dirty`. Otherwise the
+    /// next session subscribes all of `desired` anyway, and recording changes would only keep
+    /// the name of every room used while Redis is down.
+    pub(crate) live: bool,
+}
+
+impl SlotRooms {
+    fn changed(&mut self, room: &Arc<str>) {
+        if self.live {
+            self.dirty.insert(Arc::clone(room));
+        }
+    }
 }
 
 /// One subscriber connection as seen from outside its task.
@@ -369,7 +381,7 @@ impl RedisBroker {
         {
             let mut rooms = lock(&slot.rooms);
             rooms.desired.insert(Arc::clone(room));
-            rooms.dirty.insert(Arc::clone(room));
+            rooms.changed(room);
         }
         slot.changed.notify_one();
     }
@@ -379,7 +391,7 @@ impl RedisBroker {
         {
             let mut rooms = lock(&slot.rooms);
             rooms.desired.remove(room);
-            rooms.dirty.insert(Arc::clone(room));
+            rooms.changed(room);
         }
         slot.changed.notify_one();
     }

@@ -13,12 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use deadpool_redis::redis::{self, Msg, aio::PubSubSink};
+use deadpool_redis::redis::{self, Msg, aio::PubSubSink, aio::PubSubStream};
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::envelope::{EnvelopeError, EnvelopeKey, decode_frame_into, peek_origin, random_u64};
+use super::envelope::{
+    EnvelopeError, EnvelopeKey, check_signed, decode_frame_into, peek_origin, random_u64,
+};
 use super::{RedisConfig, Shared, SubscriberSlot};
 use crate::connection::frames::RunBuilder;
 use crate::hub::HubInner;
@@ -230,31 +232,41 @@ impl Subscriber {
         let Some(hub) = hub else {
             return;
         };
-        let shared = &self.shared;
         let payload = message.get_payload_bytes();
-        // Our own message, back from Redis: local members already have it.
-        if peek_origin(payload) == Some(shared.instance) {
+        let key = self.config.signing_key.as_ref().map(|key| (channel, key));
+        // Our own message, back from Redis: local members already have it. With a key, only
+        // once the signature says it is ours: the instance id is no secret (it is in the probe
+        // channels' names), and a forgery carrying it is as invalid as any other.
+        if peek_origin(payload) == Some(self.shared.instance) {
+            if let Some((channel, key)) = key
+                && let Err(error) = check_signed(payload, channel, key)
+            {
+                self.invalid(room, &error, payload.len());
+            }
             return;
         }
-        let key = self.config.signing_key.as_ref().map(|key| (channel, key));
         match run.push(hub, room, payload, key) {
             Ok(()) => {
-                shared.received.fetch_add(1, Ordering::Relaxed);
+                self.shared.received.fetch_add(1, Ordering::Relaxed);
             }
-            Err(error) => {
-                let total = shared.invalid_envelopes.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(suppressed) = shared.invalid_log.allow() {
-                    tracing::warn!(
-                        %room,
-                        %error,
-                        len = payload.len(),
-                        similar_events_suppressed = suppressed,
-                        total_invalid = total,
-                        "tower-ws-hub: dropped a payload on a room channel that is not a valid \
-                         envelope (see tower_ws_hub::redis for the format)"
-                    );
-                }
-            }
+            Err(error) => self.invalid(room, &error, payload.len()),
+        }
+    }
+
+    /// Counts (and logs, at most once a second) a payload dropped from a room channel.
+    fn invalid(&self, room: &str, error: &EnvelopeError, len: usize) {
+        let shared = &self.shared;
+        let total = shared.invalid_envelopes.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(suppressed) = shared.invalid_log.allow() {
+            tracing::warn!(
+                %room,
+                %error,
+                len,
+                similar_events_suppressed = suppressed,
+                total_invalid = total,
+                "tower-ws-hub: dropped a payload on a room channel that is not a valid \
+                 envelope (see tower_ws_hub::redis for the format)"
+            );
         }
     }
 
@@ -274,6 +286,7 @@ impl Subscriber {
         }
         let everything: Vec<Arc<str>> = {
             let mut rooms = lock(&self.slot.rooms);
+            rooms.live = true;
             rooms.dirty.clear();
             rooms.desired.iter().cloned().collect()
         };
@@ -307,13 +320,18 @@ impl Subscriber {
         let mut clock = tokio::time::interval(self.config.probe_interval);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Messages last: the other branches are rarely ready, and a flood of messages must
-            // not hold back a subscription change or the probe clock.
+            // Not `biased`: of the branches that are ready, tokio polls a random one first, so
+            // that neither a flood of messages nor a steady stream of room changes (each
+            // reconcile is a round trip to Redis) can keep the others from their turn.
             tokio::select! {
-                biased;
                 () = self.cancel.cancelled() => return Ended::Cancelled,
                 () = self.slot.changed.notified() => {
                     if let Err(ended) = self.reconcile(&mut sink, &mut subscribed).await {
+                        return ended;
+                    }
+                    // What arrived during the round trip goes out now, not after the next
+                    // change.
+                    if let Err(ended) = self.receive(None, &mut stream, &mut probe, &mut run) {
                         return ended;
                     }
                 }
@@ -345,13 +363,13 @@ impl Subscriber {
                     }
                 }
                 _ = clock.tick() => {
-                    if let Some((seq, since)) = probe.outstanding
-                        && since.elapsed() >= self.config.probe_timeout
-                    {
-                        return Ended::Starved(format!(
-                            "probe {seq} published {:?} ago never arrived",
-                            since.elapsed()
-                        ));
+                    // A probe's answer may be waiting behind other messages (after a long
+                    // reconcile, say): read what has arrived before looking at the deadline.
+                    if let Err(ended) = self.receive(None, &mut stream, &mut probe, &mut run) {
+                        return ended;
+                    }
+                    if let Err(ended) = self.check_probe(&probe) {
+                        return ended;
                     }
                     if probe.outstanding.is_none() && probe.publishing.is_none() {
                         self.start_probe(&mut probe);
@@ -359,36 +377,66 @@ impl Subscriber {
                 }
                 message = stream.next() => match message {
                     Some(message) => {
-                        // `None` while the hub is being built (or once it is gone): probes are
-                        // still handled, room messages have nowhere to go.
-                        let hub = self.hub.upgrade();
-                        let hub = hub.as_deref();
-                        self.on_message(&message, &mut probe, hub, &mut run);
-                        // Whatever else already arrived, without waiting: bursts are handed
-                        // over in runs per room.
-                        let mut ended = false;
-                        for _ in 1..RECEIVE_BATCH {
-                            match stream.next().now_or_never() {
-                                Some(Some(message)) => {
-                                    self.on_message(&message, &mut probe, hub, &mut run);
-                                }
-                                Some(None) => {
-                                    ended = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        if let Some(hub) = hub {
-                            run.deliver(hub);
-                        }
-                        if ended {
-                            return Ended::Lost("connection closed".to_owned());
+                        if let Err(ended) =
+                            self.receive(Some(message), &mut stream, &mut probe, &mut run)
+                        {
+                            return ended;
                         }
                     }
                     None => return Ended::Lost("connection closed".to_owned()),
                 },
             }
+        }
+    }
+
+    /// Handles `first` (a message just received) and whatever else has already arrived,
+    /// without waiting, up to [`RECEIVE_BATCH`] messages in all; then hands them to local
+    /// members, in runs per room.
+    fn receive(
+        &self,
+        first: Option<Msg>,
+        stream: &mut PubSubStream,
+        probe: &mut Probe,
+        run: &mut Run,
+    ) -> Result<(), Ended> {
+        // `None` while the hub is being built (or once it is gone): probes are still handled,
+        // room messages have nowhere to go.
+        let hub = self.hub.upgrade();
+        let hub = hub.as_deref();
+        let mut ended = false;
+        if let Some(message) = &first {
+            self.on_message(message, probe, hub, run);
+        }
+        for _ in usize::from(first.is_some())..RECEIVE_BATCH {
+            match stream.next().now_or_never() {
+                Some(Some(message)) => self.on_message(&message, probe, hub, run),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if let Some(hub) = hub {
+            run.deliver(hub);
+        }
+        if ended {
+            return Err(Ended::Lost("connection closed".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Ends the session when the probe Redis accepted has not come back within the probe
+    /// timeout.
+    fn check_probe(&self, probe: &Probe) -> Result<(), Ended> {
+        match probe.outstanding {
+            Some((seq, since)) if since.elapsed() >= self.config.probe_timeout => {
+                Err(Ended::Starved(format!(
+                    "probe {seq} published {:?} ago never arrived",
+                    since.elapsed()
+                )))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -407,6 +455,11 @@ pub(crate) async fn run(subscriber: Subscriber) {
     loop {
         let ended = subscriber.session(&probe_channel, &mut backoff).await;
         let slot = &subscriber.slot;
+        {
+            let mut rooms = lock(&slot.rooms);
+            rooms.live = false;
+            rooms.dirty = HashSet::new();
+        }
         let was_up = slot.connected.swap(false, Ordering::AcqRel);
         slot.subscribed.store(0, Ordering::Relaxed);
         *lock(&slot.last_probe_ok) = None;
