@@ -928,3 +928,57 @@ async fn a_forged_envelope_with_the_instances_own_id_counts_as_invalid() {
     assert_silent(&mut member, Duration::from_millis(100)).await;
     assert_eq!(hub.hub.broker_status().invalid_envelopes, 1);
 }
+
+/// Two applications on one Redis with different prefixes never hear each other, however their
+/// room names look. A prefix with `:` (or `#`) is refused: room names may contain `:`, so
+/// `chat` + room `staging:lobby` and `chat:staging` + room `lobby` would be one channel.
+#[tokio::test]
+async fn different_channel_prefixes_keep_applications_apart() {
+    let refused = std::panic::catch_unwind(|| {
+        RedisConfig::from_url("redis://127.0.0.1:1")
+            .unwrap()
+            .channel_prefix("chat:staging")
+    });
+    assert!(refused.is_err(), "a prefix with ':' was accepted");
+    let redis = RedisServer::start().await;
+    let production = instance(Hub::builder(), config(&redis.url()).channel_prefix("chat")).await;
+    let staging = instance(
+        Hub::builder(),
+        config(&redis.url()).channel_prefix("chat-staging"),
+    )
+    .await;
+    let mut in_production = production.connect("staging:lobby").await;
+    let mut in_staging = staging.connect("lobby").await;
+    wait_members(&production.hub, "staging:lobby", 1).await;
+    wait_members(&staging.hub, "lobby", 1).await;
+    wait_subscribed(&production.hub, 1).await;
+    wait_subscribed(&staging.hub, 1).await;
+    send_text(&mut in_staging, "staging only").await;
+    staging
+        .hub
+        .publish("lobby", Message::text("staging, from the app"))
+        .await
+        .unwrap();
+    assert_silent(&mut in_production, Duration::from_millis(500)).await;
+}
+
+/// A `publish_queue` above what a tokio channel can hold is refused where it is set, with a
+/// message that says so, not later inside `HubBuilder::build`.
+#[test]
+fn a_publish_queue_too_large_for_a_channel_is_refused_when_set() {
+    let refused = std::panic::catch_unwind(|| {
+        RedisConfig::from_url("redis://127.0.0.1:1")
+            .unwrap()
+            .publish_queue(usize::MAX)
+    });
+    let message = refused.expect_err("usize::MAX was accepted");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("publish_queue must be at most"), "{message}");
+    // The largest allowed value is accepted.
+    let _ = RedisConfig::from_url("redis://127.0.0.1:1")
+        .unwrap()
+        .publish_queue(tokio::sync::Semaphore::MAX_PERMITS);
+}

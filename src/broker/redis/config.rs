@@ -182,12 +182,21 @@ impl RedisConfig {
     /// different prefixes keep several applications apart on one Redis. Default:
     /// [`DEFAULT_CHANNEL_PREFIX`] (`"tower-ws-hub"`).
     ///
+    /// The prefix may not contain `:` or `#`: room names may contain `:`, so with prefixes
+    /// `chat` and `chat:staging`, room `staging:lobby` of the first would be room `lobby` of
+    /// the second (both `chat:staging:lobby`). Use `chat-staging`, say.
+    ///
     /// # Panics
     ///
-    /// If `prefix` is empty.
+    /// If `prefix` is empty or contains `:` or `#`.
     pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         assert!(!prefix.is_empty(), "channel_prefix must not be empty");
+        assert!(
+            !prefix.contains([':', '#']),
+            "channel_prefix {prefix:?} contains ':' or '#', which would let another prefix's \
+             channels overlap with its own (room names may contain ':'); use e.g. '-' instead"
+        );
         self.channel_prefix = prefix;
         self
     }
@@ -223,9 +232,15 @@ impl RedisConfig {
     ///
     /// # Panics
     ///
-    /// If `messages` is 0.
+    /// If `messages` is 0 or above [`tokio::sync::Semaphore::MAX_PERMITS`] (`usize::MAX >> 3`,
+    /// the most a tokio channel can hold).
     pub fn publish_queue(mut self, messages: usize) -> Self {
         assert!(messages > 0, "publish_queue must be at least 1");
+        assert!(
+            messages <= tokio::sync::Semaphore::MAX_PERMITS,
+            "publish_queue must be at most {} (tokio::sync::Semaphore::MAX_PERMITS)",
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
         self.publish_queue = messages;
         self
     }

@@ -150,13 +150,25 @@ impl Publisher {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Fails whatever is queued now (it raced the switch to DOWN).
+    /// Fails whatever is queued now (it was queued behind a pipeline that failed, or raced
+    /// the switch to DOWN), counted and logged: only the failed pipeline itself is in the log
+    /// line that said publishing went down.
     fn fail_queued(&mut self) {
         let mut n = 0;
         while self.queue.try_recv().is_ok() {
             n += 1;
         }
-        self.count_failed(n);
+        if n > 0 {
+            self.count_failed(n);
+            // At most one line per reconnect attempt while down, and none once the queue
+            // is empty: publishes are refused at once while down.
+            tracing::warn!(
+                publisher = self.index,
+                messages_lost = n,
+                "tower-ws-hub: Redis publishing down; messages that were queued for Redis are \
+                 delivered locally only"
+            );
+        }
     }
 
     fn went_down(&self, error: &str, lost: usize) {
@@ -198,7 +210,8 @@ pub(crate) async fn run(mut publisher: Publisher) {
             publisher.fail_queued();
             let delay = backoff.next_delay();
             tokio::select! {
-                () = publisher.cancel.cancelled() => return,
+                // What raced in since `fail_queued` is failed (and counted) on the way out.
+                () = publisher.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
             }
             match publisher.checkout().await {
