@@ -1,7 +1,8 @@
 //! The socket the hub takes over after the `101`: Nagle's algorithm is off on it unless
-//! configured otherwise (the hub coalesces writes itself), and frames a client sent in the same
-//! packets as its handshake are read first, whichever server handed the socket over: axum's
-//! `serve` (hyper-util's auto builder) or hyper's own HTTP/1 builder.
+//! configured otherwise (the hub coalesces writes itself), frames a client sent in the same
+//! packets as its handshake are read first, whichever server handed the socket over (axum's
+//! `serve`, i.e. hyper-util's auto builder, or hyper's own HTTP/1 builder), and what the hub
+//! writes is flushed, for transports that keep what they accept until then (TLS).
 
 mod support;
 
@@ -128,4 +129,65 @@ async fn frames_sent_with_the_handshake_are_read_first() {
         eager.send(opcode::TEXT, b"later").await;
         assert_eq!(next_text(&mut listener).await, "later", "{server:?}");
     }
+}
+
+/// hyper's HTTP/1 builder over a transport that keeps what it is given until it is flushed (a
+/// `BufWriter` around the TCP stream), as a TLS stream does with the records it could not send
+/// yet when the socket was full.
+async fn serve_over_buffering_transport(hub: Hub) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().layer(HubLayer::new(hub).route("/ws/{room}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tokio::io::BufWriter::new(tcp)), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Messages, pongs and the close handshake reach the client over a transport that buffers
+/// writes until flushed: nothing the hub wrote waits for a later write to push it out.
+#[tokio::test]
+async fn what_the_hub_writes_is_flushed_over_a_buffering_transport() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let hub = Hub::builder().build();
+    let addr = serve_over_buffering_transport(hub.clone()).await;
+    let mut client = connect(&format!("ws://{addr}/ws/buffered")).await;
+    wait_members(&hub, "buffered", 1).await;
+    hub.publish("buffered", tower_ws_hub::Message::text("hello"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut client).await, "hello");
+    client
+        .send(WsMessage::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(PROMPTLY, client.next())
+        .await
+        .expect("a pong in time");
+    assert!(
+        matches!(pong, Some(Ok(WsMessage::Pong(ref payload))) if &payload[..] == b"are you there"),
+        "{pong:?}"
+    );
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(close_code_to_end(&mut client).await, Some(1000));
 }

@@ -56,6 +56,10 @@ pub(crate) struct Wire {
     front_written: usize,
     /// Bytes of control frames waiting (not counted against any queue bound, so watched here).
     control_bytes: usize,
+    /// Something was written since the socket was last flushed. A TCP socket sends at once,
+    /// but a TLS stream (or any transport that buffers) may keep what it accepted until
+    /// flushed, and nothing else would ever send it.
+    unflushed: bool,
 }
 
 impl Wire {
@@ -191,9 +195,9 @@ impl Wire {
             .sum()
     }
 
-    /// Writes as much as the socket takes. `Ready(Ok)` when the wire is empty, `Pending` when
-    /// the socket is full (the task is woken when it drains). `written` accumulates the data
-    /// frames completed.
+    /// Writes as much as the socket takes, then flushes it. `Ready(Ok)` when the wire is empty
+    /// and flushed, `Pending` when the socket is full (the task is woken when it drains).
+    /// `written` accumulates the data frames completed.
     pub(crate) fn poll_write<W>(
         &mut self,
         io: &mut W,
@@ -228,7 +232,15 @@ impl Wire {
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return Poll::Pending,
             };
+            self.unflushed = true;
             self.advance(n, written);
+        }
+        if self.unflushed {
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
         if self.chunks.capacity() > KEEP_CAPACITY {
             // Do not keep a burst's worth of capacity on an idle connection.
