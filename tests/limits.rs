@@ -208,6 +208,43 @@ async fn a_room_limit_holds_while_an_authorizer_is_deciding() {
 
 // ----- inbound rate limit ---------------------------------------------------------------------
 
+/// Nothing follows our close frame (RFC 6455 §5.5.1), not even the pong for a ping read just
+/// before the close began: a client over the rate limit whose burst of 64 frames (one poll's
+/// read budget) ends with a ping gets the pong before the 1008, or not at all.
+#[tokio::test]
+async fn nothing_follows_the_close_frame_when_the_read_before_it_was_a_ping() {
+    let server = serve_hub(Hub::builder().inbound_rate_limit(0.001, 5).build()).await;
+    let mut raw = Upgrade::new("/ws/rate").open(server.addr).await;
+    wait_members(&server.hub, "rate", 1).await;
+    let mut burst = Vec::new();
+    for i in 0..63 {
+        burst.extend(encode_frame(
+            true,
+            0,
+            opcode::TEXT,
+            Some(MASK),
+            format!("m{i}").as_bytes(),
+        ));
+    }
+    burst.extend(encode_frame(true, 0, opcode::PING, Some(MASK), b"last"));
+    raw.send_bytes(&burst).await;
+    let close = raw.read_close().await.expect("a close frame");
+    assert_eq!(close.close_code(), Some(close_code::POLICY_VIOLATION));
+    raw.send_bytes(&encode_frame(
+        true,
+        0,
+        opcode::CLOSE,
+        Some(MASK),
+        &close_code::POLICY_VIOLATION.to_be_bytes(),
+    ))
+    .await;
+    let mut after = Vec::new();
+    while let Some(frame) = raw.read_frame().await {
+        after.push((frame.opcode, frame.payload));
+    }
+    assert!(after.is_empty(), "frames after the close frame: {after:?}");
+}
+
 #[tokio::test]
 async fn a_client_over_the_inbound_rate_limit_is_closed_with_1008_while_a_slow_sender_is_not() {
     let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;

@@ -721,9 +721,10 @@ where
             });
             self.take_control();
             match result {
-                // For a ping, tungstenite wrote the pong; `take_control` put it on the wire.
-                // Both count against the inbound rate limit like messages: a flood of them
-                // costs as much.
+                // For a ping, tungstenite queued the pong; it writes it at its next `read`
+                // (or the flush before our close frame), and `take_control` puts it on the
+                // wire. Both count against the inbound rate limit like messages: a flood of
+                // them costs as much.
                 Ok(control @ (tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_))) => {
                     if matches!(control, tungstenite::Message::Pong(_)) {
                         self.on_pong();
@@ -817,17 +818,19 @@ where
             return;
         }
         let frame = frame.clone();
+        let mut io = PollIo {
+            io: &mut self.io,
+            cx,
+            written: &mut self.control,
+            boundary: &mut self.boundary,
+        };
+        // tungstenite keeps the pong for a ping read last until its next write, and `close`
+        // would write it after the close frame, where nothing may follow (RFC 6455 §5.5.1):
+        // out with it first. (Writes go to `control`, in memory; they cannot fail.)
+        let _ = self.ws.flush(&mut io);
         // tungstenite records that we sent a close (so the peer's answers it) and writes the
         // frame, which lands in `control`.
-        let _ = self.ws.close(
-            &mut PollIo {
-                io: &mut self.io,
-                cx,
-                written: &mut self.control,
-                boundary: &mut self.boundary,
-            },
-            Some(frame),
-        );
+        let _ = self.ws.close(&mut io, Some(frame));
         self.take_control();
         self.phase = Phase::CloseSent;
         // From here on the client has `close_timeout` to answer, whatever the wait before was
