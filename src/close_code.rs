@@ -1,6 +1,10 @@
 //! WebSocket close codes the server sends, and when (RFC 6455 §7.4).
+//!
+//! The answer to a client's close frame carries the client's own code (and none when the
+//! client's carried none), as RFC 6455 §5.5.1 suggests; a code the RFC forbids on the wire is
+//! answered with [`PROTOCOL_ERROR`].
 
-/// 1000: normal closure (answering a client's close, or the idle timeout).
+/// 1000: normal closure (the idle timeout).
 pub const NORMAL: u16 = 1000;
 /// 1001: the server is shutting down ([`Hub::shutdown`](crate::Hub::shutdown)).
 pub const GOING_AWAY: u16 = 1001;

@@ -321,3 +321,22 @@ async fn a_raw_client_close_gets_a_close_frame_back_and_the_socket_ends() {
     raw.wait_eof().await;
     eventually("no connections", || server.hub.stats().connections == 0).await;
 }
+
+/// The answer to a client's close frame carries the client's code (`close_code`'s module
+/// docs), and a code the RFC forbids on the wire is answered with 1002.
+#[tokio::test]
+async fn the_answer_to_a_clients_close_carries_its_code() {
+    let server = serve_hub(Hub::builder().build()).await;
+    for (sent, answered) in [
+        (4000, 4000),
+        (1000, close_code::NORMAL),
+        (1005, close_code::PROTOCOL_ERROR),
+    ] {
+        let mut raw = Upgrade::new("/ws/bye").open(server.addr).await;
+        wait_members(&server.hub, "bye", 1).await;
+        raw.send_close(sent).await;
+        let answer = raw.read_close().await.expect("an answering close frame");
+        assert_eq!(answer.close_code(), Some(answered), "client sent {sent}");
+        eventually("the connection gone", || server.hub.room_size("bye") == 0).await;
+    }
+}

@@ -339,3 +339,41 @@ async fn replies_dropped_by_drop_oldest_are_counted() {
         "received {received}: every reply is either written or counted as dropped; {stats:?}"
     );
 }
+
+/// A message larger than the outbound queue's byte bound says nothing about its receivers (no
+/// queue could take it, however fast the client reads): under every policy it is dropped for
+/// each receiver and counted, nobody is disconnected, and the next message goes through. The
+/// bound counts whole frames: a payload of exactly `max_bytes` does not fit, one that leaves
+/// room for the frame header does.
+#[tokio::test]
+async fn a_message_larger_than_the_byte_bound_is_dropped_without_disconnecting_anyone() {
+    for policy in [
+        SlowConsumerPolicy::Disconnect,
+        SlowConsumerPolicy::DropNewest,
+        SlowConsumerPolicy::DropOldest,
+    ] {
+        let server = serve_hub(
+            Hub::builder()
+                .outbound_queue(16, 1000)
+                .slow_consumer_policy(policy)
+                .build(),
+        )
+        .await;
+        let mut first = server.connect("big").await;
+        let mut second = server.connect("big").await;
+        wait_members(&server.hub, "big", 2).await;
+        let hub = &server.hub;
+        let delivered = hub.publish("big", Message::binary(vec![7u8; 1000])).await;
+        assert_eq!(delivered.unwrap(), 0, "{policy:?}");
+        assert_eq!(hub.stats().dropped_messages, 2, "{policy:?}");
+        // 996 bytes of payload and a 4-byte header: exactly the bound.
+        let fits = hub.publish("big", Message::binary(vec![8u8; 996])).await;
+        assert_eq!(fits.unwrap(), 2, "{policy:?}");
+        for client in [&mut first, &mut second] {
+            assert_eq!(next_binary(client).await, vec![8u8; 996], "{policy:?}");
+        }
+        let stats = hub.stats();
+        assert_eq!(stats.slow_consumer_disconnects, 0, "{policy:?}: {stats:?}");
+        assert_eq!(hub.room_size("big"), 2, "{policy:?}");
+    }
+}

@@ -195,6 +195,12 @@ impl OutboundQueue {
             return PushOutcome::Closed;
         }
         let mut dropped_oldest = 0;
+        if len > self.limits.max_bytes {
+            // Larger than the whole byte budget: no queue could ever take it, however fast its
+            // client reads, so it says nothing about the client. Dropped (and counted), under
+            // every policy; a `Disconnect` would close every member of the room.
+            return PushOutcome::Dropped;
+        }
         if !self.fits(state, 1, len) {
             match self.limits.policy {
                 SlowConsumerPolicy::Disconnect => {

@@ -656,11 +656,19 @@ impl HubBuilder {
     }
 
     /// Bounds of each connection's outbound queue: at most `max_messages` messages and
-    /// `max_bytes` payload bytes waiting for the socket (including what the writer took and has
-    /// not handed to the socket yet). Default: 1024 messages, 4 MiB. Payloads are shared between
-    /// receivers, so the byte bound limits what one slow client can keep alive; small messages
-    /// that arrived together share one buffer of at most 16 KiB, and under
+    /// `max_bytes` bytes of encoded frames (each message's payload plus its 2–10-byte frame
+    /// header) waiting for the socket (including what the writer took and has not handed to
+    /// the socket yet). Default: 1024 messages, 4 MiB. Frames are shared between receivers, so
+    /// the byte bound limits what one slow client can keep alive; small messages that arrived
+    /// together share one buffer of at most 16 KiB, and under
     /// [`SlowConsumerPolicy::DropOldest`] a queue can keep one such buffer beyond the bound.
+    ///
+    /// A message whose frame is larger than `max_bytes` can never be queued: whatever the
+    /// [policy](Self::slow_consumer_policy), it is dropped for every receiver (counted in
+    /// [`HubStats::dropped_messages`](crate::HubStats::dropped_messages) and logged), and
+    /// nobody is disconnected for it. Keep `max_bytes` above
+    /// [`max_message_size`](Self::max_message_size) plus 10 if clients' messages must always
+    /// go through.
     ///
     /// # Panics
     ///
