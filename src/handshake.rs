@@ -121,6 +121,24 @@ impl From<HandshakeError> for Rejection {
     }
 }
 
+impl HandshakeError {
+    /// The answer to a request over `version` that broke this rule: the `From` conversion,
+    /// plus, over HTTP/1.x, `Upgrade: websocket` (and `Connection: Upgrade`) on the `426` for
+    /// an unsupported version, which RFC 9110 §15.5.22 requires of every `426`. (HTTP/2 has
+    /// no `Upgrade` header: it is connection-specific there.)
+    pub(crate) fn rejection(self, version: Version) -> Rejection {
+        let upgrade_required = self == Self::UnsupportedVersion && version < Version::HTTP_2;
+        let rejection = Rejection::from(self);
+        if upgrade_required {
+            rejection
+                .with_header(header::UPGRADE, HeaderValue::from_static("websocket"))
+                .with_header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+        } else {
+            rejection
+        }
+    }
+}
+
 /// A request that passed every handshake rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Handshake {
@@ -441,6 +459,17 @@ mod tests {
         assert_eq!(method.header(&header::ALLOW).unwrap(), "GET");
         let upgrade: Rejection = HandshakeError::MissingUpgradeWebSocket.into();
         assert_eq!(upgrade.header(&header::UPGRADE).unwrap(), "websocket");
+        // Every 426 over HTTP/1.x names the protocol; HTTP/2 has no `Upgrade` header.
+        let over_http1 = HandshakeError::UnsupportedVersion.rejection(Version::HTTP_11);
+        assert_eq!(over_http1.header(&header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(over_http1.header(&header::CONNECTION).unwrap(), "Upgrade");
+        let over_http2 = HandshakeError::UnsupportedVersion.rejection(Version::HTTP_2);
+        assert!(over_http2.header(&header::UPGRADE).is_none());
+        assert!(over_http2.header(&header::CONNECTION).is_none());
+        assert_eq!(
+            over_http2.header(&header::SEC_WEBSOCKET_VERSION).unwrap(),
+            "13"
+        );
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl Rejection {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// The HTTP response: status, extra headers, `text/plain` reason body.
+    /// The HTTP response: status, extra headers, the reason as the body (`Content-Type:
+    /// text/plain; charset=utf-8` unless an extra header sets another).
     pub fn into_response(self) -> Response<Bytes> {
         let body = match self.reason {
             Cow::Borrowed(reason) => Bytes::from_static(reason.as_bytes()),
@@ -80,10 +81,10 @@ impl Rejection {
         for (name, value) in self.headers {
             headers.append(name, value);
         }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        // The body is the reason, in plain text, unless the caller said otherwise.
+        headers
+            .entry(header::CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static("text/plain; charset=utf-8"));
         response
     }
 }
@@ -95,3 +96,26 @@ impl std::fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_is_plain_text_unless_a_header_says_otherwise() {
+        let plain = Rejection::bad_request("no").into_response();
+        assert_eq!(
+            plain.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let json = Rejection::forbidden(r#"{"error":"no"}"#)
+            .with_header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .into_response();
+        let types: Vec<_> = json.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["application/json"]);
+        assert_eq!(&json.body()[..], br#"{"error":"no"}"#);
+    }
+}

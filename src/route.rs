@@ -6,6 +6,7 @@
 //! `{room}` segment is percent-decoded and validated as a [room name](validate_room_name).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::request::Parts;
 use percent_encoding::percent_decode_str;
@@ -25,7 +26,7 @@ pub(crate) struct RoutePattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    /// The `{room}` segment.
+    /// The `{room}` segment: matches any one non-empty segment, like a wildcard.
     Room,
     /// Any other `{name}` segment: matches any one non-empty segment.
     Wildcard,
@@ -101,8 +102,10 @@ impl RoutePattern {
             match segment {
                 Segment::Literal(literal) if literal == part => {}
                 Segment::Literal(_) => return None,
+                // An empty segment is no room, as in axum's routes: `/{room}` leaves the
+                // application's `/` alone, and `/ws/` goes where unmatched paths go.
+                Segment::Room | Segment::Wildcard if part.is_empty() => return None,
                 Segment::Room => room = Some(part),
-                Segment::Wildcard if part.is_empty() => return None,
                 Segment::Wildcard => {}
             }
         }
@@ -235,9 +238,10 @@ pub(crate) fn decode_room_segment(raw: &str, max_len: usize) -> Result<String, R
 }
 
 /// The routes and extractor of one layer: decides what a request is.
+#[derive(Clone)]
 pub(crate) struct RoomRouter {
     patterns: Vec<RoutePattern>,
-    extractor: Option<Box<dyn RoomExtractor>>,
+    extractor: Option<Arc<dyn RoomExtractor>>,
     max_room_name_len: usize,
 }
 
@@ -275,7 +279,7 @@ impl RoomRouter {
         }
     }
 
-    pub(crate) fn set_extractor(&mut self, extractor: Box<dyn RoomExtractor>) {
+    pub(crate) fn set_extractor(&mut self, extractor: Arc<dyn RoomExtractor>) {
         self.extractor = Some(extractor);
     }
 
@@ -329,8 +333,9 @@ mod tests {
         assert_eq!(p.matches("/ws"), None);
         assert_eq!(p.matches("/wsx/lobby"), None);
         assert_eq!(p.matches("ws/lobby"), None);
-        // An empty room segment matches the pattern; the name check then refuses it.
-        assert_eq!(p.matches("/ws/"), Some(""));
+        // An empty segment is no room: the request is not the hub's.
+        assert_eq!(p.matches("/ws/"), None);
+        assert_eq!(pattern("/{room}").matches("/"), None);
     }
 
     #[test]

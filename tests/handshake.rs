@@ -261,6 +261,8 @@ async fn a_version_other_than_13_is_refused_with_426_naming_version_13() {
             Some("13"),
             "{version:?}"
         );
+        // RFC 9110 §15.5.22: every 426 names the protocol to upgrade to.
+        assert_eq!(response.header("upgrade"), Some("websocket"), "{version:?}");
     }
 }
 
@@ -420,10 +422,33 @@ async fn a_room_name_longer_than_256_bytes_is_refused_with_400() {
 }
 
 #[tokio::test]
-async fn an_empty_room_name_is_refused_with_400() {
+async fn an_empty_room_segment_is_no_room_and_the_request_passes_through() {
     let server = serve_default().await;
     let response = Upgrade::new("/ws/").send(server.addr).await;
-    response.assert_rejection(400, "empty");
+    assert_eq!(response.status, 404, "{response:?}");
+    assert_eq!(server.hub.stats().handshakes_rejected, 0);
+}
+
+/// With rooms at the top level (`/{room}`), the application's own `/` still reaches it (as in
+/// axum, `/{room}` does not match `/`).
+#[tokio::test]
+async fn a_top_level_room_pattern_leaves_the_index_page_alone() {
+    let hub = Hub::builder().build();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "index" }))
+        .layer(HubLayer::new(hub.clone()).route("/{room}"));
+    let server = serve_router(app, hub).await;
+    let reply = http_get(&server.http_url("/")).await;
+    assert_eq!(reply.status, axum::http::StatusCode::OK, "body: {}", reply.body);
+    assert_eq!(reply.body, "index");
+    let mut client = connect(&format!("ws://{}/lobby", server.addr)).await;
+    wait_members(&server.hub, "lobby", 1).await;
+    server
+        .hub
+        .publish("lobby", tower_ws_hub::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut client).await, "hi");
 }
 
 #[tokio::test]
@@ -453,4 +478,21 @@ async fn the_room_name_limit_is_configurable() {
     response.assert_rejection(400, "longer than 8");
     let _ok = server.connect("eight888").await;
     wait_members(&server.hub, "eight888", 1).await;
+}
+
+/// A layer is configured by value; a clone configured further gets its own copy of the
+/// configuration (no panic), and the original keeps what it had.
+#[tokio::test]
+async fn a_cloned_layer_can_be_configured_on_its_own() {
+    let hub = Hub::builder().build();
+    let base = HubLayer::new(hub.clone()).route("/ws/{room}");
+    let kept = base.clone();
+    let extended = base.try_route("/chat/{room}").expect("a valid pattern");
+    let both = serve_router(router().layer(extended), hub.clone()).await;
+    let only_ws = serve_router(router().layer(kept), hub).await;
+    let _a = both.connect("lobby").await;
+    let _b = connect(&format!("ws://{}/chat/lobby", both.addr)).await;
+    let _c = only_ws.connect("lobby").await;
+    let response = Upgrade::new("/chat/lobby").send(only_ws.addr).await;
+    assert_eq!(response.status, 404, "{response:?}");
 }

@@ -354,6 +354,32 @@ async fn an_http2_connect_for_another_protocol_is_refused_with_400() {
     assert_eq!(server.hub.stats().connections_opened, 0);
 }
 
+/// Over HTTP/2 the `426` for an unsupported version names version 13 and carries no
+/// `Upgrade` or `Connection` header (connection-specific, not allowed in HTTP/2), so it reaches
+/// the client as an answer, not a broken stream.
+#[tokio::test]
+async fn an_http2_connect_with_another_version_is_refused_with_426() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let mut request = h2_websocket_request(server.addr, "/ws/room", "websocket");
+    request
+        .headers_mut()
+        .insert("sec-websocket-version", "8".parse().unwrap());
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(response.headers()["sec-websocket-version"], "13");
+    assert!(response.headers().get("upgrade").is_none());
+    // The connection still serves its other streams.
+    let mut next = h2_websocket(&mut sender, server.addr, "room").await;
+    wait_members(&server.hub, "room", 1).await;
+    server
+        .hub
+        .publish("room", Message::text("after the 426"))
+        .await
+        .unwrap();
+    assert_eq!(h2_next_text(&mut next).await, "after the 426");
+}
+
 #[tokio::test]
 async fn an_http2_get_on_a_websocket_route_is_refused_with_405_allow_connect() {
     let server = serve_hub(Hub::builder().build()).await;

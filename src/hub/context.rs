@@ -166,7 +166,10 @@ impl ConnectionContext {
         &self.headers
     }
 
-    /// The upgrade request's extensions, as the middleware in front of the layer left them.
+    /// The upgrade request's extensions, as the middleware in front of the layer left them
+    /// (hyper's upgrade handle aside), or the part of them that
+    /// [`HubBuilder::keep_extension`](crate::HubBuilder::keep_extension) and
+    /// [`keep_no_extensions`](crate::HubBuilder::keep_no_extensions) keep.
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
     }

@@ -55,13 +55,14 @@ pub struct HubLayer {
     shared: Arc<Shared>,
 }
 
+#[derive(Clone)]
 struct Shared {
     hub: Hub,
     router: RoomRouter,
-    remote_addr: Option<Box<RemoteAddrFn>>,
+    remote_addr: Option<Arc<RemoteAddrFn>>,
     origin: OriginPolicy,
     protocols: Subprotocols,
-    authorizer: Option<Box<dyn RoomAuthorizer>>,
+    authorizer: Option<Arc<dyn RoomAuthorizer>>,
 }
 
 impl std::fmt::Debug for HubLayer {
@@ -94,9 +95,10 @@ impl HubLayer {
         }
     }
 
+    /// The configuration, for a builder method. A layer that was cloned gets its own copy
+    /// first: configuring it leaves the clones as they were.
     fn shared_mut(&mut self) -> &mut Shared {
-        Arc::get_mut(&mut self.shared)
-            .expect("configure a HubLayer before cloning it or handing it to a router")
+        Arc::make_mut(&mut self.shared)
     }
 
     /// Serves WebSockets on paths matching `pattern`, such as `/ws/{room}`.
@@ -129,7 +131,7 @@ impl HubLayer {
     /// Claims requests with a custom [`RoomExtractor`] (a closure over the request head),
     /// consulted for requests that no route pattern matched.
     pub fn extractor(mut self, extractor: impl RoomExtractor) -> Self {
-        self.shared_mut().router.set_extractor(Box::new(extractor));
+        self.shared_mut().router.set_extractor(Arc::new(extractor));
         self
     }
 
@@ -147,7 +149,7 @@ impl HubLayer {
     ///
     /// # Panics
     ///
-    /// If a name is not a valid header value or contains a comma.
+    /// If a name is empty or blank, is not a valid header value, or contains a comma.
     pub fn protocols<I, P>(mut self, protocols: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -179,7 +181,7 @@ impl HubLayer {
     /// [`RoomAuthorizer`]). Runs after the handshake, origin and limit checks, so it only sees
     /// well-formed requests. Default: everyone who passed the middleware in front may join.
     pub fn authorize(mut self, authorizer: impl RoomAuthorizer) -> Self {
-        self.shared_mut().authorizer = Some(Box::new(authorizer));
+        self.shared_mut().authorizer = Some(Arc::new(authorizer));
         self
     }
 
@@ -204,7 +206,7 @@ impl HubLayer {
         mut self,
         find: impl Fn(&Parts) -> Option<SocketAddr> + Send + Sync + 'static,
     ) -> Self {
-        self.shared_mut().remote_addr = Some(Box::new(find));
+        self.shared_mut().remote_addr = Some(Arc::new(find));
         self
     }
 }
@@ -268,7 +270,8 @@ impl Shared {
         request: Request<B>,
         room: String,
     ) -> Result<PendingConnection, Rejection> {
-        let handshake = Handshake::validate(&request)?;
+        let handshake =
+            Handshake::validate(&request).map_err(|error| error.rejection(request.version()))?;
         let (mut parts, _body) = request.into_parts();
         self.origin.check(&parts)?;
         let protocol = self.protocols.select(&parts.headers)?;
