@@ -114,7 +114,11 @@ mod tests {
                 HeaderValue::from_static("application/json"),
             )
             .into_response();
-        let types: Vec<_> = json.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        let types: Vec<_> = json
+            .headers()
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .collect();
         assert_eq!(types, ["application/json"]);
         assert_eq!(&json.body()[..], br#"{"error":"no"}"#);
     }

@@ -8,10 +8,10 @@
 //! allocator-neutral.
 #![allow(unsafe_code)]
 
-mod support;
 #[cfg(feature = "redis")]
 #[path = "support/redis.rs"]
 mod redis_support;
+mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -439,7 +439,12 @@ async fn a_top_level_room_pattern_leaves_the_index_page_alone() {
         .layer(HubLayer::new(hub.clone()).route("/{room}"));
     let server = serve_router(app, hub).await;
     let reply = http_get(&server.http_url("/")).await;
-    assert_eq!(reply.status, axum::http::StatusCode::OK, "body: {}", reply.body);
+    assert_eq!(
+        reply.status,
+        axum::http::StatusCode::OK,
+        "body: {}",
+        reply.body
+    );
     assert_eq!(reply.body, "index");
     let mut client = connect(&format!("ws://{}/lobby", server.addr)).await;
     wait_members(&server.hub, "lobby", 1).await;

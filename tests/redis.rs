@@ -863,7 +863,12 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
         let sent = Instant::now();
         send_text(&mut cb, &text).await;
         let got = tokio::time::timeout(Duration::from_secs(5), next_text(&mut ca)).await;
-        assert_eq!(got.as_deref().ok(), Some(text.as_str()), "{:?}", a.hub.broker_status());
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(text.as_str()),
+            "{:?}",
+            a.hub.broker_status()
+        );
         waits.push(sent.elapsed());
         // Long enough for several probe rounds over the test.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -879,9 +884,14 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
         waits.iter().all(|wait| *wait < Duration::from_secs(1)),
         "messages from B reached A's member after {waits:?} while rooms churned on A; A: {status:?}"
     );
-    assert_eq!(status.starvations, 0, "a healthy connection was called starved: {status:?}");
+    assert_eq!(
+        status.starvations, 0,
+        "a healthy connection was called starved: {status:?}"
+    );
     assert!(
-        status.last_probe_age.is_some_and(|age| age < Duration::from_secs(1)),
+        status
+            .last_probe_age
+            .is_some_and(|age| age < Duration::from_secs(1)),
         "the probe stopped while rooms churned: {status:?}"
     );
 }
@@ -976,7 +986,10 @@ fn a_publish_queue_too_large_for_a_channel_is_refused_when_set() {
         .downcast_ref::<String>()
         .cloned()
         .unwrap_or_default();
-    assert!(message.contains("publish_queue must be at most"), "{message}");
+    assert!(
+        message.contains("publish_queue must be at most"),
+        "{message}"
+    );
     // The largest allowed value is accepted.
     let _ = RedisConfig::from_url("redis://127.0.0.1:1")
         .unwrap()

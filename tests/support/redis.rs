@@ -292,7 +292,11 @@ async fn delayed_copy(
     });
     let mut buffer = vec![0u8; 64 * 1024];
     while let Ok(n) = from.read(&mut buffer).await {
-        if n == 0 || tx.send((tokio::time::Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buffer[..n].to_vec()))
+                .is_err()
+        {
             break;
         }
     }
