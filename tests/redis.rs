@@ -616,13 +616,13 @@ async fn a_subscriber_connection_that_silently_stops_receiving_is_detected_and_r
     let proxy = StarvingProxy::start(redis.addr()).await;
     let a = instance(Hub::builder(), config(&redis.url())).await;
     // B publishes directly but subscribes through the proxy.
-    let pool = deadpool_redis::Config::from_url(redis.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
-    let b_config = RedisConfig::from_pool(pool, redis::Client::open(proxy.url()).unwrap())
-        .subscriber_connections(1)
-        .probe(Duration::from_millis(100), Duration::from_millis(400));
-    let b = instance(Hub::builder(), b_config).await;
+    let b = instance_behind_starving_proxy(
+        &redis,
+        &proxy,
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+    )
+    .await;
     let (mut ca, mut cb) = one_client_each(&a, &b, "r").await;
     send_text(&mut ca, "before").await;
     assert_eq!(next_text(&mut cb).await, "before");
@@ -641,6 +641,22 @@ async fn a_subscriber_connection_that_silently_stops_receiving_is_detected_and_r
     .await;
 }
 
+/// A config whose only subscriber connection goes through the proxy at `proxy_url`, while
+/// publishing (and probing) goes to `redis` directly.
+fn subscribing_through(
+    redis: &RedisServer,
+    proxy_url: &str,
+    interval: Duration,
+    timeout: Duration,
+) -> RedisConfig {
+    let pool = deadpool_redis::Config::from_url(redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    RedisConfig::from_pool(pool, redis::Client::open(proxy_url).unwrap())
+        .subscriber_connections(1)
+        .probe(interval, timeout)
+}
+
 /// B's only subscriber connection goes through a proxy that can starve it; B publishes (and
 /// probes) directly.
 async fn instance_behind_starving_proxy(
@@ -649,12 +665,7 @@ async fn instance_behind_starving_proxy(
     interval: Duration,
     timeout: Duration,
 ) -> Server {
-    let pool = deadpool_redis::Config::from_url(redis.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
-    let config = RedisConfig::from_pool(pool, redis::Client::open(proxy.url()).unwrap())
-        .subscriber_connections(1)
-        .probe(interval, timeout);
+    let config = subscribing_through(redis, &proxy.url(), interval, timeout);
     instance(Hub::builder(), config).await
 }
 
@@ -825,12 +836,12 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
     // A's one subscriber connection talks to a Redis 10 ms away: every reconcile takes 20 ms
     // or more, and the churn below makes one due at all times.
     let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(10)).await;
-    let pool = deadpool_redis::Config::from_url(redis.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .unwrap();
-    let config_a = RedisConfig::from_pool(pool, redis::Client::open(proxy.url()).unwrap())
-        .subscriber_connections(1)
-        .probe(Duration::from_millis(200), Duration::from_secs(1));
+    let config_a = subscribing_through(
+        &redis,
+        &proxy.url(),
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+    );
     let a = instance(Hub::builder(), config_a).await;
     let b = instance(Hub::builder(), config(&redis.url())).await;
     let (mut ca, mut cb) = one_client_each(&a, &b, "stable").await;
@@ -857,21 +868,23 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut waits = Vec::new();
+    // Each message must arrive (without the fix, none did while the churn lasted), and the
+    // probe must keep coming back: the age of its last success drops at least once between
+    // two looks (without the fix it only grew).
+    let mut probe_ages = Vec::new();
     for i in 0..5 {
         let text = format!("during churn {i}");
-        let sent = Instant::now();
         send_text(&mut cb, &text).await;
-        let got = tokio::time::timeout(Duration::from_secs(5), next_text(&mut ca)).await;
+        let got = tokio::time::timeout(PROMPTLY, next_text(&mut ca)).await;
         assert_eq!(
             got.as_deref().ok(),
             Some(text.as_str()),
             "{:?}",
             a.hub.broker_status()
         );
-        waits.push(sent.elapsed());
-        // Long enough for several probe rounds over the test.
+        // Longer than a probe interval.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        probe_ages.push(a.hub.broker_status().last_probe_age);
     }
     stop.store(true, Ordering::Relaxed);
     let mut changes = 0;
@@ -879,20 +892,15 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
         changes += churner.await.unwrap();
     }
     let status = a.hub.broker_status();
-    assert!(changes > 100, "the churn made only {changes} rooms");
+    assert!(changes > 50, "the churn made only {changes} rooms");
     assert!(
-        waits.iter().all(|wait| *wait < Duration::from_secs(1)),
-        "messages from B reached A's member after {waits:?} while rooms churned on A; A: {status:?}"
+        probe_ages.windows(2).any(|pair| pair[1] < pair[0]),
+        "the probe stopped coming back while rooms churned (ages of its last success: \
+         {probe_ages:?}); A: {status:?}"
     );
     assert_eq!(
         status.starvations, 0,
         "a healthy connection was called starved: {status:?}"
-    );
-    assert!(
-        status
-            .last_probe_age
-            .is_some_and(|age| age < Duration::from_secs(1)),
-        "the probe stopped while rooms churned: {status:?}"
     );
 }
 

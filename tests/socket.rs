@@ -38,28 +38,44 @@ async fn serve_axum(hub: Hub, accepted: &Accepted) -> SocketAddr {
     addr
 }
 
-/// hyper's HTTP/1 builder with upgrades (no hyper-util server), recording each accepted socket.
-async fn serve_hyper_http1(hub: Hub, accepted: &Accepted) -> SocketAddr {
+/// hyper's HTTP/1 builder with upgrades (no hyper-util server), over `transport(tcp)` for each
+/// accepted socket.
+async fn serve_hyper_http1_over<T>(
+    hub: Hub,
+    transport: impl Fn(tokio::net::TcpStream) -> T + Send + 'static,
+) -> SocketAddr
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = Arc::clone(accepted);
     let app = Router::new().layer(HubLayer::new(hub).route("/ws/{room}"));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            keep(&accepted, &tcp);
+            let io = TokioIo::new(transport(tcp));
             let service = hyper_util::service::TowerToHyperService::new(app.clone());
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
+                    .serve_connection(io, service)
                     .with_upgrades()
                     .await;
             });
         }
     });
     addr
+}
+
+/// hyper's HTTP/1 builder with upgrades, recording each accepted socket.
+async fn serve_hyper_http1(hub: Hub, accepted: &Accepted) -> SocketAddr {
+    let accepted = Arc::clone(accepted);
+    serve_hyper_http1_over(hub, move |tcp| {
+        keep(&accepted, &tcp);
+        tcp
+    })
+    .await
 }
 
 /// Whether the one WebSocket the server accepted has Nagle's algorithm off.
@@ -131,30 +147,6 @@ async fn frames_sent_with_the_handshake_are_read_first() {
     }
 }
 
-/// hyper's HTTP/1 builder over a transport that keeps what it is given until it is flushed (a
-/// `BufWriter` around the TCP stream), as a TLS stream does with the records it could not send
-/// yet when the socket was full.
-async fn serve_over_buffering_transport(hub: Hub) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().layer(HubLayer::new(hub).route("/ws/{room}"));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app.clone());
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tokio::io::BufWriter::new(tcp)), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// Messages, pongs and the close handshake reach the client over a transport that buffers
 /// writes until flushed: nothing the hub wrote waits for a later write to push it out.
 #[tokio::test]
@@ -164,7 +156,9 @@ async fn what_the_hub_writes_is_flushed_over_a_buffering_transport() {
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     let hub = Hub::builder().build();
-    let addr = serve_over_buffering_transport(hub.clone()).await;
+    // A transport that keeps what it is given until flushed, as a TLS stream does with the
+    // records it could not send yet when the socket was full.
+    let addr = serve_hyper_http1_over(hub.clone(), tokio::io::BufWriter::new).await;
     let mut client = connect(&format!("ws://{addr}/ws/buffered")).await;
     wait_members(&hub, "buffered", 1).await;
     hub.publish("buffered", tower_ws_hub::Message::text("hello"))
