@@ -958,6 +958,9 @@ async fn different_channel_prefixes_keep_applications_apart() {
             .channel_prefix("chat:staging")
     });
     assert!(refused.is_err(), "a prefix with ':' was accepted");
+    let refused =
+        std::panic::catch_unwind(|| tower_ws_hub::redis::Emitter::with_prefix("chat:staging"));
+    assert!(refused.is_err(), "an emitter took a prefix with ':'");
     let redis = RedisServer::start().await;
     let production = instance(Hub::builder(), config(&redis.url()).channel_prefix("chat")).await;
     let staging = instance(
@@ -1002,4 +1005,50 @@ fn a_publish_queue_too_large_for_a_channel_is_refused_when_set() {
     let _ = RedisConfig::from_url("redis://127.0.0.1:1")
         .unwrap()
         .publish_queue(tokio::sync::Semaphore::MAX_PERMITS);
+}
+
+/// The probe keeps its pace while rooms change all the time: the subscriber connection's
+/// SUBSCRIBE and UNSUBSCRIBE round trips (50 ms away here) must not hold up the probe's
+/// PUBLISH (straight to Redis) or its clock. The bound is five probe intervals; with the round
+/// trips in the way the last success was 0.8–2.6 s old at worst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_keeps_its_pace_while_rooms_churn() {
+    let redis = RedisServer::start().await;
+    let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(50)).await;
+    let interval = Duration::from_millis(200);
+    let config_a = subscribing_through(&redis, &proxy.url(), interval, Duration::from_secs(5));
+    let a = instance(Hub::builder(), config_a).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..12)
+        .map(|n| {
+            let base = a.ws_url("churn");
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut rooms = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let client = connect(&format!("{base}-{n}-{rooms}")).await;
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    close_client(client).await;
+                    rooms += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(age) = a.hub.broker_status().last_probe_age {
+            worst = worst.max(age);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for churner in churners {
+        churner.await.unwrap();
+    }
+    assert!(
+        worst < 5 * interval,
+        "probe interval {interval:?}, yet its last success was {worst:?} old at worst: {:?}",
+        a.hub.broker_status()
+    );
 }

@@ -37,9 +37,13 @@ pub(crate) enum PushOutcome {
     Queued,
     /// Queued, after dropping this many older messages ([`SlowConsumerPolicy::DropOldest`]).
     QueuedDroppingOldest(usize),
-    /// Not queued: the queue is full ([`SlowConsumerPolicy::DropNewest`]), or this one message is
-    /// larger than the whole byte budget.
+    /// Not queued: the queue is full ([`SlowConsumerPolicy::DropNewest`]), or, under
+    /// [`SlowConsumerPolicy::DropOldest`], even an emptied queue could not take it while the
+    /// writer holds bytes.
     Dropped,
+    /// Not queued, under every policy: this one message is larger than the whole byte budget,
+    /// so no queue could ever take it (a configuration problem, not a slow client).
+    TooLarge,
     /// Not queued: the queue overflowed and the connection is now being disconnected; the
     /// messages still queued for it (this many) are discarded with it.
     Disconnecting(usize),
@@ -168,7 +172,7 @@ impl OutboundQueue {
                     PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => {
                         wake |= data_wakes;
                     }
-                    PushOutcome::Dropped => {}
+                    PushOutcome::Dropped | PushOutcome::TooLarge => {}
                     PushOutcome::Disconnecting(_) => {
                         wake = true;
                         break 'runs;
@@ -199,7 +203,7 @@ impl OutboundQueue {
             // Larger than the whole byte budget: no queue could ever take it, however fast its
             // client reads, so it says nothing about the client. Dropped (and counted), under
             // every policy; a `Disconnect` would close every member of the room.
-            return PushOutcome::Dropped;
+            return PushOutcome::TooLarge;
         }
         if !self.fits(state, 1, len) {
             match self.limits.policy {
@@ -215,8 +219,8 @@ impl OutboundQueue {
                     if in_flight_messages + 1 > self.limits.max_messages
                         || in_flight_bytes + len > self.limits.max_bytes
                     {
-                        // Even an empty queue could not take it (bytes in flight, or a message
-                        // bigger than the whole budget): drop the newest, and only it.
+                        // Even an emptied queue could not take it (the writer holds bytes):
+                        // drop the newest, and only it.
                         return PushOutcome::Dropped;
                     }
                     while !self.fits(state, 1, len) {
@@ -502,12 +506,22 @@ mod tests {
     }
 
     #[test]
-    fn a_message_larger_than_the_budget_is_dropped_under_drop_oldest() {
-        let q = queue(100, 4, SlowConsumerPolicy::DropOldest);
-        q.push(text("ab"));
-        assert_eq!(q.push(text("abcdefgh")), PushOutcome::Dropped);
-        // The message that could never fit did not push out the ones already queued.
-        assert_eq!(drain(&q), ["ab"]);
+    fn a_message_larger_than_the_budget_is_too_large_under_every_policy() {
+        for policy in [
+            SlowConsumerPolicy::Disconnect,
+            SlowConsumerPolicy::DropNewest,
+            SlowConsumerPolicy::DropOldest,
+        ] {
+            let q = queue(100, 4, policy);
+            q.push(text("ab"));
+            assert_eq!(
+                q.push(text("abcdefgh")),
+                PushOutcome::TooLarge,
+                "{policy:?}"
+            );
+            // The message that could never fit pushed nothing out and closed nothing.
+            assert_eq!(drain(&q), ["ab"], "{policy:?}");
+        }
     }
 
     #[test]

@@ -418,14 +418,30 @@ impl HubInner {
             Counters::add(&counters.dropped_messages, result.dropped);
             Counters::add(&counters.slow_consumer_disconnects, result.disconnected);
             if let Some(suppressed) = self.drop_log.allow() {
-                tracing::warn!(
-                    %room,
-                    dropped = result.dropped,
-                    disconnected = result.disconnected,
-                    similar_events_suppressed = suppressed,
-                    total_dropped = counters.dropped_messages.load(Ordering::Relaxed),
-                    "tower-ws-hub: slow consumers: outbound queues full"
-                );
+                let total_dropped = counters.dropped_messages.load(Ordering::Relaxed);
+                if result.too_large > 0 {
+                    tracing::warn!(
+                        %room,
+                        dropped = result.dropped,
+                        too_large = result.too_large,
+                        disconnected = result.disconnected,
+                        max_bytes = self.config.outbound_max_bytes,
+                        similar_events_suppressed = suppressed,
+                        total_dropped,
+                        "tower-ws-hub: dropped a message larger than the outbound queue's byte \
+                         bound for every receiver; raise HubBuilder::outbound_queue's max_bytes \
+                         above the largest message (plus 10 bytes of frame header)"
+                    );
+                } else {
+                    tracing::warn!(
+                        %room,
+                        dropped = result.dropped,
+                        disconnected = result.disconnected,
+                        similar_events_suppressed = suppressed,
+                        total_dropped,
+                        "tower-ws-hub: slow consumers: outbound queues full"
+                    );
+                }
             }
         }
     }

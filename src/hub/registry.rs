@@ -31,8 +31,10 @@ pub(crate) struct Room {
 pub(crate) struct FanOut {
     /// Deliveries queued (receivers × messages).
     pub(crate) queued: u64,
-    /// Messages dropped by a full queue (the new one or older ones).
+    /// Messages dropped by a full queue (the new one or older ones), or too large for any.
     pub(crate) dropped: u64,
+    /// Of `dropped`, messages larger than a queue's whole byte bound.
+    pub(crate) too_large: u64,
     /// Receivers disconnected because their queue overflowed.
     pub(crate) disconnected: u64,
 }
@@ -48,6 +50,10 @@ impl FanOut {
                 self.dropped += n as u64;
             }
             PushOutcome::Dropped => self.dropped += frames,
+            PushOutcome::TooLarge => {
+                self.dropped += frames;
+                self.too_large += frames;
+            }
             PushOutcome::Disconnecting(discarded) => {
                 // The new message, and those still queued for the connection it closes.
                 self.dropped += frames + discarded as u64;
@@ -245,8 +251,7 @@ mod tests {
             result,
             FanOut {
                 queued: 3,
-                dropped: 0,
-                disconnected: 0
+                ..FanOut::default()
             }
         );
         let mut taken = std::collections::VecDeque::new();
@@ -272,6 +277,7 @@ mod tests {
                 // The overflowing message and the 8 queued ones the disconnect discards; the
                 // rest of the batch is for a closing connection.
                 dropped: 9,
+                too_large: 0,
                 disconnected: 1
             }
         );

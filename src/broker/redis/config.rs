@@ -116,6 +116,16 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
+/// Panics unless `prefix` can be a channel prefix (see [`RedisConfig::channel_prefix`]).
+pub(crate) fn check_channel_prefix(prefix: &str) {
+    assert!(!prefix.is_empty(), "channel_prefix must not be empty");
+    assert!(
+        !prefix.contains([':', '#']),
+        "channel_prefix {prefix:?} contains ':' or '#', which would let another prefix's \
+         channels overlap with its own (room names may contain ':'); use e.g. '-' instead"
+    );
+}
+
 impl RedisConfig {
     /// Uses the Redis at `url` (e.g. `redis://127.0.0.1:6379`, `redis://:password@host/0`) for
     /// everything: a new pool for publishing (deadpool-redis's default size) and dedicated
@@ -191,12 +201,7 @@ impl RedisConfig {
     /// If `prefix` is empty or contains `:` or `#`.
     pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
-        assert!(!prefix.is_empty(), "channel_prefix must not be empty");
-        assert!(
-            !prefix.contains([':', '#']),
-            "channel_prefix {prefix:?} contains ':' or '#', which would let another prefix's \
-             channels overlap with its own (room names may contain ':'); use e.g. '-' instead"
-        );
+        check_channel_prefix(&prefix);
         self.channel_prefix = prefix;
         self
     }
@@ -300,6 +305,13 @@ impl RedisConfig {
     /// processes holding the key can speak in rooms through Redis. Every instance of one hub
     /// needs the same key (and emitters too: [`Emitter::signing_key`](super::Emitter::signing_key)).
     /// Default: none — anyone who can `PUBLISH` on the Redis can speak in any room.
+    ///
+    /// Dropped envelopes are counted in
+    /// [`BrokerStatus::invalid_envelopes`](crate::BrokerStatus::invalid_envelopes) and logged
+    /// at most once a second, including forgeries that carry this instance's own id: each
+    /// instance checks the signature of its own messages too when Redis sends them back
+    /// before skipping them (one HMAC per message it publishes, besides one per message it
+    /// receives from the others).
     pub fn signing_key(mut self, key: EnvelopeKey) -> Self {
         self.signing_key = Some(key);
         self

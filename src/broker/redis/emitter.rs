@@ -51,9 +51,16 @@ impl Emitter {
 
     /// An emitter for hubs configured with
     /// [`RedisConfig::channel_prefix`](super::RedisConfig::channel_prefix)`(prefix)`.
+    ///
+    /// # Panics
+    ///
+    /// As `channel_prefix`: if `prefix` is empty or contains `:` or `#` (no hub can have such
+    /// a prefix; `chat:staging` would reach room `staging:…` of the hubs using `chat`).
     pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        super::config::check_channel_prefix(&prefix);
         Self {
-            prefix: Arc::from(prefix.into()),
+            prefix: Arc::from(prefix),
             key: None,
         }
     }

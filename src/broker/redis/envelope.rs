@@ -446,7 +446,8 @@ impl<'a> Parsed<'a> {
 }
 
 /// The origin of what looks like an envelope, without checking or copying the rest: lets an
-/// instance skip its own messages (every one of which Redis sends back) at no cost.
+/// instance recognise its own messages (every one of which Redis sends back) without decoding
+/// them (with a signing key it still checks their signature, see [`check_signed`]).
 pub(crate) fn peek_origin(bytes: &[u8]) -> Option<InstanceId> {
     if bytes.len() < ENVELOPE_HEADER_LEN
         || bytes[0] != ENVELOPE_MAGIC

@@ -3,8 +3,10 @@
 //! The task owns the connection for its whole life: (re)connect with backoff, subscribe the
 //! probe channel and every room that has local members, then loop over three things — messages
 //! (handed to local members at once, never waiting on anything), membership changes
-//! (reconciled into one SUBSCRIBE/UNSUBSCRIBE), and the probe clock. When the connection ends
-//! (a RESP2 stream just stops when Redis dies) or a probe does not come back, it starts over.
+//! (reconciled into one SUBSCRIBE/UNSUBSCRIBE, whose round trips run beside the loop, so that
+//! rooms changing all the time hold up neither messages nor the probe), and the probe clock.
+//! When the connection ends (a RESP2 stream just stops when Redis dies) or a probe does not
+//! come back, it starts over.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -83,6 +85,11 @@ enum Ended {
 }
 
 type ProbeFuture = Pin<Box<dyn Future<Output = Result<i64, String>> + Send>>;
+
+/// A reconcile running beside the session loop: it has the sink and the subscribed set, and
+/// hands them back with its result.
+type Reconciling<'a> =
+    Pin<Box<dyn Future<Output = (PubSubSink, HashSet<Arc<str>>, Result<(), Ended>)> + Send + 'a>>;
 
 /// End-to-end check that this connection still receives what is published.
 struct Probe {
@@ -293,7 +300,7 @@ impl Subscriber {
         if let Err(ended) = self.subscribe(&mut sink, &everything).await {
             return ended;
         }
-        let mut subscribed: HashSet<Arc<str>> = everything.into_iter().collect();
+        let subscribed: HashSet<Arc<str>> = everything.into_iter().collect();
         self.slot
             .subscribed
             .store(subscribed.len(), Ordering::Relaxed);
@@ -319,19 +326,32 @@ impl Subscriber {
         let mut run = Run::default();
         let mut clock = tokio::time::interval(self.config.probe_interval);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The sink and the subscribed set, while no reconcile has them.
+        let mut idle = Some((sink, subscribed));
+        // A reconcile under way: its round trips to Redis run beside the loop, so that
+        // messages, the probe and its clock never wait for them, however often rooms change.
+        let mut reconciling: Option<Reconciling<'_>> = None;
         loop {
             // Not `biased`: of the branches that are ready, tokio polls a random one first, so
-            // that neither a flood of messages nor a steady stream of room changes (each
-            // reconcile is a round trip to Redis) can keep the others from their turn.
+            // that a flood of messages cannot keep the others from their turn.
             tokio::select! {
                 () = self.cancel.cancelled() => return Ended::Cancelled,
-                () = self.slot.changed.notified() => {
-                    if let Err(ended) = self.reconcile(&mut sink, &mut subscribed).await {
-                        return ended;
-                    }
-                    // What arrived during the round trip goes out now, not after the next
-                    // change.
-                    if let Err(ended) = self.receive(None, &mut stream, &mut probe, &mut run) {
+                // One reconcile at a time; changes meanwhile leave a permit in `changed`, and
+                // the next reconcile takes them all.
+                () = self.slot.changed.notified(), if reconciling.is_none() => {
+                    let (mut sink, mut subscribed) = idle.take().expect("no reconcile under way");
+                    reconciling = Some(Box::pin(async move {
+                        let result = self.reconcile(&mut sink, &mut subscribed).await;
+                        (sink, subscribed, result)
+                    }));
+                }
+                (sink, subscribed, result) =
+                    async { reconciling.as_mut().expect("checked").await },
+                    if reconciling.is_some() =>
+                {
+                    reconciling = None;
+                    idle = Some((sink, subscribed));
+                    if let Err(ended) = result {
                         return ended;
                     }
                 }
