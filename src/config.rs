@@ -14,8 +14,9 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 2 * 1024;
 /// Default outbound queue bound in messages, per connection.
 pub const DEFAULT_OUTBOUND_MAX_MESSAGES: usize = 1024;
-/// Default outbound queue bound in payload bytes, per connection: 4 MiB. Payloads are shared
-/// between receivers, so this bounds what one slow client can pin, not a copy per client
+/// Default outbound queue bound in bytes of encoded frames (payload and header), per
+/// connection: 4 MiB. Frames are shared between receivers, so this bounds what one slow
+/// client can pin, not a copy per client
 /// (small messages that arrived together share one buffer of at most 16 KiB; under
 /// `DropOldest` a queue can pin one such buffer beyond the bound).
 pub const DEFAULT_OUTBOUND_MAX_BYTES: usize = 4 * 1024 * 1024;

@@ -206,6 +206,62 @@ async fn a_room_limit_holds_while_an_authorizer_is_deciding() {
     assert_eq!(server.hub.room_size("solo"), 1);
 }
 
+/// A request refused because its room is full never holds an instance slot, not even for a
+/// moment: while a crowd knocks on a full room, an instance one connection short of its limit
+/// still admits a request for another room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_full_room_do_not_take_the_place_of_another_rooms() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let hub = Hub::builder()
+        .max_connections(Some(2))
+        .max_room_connections(Some(1))
+        .build();
+    let server = serve_hub(hub).await;
+    let mut occupant = server.connect("full").await;
+    wait_members(&server.hub, "full", 1).await;
+    // Reading, so that the occupant answers pings and stays.
+    let occupant = tokio::spawn(async move { while let Some(Ok(_)) = occupant.next().await {} });
+    let stop = Arc::new(AtomicBool::new(false));
+    let crowd: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            let addr = server.addr;
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // The room is full (or, while the other room's connection is open, the
+                    // instance is).
+                    let response = Upgrade::new("/ws/full").send(addr).await;
+                    assert_eq!(response.status, 503, "{response:?}");
+                }
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for attempt in 0..300 {
+        // The connection ends when the raw socket is dropped, right after the answer is read.
+        let response = Upgrade::new("/ws/free").send(server.addr).await;
+        if response.status != 101 {
+            refused.push((attempt, response.status));
+        }
+        eventually("the free room empty again", || {
+            server.hub.room_size("free") == 0 && server.hub.stats().connections == 1
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for knocker in crowd {
+        knocker.await.unwrap();
+    }
+    occupant.abort();
+    assert_eq!(server.hub.room_size("full"), 1);
+    assert!(
+        refused.is_empty(),
+        "requests for a room with space refused while 1 of 2 connections was in use: \
+         {refused:?}"
+    );
+}
+
 // ----- inbound rate limit ---------------------------------------------------------------------
 
 /// Nothing follows our close frame (RFC 6455 §5.5.1), not even the pong for a ping read just

@@ -1052,3 +1052,28 @@ async fn the_probe_keeps_its_pace_while_rooms_churn() {
         a.hub.broker_status()
     );
 }
+
+/// `messages_published` counts a message where it was published: a client's message sent on A
+/// and delivered on B counts once over both instances (B counts it in the broker's
+/// `received`).
+#[tokio::test]
+async fn a_message_from_another_instance_is_not_counted_as_published_here() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let (mut ca, mut cb) = one_client_each(&a, &b, "lobby").await;
+    send_text(&mut ca, "one message").await;
+    assert_eq!(next_text(&mut cb).await, "one message");
+    let (sa, sb) = (a.hub.stats(), b.hub.stats());
+    assert_eq!(
+        (sa.messages_received, sa.messages_published),
+        (1, 1),
+        "{sa:?}"
+    );
+    assert_eq!(
+        (sb.messages_received, sb.messages_published),
+        (0, 0),
+        "{sb:?}"
+    );
+    assert_eq!(sb.deliveries, 1, "{sb:?}");
+    assert_eq!(b.hub.broker_status().received, 1);
+}

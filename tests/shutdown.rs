@@ -241,3 +241,71 @@ async fn shutdown_does_not_return_before_an_upgrade_it_raced_with_is_closed() {
     );
     assert_eq!(at_return.connections, 0, "{at_return:?}");
 }
+
+/// Once `shutdown` has returned, nothing connects and no hook runs: an upgrade the hub had
+/// accepted (its `101` given to the server) but whose socket had not come yet when the grace
+/// period ran out is abandoned, not served later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_connection_opens_and_no_hook_runs_after_shutdown_returned() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use axum::extract::Request;
+    use axum::middleware::{self, Next};
+
+    let connects = Arc::new(AtomicUsize::new(0));
+    let hub = Hub::builder()
+        .shutdown_grace(Duration::from_millis(300))
+        .on_connect({
+            let connects = Arc::clone(&connects);
+            move |_| {
+                connects.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build();
+    // A middleware in front of the layer that takes its time after the hub answered (a slow
+    // access log, say): the `101` goes out 1.5 s later.
+    let answered = Arc::new(AtomicBool::new(false));
+    let slow_after_answer = {
+        let answered = Arc::clone(&answered);
+        move |request: Request, next: Next| {
+            let answered = Arc::clone(&answered);
+            async move {
+                let response = next.run(request).await;
+                answered.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                response
+            }
+        }
+    };
+    let app = Router::new()
+        .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
+        .layer(middleware::from_fn(slow_after_answer));
+    let server = serve_router_forever(app, hub.clone()).await;
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, &Upgrade::new("/ws/slow").to_bytes())
+        .await
+        .unwrap();
+    eventually("the hub accepted the upgrade", || {
+        answered.load(Ordering::SeqCst)
+    })
+    .await;
+
+    tokio::time::timeout(PROMPTLY, hub.shutdown())
+        .await
+        .expect("shutdown returned");
+    let at_return = hub.stats();
+    // The middleware lets the `101` out and the server hands the socket over.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let now = hub.stats();
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        0,
+        "on_connect ran after shutdown returned"
+    );
+    assert_eq!(
+        now.connections_opened, at_return.connections_opened,
+        "a connection opened after shutdown returned: at return {at_return:?}, now {now:?}"
+    );
+    drop(slow);
+}

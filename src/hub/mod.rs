@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, BrokerConfig, BrokerConnectError, BrokerStatus};
@@ -72,6 +73,9 @@ pub(crate) struct HubInner {
     room_reserved: Mutex<HashMap<Arc<str>, usize>>,
     shutting_down: AtomicBool,
     shutdown_started: tokio::sync::Notify,
+    /// Cancelled when the shutdown grace period is over: upgrades still waiting for their
+    /// socket give up, and anything that joins from then on is aborted at once.
+    grace_over: CancellationToken,
     tasks: TaskTracker,
     drop_log: LogThrottle,
     upgrade_failure_log: LogThrottle,
@@ -195,6 +199,7 @@ impl Hub {
                 ?grace,
                 "tower-ws-hub: shutdown grace period over, dropping the connections left"
             );
+            inner.grace_over.cancel();
             inner.close_all(CloseIntent::Abort);
             // Aborted drivers finish at their next poll, which the close request triggers.
             let _ = tokio::time::timeout(Duration::from_secs(1), inner.tasks.wait()).await;
@@ -241,29 +246,37 @@ impl Hub {
         if self.is_shutting_down() {
             return Err(shutting_down());
         }
-        let reserved = inner.reserved.fetch_add(1, Ordering::AcqRel) + 1;
+        // Room first, under its lock, then the instance slot with a compare-and-swap: a
+        // request refused by either limit never holds a place, not even for a moment.
+        let mut rooms = inner
+            .config
+            .max_room_connections
+            .map(|max| (max, lock(&inner.room_reserved)));
+        if let Some((max, rooms)) = &rooms
+            && rooms.get(room).copied().unwrap_or(0) >= *max
+        {
+            return Err(unavailable("room is full", "10"));
+        }
+        let max_connections = inner.config.max_connections;
+        if inner
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                max_connections.is_none_or(|max| n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(unavailable("server is at its connection limit", "10"));
+        }
         let mut reservation = Reservation {
             hub: self.clone(),
             room: None,
         };
-        if inner
-            .config
-            .max_connections
-            .is_some_and(|max| reserved > max)
-        {
-            return Err(unavailable("server is at its connection limit", "10"));
-        }
-        if let Some(max) = inner.config.max_room_connections {
-            // Counted like the instance limit, from the accepted handshake: upgrades still in
-            // flight (an authorizer deciding, a `101` on its way) hold their place too.
-            let mut rooms = lock(&inner.room_reserved);
-            if rooms.get(room).copied().unwrap_or(0) >= max {
-                return Err(unavailable("room is full", "10"));
-            }
+        if let Some((_, rooms)) = &mut rooms {
             let room: Arc<str> = Arc::from(room);
             *rooms.entry(Arc::clone(&room)).or_insert(0) += 1;
             reservation.room = Some(room);
         }
+        drop(rooms);
         Ok(reservation)
     }
 
@@ -301,7 +314,19 @@ impl Hub {
         let upgrade_timeout = self.inner.config.upgrade_timeout;
         self.inner.tasks.spawn(async move {
             let _reservation = reservation;
-            match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
+            let upgraded = tokio::select! {
+                biased;
+                // A shutdown that is over does not wait for sockets still to come: nothing may
+                // connect (or run a hook) after `shutdown` returned.
+                () = hub.inner.grace_over.cancelled() => {
+                    Counters::incr(&hub.inner.counters.handshakes_rejected);
+                    tracing::debug!(id = %context.id(),
+                        "tower-ws-hub: upgrade abandoned, the shutdown grace period is over");
+                    return;
+                }
+                upgraded = tokio::time::timeout(upgrade_timeout, on_upgrade) => upgraded,
+            };
+            match upgraded {
                 Ok(Ok(upgraded)) => connection::serve_upgraded(hub, context, upgraded).await,
                 Ok(Err(error)) => hub.inner.upgrade_failed(context.id(), &error),
                 Err(_) => {
@@ -339,8 +364,11 @@ impl Hub {
             },
         );
         Counters::incr(&inner.counters.connections_opened);
-        // Joined after shutdown began (the upgrade was in flight): close like everyone else.
-        if self.is_shutting_down() {
+        // Joined after shutdown began (the upgrade was in flight): close like everyone else,
+        // or at once if the grace period is already over.
+        if inner.grace_over.is_cancelled() {
+            queue.close(CloseIntent::Abort);
+        } else if self.is_shutting_down() {
             queue.close(CloseIntent::Shutdown);
         }
         Membership {
@@ -451,8 +479,10 @@ impl HubInner {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn deliver_from_broker(&self, room: &str, runs: &[Frames]) {
         if let Some(room) = self.registry.get(room) {
-            let messages = runs.iter().map(Frames::count).sum();
-            self.fan_out(&room, messages, || runs, None);
+            // Counted as published where it was published (and in the broker's `received`
+            // here), not once more per instance it reaches.
+            let result = room.fan_out(|| runs, None);
+            self.record_pushes(room.name(), result);
         }
     }
 
@@ -1020,6 +1050,7 @@ impl HubBuilder {
                 reserved: AtomicUsize::new(0),
                 room_reserved: Mutex::default(),
                 shutting_down: AtomicBool::new(false),
+                grace_over: CancellationToken::new(),
                 shutdown_started: tokio::sync::Notify::new(),
                 tasks: TaskTracker::new(),
                 drop_log: LogThrottle::per_second(),

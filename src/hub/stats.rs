@@ -49,11 +49,16 @@ pub struct HubStats {
     pub connections_opened: u64,
     /// Connections closed since start.
     pub connections_closed: u64,
-    /// Upgrade requests refused (bad handshake, shutting down, unsupported server).
+    /// Upgrade requests refused (bad handshake, limits, shutting down, unsupported server),
+    /// and accepted ones whose socket never came (upgrade timeout, or the shutdown grace
+    /// period over first).
     pub handshakes_rejected: u64,
     /// Data messages received from clients.
     pub messages_received: u64,
-    /// Messages published to rooms (by clients and by the application).
+    /// Messages published to rooms on this instance (by its clients and by
+    /// [`Hub::publish`](crate::Hub::publish)). Messages from other instances are not counted
+    /// again here (see [`BrokerStatus::received`](crate::BrokerStatus::received)), so the sum
+    /// over instances counts each message once.
     pub messages_published: u64,
     /// Messages queued for local receivers (one per receiver), replies of the message hook
     /// included.
@@ -84,20 +89,24 @@ pub struct HubStats {
     pub rate_limit_closes: u64,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: u64,
-    /// Hook calls that panicked (each closes its connection with 1011; `on_disconnect` still
-    /// runs).
+    /// Hook calls that panicked: an `on_connect` or `on_message` panic closes its connection
+    /// with 1011 (`on_disconnect` still runs); an `on_disconnect` panic is counted and logged,
+    /// the connection being closed already.
     pub hook_panics: u64,
 }
 
 impl Counters {
-    /// Connections open now: opened minus closed.
+    /// Connections open now: opened minus closed. `closed` is read first: a connection that
+    /// opens and closes between the two reads then counts as open for this one reading,
+    /// instead of making the figure too low (or 0).
     pub(crate) fn open_connections(&self) -> u64 {
-        get(&self.connections_opened).saturating_sub(get(&self.connections_closed))
+        let closed = get(&self.connections_closed);
+        get(&self.connections_opened).saturating_sub(closed)
     }
 
     pub(crate) fn snapshot(&self, rooms: usize) -> HubStats {
-        let opened = get(&self.connections_opened);
         let closed = get(&self.connections_closed);
+        let opened = get(&self.connections_opened);
         HubStats {
             connections: opened.saturating_sub(closed),
             rooms,

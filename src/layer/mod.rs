@@ -275,11 +275,12 @@ impl Shared {
         let (mut parts, _body) = request.into_parts();
         self.origin.check(&parts)?;
         let protocol = self.protocols.select(&parts.headers)?;
-        let reservation = self.hub.reserve(&room)?;
+        // Before the reservation: a request refused for any reason never holds a place.
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
             .ok_or_else(no_upgrade_support)?;
+        let reservation = self.hub.reserve(&room)?;
         let remote_addr = self.remote_addr(&parts);
         Ok(PendingConnection {
             parts,
