@@ -383,8 +383,8 @@ impl Subscriber {
                     }
                 }
                 _ = clock.tick() => {
-                    // A probe's answer may be waiting behind other messages (after a long
-                    // reconcile, say): read what has arrived before looking at the deadline.
+                    // A probe's answer may be waiting behind other messages (the loop was
+                    // busy): read what has arrived before looking at the deadline.
                     if let Err(ended) = self.receive(None, &mut stream, &mut probe, &mut run) {
                         return ended;
                     }
