@@ -178,8 +178,8 @@ impl Hub {
     /// closes with code 1001 ("going away"). Waits up to the
     /// [shutdown grace period](HubBuilder::shutdown_grace) for connections to finish, then drops
     /// the ones left, and abandons upgrades it had accepted whose socket the server has not
-    /// handed over yet: once this returns, no connection opens and no `on_connect` runs. Calling it
-    /// again (or concurrently) waits for the same shutdown.
+    /// handed over yet: once this returns, no connection opens and no `on_connect` runs.
+    /// Calling it again (or concurrently) waits for the same shutdown.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if !inner.shutting_down.swap(true, Ordering::AcqRel) {
