@@ -458,9 +458,10 @@ impl HubInner {
                         max_bytes = self.config.outbound_max_bytes,
                         similar_events_suppressed = suppressed,
                         total_dropped,
-                        "tower-ws-hub: dropped a message larger than the outbound queue's byte \
-                         bound for every receiver; raise HubBuilder::outbound_queue's max_bytes \
-                         above the largest message (plus 10 bytes of frame header)"
+                        "tower-ws-hub: dropped messages larger than the outbound queue's byte \
+                         bound (raise HubBuilder::outbound_queue's max_bytes above the largest \
+                         message plus 10 bytes of frame header); any other drops or \
+                         disconnections here are slow consumers"
                     );
                 } else {
                     tracing::warn!(
@@ -606,7 +607,7 @@ impl Drop for Membership {
         inner
             .registry
             .leave(&self.room, self.id, |name| inner.broker.room_left(name));
-        Counters::incr(&inner.counters.connections_closed);
+        inner.counters.connection_closed();
     }
 }
 

@@ -29,6 +29,13 @@ impl Counters {
     pub(crate) fn incr(counter: &AtomicU64) {
         Self::add(counter, 1);
     }
+
+    /// Counts a connection closed. Release, paired with the Acquire in
+    /// [`open_connections`](Self::open_connections) and `snapshot`: whoever sees this close
+    /// also sees its connection's open, which happened before it in the connection's task.
+    pub(crate) fn connection_closed(&self) {
+        self.connections_closed.fetch_add(1, Ordering::Release);
+    }
 }
 
 fn get(counter: &AtomicU64) -> u64 {
@@ -56,9 +63,10 @@ pub struct HubStats {
     /// Data messages received from clients.
     pub messages_received: u64,
     /// Messages published to rooms on this instance (by its clients and by
-    /// [`Hub::publish`](crate::Hub::publish)). Messages from other instances are not counted
-    /// again here (see [`BrokerStatus::received`](crate::BrokerStatus::received)), so the sum
-    /// over instances counts each message once.
+    /// [`Hub::publish`](crate::Hub::publish)). Messages from other instances, and from a
+    /// Redis `Emitter`, are counted in
+    /// [`BrokerStatus::received`](crate::BrokerStatus::received) instead, so the sum over
+    /// instances counts each message a hub published once.
     pub messages_published: u64,
     /// Messages queued for local receivers (one per receiver), replies of the message hook
     /// included.
@@ -96,16 +104,17 @@ pub struct HubStats {
 }
 
 impl Counters {
-    /// Connections open now: opened minus closed. `closed` is read first: a connection that
-    /// opens and closes between the two reads then counts as open for this one reading,
-    /// instead of making the figure too low (or 0).
+    /// Connections open now: opened minus closed. `closed` is read first (Acquire, see
+    /// [`connection_closed`](Self::connection_closed)): a connection that opens and closes
+    /// between the two reads then counts as open for this one reading, instead of making the
+    /// figure too low (or 0).
     pub(crate) fn open_connections(&self) -> u64 {
-        let closed = get(&self.connections_closed);
+        let closed = self.connections_closed.load(Ordering::Acquire);
         get(&self.connections_opened).saturating_sub(closed)
     }
 
     pub(crate) fn snapshot(&self, rooms: usize) -> HubStats {
-        let closed = get(&self.connections_closed);
+        let closed = self.connections_closed.load(Ordering::Acquire);
         let opened = get(&self.connections_opened);
         HubStats {
             connections: opened.saturating_sub(closed),
