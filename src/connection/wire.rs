@@ -35,6 +35,11 @@ impl Chunk {
     }
 }
 
+/// A control frame's length, for `Wire::control_bytes` (saturating; control frames are tiny).
+fn len32(frame: &Bytes) -> u32 {
+    u32::try_from(frame.len()).unwrap_or(u32::MAX)
+}
+
 /// `true` if `frame` is exactly one unmasked, final pong frame.
 fn is_pong(frame: &[u8]) -> bool {
     const FIN_PONG: u8 = 0x80 | 0xA;
@@ -55,7 +60,10 @@ pub(crate) struct Wire {
     /// How much of the front chunk is already written.
     front_written: usize,
     /// Bytes of control frames waiting (not counted against any queue bound, so watched here).
-    control_bytes: usize,
+    /// A `u32`, so that it shares a word with `unflushed`: the wire is part of every idle
+    /// connection, and control frames are small (at most 129 bytes) and few (see
+    /// `push_control`).
+    control_bytes: u32,
     /// Something was written since the socket was last flushed. A TCP socket sends at once,
     /// but a TLS stream (or any transport that buffers) may keep what it accepted until
     /// flushed, and nothing else would ever send it.
@@ -97,12 +105,15 @@ impl Wire {
                 .rev()
                 .find(|chunk| !chunk.is_data() && is_pong(&chunk.bytes))
             {
-                self.control_bytes = self.control_bytes - waiting.bytes.len() + frame.len();
+                self.control_bytes = self
+                    .control_bytes
+                    .saturating_sub(len32(&waiting.bytes))
+                    .saturating_add(len32(&frame));
                 waiting.bytes = frame;
                 return;
             }
         }
-        self.control_bytes += frame.len();
+        self.control_bytes = self.control_bytes.saturating_add(len32(&frame));
         self.chunks.push_back(Chunk {
             bytes: frame,
             frames: 0,
@@ -111,7 +122,7 @@ impl Wire {
 
     /// Bytes of control frames waiting to be written.
     pub(crate) fn control_bytes(&self) -> usize {
-        self.control_bytes
+        usize::try_from(self.control_bytes).unwrap_or(usize::MAX)
     }
 
     /// For the front chunk when it is a half-written run: the end of the last frame it has
@@ -264,7 +275,7 @@ impl Wire {
                 written.frames += done.frames;
                 written.bytes += done.bytes.len();
             } else {
-                self.control_bytes -= done.bytes.len();
+                self.control_bytes = self.control_bytes.saturating_sub(len32(&done.bytes));
             }
         }
     }
