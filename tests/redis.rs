@@ -826,6 +826,46 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// Rooms on `server` that keep gaining their first member and losing their last: 12 loops,
+/// each joining a fresh room, staying 40 ms and leaving (about 250 room changes a second).
+struct Churn {
+    stop: Arc<AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Churn {
+    fn start(server: &Server) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = (0..12)
+            .map(|n| {
+                let base = server.ws_url("churn");
+                let stop = Arc::clone(&stop);
+                tokio::spawn(async move {
+                    let mut rooms = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let client = connect(&format!("{base}-{n}-{rooms}")).await;
+                        tokio::time::sleep(Duration::from_millis(40)).await;
+                        close_client(client).await;
+                        rooms += 1;
+                    }
+                    rooms
+                })
+            })
+            .collect();
+        Self { stop, loops }
+    }
+
+    /// Stops the loops; the number of rooms they made.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut rooms = 0;
+        for task in self.loops {
+            rooms += task.await.unwrap();
+        }
+        rooms
+    }
+}
+
 /// Rooms that keep gaining their first member and losing their last (per-user rooms during a
 /// reconnect storm) keep the subscriber connection busy with SUBSCRIBE and UNSUBSCRIBE round
 /// trips. Messages from other instances must still reach local members promptly, and the
@@ -848,24 +888,7 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
     send_text(&mut cb, "before").await;
     assert_eq!(next_text(&mut ca).await, "before");
 
-    // 12 loops on A, each joining a fresh room, staying 40 ms, leaving: ~250 changes a second.
-    let stop = Arc::new(AtomicBool::new(false));
-    let churners: Vec<_> = (0..12)
-        .map(|n| {
-            let base = a.ws_url("churn");
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut rooms = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let client = connect(&format!("{base}-{n}-{rooms}")).await;
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                    close_client(client).await;
-                    rooms += 1;
-                }
-                rooms
-            })
-        })
-        .collect();
+    let churn = Churn::start(&a);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Each message must arrive (without the fix, none did while the churn lasted), and the
@@ -886,11 +909,7 @@ async fn room_churn_does_not_keep_a_subscriber_connection_from_reading() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         probe_ages.push(a.hub.broker_status().last_probe_age);
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut changes = 0;
-    for churner in churners {
-        changes += churner.await.unwrap();
-    }
+    let changes = churn.stop().await;
     let status = a.hub.broker_status();
     assert!(changes > 50, "the churn made only {changes} rooms");
     assert!(
@@ -1018,22 +1037,7 @@ async fn the_probe_keeps_its_pace_while_rooms_churn() {
     let interval = Duration::from_millis(200);
     let config_a = subscribing_through(&redis, &proxy.url(), interval, Duration::from_secs(5));
     let a = instance(Hub::builder(), config_a).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let churners: Vec<_> = (0..12)
-        .map(|n| {
-            let base = a.ws_url("churn");
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut rooms = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let client = connect(&format!("{base}-{n}-{rooms}")).await;
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                    close_client(client).await;
-                    rooms += 1;
-                }
-            })
-        })
-        .collect();
+    let churn = Churn::start(&a);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut worst = Duration::ZERO;
     for _ in 0..40 {
@@ -1042,10 +1046,7 @@ async fn the_probe_keeps_its_pace_while_rooms_churn() {
             worst = worst.max(age);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for churner in churners {
-        churner.await.unwrap();
-    }
+    churn.stop().await;
     assert!(
         worst < 5 * interval,
         "probe interval {interval:?}, yet its last success was {worst:?} old at worst: {:?}",
