@@ -248,8 +248,10 @@ impl Hub {
         if self.is_shutting_down() {
             return Err(shutting_down());
         }
-        // Room first, under its lock, then the instance slot with a compare-and-swap: a
-        // request refused by either limit never holds a place, not even for a moment.
+        // Both limits count from the accepted handshake: upgrades still in flight (an
+        // authorizer deciding, a `101` on its way) hold their place too. Room first, under its
+        // lock, then the instance place with a compare-and-swap: a request refused by either
+        // limit never holds a place, not even for a moment.
         let mut rooms = inner
             .config
             .max_room_connections
@@ -319,7 +321,7 @@ impl Hub {
             let upgraded = tokio::select! {
                 biased;
                 // A shutdown that is over does not wait for sockets still to come: nothing may
-                // connect (or run a hook) after `shutdown` returned.
+                // connect (or run `on_connect`) after `shutdown` returned.
                 () = hub.inner.grace_over.cancelled() => {
                     Counters::incr(&hub.inner.counters.handshakes_rejected);
                     tracing::debug!(id = %context.id(),
