@@ -173,12 +173,15 @@ loadgen_args() {
             echo pubsub "${urls[@]}" --subscribers 1000 --publishers 1 --rate 100 --duration 10 \
                 --size 64 --publish-via first --server-stats ;;
         idle)
-            echo idle "${urls[@]}" --connections 10000 --rooms 100 --settle 2 ;;
+            # Browser handshakes: what a server keeps of the request per connection counts.
+            echo idle "${urls[@]}" --connections 10000 --rooms 100 --settle 2 \
+                --browser-headers ;;
         inbound_rss)
             # Each connection alone in its room sends one 60 000-byte message: what is left
             # of it in the server once it is read.
             echo idle "${urls[@]}" --connections 2000 --rooms 2000 --settle 2 \
-                --send-once 60000 ;;
+                --send-once 60000 \
+                --browser-headers ;;
         broadcast_rss)
             echo pubsub "${urls[@]}" --subscribers 2000 --publishers 1 --messages 1 --size 65536 \
                 --watch-rss 5 ;;

@@ -297,7 +297,7 @@ async fn connect_with_header(url: &str) -> (Client, SocketAddr) {
 #[tokio::test]
 async fn connection_context_exposes_room_headers_and_middleware_extensions() {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let hub = seen_hub(Hub::builder(), &seen);
+    let hub = seen_hub(Hub::builder().keep_request_headers(true), &seen);
     // Authentication-like middleware *outside* the hub layer (added after it) runs first.
     let app = Router::new()
         .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
@@ -319,9 +319,9 @@ async fn connection_context_exposes_room_headers_and_middleware_extensions() {
 }
 
 #[tokio::test]
-async fn keep_request_headers_off_leaves_headers_empty_but_keeps_extensions() {
+async fn by_default_no_headers_are_kept_but_extensions_are() {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let hub = seen_hub(Hub::builder().keep_request_headers(false), &seen);
+    let hub = seen_hub(Hub::builder(), &seen);
     let app = Router::new()
         .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
         .layer(tower::util::MapRequestLayer::new(
@@ -336,6 +336,32 @@ async fn keep_request_headers_off_leaves_headers_empty_but_keeps_extensions() {
     let seen = seen.lock().unwrap()[0].clone();
     assert_eq!(seen.header_count, 0);
     assert_eq!(seen.user, Some(User("bob")));
+}
+
+/// `keep_request_header` keeps the named headers and nothing else; `keep_request_headers(false)`
+/// after it keeps none again.
+#[tokio::test]
+async fn keep_request_header_keeps_only_the_named_ones() {
+    for (builder, expected) in [
+        (
+            Hub::builder().keep_request_header(http::HeaderName::from_static("x-client")),
+            (Some("integration-test"), 1),
+        ),
+        (
+            Hub::builder()
+                .keep_request_header(http::HeaderName::from_static("x-client"))
+                .keep_request_headers(false),
+            (None, 0),
+        ),
+    ] {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let hub = seen_hub(builder, &seen);
+        let server = serve_hub(hub).await;
+        let (_client, _) = connect_with_header(&server.ws_url("named")).await;
+        eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
+        let seen = seen.lock().unwrap()[0].clone();
+        assert_eq!((seen.header.as_deref(), seen.header_count), expected);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -374,7 +400,12 @@ async fn listed_extension_types_are_kept_and_the_others_dropped() {
 #[tokio::test]
 async fn keep_no_extensions_keeps_none() {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let hub = seen_hub(Hub::builder().keep_no_extensions(), &seen);
+    let hub = seen_hub(
+        Hub::builder()
+            .keep_no_extensions()
+            .keep_request_headers(true),
+        &seen,
+    );
     let app = Router::new()
         .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
         .layer(tower::util::MapRequestLayer::new(

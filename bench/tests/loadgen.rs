@@ -395,6 +395,8 @@ async fn run_idle(
         hold: Duration::ZERO,
         send_once,
         room_prefix: "idle".into(),
+        // As run.sh runs it: a browser's handshake (both servers must take its `Origin`).
+        browser_headers: true,
         label: format!("{} idle", server.name),
     };
     let report = idle::run(opts)

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{Extensions, HeaderMap, HeaderValue, Version, request::Parts};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Version, request::Parts};
 
 /// Identifies one connection for the lifetime of its hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,20 +36,23 @@ pub(crate) fn copy_extension<T: Clone + Send + Sync + 'static>(
 }
 
 /// What a connection keeps of its upgrade request's head, for hooks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Retention {
-    pub(crate) headers: bool,
+    pub(crate) headers: HeaderRetention,
     /// `None`: every extension; `Some`: only the listed types.
     pub(crate) extensions: Option<Vec<ExtensionCopier>>,
 }
 
-impl Default for Retention {
-    fn default() -> Self {
-        Self {
-            headers: true,
-            extensions: None,
-        }
-    }
+/// Which request headers a connection keeps.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum HeaderRetention {
+    /// None (the default: a browser's headers cost several KiB per connection).
+    #[default]
+    None,
+    /// Every one.
+    All,
+    /// Only these (every value of each).
+    Only(Vec<HeaderName>),
 }
 
 /// A header value in its own allocation. hyper parses header values as slices of its
@@ -84,10 +87,22 @@ fn compact_extensions(extensions: &mut Extensions) {
     let _ = extensions;
 }
 
-fn compact(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(headers.len());
+fn compact(headers: &HeaderMap, keep: &HeaderRetention) -> HeaderMap {
+    let wanted = |name: &HeaderName| match keep {
+        HeaderRetention::None => false,
+        HeaderRetention::All => true,
+        HeaderRetention::Only(names) => names.contains(name),
+    };
+    let count = headers.keys().filter(|name| wanted(name)).count();
+    if count == 0 {
+        // No allocation at all.
+        return HeaderMap::new();
+    }
+    let mut kept = HeaderMap::with_capacity(count);
     for (name, value) in headers {
-        kept.append(name.clone(), compact_value(value));
+        if wanted(name) {
+            kept.append(name.clone(), compact_value(value));
+        }
     }
     kept
 }
@@ -137,11 +152,7 @@ impl ConnectionContext {
         Self {
             id,
             room,
-            headers: if keep.headers {
-                compact(&headers)
-            } else {
-                HeaderMap::new()
-            },
+            headers: compact(&headers, &keep.headers),
             extensions,
             protocol: protocol.map(|p| compact_value(&p)),
             remote_addr,
@@ -160,8 +171,10 @@ impl ConnectionContext {
         &self.room
     }
 
-    /// The upgrade request's headers (empty when
-    /// [`HubBuilder::keep_request_headers`](crate::HubBuilder::keep_request_headers) is off).
+    /// The upgrade request's headers that the hub was told to keep: none by default, all of
+    /// them with [`HubBuilder::keep_request_headers`](crate::HubBuilder::keep_request_headers),
+    /// the named ones with
+    /// [`HubBuilder::keep_request_header`](crate::HubBuilder::keep_request_header).
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

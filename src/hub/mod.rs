@@ -956,12 +956,52 @@ impl HubBuilder {
         self
     }
 
-    /// Whether each connection keeps its upgrade request's headers for hooks
-    /// ([`ConnectionContext::headers`]), copied into their own allocation. Turn off to save
-    /// memory per connection (about 1 KiB for a browser's headers) when no hook reads them.
-    /// Default: `true`.
+    /// Whether each connection keeps all of its upgrade request's headers for hooks
+    /// ([`ConnectionContext::headers`]), copied into their own allocation. Default: `false`
+    /// (none kept; [`keep_request_header`](Self::keep_request_header) keeps named ones).
+    ///
+    /// They live as long as the connection: measured (BENCHMARKS.md, `idle`), a Chrome
+    /// handshake's headers (a dozen, about 700 bytes with a session cookie) take 3.3 KiB per
+    /// connection, an idle connection 8.3 KiB instead of 5.0. Authentication belongs in the
+    /// middleware in front of the layer, whose results reach hooks as request extensions.
     pub fn keep_request_headers(mut self, keep: bool) -> Self {
-        self.config.retention.headers = keep;
+        self.config.retention.headers = if keep {
+            context::HeaderRetention::All
+        } else {
+            context::HeaderRetention::None
+        };
+        self
+    }
+
+    /// Keeps this request header (every value of it) for hooks
+    /// ([`ConnectionContext::headers`]); call once per header. Only the named headers are
+    /// kept, at the cost of their own size. Default: none kept.
+    ///
+    /// ```
+    /// use tower_ws_hub::Hub;
+    ///
+    /// let hub = Hub::builder()
+    ///     .keep_request_header(http::header::USER_AGENT)
+    ///     .on_connect(|ctx| {
+    ///         let agent = ctx.headers().get(http::header::USER_AGENT);
+    ///         tracing::info!(?agent, "connected");
+    ///     })
+    ///     .build();
+    /// # drop(hub);
+    /// ```
+    pub fn keep_request_header(mut self, name: http::HeaderName) -> Self {
+        let retention = &mut self.config.retention.headers;
+        match retention {
+            context::HeaderRetention::All => {}
+            context::HeaderRetention::Only(names) => {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            context::HeaderRetention::None => {
+                *retention = context::HeaderRetention::Only(vec![name]);
+            }
+        }
         self
     }
 

@@ -155,6 +155,10 @@ struct IdleArgs {
     /// Room name prefix.
     #[arg(long, default_value = "idle")]
     room_prefix: String,
+    /// Handshakes carry a browser's headers (Chrome's, a session cookie, the server's own
+    /// `Origin`: about 600 bytes), so that what a server keeps of them shows in the figure.
+    #[arg(long)]
+    browser_headers: bool,
     /// Free text copied into the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -274,6 +278,7 @@ fn main() -> ExitCode {
                 hold: secs(args.hold),
                 send_once: args.send_once,
                 room_prefix: args.room_prefix,
+                browser_headers: args.browser_headers,
                 label: args.label,
             };
             run_and_print(cli.threads, idle::run(options), idle::Report::human)

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{connect, room_name, room_url};
+use super::{browser_headers, connect, connect_with_headers, room_name, room_url};
 use crate::report::{Figures, round};
 use crate::server_stats::{self, ServerStats};
 
@@ -44,6 +44,9 @@ pub struct Options {
     pub send_once: Option<usize>,
     /// Room names are `{room_prefix}-{index}`.
     pub room_prefix: String,
+    /// Handshakes carry a browser's headers ([`super::browser_headers`]), so that what a
+    /// server keeps of them per connection shows in the figure.
+    pub browser_headers: bool,
     /// Free text copied into the report.
     pub label: String,
 }
@@ -156,9 +159,14 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             Arc::clone(&sent),
         );
         let (mut send_rx, message) = (send_rx.clone(), message.clone());
+        let (headers, browser) = (browser_headers(&url), opts.browser_headers);
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire().await;
-            let client = connect(&url, false).await;
+            let client = match (&headers, browser) {
+                (Ok(headers), true) => connect_with_headers(&url, false, headers).await,
+                (Err(error), true) => Err(error.clone()),
+                (_, false) => connect(&url, false).await,
+            };
             drop(permit);
             match client {
                 Ok(mut client) => {
