@@ -191,6 +191,10 @@ fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected
     assert_eq!(report.duplicated, 0, "{ctx}");
     assert_eq!(report.out_of_order, 0, "{ctx}");
     assert_eq!(report.foreign_messages, 0, "{ctx}");
+    // And the table says so: what was not sent, went to the wrong room or never got ready.
+    for name in ["lost", "unsent", "foreign_messages", "not_ready"] {
+        assert_eq!(figure(&report.figures, name), Some(0.0), "{name}: {ctx}");
+    }
     // One stream per room: a publisher hears no other publisher, and the server does not echo
     // its own messages back.
     if streams == opts.rooms as u64 {

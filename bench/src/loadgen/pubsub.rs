@@ -1145,6 +1145,13 @@ fn figures(report: &Report) -> Figures {
     f.push("lost", report.lost as f64);
     f.push("duplicated", report.duplicated as f64);
     f.push("out_of_order", report.out_of_order as f64);
+    // `lost` counts against what was sent: a publisher cut short (its connection failed)
+    // must show too, as must a message in the wrong room, or a run that never saw every
+    // subscriber ready.
+    let planned = report.publishers as u64 * report.messages_per_publisher;
+    f.push("unsent", planned.saturating_sub(report.sent) as f64);
+    f.push("foreign_messages", report.foreign_messages as f64);
+    f.push("not_ready", f64::from(u8::from(!report.ready)));
     // A run that measured fewer clients than asked for must show in the table.
     f.push(
         "subscribers_missing",
