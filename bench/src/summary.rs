@@ -87,21 +87,29 @@ fn values_of(runs: Option<&BTreeMap<u32, Figures>>, figure: &str) -> BTreeMap<u3
     .unwrap_or_default()
 }
 
-fn cell(values: &BTreeMap<u32, f64>) -> String {
+/// Median and range of `values`, with `(n=…)` when fewer than `reps` runs have the figure (a
+/// failed run's report is set aside by `run.sh`, and some figures only exist in some runs):
+/// a median over fewer runs must not pass for one over all of them.
+fn cell(values: &BTreeMap<u32, f64>, reps: usize) -> String {
     if values.is_empty() {
         return "–".into();
     }
     let mut sorted: Vec<f64> = values.values().copied().collect();
     let mid = median(&mut sorted);
-    if sorted.len() == 1 {
-        return format_value(mid);
+    let mut text = if sorted.len() == 1 {
+        format_value(mid)
+    } else {
+        format!(
+            "{} [{}–{}]",
+            format_value(mid),
+            format_value(sorted[0]),
+            format_value(sorted[sorted.len() - 1])
+        )
+    };
+    if sorted.len() < reps {
+        text += &format!(" (n={})", sorted.len());
     }
-    format!(
-        "{} [{}–{}]",
-        format_value(mid),
-        format_value(sorted[0]),
-        format_value(sorted[sorted.len() - 1])
-    )
+    text
 }
 
 /// The Markdown table for the reports in `dir`, scenarios in `order` first (then the rest
@@ -123,6 +131,12 @@ pub fn table(dir: &Path, order: &[String]) -> Result<String, String> {
     );
     for name in names {
         let runs = &scenarios[name];
+        // Repetitions of this scenario that left a report, for either side.
+        let reps = runs
+            .values()
+            .flat_map(BTreeMap::keys)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let mut figure_names: Vec<String> = Vec::new();
         for figures in runs.values().flat_map(BTreeMap::values) {
             for figure in &figures.0 {
@@ -147,8 +161,8 @@ pub fn table(dir: &Path, order: &[String]) -> Result<String, String> {
                 .collect();
             out += &format!(
                 "| {name} | {figure} | {} | {} | {} |\n",
-                cell(&project),
-                cell(&baseline),
+                cell(&project, reps),
+                cell(&baseline, reps),
                 if ratios.is_empty() {
                     "–".into()
                 } else {
@@ -194,5 +208,25 @@ mod tests {
         let table = table(&dir, &[]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(table.contains("| s | x | 2.50 [2–3] | 3.50 [3–4] | 0.50, 1.00 |"));
+    }
+
+    #[test]
+    fn a_figure_from_fewer_runs_says_how_many() {
+        let dir = std::env::temp_dir().join(format!("summary-n-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |file: &str, value: f64| {
+            let json = format!(r#"{{"figures":[{{"name":"x","value":{value}}}]}}"#);
+            std::fs::write(dir.join(file), json).unwrap();
+        };
+        // The project's second run failed (its report set aside).
+        write("s__project__1.json", 2.0);
+        write("s__baseline__1.json", 4.0);
+        write("s__baseline__2.json", 3.0);
+        let table = table(&dir, &[]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            table.contains("| s | x | 2 (n=1) | 3.50 [3–4] | 0.50 |"),
+            "{table}"
+        );
     }
 }
