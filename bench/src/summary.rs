@@ -193,37 +193,45 @@ mod tests {
         assert_eq!(format_value(0.0), "0");
     }
 
-    #[test]
-    fn the_table_pairs_runs_by_repetition() {
-        let dir = std::env::temp_dir().join(format!("summary-test-{}", std::process::id()));
+    /// The table for reports with one figure `x` each: `(file name, value)`, written to a
+    /// directory of their own (`name`) and removed again.
+    fn table_of(name: &str, reports: &[(&str, f64)]) -> String {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let write = |file: &str, value: f64| {
+        for (file, value) in reports {
             let json = format!(r#"{{"figures":[{{"name":"x","value":{value}}}]}}"#);
             std::fs::write(dir.join(file), json).unwrap();
-        };
-        write("s__project__1.json", 2.0);
-        write("s__baseline__1.json", 4.0);
-        write("s__project__2.json", 3.0);
-        write("s__baseline__2.json", 3.0);
+        }
         let table = table(&dir, &[]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        table
+    }
+
+    #[test]
+    fn the_table_pairs_runs_by_repetition() {
+        let table = table_of(
+            "summary-test",
+            &[
+                ("s__project__1.json", 2.0),
+                ("s__baseline__1.json", 4.0),
+                ("s__project__2.json", 3.0),
+                ("s__baseline__2.json", 3.0),
+            ],
+        );
         assert!(table.contains("| s | x | 2.50 [2–3] | 3.50 [3–4] | 0.50, 1.00 |"));
     }
 
     #[test]
     fn a_figure_from_fewer_runs_says_how_many() {
-        let dir = std::env::temp_dir().join(format!("summary-n-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let write = |file: &str, value: f64| {
-            let json = format!(r#"{{"figures":[{{"name":"x","value":{value}}}]}}"#);
-            std::fs::write(dir.join(file), json).unwrap();
-        };
         // The project's second run failed (its report set aside).
-        write("s__project__1.json", 2.0);
-        write("s__baseline__1.json", 4.0);
-        write("s__baseline__2.json", 3.0);
-        let table = table(&dir, &[]).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let table = table_of(
+            "summary-n-test",
+            &[
+                ("s__project__1.json", 2.0),
+                ("s__baseline__1.json", 4.0),
+                ("s__baseline__2.json", 3.0),
+            ],
+        );
         assert!(
             table.contains("| s | x | 2 (n=1) | 3.50 [3–4] | 0.50 |"),
             "{table}"

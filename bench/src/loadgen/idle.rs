@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{browser_headers, connect, connect_with_headers, room_name, room_url};
+use super::{browser_headers, connect_with_headers, room_name, room_url};
 use crate::report::{Figures, round};
 use crate::server_stats::{self, ServerStats};
 
@@ -131,7 +131,8 @@ impl Report {
 ///
 /// # Errors
 ///
-/// When `/stats` cannot be read or no connection could be opened.
+/// When `/stats` cannot be read, no connection could be opened, or (with `browser_headers`)
+/// a URL is not `ws://`.
 pub async fn run(opts: Options) -> Result<Report, String> {
     if opts.urls.is_empty() {
         return Err("at least one --url is needed".into());
@@ -159,14 +160,14 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             Arc::clone(&sent),
         );
         let (mut send_rx, message) = (send_rx.clone(), message.clone());
-        let (headers, browser) = (browser_headers(&url), opts.browser_headers);
+        let headers = if opts.browser_headers {
+            browser_headers(&url)?
+        } else {
+            Vec::new()
+        };
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire().await;
-            let client = match (&headers, browser) {
-                (Ok(headers), true) => connect_with_headers(&url, false, headers).await,
-                (Err(error), true) => Err(error.clone()),
-                (_, false) => connect(&url, false).await,
-            };
+            let client = connect_with_headers(&url, false, &headers).await;
             drop(permit);
             match client {
                 Ok(mut client) => {
