@@ -72,11 +72,17 @@ fn envelope_by_hand(kind: u8, payload: &[u8]) -> Vec<u8> {
 /// Makes `redis` answer nobody for a second (`DEBUG SLEEP 1`), from 50 ms after this returns;
 /// the task ends with the stall.
 async fn stall_redis_for_a_second(redis: &RedisServer) -> tokio::task::JoinHandle<()> {
+    stall_redis_for(redis, 1).await
+}
+
+/// Makes Redis stop answering anyone for `seconds` (`DEBUG SLEEP`); returns once the stall is
+/// under way, with the task that ends with it.
+async fn stall_redis_for(redis: &RedisServer, seconds: u64) -> tokio::task::JoinHandle<()> {
     let mut plain = redis.connection().await;
     let sleeper = tokio::spawn(async move {
         let _: redis::RedisResult<()> = redis::cmd("DEBUG")
             .arg("SLEEP")
-            .arg(1)
+            .arg(seconds)
             .query_async(&mut plain)
             .await;
     });
@@ -399,6 +405,151 @@ async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_re
     reader.abort();
     assert!(b.hub.broker_status().reconnects >= 1);
     assert_eq!(a.hub.connection_count(), 2, "clients stayed connected");
+}
+
+/// A config whose operations and probes outlast `stall` (so a stall that long is a slow
+/// Redis, not a dead one), with one publisher task and a publish queue of 4.
+fn patient(url: &str, stall: Duration) -> RedisConfig {
+    RedisConfig::from_url(url)
+        .unwrap()
+        .probe(Duration::from_millis(200), stall * 5)
+        .operation_timeout(stall * 5)
+        .publisher_tasks(1)
+        .publish_queue(4)
+}
+
+#[tokio::test]
+async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_gets_everything() {
+    const N: usize = 50;
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    let a = instance(Hub::builder(), patient(&redis.url(), stall)).await;
+    let b = instance(Hub::builder(), patient(&redis.url(), stall)).await;
+    let (mut local, mut remote) = one_client_each(&a, &b, "r").await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+
+    let sleeper = stall_redis_for(&redis, 1).await;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = tokio::spawn({
+        let hub = a.hub.clone();
+        let done = Arc::clone(&done);
+        async move {
+            for i in 0..N {
+                hub.publish_with_backpressure("r", Message::text(i.to_string()))
+                    .await
+                    .unwrap_or_else(|error| panic!("message {i}: {error}"));
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    // Redis is asleep: one pipeline is out, the queue holds 4, the rest wait for room.
+    tokio::time::sleep(stall / 3).await;
+    let early = done.load(Ordering::SeqCst);
+    assert!(
+        early < N,
+        "all {N} publishes returned while Redis slept and the queue holds 4: nothing waited"
+    );
+    // Local delivery did not wait for Redis: what returned is already on its way here.
+    for i in 0..early {
+        assert_eq!(next_text(&mut local).await, i.to_string());
+    }
+    publisher.await.unwrap();
+    sleeper.await.unwrap();
+
+    for i in early..N {
+        assert_eq!(next_text(&mut local).await, i.to_string());
+    }
+    for i in 0..N {
+        assert_eq!(next_text(&mut remote).await, i.to_string(), "on B");
+    }
+    assert_silent(&mut remote, Duration::from_millis(200)).await;
+    let status = a.hub.broker_status();
+    assert_eq!(
+        (status.publish_dropped, status.publish_failures),
+        (0, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn publish_with_backpressure_refuses_what_waits_when_redis_stops_answering() {
+    let redis = RedisServer::start().await;
+    // Redis sleeps 3 s; the publisher gives up on it after 1 s.
+    let config = RedisConfig::from_url(&redis.url())
+        .unwrap()
+        .probe(Duration::from_millis(200), Duration::from_secs(1))
+        .operation_timeout(Duration::from_secs(1))
+        .publisher_tasks(1)
+        .publish_queue(4);
+    let a = instance(Hub::builder(), config).await;
+    let mut local = a.connect("r").await;
+    wait_subscribed(&a.hub, 1).await;
+
+    let sleeper = stall_redis_for(&redis, 3).await;
+    let publish = |i: usize| {
+        let hub = a.hub.clone();
+        tokio::spawn(async move {
+            hub.publish_with_backpressure("r", Message::text(i.to_string()))
+                .await
+        })
+    };
+    // Publish one at a time until one waits: the pipeline sent and the queue are full.
+    let mut accepted = 0;
+    let first_waiter = loop {
+        let mut task = publish(accepted);
+        match tokio::time::timeout(Duration::from_millis(300), &mut task).await {
+            Ok(result) => result.unwrap().expect("room in the queue: accepted"),
+            Err(_) => break task,
+        };
+        accepted += 1;
+        assert!(accepted < 100, "no publish ever waited");
+    };
+    let mut waiters = vec![first_waiter];
+    waiters.extend((1..10).map(|k| publish(accepted + k)));
+
+    // The publisher times out, fails its queue (making room) and goes down: every waiter is
+    // refused rather than accepted into a queue that is failed.
+    for (k, waiter) in waiters.into_iter().enumerate() {
+        let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("waiter {k} still waiting 10 s later"))
+            .unwrap();
+        assert!(
+            matches!(
+                result,
+                Err(PublishError::BrokerUnavailable {
+                    delivered_locally: 1,
+                    ..
+                })
+            ),
+            "waiter {k}: {result:?}"
+        );
+    }
+    // Every message reached the local member, accepted or refused by the broker.
+    let mut got = Vec::new();
+    for _ in 0..accepted + 10 {
+        got.push(next_text(&mut local).await.parse::<usize>().unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..accepted + 10).collect::<Vec<_>>());
+    let status = a.hub.broker_status();
+    assert_eq!(status.publish_dropped, 0, "{status:?}");
+    assert!(status.publish_failures >= 10, "{status:?}");
+    sleeper.await.unwrap();
+
+    // Redis is back: so is publishing, without anyone reconnecting.
+    eventually("publishing is back", || {
+        a.hub.broker_status().publisher_connected
+    })
+    .await;
+    assert_eq!(
+        a.hub
+            .publish_with_backpressure("r", Message::text("after"))
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]

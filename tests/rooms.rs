@@ -242,6 +242,36 @@ async fn publish_from_the_application_reaches_every_member_and_counts_them() {
 }
 
 #[tokio::test]
+async fn publish_with_backpressure_without_a_broker_delivers_at_once() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut a = server.connect("news").await;
+    let mut b = server.connect("news").await;
+    wait_members(&server.hub, "news", 2).await;
+
+    for i in 0..100 {
+        let delivered = server
+            .hub
+            .publish_with_backpressure("news", Message::text(i.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(delivered, 2);
+    }
+    for client in [&mut a, &mut b] {
+        for i in 0..100 {
+            assert_eq!(next_text(client).await, i.to_string());
+        }
+    }
+    assert_eq!(
+        server
+            .hub
+            .publish_with_backpressure("empty", Message::text("nobody"))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
 async fn publish_refuses_invalid_room_names() {
     let hub = Hub::builder().build();
     for bad in ["", "a\nb", &"x".repeat(257)] {
@@ -250,7 +280,31 @@ async fn publish_refuses_invalid_room_names() {
             matches!(error, PublishError::InvalidRoom(_)),
             "{bad:?}: {error:?}"
         );
+        let error = hub
+            .publish_with_backpressure(bad, Message::text("x"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, PublishError::InvalidRoom(_)),
+            "{bad:?}: {error:?}"
+        );
     }
+}
+
+#[tokio::test]
+async fn publish_after_shutdown_started_is_refused_either_way() {
+    let hub = Hub::builder().build();
+    hub.shutdown().await;
+    assert_eq!(
+        hub.publish("r", Message::text("x")).await.unwrap_err(),
+        PublishError::ShuttingDown
+    );
+    assert_eq!(
+        hub.publish_with_backpressure("r", Message::text("x"))
+            .await
+            .unwrap_err(),
+        PublishError::ShuttingDown
+    );
 }
 
 #[tokio::test]

@@ -84,6 +84,24 @@ impl Broker {
         }
     }
 
+    /// [`publish`](Self::publish), but waits while the broker's queue is full instead of
+    /// refusing; still refuses at once when the broker is down. Never called from a
+    /// connection's task.
+    pub(crate) async fn publish_waiting(
+        &self,
+        room: &Arc<str>,
+        message: &Message,
+    ) -> Result<(), String> {
+        match self {
+            Self::Local => {
+                let _ = (room, message);
+                Ok(())
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.publish_waiting(room, message).await,
+        }
+    }
+
     /// Stops the broker's tasks (after connections have drained).
     pub(crate) async fn shutdown(&self) {
         match self {

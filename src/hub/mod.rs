@@ -95,8 +95,14 @@ impl Hub {
     /// Publishes a message to every local member of `room` and, with a broker configured, to
     /// the room's members on every other instance.
     ///
-    /// Returns how many local members it was queued for. Local delivery never waits on the
-    /// broker.
+    /// Returns how many local members it was queued for. Never waits: local delivery never
+    /// waits on the broker, and a broker that cannot take the message now (Redis down, or its
+    /// publish queue, `RedisConfig::publish_queue`, full because Redis is slower than you
+    /// publish) refuses it at once, counted in [`BrokerStatus`]. To wait for room in
+    /// the queue instead, use [`publish_with_backpressure`](Self::publish_with_backpressure).
+    ///
+    /// Calling it again after [`PublishError::BrokerUnavailable`] delivers the message to the
+    /// local members a second time.
     ///
     /// # Errors
     ///
@@ -108,11 +114,65 @@ impl Hub {
         room: &str,
         message: impl Into<Message>,
     ) -> Result<usize, PublishError> {
+        let (name, message, delivered_locally) = self.publish_locally(room, message.into())?;
+        self.inner
+            .broker
+            .publish(&name, &message)
+            .map_err(|reason| PublishError::BrokerUnavailable {
+                delivered_locally,
+                reason,
+            })?;
+        Ok(delivered_locally)
+    }
+
+    /// Like [`publish`](Self::publish), but when the broker's publish queue
+    /// (`RedisConfig::publish_queue`) is full (Redis connected but slower than you publish),
+    /// waits for room in it instead of refusing the message: the backpressure a bulk
+    /// publisher (a feed replayed, a queue consumer) needs so that every instance gets every
+    /// message, at the pace Redis takes them.
+    ///
+    /// Local members get the message at once, before any wait, exactly as with `publish`. The
+    /// wait is bounded: the queue empties as Redis takes it, and if Redis stops answering, the
+    /// publisher gives up after its `RedisConfig::operation_timeout`, fails what is queued and
+    /// refuses what waits. While Redis is down it refuses at once, as `publish` does. Waiters
+    /// get their places in the order they came. Without a broker, or with room in the queue,
+    /// it never waits.
+    ///
+    /// If the future is dropped while it waits (a timeout around it, say), the message has
+    /// reached the local members only, and nothing is counted: the caller knows.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish), except that a full queue is not one of them.
+    pub async fn publish_with_backpressure(
+        &self,
+        room: &str,
+        message: impl Into<Message>,
+    ) -> Result<usize, PublishError> {
+        let (name, message, delivered_locally) = self.publish_locally(room, message.into())?;
+        self.inner
+            .broker
+            .publish_waiting(&name, &message)
+            .await
+            .map_err(|reason| PublishError::BrokerUnavailable {
+                delivered_locally,
+                reason,
+            })?;
+        Ok(delivered_locally)
+    }
+
+    /// The local half of a publish: checks, then queues the message for the room's local
+    /// members. Returns the room's name (shared with the registry when it has members), the
+    /// message and how many local members it was queued for.
+    fn publish_locally(
+        &self,
+        room: &str,
+        message: Message,
+    ) -> Result<(Arc<str>, Message, usize), PublishError> {
         validate_room_name(room, self.inner.config.max_room_name_len)?;
         if self.is_shutting_down() {
             return Err(PublishError::ShuttingDown);
         }
-        let message = message.into();
         let local = self.inner.registry.get(room);
         let fan_out = match &local {
             Some(room) => {
@@ -129,14 +189,7 @@ impl Hub {
             None => Arc::from(room),
         };
         let delivered_locally = usize::try_from(fan_out.queued).unwrap_or(usize::MAX);
-        self.inner
-            .broker
-            .publish(&name, &message)
-            .map_err(|reason| PublishError::BrokerUnavailable {
-                delivered_locally,
-                reason,
-            })?;
-        Ok(delivered_locally)
+        Ok((name, message, delivered_locally))
     }
 
     /// Number of local members of `room` (0 for a room nobody joined).

@@ -200,6 +200,11 @@ impl Shared {
     }
 }
 
+/// Why a publish was refused while the publisher task is reconnecting.
+const UNREACHABLE: &str = "Redis is unreachable (reconnecting in the background)";
+/// Why a publish was refused once the broker stopped (the hub shut down).
+const STOPPED: &str = "the Redis broker has stopped";
+
 /// A message waiting for its publisher task.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -396,18 +401,25 @@ impl RedisBroker {
         slot.changed.notify_one();
     }
 
+    fn publisher(&self, room: &str) -> &PublisherHandle {
+        &self.publishers[slot_of(room, self.publishers.len())]
+    }
+
+    /// Counts a publish the broker could not take and says why.
+    fn refused(counter: &AtomicU64, why: &'static str) -> String {
+        counter.fetch_add(1, Ordering::Relaxed);
+        why.to_owned()
+    }
+
+    fn refused_down(&self) -> String {
+        Self::refused(&self.shared.publish_failures, UNREACHABLE)
+    }
+
     pub(crate) fn publish(&self, room: &Arc<str>, message: &Message) -> Result<(), String> {
-        let publisher = &self.publishers[slot_of(room, self.publishers.len())];
+        let publisher = self.publisher(room);
         let shared = &self.shared;
-        let refused = |counter: &AtomicU64, why: &'static str| {
-            counter.fetch_add(1, Ordering::Relaxed);
-            why.to_owned()
-        };
         if publisher.state.get() == PublisherState::DOWN {
-            return Err(refused(
-                &shared.publish_failures,
-                "Redis is unreachable (reconnecting in the background)",
-            ));
+            return Err(self.refused_down());
         }
         match publisher.queue.try_send(Outgoing {
             room: Arc::clone(room),
@@ -424,16 +436,43 @@ impl RedisBroker {
                          delivered locally only"
                     );
                 }
-                Err(refused(
+                Err(Self::refused(
                     &shared.publish_dropped,
                     "the Redis publish queue is full (Redis is too slow)",
                 ))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(refused(
-                &shared.publish_failures,
-                "the Redis broker has stopped",
-            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Self::refused(&shared.publish_failures, STOPPED))
+            }
         }
+    }
+
+    /// [`publish`](Self::publish), except that a full queue is waited on instead of refused.
+    /// The wait is bounded by the publisher task: it empties the queue by publishing it, or,
+    /// once an operation fails or times out (`operation_timeout`), by failing it, and a waiter
+    /// that gets its place while Redis is down is refused as `publish` would refuse it.
+    pub(crate) async fn publish_waiting(
+        &self,
+        room: &Arc<str>,
+        message: &Message,
+    ) -> Result<(), String> {
+        let publisher = self.publisher(room);
+        if publisher.state.get() == PublisherState::DOWN {
+            return Err(self.refused_down());
+        }
+        let Ok(permit) = publisher.queue.reserve().await else {
+            return Err(Self::refused(&self.shared.publish_failures, STOPPED));
+        };
+        if publisher.state.get() == PublisherState::DOWN {
+            // Our place was freed by the publisher failing its queue: Redis went down while we
+            // waited.
+            return Err(self.refused_down());
+        }
+        permit.send(Outgoing {
+            room: Arc::clone(room),
+            message: message.clone(),
+        });
+        Ok(())
     }
 
     /// Stops the tasks: publishers send what is queued (one attempt each), subscribers close.
