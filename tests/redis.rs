@@ -418,6 +418,25 @@ fn patient(url: &str, stall: Duration) -> RedisConfig {
         .publish_queue(4)
 }
 
+/// Like [`stall_redis_for`], but returns only once Redis is seen not answering (a PING on
+/// another connection gets no reply within 20 ms).
+async fn stall_redis_confirmed(redis: &RedisServer, seconds: u64) -> tokio::task::JoinHandle<()> {
+    let mut probe = redis.connection().await;
+    let sleeper = stall_redis_for(redis, seconds).await;
+    loop {
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut probe);
+        if tokio::time::timeout(Duration::from_millis(20), ping)
+            .await
+            .is_err()
+        {
+            return sleeper;
+        }
+        assert!(!sleeper.is_finished(), "the stall never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_gets_everything() {
     const N: usize = 50;
@@ -429,7 +448,7 @@ async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_get
     wait_subscribed(&a.hub, 1).await;
     wait_subscribed(&b.hub, 1).await;
 
-    let sleeper = stall_redis_for(&redis, 1).await;
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publisher = tokio::spawn({
         let hub = a.hub.clone();
@@ -443,21 +462,34 @@ async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_get
             }
         }
     });
-    // Redis is asleep: one pipeline is out, the queue holds 4, the rest wait for room.
-    tokio::time::sleep(stall / 3).await;
+    // Redis is asleep: one pipeline is out, the queue holds what waiting publishes may fill,
+    // and the next call waits for room.
+    tokio::time::sleep(stall / 4).await;
     let early = done.load(Ordering::SeqCst);
     assert!(
         early < N,
         "all {N} publishes returned while Redis slept and the queue holds 4: nothing waited"
     );
-    // Local delivery did not wait for Redis: what returned is already on its way here.
-    for i in 0..early {
-        assert_eq!(next_text(&mut local).await, i.to_string());
+    // Local delivery did not wait for Redis: every call that returned, and the one waiting
+    // now (`early`), already delivered here.
+    for i in 0..=early {
+        let text = tokio::time::timeout(stall / 4, next_text(&mut local))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("message {i} (call {early} waiting) not delivered locally during the stall")
+            });
+        assert_eq!(text, i.to_string());
     }
+    assert!(!sleeper.is_finished(), "Redis woke before the check");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        early,
+        "the call was still waiting"
+    );
     publisher.await.unwrap();
     sleeper.await.unwrap();
 
-    for i in early..N {
+    for i in early + 1..N {
         assert_eq!(next_text(&mut local).await, i.to_string());
     }
     for i in 0..N {
@@ -475,18 +507,19 @@ async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_get
 #[tokio::test]
 async fn publish_with_backpressure_refuses_what_waits_when_redis_stops_answering() {
     let redis = RedisServer::start().await;
-    // Redis sleeps 3 s; the publisher gives up on it after 1 s.
+    // Redis sleeps 3 s; the publisher gives up on it after 1.5 s.
     let config = RedisConfig::from_url(&redis.url())
         .unwrap()
         .probe(Duration::from_millis(200), Duration::from_secs(1))
-        .operation_timeout(Duration::from_secs(1))
+        .operation_timeout(Duration::from_millis(1500))
         .publisher_tasks(1)
         .publish_queue(4);
     let a = instance(Hub::builder(), config).await;
     let mut local = a.connect("r").await;
     wait_subscribed(&a.hub, 1).await;
+    let published_before = a.hub.broker_status().published;
 
-    let sleeper = stall_redis_for(&redis, 3).await;
+    let sleeper = stall_redis_confirmed(&redis, 3).await;
     let publish = |i: usize| {
         let hub = a.hub.clone();
         tokio::spawn(async move {
@@ -507,6 +540,11 @@ async fn publish_with_backpressure_refuses_what_waits_when_redis_stops_answering
     };
     let mut waiters = vec![first_waiter];
     waiters.extend((1..10).map(|k| publish(accepted + k)));
+    tokio::task::yield_now().await;
+    assert!(
+        a.hub.broker_status().publisher_connected,
+        "the waiters must start waiting while the publisher is up, or this tests nothing"
+    );
 
     // The publisher times out, fails its queue (making room) and goes down: every waiter is
     // refused rather than accepted into a queue that is failed.
@@ -533,9 +571,18 @@ async fn publish_with_backpressure_refuses_what_waits_when_redis_stops_answering
     }
     got.sort_unstable();
     assert_eq!(got, (0..accepted + 10).collect::<Vec<_>>());
+    // Each counted once: the accepted ones failed with their pipeline or the queue, the
+    // waiters refused.
     let status = a.hub.broker_status();
-    assert_eq!(status.publish_dropped, 0, "{status:?}");
-    assert!(status.publish_failures >= 10, "{status:?}");
+    assert_eq!(
+        (
+            status.published - published_before,
+            status.publish_failures,
+            status.publish_dropped
+        ),
+        (0, accepted as u64 + 10, 0),
+        "{status:?}"
+    );
     sleeper.await.unwrap();
 
     // Redis is back: so is publishing, without anyone reconnecting.
@@ -549,6 +596,230 @@ async fn publish_with_backpressure_refuses_what_waits_when_redis_stops_answering
             .await
             .unwrap(),
         1
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_publisher_waiting_for_room_leaves_room_for_clients_messages() {
+    const CHAT: u32 = 200;
+    let redis = RedisServer::start().await;
+    // Every round trip 5 ms slower: Redis slower than a bulk publisher.
+    let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(5)).await;
+    let slow = RedisConfig::from_url(&proxy.url())
+        .unwrap()
+        .probe(Duration::from_millis(200), Duration::from_secs(5))
+        .publisher_tasks(1)
+        .publish_queue(256);
+    let a = instance(Hub::builder(), slow).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (mut sender, mut receiver) = one_client_each(&a, &b, "chat").await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+
+    // A bulk publisher keeps the queue full ("feed" and "chat" share the one publisher task).
+    let stop = Arc::new(AtomicBool::new(false));
+    let bulk = tokio::spawn({
+        let hub = a.hub.clone();
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                hub.publish_with_backpressure("feed", Message::text("x"))
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            sent
+        }
+    });
+    eventually("the bulk publisher is waiting for room", || {
+        a.hub.broker_status().published > 300
+    })
+    .await;
+    // A client chats meanwhile: its messages go through the same queue, never waiting.
+    for i in 0..CHAT {
+        send_text(&mut sender, &i.to_string()).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for i in 0..CHAT {
+        assert_eq!(next_text(&mut receiver).await, i.to_string(), "on B");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let bulk_sent = bulk.await.unwrap();
+    let status = a.hub.broker_status();
+    assert_eq!(status.publish_dropped, 0, "{status:?}");
+    assert!(
+        bulk_sent > 300,
+        "the bulk publisher made progress: {bulk_sent}"
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_wait_for_room_is_counted_as_dropped() {
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    let a = instance(Hub::builder(), patient(&redis.url(), stall)).await;
+    let mut local = a.connect("r").await;
+    wait_subscribed(&a.hub, 1).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    let mut sent = 0;
+    let gave_up = loop {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            a.hub
+                .publish_with_backpressure("r", Message::text(sent.to_string())),
+        )
+        .await
+        {
+            Ok(result) => {
+                result.unwrap();
+                sent += 1;
+            }
+            Err(_) => break sent,
+        }
+        assert!(sent < 100, "no publish ever waited");
+    };
+    // The one given up on reached the local member, not Redis: counted.
+    for i in 0..=gave_up {
+        assert_eq!(next_text(&mut local).await, i.to_string());
+    }
+    assert_eq!(a.hub.broker_status().publish_dropped, 1);
+    sleeper.await.unwrap();
+    eventually("the rest published", || {
+        a.hub.broker_status().published >= gave_up as u64
+    })
+    .await;
+    let status = a.hub.broker_status();
+    assert_eq!(
+        (status.publish_dropped, status.publish_failures),
+        (1, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_absent_at_start_up_waits_end_and_every_message_is_counted_once() {
+    let redis = RedisServer::unused().await;
+    let config = config(&redis.url())
+        .operation_timeout(Duration::from_secs(1))
+        .publisher_tasks(1)
+        .publish_queue(2);
+    let hub = Hub::builder().redis(config).build();
+    for i in 0..6 {
+        // Accepted while the first connection attempt is under way, then failed with it; or
+        // refused once it failed. Never a wait longer than that attempt.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            hub.publish_with_backpressure("r", Message::text(i.to_string())),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("publish {i} waited 5 s"));
+    }
+    eventually("every message counted", || {
+        let status = hub.broker_status();
+        status.publish_failures + status.publish_dropped + status.published >= 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = hub.broker_status();
+    assert_eq!(
+        (
+            status.published,
+            status.publish_failures,
+            status.publish_dropped
+        ),
+        (0, 6, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_waits_for_room_and_counts_every_message_once() {
+    let redis = RedisServer::start().await;
+    let config = RedisConfig::from_url(&redis.url())
+        .unwrap()
+        .probe(Duration::from_millis(200), Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(1))
+        .publisher_tasks(1)
+        .publish_queue(2);
+    let hub = Hub::builder().redis(config).build();
+    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    let sleeper = stall_redis_confirmed(&redis, 4).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hub.publish_with_backpressure("r", Message::text(i.to_string()))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hub.shutdown().await;
+    for task in tasks {
+        // Queued (`Ok`), then failed with the queue; or refused: either way it ends.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("a wait outlived the shutdown by 5 s")
+            .unwrap();
+    }
+    let status = hub.broker_status();
+    assert_eq!(
+        (
+            status.published,
+            status.publish_failures + status.publish_dropped
+        ),
+        (0, 10),
+        "{status:?}"
+    );
+    drop(sleeper);
+}
+
+#[tokio::test]
+async fn a_waiter_handed_its_place_just_before_shutdown_is_refused_not_lost() {
+    let redis = RedisServer::start().await;
+    let config = RedisConfig::from_url(&redis.url())
+        .unwrap()
+        .probe(Duration::from_millis(200), Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(10))
+        .publisher_tasks(1)
+        .publish_queue(1);
+    let hub = Hub::builder().redis(config).build();
+    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    hub.publish_with_backpressure("r", Message::text("0"))
+        .await
+        .unwrap();
+    // Waits until the publisher takes "0" (and stalls on Redis), then takes the freed place.
+    hub.publish_with_backpressure("r", Message::text("1"))
+        .await
+        .unwrap();
+    let waiter = hub.publish_with_backpressure("r", Message::text("2"));
+    tokio::pin!(waiter);
+    assert!(
+        futures_util::poll!(&mut waiter).is_pending(),
+        "queue full: must wait"
+    );
+    // Redis wakes; "0" then "1" go out; taking "1" hands its place to the (unpolled) waiter,
+    // which is only polled again once the broker has stopped.
+    eventually("0 and 1 published", || hub.broker_status().published == 2).await;
+    sleeper.await.unwrap();
+    hub.shutdown().await;
+    let result = waiter.await;
+    let status = hub.broker_status();
+    assert!(
+        matches!(result, Err(PublishError::BrokerUnavailable { .. })),
+        "{result:?} {status:?}"
+    );
+    assert_eq!(
+        (
+            status.published,
+            status.publish_failures,
+            status.publish_dropped
+        ),
+        (2, 1, 0),
+        "{status:?}"
     );
 }
 

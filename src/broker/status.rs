@@ -29,7 +29,8 @@ pub struct BrokerStatus {
     /// probe: a probe Redis accepted has not been out longer than the probe timeout.
     pub connected: bool,
     /// `false` after a publish to Redis failed, until a reconnect succeeds. While it is `false`,
-    /// [`Hub::publish`](crate::Hub::publish) fails fast with
+    /// [`Hub::publish`](crate::Hub::publish) and
+    /// [`Hub::publish_with_backpressure`](crate::Hub::publish_with_backpressure) fail fast with
     /// [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable).
     pub publisher_connected: bool,
     /// Subscriber connections configured.
@@ -45,11 +46,15 @@ pub struct BrokerStatus {
     /// Messages Redis accepted (PUBLISH replied).
     pub published: u64,
     /// Messages not known to be forwarded because Redis was unreachable or too slow: refused
-    /// at once while the publisher was down, or in a pipeline that failed or timed out. They
-    /// are never retried, so never delivered twice; a pipeline whose reply came too late may
-    /// still have been run by Redis, so some of them may have reached other instances.
+    /// at once while the publisher was down (or, for `publish_with_backpressure`, when it went
+    /// down during the wait), queued and then failed with a pipeline that failed or timed out
+    /// (or with the queue behind it), or refused once the broker stopped at shutdown. They are
+    /// never retried, so never delivered twice; a pipeline whose reply came too late may still
+    /// have been run by Redis, so some of them may have reached other instances.
     pub publish_failures: u64,
-    /// Messages refused because the publish queue was full.
+    /// Messages refused because the publish queue was full (`Hub::publish` and clients'
+    /// messages), and waits for room in it that the caller abandoned (a dropped
+    /// `publish_with_backpressure` future).
     pub publish_dropped: u64,
     /// Valid envelopes received from other instances (or emitters) on the room channels this
     /// instance subscribes to, for their local members (a room whose last member left while

@@ -127,19 +127,26 @@ impl Hub {
 
     /// Like [`publish`](Self::publish), but when the broker's publish queue
     /// (`RedisConfig::publish_queue`) is full (Redis connected but slower than you publish),
-    /// waits for room in it instead of refusing the message: the backpressure a bulk
-    /// publisher (a feed replayed, a queue consumer) needs so that every instance gets every
-    /// message, at the pace Redis takes them.
+    /// waits for room in it instead of refusing the message: the backpressure a bulk publisher
+    /// (a feed replayed, a queue consumer) needs to hand every message to Redis at the pace
+    /// Redis takes them, without a retry loop (retrying a refused `publish` delivers to the
+    /// local members twice).
     ///
-    /// Local members get the message at once, before any wait, exactly as with `publish`. The
-    /// wait is bounded: the queue empties as Redis takes it, and if Redis stops answering, the
-    /// publisher gives up after its `RedisConfig::operation_timeout`, fails what is queued and
-    /// refuses what waits. While Redis is down it refuses at once, as `publish` does. Waiters
-    /// get their places in the order they came. Without a broker, or with room in the queue,
-    /// it never waits.
-    ///
-    /// If the future is dropped while it waits (a timeout around it, say), the message has
-    /// reached the local members only, and nothing is counted: the caller knows.
+    /// - Local members get the message at once, before any wait, exactly as with `publish`.
+    /// - `Ok` means what it means for `publish`: the message is queued for Redis. The same
+    ///   at-most-once rule applies if Redis fails before it takes the queue (counted in
+    ///   `publish_failures`; see the crate's delivery guarantees).
+    /// - Waiting publishes fill at most three quarters of the queue. The rest stays for the
+    ///   publishes that never wait, clients' messages among them, so a bulk publisher that
+    ///   keeps the queue full does not get every client's message refused.
+    /// - The wait lasts as long as Redis takes to work through what is queued ahead, and is
+    ///   bounded per Redis operation: if Redis stops answering, the publisher gives up after
+    ///   `RedisConfig::operation_timeout` (a connection checkout and a pipeline each have that
+    ///   long), fails what is queued and refuses what waits. While Redis is down it refuses
+    ///   at once, as `publish` does. Waiters get their places in the order they came. Without a
+    ///   broker, or with room in the queue, it never waits.
+    /// - If the future is dropped while it waits (a timeout around it, say), the message has
+    ///   reached the local members only; that is counted in `publish_dropped`.
     ///
     /// # Errors
     ///

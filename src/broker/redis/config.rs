@@ -230,9 +230,13 @@ impl RedisConfig {
         self
     }
 
-    /// Messages waiting to be published, per publisher task. When it is full a publish fails
-    /// at once ([`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable),
-    /// counted in `publish_dropped`); local members got the message regardless. Default:
+    /// Messages waiting to be published, per publisher task. When it is full,
+    /// [`Hub::publish`](crate::Hub::publish) and clients' messages fail at once
+    /// ([`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable), counted in
+    /// `publish_dropped`); local members got the message regardless.
+    /// [`Hub::publish_with_backpressure`](crate::Hub::publish_with_backpressure) waits instead,
+    /// once waiting publishes fill three quarters of it (at least one message), so that a bulk
+    /// publisher leaves the last quarter to the publishes that never wait. Default:
     /// [`DEFAULT_PUBLISH_QUEUE`] (4096).
     ///
     /// # Panics

@@ -88,8 +88,9 @@
 //!
 //! # Guarantees, plainly
 //!
-//! - **Per-sender FIFO**: messages one client (or one task calling `Hub::publish`) sends to a
-//!   room arrive at every member, on every instance, in the order sent.
+//! - **Per-sender FIFO**: messages one client (or one task calling `Hub::publish` or
+//!   `Hub::publish_with_backpressure`) sends to a room arrive at every member, on every
+//!   instance, in the order sent.
 //! - **Exactly once while Redis is up**; **at most once across an outage**: a message published
 //!   while Redis is unreachable is delivered locally only (publish reports
 //!   [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable) when it knows;
@@ -121,7 +122,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -210,6 +211,37 @@ const STOPPED: &str = "the Redis broker has stopped";
 pub(crate) struct Outgoing {
     pub(crate) room: Arc<str>,
     pub(crate) message: Message,
+    /// For a message that waited for its place (`publish_waiting`): its share of the queue,
+    /// given back when the message is published or failed (dropped).
+    #[expect(dead_code, reason = "held for its Drop, which gives the share back")]
+    pub(crate) waited: Option<OwnedSemaphorePermit>,
+}
+
+/// How many of a publisher's `publish_queue` places waiting publishes may hold at a time, queued
+/// or in the pipeline being sent: three quarters, at least one. The rest is for publishes that
+/// never wait (the connection tasks' clients), which a bulk publisher keeping the queue full
+/// would otherwise get refused nearly every time.
+fn waiting_share(publish_queue: usize) -> usize {
+    (publish_queue - publish_queue / 4).max(1)
+}
+
+/// Counts a wait for a place in the queue as a dropped publish if the caller gives up on it
+/// (drops the future) before the wait ends: its local members got the message, the other
+/// instances never will.
+struct CountIfAbandoned<'a>(Option<&'a AtomicU64>);
+
+impl CountIfAbandoned<'_> {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CountIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A publisher task's state as the connection tasks see it (to fail fast).
@@ -240,6 +272,8 @@ impl PublisherState {
 #[derive(Debug)]
 struct PublisherHandle {
     queue: mpsc::Sender<Outgoing>,
+    /// The places in `queue` waiting publishes may take ([`waiting_share`]).
+    waiting: Arc<Semaphore>,
     state: Arc<PublisherState>,
 }
 
@@ -347,7 +381,11 @@ impl RedisBroker {
                     config: Arc::clone(&config),
                     cancel: cancel.clone(),
                 }));
-                PublisherHandle { queue, state }
+                PublisherHandle {
+                    queue,
+                    waiting: Arc::new(Semaphore::new(waiting_share(config.publish_queue))),
+                    state,
+                }
             })
             .collect();
 
@@ -424,6 +462,7 @@ impl RedisBroker {
         match publisher.queue.try_send(Outgoing {
             room: Arc::clone(room),
             message: message.clone(),
+            waited: None,
         }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -448,9 +487,13 @@ impl RedisBroker {
     }
 
     /// [`publish`](Self::publish), except that a full queue is waited on instead of refused.
-    /// The wait is bounded by the publisher task: it empties the queue by publishing it, or,
-    /// once an operation fails or times out (`operation_timeout`), by failing it, and a waiter
-    /// that gets its place while Redis is down is refused as `publish` would refuse it.
+    ///
+    /// Waiting publishes fill at most [`waiting_share`] of the queue, so that one that keeps it
+    /// full (a bulk publisher) leaves room for the publishes that never wait. The wait is bounded
+    /// by the publisher task: it empties the queue by publishing it, or, once an operation fails
+    /// or times out (`operation_timeout`), by failing it, and a waiter that gets its place while
+    /// Redis is down is refused as `publish` would refuse it. A wait the caller abandons is
+    /// counted in `publish_dropped`.
     pub(crate) async fn publish_waiting(
         &self,
         room: &Arc<str>,
@@ -460,7 +503,17 @@ impl RedisBroker {
         if publisher.state.get() == PublisherState::DOWN {
             return Err(self.refused_down());
         }
-        let Ok(permit) = publisher.queue.reserve().await else {
+        let abandoned = CountIfAbandoned(Some(&self.shared.publish_dropped));
+        let places = async {
+            // The queue's receiver gives every share back when it goes (a stopped publisher
+            // drops what it held), so neither wait outlives the publisher task.
+            let share = Arc::clone(&publisher.waiting).acquire_owned().await.ok()?;
+            let place = publisher.queue.reserve().await.ok()?;
+            Some((share, place))
+        }
+        .await;
+        abandoned.finished();
+        let Some((share, place)) = places else {
             return Err(Self::refused(&self.shared.publish_failures, STOPPED));
         };
         if publisher.state.get() == PublisherState::DOWN {
@@ -468,9 +521,10 @@ impl RedisBroker {
             // waited.
             return Err(self.refused_down());
         }
-        permit.send(Outgoing {
+        place.send(Outgoing {
             room: Arc::clone(room),
             message: message.clone(),
+            waited: Some(share),
         });
         Ok(())
     }
