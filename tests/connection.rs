@@ -54,6 +54,75 @@ async fn a_message_larger_than_max_message_size_is_closed_with_1009() {
     assert_eq!(server.hub.stats().messages_received, 2);
 }
 
+/// A client still sending a message far over the limit when the server closes must see the
+/// 1009 close frame and a clean end, not a reset: a socket closed with unread data sends an
+/// RST, and a browser then reports 1006 ("abnormal") instead of the code. The server reads
+/// and discards the rest, sends its FIN after the close frame, and ends at the client's.
+#[tokio::test]
+async fn a_client_still_sending_a_message_over_the_limit_gets_1009_and_a_clean_end_not_a_reset() {
+    let server = serve_hub(Hub::builder().max_message_size(1024).build()).await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut big = server.connect("bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+
+    // Far more than the socket buffers hold: the client is still writing when the server
+    // decides, from the frame header, to close.
+    let sent = big.send(WsMessage::binary(vec![7u8; 16 << 20])).await;
+    assert!(sent.is_ok(), "the server reset the connection: {sent:?}");
+    match tokio::time::timeout(PROMPTLY, big.next()).await {
+        Ok(Some(Ok(WsMessage::Close(Some(frame))))) => {
+            assert_eq!(u16::from(frame.code), close_code::MESSAGE_TOO_BIG);
+        }
+        other => panic!("expected a 1009 close frame, got {other:?}"),
+    }
+    // The close handshake completes without a reset.
+    match tokio::time::timeout(PROMPTLY, big.next()).await {
+        Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {}
+        other => panic!("the connection did not end cleanly: {other:?}"),
+    }
+    // The client closes its end; the server, draining, sees it and lets the connection go
+    // (well before `close_timeout`, 5 s, though no test here may depend on that).
+    drop(big);
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_after_a_protocol_error_is_dropped_at_the_close_timeout() {
+    let server = serve_hub(
+        Hub::builder()
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut raw = open_raw(&server, "bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+
+    // An unmasked frame: 1002, and the rest of the stream means nothing. The client never
+    // reads and never closes, but keeps sending: the server drains it for `close_timeout`,
+    // no longer.
+    raw.send_bytes(&encode_frame(true, 0, opcode::TEXT, None, b"x"))
+        .await;
+    let started = tokio::time::Instant::now();
+    while server.hub.stats().connections > 2 && started.elapsed() < Duration::from_secs(5) {
+        if !raw.try_send_bytes(&[0x5a; 1024]).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually("the connection dropped", || {
+        server.hub.stats().connections == 2
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "still connected 5 s after a 300 ms close timeout"
+    );
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
 #[tokio::test]
 async fn a_message_at_the_size_limit_is_delivered() {
     let server = serve_hub(Hub::builder().max_message_size(1024).build()).await;

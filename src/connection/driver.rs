@@ -61,6 +61,9 @@ use crate::message::Message;
 
 /// Frames read per poll before yielding to other tasks.
 const READ_BUDGET: usize = 64;
+
+/// Bytes read at a time (on the stack) while draining what a misbehaving client still sends.
+const DISCARD_CHUNK: usize = 4096;
 /// Control frames (pongs, close) waiting to be written beyond which reading pauses until the
 /// client reads: a client that sends pings and never reads gets TCP back-pressure, not memory.
 const MAX_PENDING_CONTROL: usize = 4 * 1024;
@@ -96,6 +99,22 @@ enum Phase {
     CloseSent,
     /// The peer sent a close frame; tungstenite put our answer on the wire.
     PeerClosed,
+}
+
+/// What is left to read from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Frames, parsed by tungstenite.
+    Frames,
+    /// Bytes that mean nothing any more (the client broke a frame or a limit): read and
+    /// dropped until the client closes its end. A socket closed with unread data sends a reset
+    /// instead of a FIN, which can make the client lose our close frame (a browser then
+    /// reports 1006 rather than the code); so the rest is drained, bounded by `close_timeout`.
+    /// `shut`: our side is shut down (FIN sent after our close frame), so the client knows we
+    /// are done and closes its own.
+    Discarding { shut: bool },
+    /// Nothing more will be read: the close handshake is over, or the client closed its end.
+    Done,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -207,9 +226,8 @@ pub(crate) struct Driver<'a, S> {
     last_data: Instant,
     rate: Option<TokenBucket>,
     phase: Phase,
-    /// Nothing more will be read: the close handshake is over, or the client sent something
-    /// that makes the rest of the stream meaningless.
-    read_done: bool,
+    /// What is left to read.
+    input: Input,
 }
 
 impl<S> std::fmt::Debug for Driver<'_, S> {
@@ -336,7 +354,7 @@ where
                 .inbound_rate
                 .map(|limit| TokenBucket::new(limit, now)),
             phase: Phase::Open,
-            read_done: false,
+            input: Input::Frames,
         }
     }
 
@@ -709,7 +727,12 @@ where
         let read_waker = self.read_waker.clone();
         let mut read_cx = Context::from_waker(&read_waker);
         for _ in 0..READ_BUDGET {
-            if self.read_done || self.wire.control_bytes() > MAX_PENDING_CONTROL {
+            match self.input {
+                Input::Frames => {}
+                Input::Discarding { .. } => return self.poll_discard(&mut read_cx),
+                Input::Done => return Poll::Pending,
+            }
+            if self.wire.control_bytes() > MAX_PENDING_CONTROL {
                 // Resumed when the wire drains: the socket wakes this task once writable.
                 return Poll::Pending;
             }
@@ -766,15 +789,15 @@ where
                     return Poll::Pending;
                 }
                 Err(error) => match classify(error) {
-                    ReadFailure::Ended(End::Closed) => self.read_done = true,
+                    ReadFailure::Ended(End::Closed) => self.input = Input::Done,
                     ReadFailure::Ended(end) => return Poll::Ready(end),
                     ReadFailure::Close(frame) => {
                         // The stream cannot be trusted past a broken frame (tungstenite may not
-                        // even have consumed it): read no more, and end once our close frame
-                        // is written.
-                        self.read_done = true;
+                        // even have consumed it): parse no more; drain it until the client
+                        // closes its end, once our close frame is written.
+                        self.input = Input::Discarding { shut: false };
                         if !matches!(self.phase, Phase::Open) {
-                            return Poll::Pending;
+                            continue;
                         }
                         Counters::incr(&self.counters().protocol_closes);
                         tracing::debug!(id = %self.context.id(), code = u16::from(frame.code),
@@ -789,6 +812,30 @@ where
         Poll::Pending
     }
 
+    /// Reads and drops what the client sends until it closes its end ([`Input::Discarding`]).
+    fn poll_discard(&mut self, read_cx: &mut Context<'_>) -> Poll<End> {
+        let mut scratch = [0u8; DISCARD_CHUNK];
+        for _ in 0..READ_BUDGET {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(read_cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    self.input = Input::Done;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) => {}
+                // The client reset the connection: nothing more to drain, nor to send.
+                Poll::Ready(Err(error)) => return Poll::Ready(End::Io(error.to_string())),
+                Poll::Pending => {
+                    self.read_blocked = true;
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Budget spent: come back after others ran.
+        read_cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     /// Replaces tungstenite's protocol state with a fresh one, and so its read buffer with one
     /// of `read_buffer_size`, once the old buffer may have grown (see
     /// [`FrameBoundary::may_have_grown`]) and nothing is left in the old state: tungstenite
@@ -799,7 +846,7 @@ where
     fn shrink_read_buffer(&mut self) {
         let config = self.config();
         if !matches!(self.phase, Phase::Open)
-            || self.read_done
+            || self.input != Input::Frames
             || !self.boundary.at_message_boundary()
             || !self.boundary.may_have_grown(config.read_buffer_size)
         {
@@ -844,9 +891,23 @@ where
         self.release(written);
         match result {
             Poll::Ready(Ok(())) => {
-                if self.read_done && matches!(self.phase, Phase::CloseSent | Phase::PeerClosed) {
-                    // Handshake complete and our last frame written.
-                    return Poll::Ready(End::Closed);
+                let closed = matches!(self.phase, Phase::CloseSent | Phase::PeerClosed);
+                match self.input {
+                    // Handshake complete (or the client closed its end) and our last frame
+                    // written.
+                    Input::Done if closed => return Poll::Ready(End::Closed),
+                    // Our close frame is written and we read only to drain: tell the client we
+                    // are done, so that it closes its end.
+                    Input::Discarding { shut: false } if closed => {
+                        match Pin::new(&mut self.io).poll_shutdown(cx) {
+                            Poll::Ready(Ok(())) => self.input = Input::Discarding { shut: true },
+                            Poll::Ready(Err(error)) => {
+                                return Poll::Ready(End::Io(error.to_string()));
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    _ => {}
                 }
                 Poll::Pending
             }

@@ -826,6 +826,13 @@ impl HubBuilder {
     /// How long to wait for the client's close frame after sending ours, and, once the client
     /// has sent its close frame, for our answer to be written, before dropping the socket.
     /// Default: 5 s. Durations over a year count as a year.
+    ///
+    /// After a close for a broken frame or a limit (1002, 1007, 1009), where the rest of what
+    /// the client sends can no longer be parsed, the hub writes its close frame, closes its
+    /// side of the TCP connection, and reads and drops whatever the client still sends until
+    /// the client closes its side, for at most this long. Dropping the socket with that data
+    /// unread would make the kernel answer with a reset, which can cost the client our close
+    /// frame: a browser still sending an oversized message would report 1006 instead of 1009.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self

@@ -133,18 +133,23 @@ pub async fn send_text(client: &mut Client, text: &str) {
     client.send(WsMessage::text(text)).await.unwrap();
 }
 
-/// Reads until a close frame arrives; returns its code.
+/// Reads until a close frame arrives; returns its code. Then behaves as a browser does:
+/// tungstenite has answered the close frame; once the server closes its end of the TCP
+/// connection (or after `PROMPTLY`), the client closes its own.
 pub async fn close_code(client: &mut Client) -> Option<u16> {
-    loop {
+    let code = loop {
         match tokio::time::timeout(PROMPTLY, client.next())
             .await
             .expect("no close in time")
         {
-            Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return None,
         }
-    }
+    };
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(PROMPTLY, client.next()).await {}
+    let _ = tokio::io::AsyncWriteExt::shutdown(client.get_mut()).await;
+    code
 }
 
 // ---------------------------------------------------------------------------------------------

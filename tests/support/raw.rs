@@ -195,14 +195,20 @@ impl RawConn {
             .expect("write failed");
     }
 
-    /// Reads more bytes into the buffer; `false` at end of stream (or on a reset).
+    /// Reads more bytes into the buffer; `false` at end of stream (or on a reset). At the end
+    /// of the stream the client closes its own end, as a browser does once the server closed
+    /// its end of the connection.
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16 * 1024];
         match tokio::time::timeout(PROMPTLY, self.stream.read(&mut chunk))
             .await
             .expect("read timed out")
         {
-            Ok(0) | Err(_) => false,
+            Ok(0) => {
+                let _ = self.stream.shutdown().await;
+                false
+            }
+            Err(_) => false,
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true
@@ -353,6 +359,14 @@ impl RawWs {
         self.conn.write(bytes).await;
     }
 
+    /// Writes raw bytes, or fails quietly (`false`) if the connection is gone.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout(PROMPTLY, self.conn.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Sends one well-formed, masked, final frame.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
         self.send_bytes(&encode_frame(true, 0, opcode, Some(MASK), payload))
@@ -439,6 +453,8 @@ impl RawWs {
             &code.unwrap_or(1000).to_be_bytes(),
         );
         let _ = tokio::time::timeout(PROMPTLY, self.conn.stream.write_all(&answer)).await;
+        // Then, as a browser does, close our end once the server has closed its own.
+        self.wait_eof().await;
         code
     }
 
