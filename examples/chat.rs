@@ -29,7 +29,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,13 +68,10 @@ async fn main() -> Result<(), BoxError> {
                 // The page is served from this server, so only pages from this same origin (and
                 // non-browser clients, which send no Origin) may open sockets: another site
                 // cannot ride on a visitor's cookies (cross-site WebSocket hijacking).
-                .origin(OriginPolicy::SameOrigin)
-                .remote_addr(|parts| {
-                    parts
-                        .extensions
-                        .get::<ConnectInfo<SocketAddr>>()
-                        .map(|info| info.0)
-                }),
+                // The client's address (`ConnectionContext::remote_addr`) comes from axum's
+                // `ConnectInfo`, found by default: see `into_make_service_with_connect_info`
+                // below.
+                .origin(OriginPolicy::SameOrigin),
         );
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;

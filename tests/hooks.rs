@@ -423,6 +423,21 @@ async fn keep_no_extensions_keeps_none() {
     assert_eq!(seen.header.as_deref(), Some("integration-test"));
 }
 
+/// axum's `ConnectInfo<SocketAddr>` (from `into_make_service_with_connect_info`) is found
+/// without being pointed at.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn connection_context_knows_the_client_address_from_axums_connect_info_by_default() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let hub = seen_hub(Hub::builder(), &seen);
+    let app = Router::new().layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+    // serve_router serves with `into_make_service_with_connect_info::<SocketAddr>()`.
+    let server = serve_router(app, hub).await;
+    let (_client, local) = connect_with_header(&server.ws_url("addr")).await;
+    eventually("on_connect ran", || !seen.lock().unwrap().is_empty()).await;
+    assert_eq!(seen.lock().unwrap()[0].remote_addr, Some(local));
+}
+
 #[tokio::test]
 async fn connection_context_knows_the_client_address_when_told_where_to_find_it() {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

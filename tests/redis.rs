@@ -937,6 +937,57 @@ async fn a_hand_built_envelope_published_with_plain_publish_reaches_clients() {
     assert_eq!(next_text(&mut cb).await, "via Emitter");
 }
 
+/// The shell emitters README gives ("From a shell"), run as written by POSIX `sh` (dash on
+/// Debian, whose `printf` knows no `\x`) against a throwaway Redis: each delivers "hello" to a
+/// client in room `lobby`.
+#[tokio::test]
+async fn the_readmes_shell_emitters_reach_clients() {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("```sh\n# text \"hello\" to room lobby\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README's shell emitter block");
+    // One command per line, `\`-continued lines joined; comments left out.
+    let commands: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(commands.len(), 2, "{commands:?}");
+
+    let found = tokio::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .await;
+    assert!(
+        found.is_ok_and(|output| output.status.success()),
+        "this test runs README's redis-cli lines: install redis-cli (Debian/Ubuntu: apt-get \
+         install redis-server, which brings it)"
+    );
+    let redis = RedisServer::start().await;
+    let a = instance(Hub::builder(), config(&redis.url())).await;
+    let mut client = a.connect("lobby").await;
+    wait_subscribed(&a.hub, 1).await;
+    for command in &commands {
+        let command = command.replace("redis-cli", &format!("redis-cli -p {}", redis.port()));
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .output()
+            .await
+            .expect("sh runs");
+        assert!(output.status.success(), "{command}: {output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "1",
+            "{command}: the one instance with a member in the room is subscribed"
+        );
+        assert_eq!(next_text(&mut client).await, "hello", "{command}");
+    }
+}
+
 #[tokio::test]
 async fn with_a_signing_key_only_holders_of_the_key_can_speak_in_rooms() {
     use tower_ws_hub::redis::{Emitter, EnvelopeKey};

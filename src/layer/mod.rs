@@ -188,17 +188,21 @@ impl HubLayer {
     /// How to find the client's address in the request head, for
     /// [`ConnectionContext::remote_addr`](crate::ConnectionContext::remote_addr).
     ///
-    /// By default a [`SocketAddr`] request extension is used when present. With axum, served
-    /// through `into_make_service_with_connect_info::<SocketAddr>()`:
+    /// By default a [`SocketAddr`] request extension is used when present, and, with the `axum`
+    /// cargo feature (on by default), axum's `ConnectInfo<SocketAddr>`: an axum app served
+    /// through `into_make_service_with_connect_info::<SocketAddr>()` needs nothing more. Give
+    /// your own to read another type, or a proxy's header (only from a proxy you trust: a
+    /// client can send any header):
     ///
     /// ```
     /// use std::net::SocketAddr;
-    /// use axum::extract::ConnectInfo;
     /// # let hub = tower_ws_hub::Hub::builder().build();
     /// let layer = tower_ws_hub::HubLayer::new(hub)
     ///     .route("/ws/{room}")
     ///     .remote_addr(|parts| {
-    ///         parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0)
+    ///         // Behind a proxy that sets `X-Real-IP` (and strips what clients send).
+    ///         let ip = parts.headers.get("x-real-ip")?.to_str().ok()?.parse().ok()?;
+    ///         Some(SocketAddr::new(ip, 0))
     ///     });
     /// # drop(layer);
     /// ```
@@ -209,6 +213,22 @@ impl HubLayer {
         self.shared_mut().remote_addr = Some(Arc::new(find));
         self
     }
+}
+
+/// Where [`HubLayer::remote_addr`] looks by default: a [`SocketAddr`] extension, or, with the
+/// `axum` feature, axum's `ConnectInfo<SocketAddr>`.
+fn default_remote_addr(parts: &Parts) -> Option<SocketAddr> {
+    if let Some(addr) = parts.extensions.get::<SocketAddr>() {
+        return Some(*addr);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(*addr);
+    }
+    None
 }
 
 impl<S> Layer<S> for HubLayer {
@@ -260,7 +280,7 @@ impl Shared {
     fn remote_addr(&self, parts: &Parts) -> Option<SocketAddr> {
         match &self.remote_addr {
             Some(find) => find(parts),
-            None => parts.extensions.get::<SocketAddr>().copied(),
+            None => default_remote_addr(parts),
         }
     }
 
