@@ -73,8 +73,21 @@ impl RoutePattern {
                     rooms += 1;
                     Segment::Room
                 }
+                Some(name) if name.starts_with('*') => {
+                    return Err(invalid(
+                        "catch-all parameters ({*name}) are not supported: a room is one \
+                         segment, and each segment matches one",
+                    ));
+                }
                 Some(name) if !name.is_empty() && !name.contains(['{', '}']) => Segment::Wildcard,
                 Some(_) => return Err(invalid("a parameter needs a name, as in {room}")),
+                None if part.starts_with(':') => {
+                    // As axum 0.8 does: a literal segment that reads like a parameter is
+                    // almost certainly one.
+                    return Err(invalid(
+                        "segments like :room are axum 0.7's parameter syntax; write {room}",
+                    ));
+                }
                 None if part.contains(['{', '}']) => {
                     return Err(invalid("a parameter must be a whole segment"));
                 }
@@ -355,6 +368,10 @@ mod tests {
             ("/ws//{room}", "empty path segment"),
             ("/ws/x{room}", "whole segment"),
             ("/ws/{}/{room}", "needs a name"),
+            ("/ws/:room", "write {room}"),
+            ("/t/:tenant/{room}", "axum 0.7"),
+            ("/ws/{*room}", "catch-all"),
+            ("/ws/{room}/{*rest}", "not supported"),
         ] {
             let error = RoutePattern::parse(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");

@@ -120,6 +120,35 @@ async fn same_origin_refuses_another_site_with_403_and_a_reason() {
     assert_nobody_joined(&server.hub, "home");
 }
 
+/// An Origin refusal is usually a misconfiguration (a proxy rewriting `Host`), and the browser
+/// shows nothing of the 403: the operator gets one line saying what was compared, and at most
+/// one a second.
+#[tokio::test]
+async fn an_origin_refusal_is_logged_with_what_was_compared_at_most_once_a_second() {
+    let (_guard, logs) = capture_logs(tracing::Level::INFO);
+    let server = serve_hub(Hub::builder().build()).await;
+    for _ in 0..5 {
+        upgrade(&server, "home")
+            .header("Origin", "http://evil.example")
+            .send(server.addr)
+            .await
+            .assert_rejection(403, "origin");
+    }
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("Origin is not allowed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert!(lines[0].contains("http://evil.example"), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&server.addr.to_string()),
+        "the Host it was compared with: {}",
+        lines[0]
+    );
+    assert_eq!(server.hub.stats().handshakes_rejected, 5);
+}
+
 #[tokio::test]
 async fn same_origin_refuses_other_ports_other_host_names_and_opaque_origins() {
     let server = serve_hub(Hub::builder().build()).await;
@@ -1126,6 +1155,11 @@ async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot(
 /// Collects what is logged at ERROR on this thread (the test's current-thread runtime runs the
 /// hub's tasks on it too) while the guard lives.
 fn capture_error_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
+    capture_logs(tracing::Level::ERROR)
+}
+
+/// Collects what is logged at `level` or above on this thread while the guard lives.
+fn capture_logs(level: tracing::Level) -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
     #[derive(Clone)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Capture {
@@ -1140,7 +1174,7 @@ fn capture_error_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>
     let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
     let writer = Capture(Arc::clone(&buffer));
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::ERROR)
+        .with_max_level(level)
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();

@@ -80,6 +80,7 @@ pub(crate) struct HubInner {
     drop_log: LogThrottle,
     upgrade_failure_log: LogThrottle,
     hook_panic_log: LogThrottle,
+    origin_refusal_log: LogThrottle,
 }
 
 impl Hub {
@@ -407,6 +408,32 @@ impl Hub {
     /// Counts a refused upgrade.
     pub(crate) fn note_rejection(&self) {
         Counters::incr(&self.inner.counters.handshakes_rejected);
+    }
+
+    /// Logs (at most once a second) an upgrade refused for its `Origin`, with what was
+    /// compared: the usual cause is a misconfiguration (a proxy rewriting `Host`, a page served
+    /// from another origin), not an attack, and the 403 itself tells the browser nothing it
+    /// shows.
+    pub(crate) fn note_origin_refused(&self, parts: &http::request::Parts) {
+        let Some(suppressed) = self.inner.origin_refusal_log.allow() else {
+            return;
+        };
+        let header = |name: http::header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        };
+        tracing::info!(
+            origin = header(http::header::ORIGIN),
+            host =
+                header(http::header::HOST).or_else(|| parts.uri.authority().map(|a| a.to_string())),
+            similar_events_suppressed = suppressed,
+            "tower-ws-hub: upgrade refused (403): its Origin is not allowed by the layer's \
+             OriginPolicy. With the default SameOrigin, Origin must name the request's Host: \
+             behind a reverse proxy that rewrites Host, have it keep Host, or list your pages' \
+             origins with OriginPolicy::allow_list"
+        );
     }
 
     /// Joins a new connection to its room; the returned membership leaves on drop.
@@ -1168,6 +1195,7 @@ impl HubBuilder {
                 drop_log: LogThrottle::per_second(),
                 upgrade_failure_log: LogThrottle::per_second(),
                 hook_panic_log: LogThrottle::per_second(),
+                origin_refusal_log: LogThrottle::per_second(),
             }),
         }
     }

@@ -109,7 +109,9 @@ impl HubLayer {
     /// # Panics
     ///
     /// If the pattern does not start with `/`, has no `{room}` segment or more than one, or has
-    /// a malformed segment. Use [`try_route`](Self::try_route) to get the error instead.
+    /// a malformed segment: a parameter that is not a whole segment, a catch-all (`{*rest}`),
+    /// or axum 0.7's `:name` syntax. Use [`try_route`](Self::try_route) to get the error
+    /// instead.
     pub fn route(self, pattern: &str) -> Self {
         match self.try_route(pattern) {
             Ok(layer) => layer,
@@ -293,7 +295,9 @@ impl Shared {
         let handshake =
             Handshake::validate(&request).map_err(|error| error.rejection(request.version()))?;
         let (mut parts, _body) = request.into_parts();
-        self.origin.check(&parts)?;
+        self.origin
+            .check(&parts)
+            .inspect_err(|_| self.hub.note_origin_refused(&parts))?;
         let protocol = self.protocols.select(&parts.headers)?;
         // Before the reservation: a request refused for any reason never holds a place.
         let on_upgrade = parts
