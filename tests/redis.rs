@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use redis_support::{LatencyProxy, RedisServer, StarvingProxy, numsub, publish_raw};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tower_ws_hub::redis::RedisConfig;
 use tower_ws_hub::redis::deadpool_redis::{self, redis};
+use tower_ws_hub::redis::{DEFAULT_OPERATION_TIMEOUT, RedisConfig};
 use tower_ws_hub::{Hub, HubBuilder, Message, PublishError};
 
 /// Probes fast enough that a test sees their effect quickly.
@@ -407,15 +407,21 @@ async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_re
     assert_eq!(a.hub.connection_count(), 2, "clients stayed connected");
 }
 
+/// One publisher task with a queue of `queue` messages, giving up on a Redis operation after
+/// `operation`, and probes every 200 ms that give up after `probe`.
+fn one_publisher(url: &str, queue: usize, operation: Duration, probe: Duration) -> RedisConfig {
+    RedisConfig::from_url(url)
+        .unwrap()
+        .probe(Duration::from_millis(200), probe)
+        .operation_timeout(operation)
+        .publisher_tasks(1)
+        .publish_queue(queue)
+}
+
 /// A config whose operations and probes outlast `stall` (so a stall that long is a slow
 /// Redis, not a dead one), with one publisher task and a publish queue of 4.
 fn patient(url: &str, stall: Duration) -> RedisConfig {
-    RedisConfig::from_url(url)
-        .unwrap()
-        .probe(Duration::from_millis(200), stall * 5)
-        .operation_timeout(stall * 5)
-        .publisher_tasks(1)
-        .publish_queue(4)
+    one_publisher(url, 4, stall * 5, stall * 5)
 }
 
 /// Like [`stall_redis_for`], but returns only once Redis is seen not answering (a PING on
@@ -508,12 +514,12 @@ async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_get
 async fn publish_with_backpressure_refuses_what_waits_when_redis_stops_answering() {
     let redis = RedisServer::start().await;
     // Redis sleeps 3 s; the publisher gives up on it after 1.5 s.
-    let config = RedisConfig::from_url(&redis.url())
-        .unwrap()
-        .probe(Duration::from_millis(200), Duration::from_secs(1))
-        .operation_timeout(Duration::from_millis(1500))
-        .publisher_tasks(1)
-        .publish_queue(4);
+    let config = one_publisher(
+        &redis.url(),
+        4,
+        Duration::from_millis(1500),
+        Duration::from_secs(1),
+    );
     let a = instance(Hub::builder(), config).await;
     let mut local = a.connect("r").await;
     wait_subscribed(&a.hub, 1).await;
@@ -605,11 +611,12 @@ async fn a_bulk_publisher_waiting_for_room_leaves_room_for_clients_messages() {
     let redis = RedisServer::start().await;
     // Every round trip 5 ms slower: Redis slower than a bulk publisher.
     let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(5)).await;
-    let slow = RedisConfig::from_url(&proxy.url())
-        .unwrap()
-        .probe(Duration::from_millis(200), Duration::from_secs(5))
-        .publisher_tasks(1)
-        .publish_queue(256);
+    let slow = one_publisher(
+        &proxy.url(),
+        256,
+        DEFAULT_OPERATION_TIMEOUT,
+        Duration::from_secs(5),
+    );
     let a = instance(Hub::builder(), slow).await;
     let b = instance(Hub::builder(), config(&redis.url())).await;
     let (mut sender, mut receiver) = one_client_each(&a, &b, "chat").await;
@@ -701,10 +708,12 @@ async fn an_abandoned_wait_for_room_is_counted_as_dropped() {
 #[tokio::test]
 async fn with_redis_absent_at_start_up_waits_end_and_every_message_is_counted_once() {
     let redis = RedisServer::unused().await;
-    let config = config(&redis.url())
-        .operation_timeout(Duration::from_secs(1))
-        .publisher_tasks(1)
-        .publish_queue(2);
+    let config = one_publisher(
+        &redis.url(),
+        2,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     let hub = Hub::builder().redis(config).build();
     for i in 0..6 {
         // Accepted while the first connection attempt is under way, then failed with it; or
@@ -737,12 +746,12 @@ async fn with_redis_absent_at_start_up_waits_end_and_every_message_is_counted_on
 #[tokio::test]
 async fn shutdown_ends_waits_for_room_and_counts_every_message_once() {
     let redis = RedisServer::start().await;
-    let config = RedisConfig::from_url(&redis.url())
-        .unwrap()
-        .probe(Duration::from_millis(200), Duration::from_secs(10))
-        .operation_timeout(Duration::from_secs(1))
-        .publisher_tasks(1)
-        .publish_queue(2);
+    let config = one_publisher(
+        &redis.url(),
+        2,
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    );
     let hub = Hub::builder().redis(config).build();
     eventually("publisher up", || hub.broker_status().publisher_connected).await;
     let sleeper = stall_redis_confirmed(&redis, 4).await;
@@ -779,12 +788,12 @@ async fn shutdown_ends_waits_for_room_and_counts_every_message_once() {
 #[tokio::test]
 async fn a_waiter_handed_its_place_just_before_shutdown_is_refused_not_lost() {
     let redis = RedisServer::start().await;
-    let config = RedisConfig::from_url(&redis.url())
-        .unwrap()
-        .probe(Duration::from_millis(200), Duration::from_secs(10))
-        .operation_timeout(Duration::from_secs(10))
-        .publisher_tasks(1)
-        .publish_queue(1);
+    let config = one_publisher(
+        &redis.url(),
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
     let hub = Hub::builder().redis(config).build();
     eventually("publisher up", || hub.broker_status().publisher_connected).await;
     let sleeper = stall_redis_confirmed(&redis, 1).await;

@@ -83,6 +83,14 @@ pub(crate) struct HubInner {
     origin_refusal_log: LogThrottle,
 }
 
+/// The error for a message its local members got and the broker refused.
+fn broker_unavailable(delivered_locally: usize) -> impl FnOnce(String) -> PublishError {
+    move |reason| PublishError::BrokerUnavailable {
+        delivered_locally,
+        reason,
+    }
+}
+
 impl Hub {
     /// A builder with production-safe defaults (see [`HubBuilder`]).
     pub fn builder() -> HubBuilder {
@@ -98,9 +106,10 @@ impl Hub {
     ///
     /// Returns how many local members it was queued for. Never waits: local delivery never
     /// waits on the broker, and a broker that cannot take the message now (Redis down, or its
-    /// publish queue, `RedisConfig::publish_queue`, full because Redis is slower than you
-    /// publish) refuses it at once, counted in [`BrokerStatus`]. To wait for room in
-    /// the queue instead, use [`publish_with_backpressure`](Self::publish_with_backpressure).
+    /// publish queue full because Redis is slower than you publish; see
+    /// `RedisConfig::publish_queue`) refuses it at once, counted in [`BrokerStatus`]. To wait
+    /// for room in the queue instead, use
+    /// [`publish_with_backpressure`](Self::publish_with_backpressure).
     ///
     /// Calling it again after [`PublishError::BrokerUnavailable`] delivers the message to the
     /// local members a second time.
@@ -119,10 +128,7 @@ impl Hub {
         self.inner
             .broker
             .publish(&name, &message)
-            .map_err(|reason| PublishError::BrokerUnavailable {
-                delivered_locally,
-                reason,
-            })?;
+            .map_err(broker_unavailable(delivered_locally))?;
         Ok(delivered_locally)
     }
 
@@ -137,9 +143,10 @@ impl Hub {
     /// - `Ok` means what it means for `publish`: the message is queued for Redis. The same
     ///   at-most-once rule applies if Redis fails before it takes the queue (counted in
     ///   `publish_failures`; see the crate's delivery guarantees).
-    /// - Waiting publishes fill at most three quarters of the queue. The rest stays for the
-    ///   publishes that never wait, clients' messages among them, so a bulk publisher that
-    ///   keeps the queue full does not get every client's message refused.
+    /// - Waiting publishes hold at most three quarters of the queue's places (queued, or in the
+    ///   pipeline being sent). The rest stays for the publishes that never wait, clients'
+    ///   messages among them, so a bulk publisher that keeps the queue full does not get every
+    ///   client's message refused.
     /// - The wait lasts as long as Redis takes to work through what is queued ahead, and is
     ///   bounded per Redis operation: if Redis stops answering, the publisher gives up after
     ///   `RedisConfig::operation_timeout` (a connection checkout and a pipeline each have that
@@ -162,10 +169,7 @@ impl Hub {
             .broker
             .publish_waiting(&name, &message)
             .await
-            .map_err(|reason| PublishError::BrokerUnavailable {
-                delivered_locally,
-                reason,
-            })?;
+            .map_err(broker_unavailable(delivered_locally))?;
         Ok(delivered_locally)
     }
 
