@@ -79,9 +79,7 @@ async fn main() -> Result<(), BoxError> {
     let local_addr = listener.local_addr()?;
 
     // The hub writes each connection's queued frames in one go: Nagle's algorithm would only
-
     // delay them.
-
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -140,8 +138,10 @@ async fn readyz(State(hub): State<Hub>) -> Response {
     }
 }
 
-async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
+/// The page, told the largest message the server takes so that it refuses a larger one itself
+/// (the hub would close the connection with 1009).
+async fn index() -> Html<String> {
+    Html(INDEX_HTML.replace("{{MAX_MESSAGE_SIZE}}", &MAX_MESSAGE_SIZE.to_string()))
 }
 
 /// `POST /rooms/{room}/messages`: publishes the (UTF-8) request body to the room as a text message.
@@ -185,21 +185,24 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>tower-ws-hub chat</title>
+<link rel="icon" href="data:,">
 <style>
   :root { font-family: system-ui, sans-serif; color: #1d2330; background: #f4f5f7; }
   main { max-width: 42rem; margin: 2rem auto; padding: 1.5rem; background: #fff;
          border-radius: 10px; box-shadow: 0 1px 4px rgba(0,0,0,.08); }
   h1 { font-size: 1.3rem; margin: 0 0 .25rem; }
-  p.hint { margin: 0 0 1rem; color: #5b6475; font-size: .9rem; }
+  p.hint { margin: 0 0 1rem; color: #5b6475; font-size: .9rem; word-break: break-all; }
   form { display: flex; gap: .5rem; margin: .5rem 0; }
   input { flex: 1; padding: .5rem .6rem; border: 1px solid #c9ced8; border-radius: 6px; font: inherit; }
   button { padding: .5rem 1rem; border: 0; border-radius: 6px; background: #2f6fed; color: #fff;
            font: inherit; cursor: pointer; }
   button:disabled { background: #aab3c5; cursor: default; }
+  #roomHint { min-height: 1.2em; margin: 0; font-size: .85rem; color: #5b6475; }
+  #roomHint.error, #log li.error { color: #b3261e; }
   #state { display: inline-block; padding: .1rem .55rem; border-radius: 999px; font-size: .8rem;
            background: #e4e7ec; }
   #state.open { background: #d3f4dc; color: #13652d; }
-  #state.connecting { background: #fff1c7; color: #7a5600; }
+  #state.connecting, #state.reconnecting { background: #fff1c7; color: #7a5600; }
   #log { list-style: none; margin: .75rem 0; padding: .5rem; height: 20rem; overflow-y: auto;
          border: 1px solid #e4e7ec; border-radius: 6px; background: #fafbfc; }
   #log li { padding: .15rem 0; white-space: pre-wrap; word-break: break-word; }
@@ -210,12 +213,14 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <body>
 <main>
   <h1>tower-ws-hub chat <span id="state">disconnected</span></h1>
-  <p class="hint">Connects to <code id="url">ws://&lt;host&gt;/ws/&lt;room&gt;</code>.
-     Publish from outside with <code>curl -d hi http://&lt;host&gt;/rooms/&lt;room&gt;/messages</code>.</p>
+  <p class="hint">WebSocket: <code id="url"></code><br>
+     Publish from outside: <code id="curl"></code></p>
   <form id="join">
-    <input id="room" value="lobby" placeholder="room" aria-label="room" required>
-    <button id="connect">Connect</button>
+    <input id="room" value="lobby" placeholder="room" aria-label="room" autocomplete="off">
+    <button id="joinButton">Join</button>
+    <button id="leave" type="button" disabled>Leave</button>
   </form>
+  <p id="roomHint" aria-live="polite"></p>
   <ul id="log"></ul>
   <form id="send">
     <input id="text" placeholder="message" aria-label="message" autocomplete="off" disabled>
@@ -225,11 +230,24 @@ const INDEX_HTML: &str = r#"<!doctype html>
 <script>
 (() => {
   const $ = (id) => document.getElementById(id);
-  let socket = null;
+  // The server's limits: a larger message closes the connection (1009), a longer room name is
+  // refused. The server fills in MAX_MESSAGE_SIZE; 256 is the hub's default max_room_name_len.
+  const MAX_MESSAGE_BYTES = {{MAX_MESSAGE_SIZE}};
+  const MAX_ROOM_BYTES = 256;
+  const REASONS = { 1000: "normal closure", 1001: "going away", 1006: "connection lost",
+                    1008: "policy violation", 1009: "message too big", 1011: "server error" };
+  const utf8Length = (text) => new TextEncoder().encode(text).length;
 
-  const wsUrl = (room) =>
-    (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/" +
-    encodeURIComponent(room);
+  let socket = null;      // the current WebSocket, if any
+  let joined = "";        // its room (kept while waiting to reconnect)
+  let retryTimer = null;
+  let retrying = false;   // reconnecting after the server restarted or the connection dropped
+  let retryDelay = 1000;  // doubles after each failed attempt, up to 30 s
+
+  // Percent-encodes everything but letters, digits and "-_.~", so the URLs also paste into a shell.
+  const encode = (room) => encodeURIComponent(room)
+    .replace(/[!'()*]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
+  const wsOrigin = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
 
   function log(text, kind) {
     const li = document.createElement("li");
@@ -245,41 +263,116 @@ const INDEX_HTML: &str = r#"<!doctype html>
     const open = state === "open";
     $("text").disabled = !open;
     $("sendButton").disabled = !open;
-    $("connect").textContent = state === "disconnected" ? "Connect" : "Disconnect";
+    $("leave").disabled = state === "disconnected";
     if (open) $("text").focus();
   }
 
-  function showUrl() {
-    const room = $("room").value.trim();
-    $("url").textContent = room ? wsUrl(room) : wsUrl("") + "<room>";
+  // Why a room name cannot be joined from here, or "".
+  function roomProblem(room) {
+    if (!room) return "Type a room name.";
+    // Browsers normalise /ws/. and /ws/.. to /ws/ before sending, so these rooms are unreachable.
+    if (room === "." || room === "..") return "\"" + room + "\" cannot be a room name here.";
+    if (utf8Length(room) > MAX_ROOM_BYTES) return "Room names are at most " + MAX_ROOM_BYTES + " bytes.";
+    return "";
   }
-  $("room").addEventListener("input", showUrl);
-  showUrl();
 
-  $("join").addEventListener("submit", (event) => {
-    event.preventDefault();
-    if (socket) { socket.close(1000); return; }
-    const room = $("room").value.trim();
-    if (!room) return;
-    const ws = new WebSocket(wsUrl(room));
+  // The URLs show the room actually joined; the hint below the room box says what Enter would do.
+  function update() {
+    const typed = $("room").value.trim();
+    const problem = typed ? roomProblem(typed) : "";
+    const room = joined || (problem ? "" : typed);
+    const segment = room ? encode(room) : "<room>";
+    $("url").textContent = wsOrigin + "/ws/" + segment;
+    $("curl").textContent = "curl -d hi " + location.origin + "/rooms/" + segment + "/messages";
+    $("roomHint").textContent = problem ||
+      (joined && typed && typed !== joined ? "Press Enter to switch to \"" + typed + "\"." : "");
+    $("roomHint").className = problem ? "error" : "";
+  }
+  $("room").addEventListener("input", update);
+  update();
+
+  function connect(room) {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    const ws = new WebSocket(wsOrigin + "/ws/" + encode(room));
     socket = ws;
+    joined = room;
+    let opened = false;
     setState("connecting");
-    ws.onopen = () => { setState("open"); log("joined " + room, "info"); };
+    update();
+    ws.onopen = () => {
+      opened = true;
+      retrying = false;
+      retryDelay = 1000;
+      setState("open");
+      log("joined " + room, "info");
+    };
     ws.onmessage = (event) => {
       if (typeof event.data === "string") log(event.data);
       else log("(binary message, " + event.data.size + " bytes)", "info");
     };
     ws.onclose = (event) => {
-      if (socket === ws) socket = null;
-      setState("disconnected");
-      log("closed (" + event.code + (event.reason ? ": " + event.reason : "") + ")", "info");
+      if (socket !== ws) return;   // replaced by another room, or left: already logged
+      socket = null;
+      const why = event.reason || (opened ? REASONS[event.code] : "");
+      let text = (opened ? "closed (" : "could not connect (") + event.code +
+                 (why ? ": " + why : "") + ")";
+      // The server restarting (1001) or the connection dropping (1006): try again, waiting longer
+      // each time. A first attempt that fails (refused or unreachable, also 1006) is not retried.
+      if ((event.code === 1001 || event.code === 1006) && (opened || retrying)) {
+        text += ", reconnecting in " + retryDelay / 1000 + " s";
+        retrying = true;
+        retryTimer = setTimeout(() => connect(room), retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 30000);
+        setState("reconnecting");
+      } else {
+        joined = "";
+        setState("disconnected");
+        update();
+      }
+      log(text, event.code === 1000 ? "info" : "error");
     };
+  }
+
+  function leave() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    retrying = false;
+    if (socket) socket.close(1000);
+    socket = null;
+    if (joined) log("left " + joined, "info");
+    joined = "";
+    setState("disconnected");
+    update();
+  }
+  $("leave").addEventListener("click", leave);
+
+  // Enter in the room box (or Join) joins that room, leaving the current one first.
+  $("join").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const room = $("room").value.trim();
+    $("room").value = room;
+    const problem = roomProblem(room);
+    if (problem) {
+      $("roomHint").textContent = problem;
+      $("roomHint").className = "error";
+      return;
+    }
+    if (socket && room === joined) return;   // already there (or on the way)
+    if (room !== joined) leave();            // else reconnecting to it: try now
+    connect(room);
   });
 
   $("send").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("text").value;
     if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
+    const size = utf8Length(text);
+    if (size > MAX_MESSAGE_BYTES) {
+      log("not sent: the message is " + size + " bytes, the server takes at most " +
+          MAX_MESSAGE_BYTES, "error");
+      return;
+    }
     socket.send(text);
     log(text, "me");   // the hub does not echo a message back to its sender
     $("text").value = "";

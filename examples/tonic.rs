@@ -76,9 +76,7 @@ async fn main() -> Result<(), BoxError> {
     let local_addr = listener.local_addr()?;
 
     // The hub writes each connection's queued frames in one go: Nagle's algorithm would only
-
     // delay them.
-
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

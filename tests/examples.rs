@@ -337,6 +337,10 @@ async fn chat_serves_the_page_rooms_publishing_and_shuts_down_gracefully() {
         "the page opens a WebSocket"
     );
     assert!(page.contains("/ws/"), "the page shows the WebSocket URL");
+    assert!(
+        page.contains("const MAX_MESSAGE_BYTES = 65536;"),
+        "the page is told the message size limit"
+    );
 
     let (status, body) = http("GET", &chat.http_url("/healthz"), "").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
