@@ -36,7 +36,7 @@ enum Segment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidRoutePattern {
     pattern: String,
-    reason: &'static str,
+    reason: String,
 }
 
 impl std::fmt::Display for InvalidRoutePattern {
@@ -55,9 +55,9 @@ impl RoutePattern {
     /// Parses a pattern: it starts with `/`, has exactly one `{room}` segment, and other segments
     /// are literals or `{name}` wildcards.
     pub(crate) fn parse(pattern: &str) -> Result<Self, InvalidRoutePattern> {
-        let invalid = |reason| InvalidRoutePattern {
+        let invalid = |reason: &str| InvalidRoutePattern {
             pattern: pattern.to_owned(),
-            reason,
+            reason: reason.to_owned(),
         };
         let rest = pattern
             .strip_prefix('/')
@@ -83,10 +83,12 @@ impl RoutePattern {
                 Some(_) => return Err(invalid("a parameter needs a name, as in {room}")),
                 None if part.starts_with(':') => {
                     // As axum 0.8 does: a literal segment that reads like a parameter is
-                    // almost certainly one.
-                    return Err(invalid(
-                        "segments like :room are axum 0.7's parameter syntax; write {room}",
-                    ));
+                    // almost certainly one. (A literal that does start with ':' can still be
+                    // served, by a `RoomExtractor`.)
+                    let name = &part[1..];
+                    return Err(invalid(&format!(
+                        "{part} is axum 0.7's parameter syntax; write {{{name}}}"
+                    )));
                 }
                 None if part.contains(['{', '}']) => {
                     return Err(invalid("a parameter must be a whole segment"));
@@ -369,7 +371,10 @@ mod tests {
             ("/ws/x{room}", "whole segment"),
             ("/ws/{}/{room}", "needs a name"),
             ("/ws/:room", "write {room}"),
-            ("/t/:tenant/{room}", "axum 0.7"),
+            (
+                "/t/:tenant/{room}",
+                ":tenant is axum 0.7's parameter syntax; write {tenant}",
+            ),
             ("/ws/{*room}", "catch-all"),
             ("/ws/{room}/{*rest}", "not supported"),
         ] {

@@ -60,7 +60,14 @@ async fn a_message_larger_than_max_message_size_is_closed_with_1009() {
 /// and discards the rest, sends its FIN after the close frame, and ends at the client's.
 #[tokio::test]
 async fn a_client_still_sending_a_message_over_the_limit_gets_1009_and_a_clean_end_not_a_reset() {
-    let server = serve_hub(Hub::builder().max_message_size(1024).build()).await;
+    // A close timeout far longer than any wait here: the clean end must not come from it.
+    let server = serve_hub(
+        Hub::builder()
+            .max_message_size(1024)
+            .close_timeout(Duration::from_secs(600))
+            .build(),
+    )
+    .await;
     let mut bystanders = Bystanders::join(&server).await;
     let mut big = server.connect("bad").await;
     wait_members(&server.hub, "bad", 1).await;
@@ -80,11 +87,61 @@ async fn a_client_still_sending_a_message_over_the_limit_gets_1009_and_a_clean_e
         Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {}
         other => panic!("the connection did not end cleanly: {other:?}"),
     }
-    // The client closes its end; the server, draining, sees it and lets the connection go
-    // (well before `close_timeout`, 5 s, though no test here may depend on that).
+    // The client closes its end; the server, draining, sees it and lets the connection go.
     drop(big);
     bystanders.assert_unharmed(&server).await;
     assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+/// After a broken frame, the server closes its side once its close frame is out (the client
+/// sees the end of the stream at once, not at `close_timeout`), and lets the connection go as
+/// soon as the client closes its own.
+#[tokio::test]
+async fn after_a_protocol_close_the_server_closes_its_side_and_lets_go_when_the_client_does() {
+    let server = serve_hub(
+        Hub::builder()
+            .close_timeout(Duration::from_secs(600))
+            .build(),
+    )
+    .await;
+    let mut bystanders = Bystanders::join(&server).await;
+    let mut raw = open_raw(&server, "bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+    // Reserved bits set: 1002.
+    raw.send_bytes(&encode_frame(true, 0b100, opcode::TEXT, Some(MASK), b"x"))
+        .await;
+    // Reads the close frame, answers it, waits for the server's end of the stream (which
+    // `close_timeout` would only bring 600 s later), then closes its own end.
+    assert_eq!(raw.close_code().await, Some(close_code::PROTOCOL_ERROR));
+    bystanders.assert_unharmed(&server).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+/// A broken frame instead of the answer to a shutdown's 1001, from a client that then neither
+/// reads nor closes: the drain is bounded, and the shutdown returns.
+#[tokio::test]
+async fn a_protocol_error_during_a_shutdown_does_not_hold_the_shutdown() {
+    let server = serve_hub(
+        Hub::builder()
+            .close_timeout(Duration::from_millis(300))
+            .shutdown_grace(Duration::from_secs(600))
+            .build(),
+    )
+    .await;
+    let mut raw = open_raw(&server, "bad").await;
+    wait_members(&server.hub, "bad", 1).await;
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    let close = raw.read_close().await.expect("1001");
+    assert_eq!(close.close_code(), Some(close_code::GOING_AWAY));
+    raw.send_bytes(&encode_frame(true, 0, opcode::TEXT, None, b"x"))
+        .await;
+    tokio::time::timeout(PROMPTLY, shutdown)
+        .await
+        .expect("the shutdown waited on a draining connection")
+        .unwrap();
+    assert_eq!(server.hub.stats().connections, 0);
+    drop(raw);
 }
 
 #[tokio::test]

@@ -493,3 +493,42 @@ async fn a_server_without_upgrade_support_gets_an_actionable_error() {
         "the error says what to do: {logged}"
     );
 }
+
+/// Over HTTP/2 too, a close for an oversized message ends the client's stream cleanly (our
+/// half shut down with END_STREAM after the 1009), and once the client lets go the server frees
+/// the connection at once: `close_timeout` is far longer than any wait here. Another WebSocket
+/// on the same HTTP/2 connection keeps working.
+#[tokio::test]
+async fn an_http2_websocket_closed_for_an_oversized_message_ends_cleanly() {
+    let server = serve_hub(
+        Hub::builder()
+            .max_message_size(1024)
+            .close_timeout(Duration::from_secs(600))
+            .build(),
+    )
+    .await;
+    let mut sender = h2_connect(server.addr).await;
+    let mut big = h2_websocket(&mut sender, server.addr, "h2big").await;
+    let mut other = h2_websocket(&mut sender, server.addr, "h2big").await;
+    wait_members(&server.hub, "h2big", 2).await;
+
+    let sent = big.send(WsMessage::binary(vec![7u8; 4 << 20])).await;
+    assert!(sent.is_ok(), "{sent:?}");
+    match tokio::time::timeout(PROMPTLY, big.next()).await {
+        Ok(Some(Ok(WsMessage::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1009),
+        other => panic!("expected 1009, got {other:?}"),
+    }
+    match tokio::time::timeout(PROMPTLY, big.next()).await {
+        Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {}
+        other => panic!("the stream did not end cleanly: {other:?}"),
+    }
+    drop(big);
+    wait_members(&server.hub, "h2big", 1).await;
+    server
+        .hub
+        .publish("h2big", Message::text("still here"))
+        .await
+        .unwrap();
+    assert_eq!(h2_next_text(&mut other).await, "still here");
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}

@@ -83,7 +83,8 @@ pub(crate) enum End {
     Closed,
     /// The socket failed or the peer vanished without a close frame.
     Io(String),
-    /// We sent a close frame and the peer never answered in time.
+    /// We sent a close frame and the peer never answered in time (or, after a broken frame,
+    /// never closed its end while we drained what it sent).
     CloseTimeout,
     /// The shutdown grace period ran out.
     Aborted,
@@ -109,9 +110,11 @@ enum Input {
     /// Bytes that mean nothing any more (the client broke a frame or a limit): read and
     /// dropped until the client closes its end. A socket closed with unread data sends a reset
     /// instead of a FIN, which can make the client lose our close frame (a browser then
-    /// reports 1006 rather than the code); so the rest is drained, bounded by `close_timeout`.
-    /// `shut`: our side is shut down (FIN sent after our close frame), so the client knows we
-    /// are done and closes its own.
+    /// reports 1006 rather than the code); so the rest is drained, bounded by the close timer
+    /// (`close_timeout` once our close frame is out; during a shutdown's drain, the grace
+    /// period). `shut`: our side is shut down after our close frame (a FIN over TCP, END_STREAM
+    /// over HTTP/2, close_notify then FIN over TLS), so the client knows we are done and closes
+    /// its own; tungstenite's buffers are let go of then.
     Discarding { shut: bool },
     /// Nothing more will be read: the close handshake is over, or the client closed its end.
     Done,
@@ -813,6 +816,8 @@ where
     }
 
     /// Reads and drops what the client sends until it closes its end ([`Input::Discarding`]).
+    /// Never inlined: its stack buffer stays out of every other connection's poll.
+    #[inline(never)]
     fn poll_discard(&mut self, read_cx: &mut Context<'_>) -> Poll<End> {
         let mut scratch = [0u8; DISCARD_CHUNK];
         for _ in 0..READ_BUDGET {
@@ -900,7 +905,17 @@ where
                     // are done, so that it closes its end.
                     Input::Discarding { shut: false } if closed => {
                         match Pin::new(&mut self.io).poll_shutdown(cx) {
-                            Poll::Ready(Ok(())) => self.input = Input::Discarding { shut: true },
+                            Poll::Ready(Ok(())) => {
+                                self.input = Input::Discarding { shut: true };
+                                // Nothing more is parsed or written: let go of what tungstenite
+                                // holds (a read buffer grown by the oversized frame, a message
+                                // half assembled) while the client takes its time to close.
+                                self.ws = WebSocketContext::new(
+                                    Role::Server,
+                                    Some(self.config().websocket_config()),
+                                );
+                                self.boundary.reset();
+                            }
                             Poll::Ready(Err(error)) => {
                                 return Poll::Ready(End::Io(error.to_string()));
                             }

@@ -418,7 +418,11 @@ impl Hub {
     /// compared: the usual cause is a misconfiguration (a proxy rewriting `Host`, a page served
     /// from another origin), not an attack, and the 403 itself tells the browser nothing it
     /// shows.
-    pub(crate) fn note_origin_refused(&self, parts: &http::request::Parts) {
+    pub(crate) fn note_origin_refused(
+        &self,
+        parts: &http::request::Parts,
+        policy: &crate::OriginPolicy,
+    ) {
         let Some(suppressed) = self.inner.origin_refusal_log.allow() else {
             return;
         };
@@ -428,16 +432,32 @@ impl Hub {
                 .get(name)
                 .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
         };
-        tracing::info!(
-            origin = header(http::header::ORIGIN),
-            host =
-                header(http::header::HOST).or_else(|| parts.uri.authority().map(|a| a.to_string())),
-            similar_events_suppressed = suppressed,
-            "tower-ws-hub: upgrade refused (403): its Origin is not allowed by the layer's \
-             OriginPolicy. With the default SameOrigin, Origin must name the request's Host: \
-             behind a reverse proxy that rewrites Host, have it keep Host, or list your pages' \
-             origins with OriginPolicy::allow_list"
-        );
+        let origin = header(http::header::ORIGIN);
+        let host =
+            header(http::header::HOST).or_else(|| parts.uri.authority().map(ToString::to_string));
+        match policy {
+            crate::OriginPolicy::SameOrigin => tracing::info!(
+                origin,
+                host,
+                similar_events_suppressed = suppressed,
+                "tower-ws-hub: upgrade refused (403): OriginPolicy::SameOrigin wants Origin to \
+                 name the request's Host. Behind a reverse proxy that rewrites Host, have it \
+                 keep Host, or list your pages' origins with OriginPolicy::allow_list"
+            ),
+            crate::OriginPolicy::AllowList(_) => tracing::info!(
+                origin,
+                host,
+                similar_events_suppressed = suppressed,
+                "tower-ws-hub: upgrade refused (403): its Origin is not in the layer's \
+                 OriginPolicy::allow_list"
+            ),
+            _ => tracing::info!(
+                origin,
+                host,
+                similar_events_suppressed = suppressed,
+                "tower-ws-hub: upgrade refused (403): the layer's OriginPolicy refused its Origin"
+            ),
+        }
     }
 
     /// Joins a new connection to its room; the returned membership leaves on drop.

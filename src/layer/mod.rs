@@ -110,7 +110,8 @@ impl HubLayer {
     ///
     /// If the pattern does not start with `/`, has no `{room}` segment or more than one, or has
     /// a malformed segment: a parameter that is not a whole segment, a catch-all (`{*rest}`),
-    /// or axum 0.7's `:name` syntax. Use [`try_route`](Self::try_route) to get the error
+    /// or axum 0.7's `:name` syntax (a literal segment that starts with `:` can be served with
+    /// an [`extractor`](Self::extractor)). Use [`try_route`](Self::try_route) to get the error
     /// instead.
     pub fn route(self, pattern: &str) -> Self {
         match self.try_route(pattern) {
@@ -297,7 +298,7 @@ impl Shared {
         let (mut parts, _body) = request.into_parts();
         self.origin
             .check(&parts)
-            .inspect_err(|_| self.hub.note_origin_refused(&parts))?;
+            .inspect_err(|_| self.hub.note_origin_refused(&parts, &self.origin))?;
         let protocol = self.protocols.select(&parts.headers)?;
         // Before the reservation: a request refused for any reason never holds a place.
         let on_upgrade = parts
