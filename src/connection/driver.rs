@@ -857,7 +857,13 @@ where
         {
             return;
         }
-        self.ws = WebSocketContext::new(Role::Server, Some(config.websocket_config()));
+        self.reset_protocol_state();
+    }
+
+    /// A fresh tungstenite state, and so a read buffer of `read_buffer_size`, with nothing
+    /// buffered or half assembled.
+    fn reset_protocol_state(&mut self) {
+        self.ws = WebSocketContext::new(Role::Server, Some(self.config().websocket_config()));
         self.boundary.reset();
     }
 
@@ -910,11 +916,7 @@ where
                                 // Nothing more is parsed or written: let go of what tungstenite
                                 // holds (a read buffer grown by the oversized frame, a message
                                 // half assembled) while the client takes its time to close.
-                                self.ws = WebSocketContext::new(
-                                    Role::Server,
-                                    Some(self.config().websocket_config()),
-                                );
-                                self.boundary.reset();
+                                self.reset_protocol_state();
                             }
                             Poll::Ready(Err(error)) => {
                                 return Poll::Ready(End::Io(error.to_string()));

@@ -435,29 +435,23 @@ impl Hub {
         let origin = header(http::header::ORIGIN);
         let host =
             header(http::header::HOST).or_else(|| parts.uri.authority().map(ToString::to_string));
-        match policy {
-            crate::OriginPolicy::SameOrigin => tracing::info!(
-                origin,
-                host,
-                similar_events_suppressed = suppressed,
-                "tower-ws-hub: upgrade refused (403): OriginPolicy::SameOrigin wants Origin to \
-                 name the request's Host. Behind a reverse proxy that rewrites Host, have it \
-                 keep Host, or list your pages' origins with OriginPolicy::allow_list"
-            ),
-            crate::OriginPolicy::AllowList(_) => tracing::info!(
-                origin,
-                host,
-                similar_events_suppressed = suppressed,
-                "tower-ws-hub: upgrade refused (403): its Origin is not in the layer's \
-                 OriginPolicy::allow_list"
-            ),
-            _ => tracing::info!(
-                origin,
-                host,
-                similar_events_suppressed = suppressed,
-                "tower-ws-hub: upgrade refused (403): the layer's OriginPolicy refused its Origin"
-            ),
-        }
+        let why = match policy {
+            crate::OriginPolicy::SameOrigin => {
+                "OriginPolicy::SameOrigin wants Origin to name the request's Host. Behind a \
+                 reverse proxy that rewrites Host, have it keep Host, or list your pages' \
+                 origins with OriginPolicy::allow_list"
+            }
+            crate::OriginPolicy::AllowList(_) => {
+                "its Origin is not in the layer's OriginPolicy::allow_list"
+            }
+            _ => "the layer's OriginPolicy refused its Origin",
+        };
+        tracing::info!(
+            origin,
+            host,
+            similar_events_suppressed = suppressed,
+            "tower-ws-hub: upgrade refused (403): {why}"
+        );
     }
 
     /// Joins a new connection to its room; the returned membership leaves on drop.
