@@ -15,6 +15,9 @@
 #   RESULTS_DIR=...      where the JSON reports go (default bench/results/<timestamp>)
 #   CARGO_TARGET_DIR     cargo's target directory (default: the workspace's target/)
 #   LOADGEN_THREADS=1    load-generator runtime threads (1 = current-thread runtime)
+#   LOADGEN_FLAGS=       extra `loadgen pubsub` flags for the pubsub scenarios, e.g.
+#                        "--publishers-share-thread" (burst publishers paced by the
+#                        subscribers' reads, as before session 11)
 #   SERVER_WORKERS=      tokio workers for both servers (default: one per core)
 #   NODELAY=0            1 sets TCP_NODELAY on the servers' accepted sockets
 #   HUB_FLAGS=           extra hub_server flags, e.g. "--keep-no-extensions" (project only)
@@ -36,6 +39,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 REPS=${REPS:-3}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
+LOADGEN_FLAGS=${LOADGEN_FLAGS:-}
 ALL_SCENARIOS="local_burst redis2_burst rooms rate1000 rate100 idle broadcast_rss redis_publish
     local_rate1000 local_rate100 inbound_rss"
 ALL_SCENARIOS=$(echo $ALL_SCENARIOS)
@@ -206,6 +210,10 @@ run_one() {
     local args
     # shellcheck disable=SC2207 # the arguments contain no spaces
     args=($(loadgen_args "$scenario" "${addrs[@]}"))
+    if [[ ${args[0]} == pubsub ]]; then
+        # shellcheck disable=SC2206 # flags are split on purpose
+        args+=($LOADGEN_FLAGS)
+    fi
     log "== $scenario / $impl / rep $rep (servers: ${addrs[*]}; load average: $(cut -d' ' -f1-3 /proc/loadavg))"
     local status=0
     timeout 600 "$BIN/loadgen" --threads "$LOADGEN_THREADS" "${args[@]}" \
@@ -243,7 +251,7 @@ main() {
         echo "rustc: $(rustc --version)"
         echo "commit: ${BENCH_COMMIT:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)}"
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "reps: $REPS, loadgen threads: $LOADGEN_THREADS, server workers:" \
+        echo "reps: $REPS, loadgen threads: $LOADGEN_THREADS (flags: ${LOADGEN_FLAGS:-none}), server workers:" \
             "${SERVER_WORKERS:-default}, nodelay: ${NODELAY:-0}"
         echo "project: ${HUB_BIN:-$BIN/hub_server} ${HUB_FLAGS:-}"
         echo "baseline: ${BASELINE_BIN:-$BIN/baseline} ${BASELINE_FLAGS:-}"

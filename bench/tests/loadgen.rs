@@ -127,6 +127,7 @@ fn options(server: &Server, label: &str) -> pubsub::Options {
         rate: None,
         duration: Duration::from_secs(1),
         publish_via: pubsub::PublishVia::First,
+        publishers_share_thread: false,
         connect_concurrency: 16,
         ready_timeout: Duration::from_secs(5),
         settle: Duration::from_millis(50),
@@ -306,6 +307,21 @@ async fn burst_against_hub_server() {
 #[tokio::test]
 async fn burst_against_baseline() {
     burst(Server::baseline()).await;
+}
+
+/// `--publishers-share-thread` (how burst runs worked before session 11, kept to reproduce
+/// them): the same burst, as clean, with the publishers on the subscribers' runtime.
+#[tokio::test]
+async fn burst_with_publishers_on_the_subscribers_thread() {
+    let server = Server::hub_server();
+    let opts = pubsub::Options {
+        publishers_share_thread: true,
+        ..options(&server, "hub_server burst, shared thread")
+    };
+    let expected = expected_deliveries(&opts, opts.messages);
+    let report = run_pubsub(opts.clone()).await;
+    assert_eq!(report.mode, "burst");
+    assert_clean_pubsub(&report, &opts, expected);
 }
 
 /// Two URLs (here both the same server, so that every room reaches every subscriber without

@@ -98,6 +98,12 @@ struct PubsubArgs {
     /// Fixed-rate mode: seconds to publish.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Burst mode: run the publishers on the subscribers' runtime instead of a thread of their
+    /// own (how burst runs worked before session 11). There, the subscribers' reads pace the
+    /// publishers: the burst is sent only as fast as the load generator's one thread gets round
+    /// to it between reads.
+    #[arg(long)]
+    publishers_share_thread: bool,
     /// Where publisher connections go.
     #[arg(long, value_enum, default_value_t = pubsub::PublishVia::First)]
     publish_via: pubsub::PublishVia,
@@ -250,6 +256,7 @@ fn main() -> ExitCode {
                 rate: args.rate.filter(|rate| *rate > 0.0),
                 duration: secs(args.duration),
                 publish_via: args.publish_via,
+                publishers_share_thread: args.publishers_share_thread,
                 connect_concurrency: args.connect_concurrency,
                 ready_timeout: secs(args.ready_timeout),
                 settle: Duration::from_millis(args.settle_ms),

@@ -82,6 +82,8 @@ pub struct Options {
     pub duration: Duration,
     /// Which server each publisher connection goes to.
     pub publish_via: PublishVia,
+    /// Burst mode: publishers run on the subscribers' runtime instead of a thread of their own.
+    pub publishers_share_thread: bool,
     /// Handshakes in flight at once.
     pub connect_concurrency: usize,
     /// Longest wait for every subscriber to receive a probe.
@@ -844,19 +846,23 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         return Err(format!("no subscriber could connect: {error}"));
     }
 
-    // 2. Publishers. In rate mode they keep their schedule on a thread of their own, so that
-    // the subscribers' reads on this one do not make them late (their lateness would count in
-    // the latency, see `publisher`).
-    let publisher_runtime = match opts.rate {
-        Some(_) => Some(BackgroundRuntime(Some(
+    // 2. Publishers, on a thread of their own, so that the subscribers' reads on this one do
+    // not pace them. In rate mode they would be late (their lateness counts in the latency, see
+    // `publisher`); in burst mode "as fast as possible" would become "as fast as this thread
+    // gets round to it between reads": the load generator's own receive work, which grows with
+    // every segment the server sends, would throttle the load it offers.
+    let own_thread = opts.rate.is_some() || !opts.publishers_share_thread;
+    let publisher_runtime = if own_thread {
+        Some(BackgroundRuntime(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("loadgen-publishers")
                 .enable_all()
                 .build()
                 .map_err(|e| format!("publisher runtime: {e}"))?,
-        ))),
-        None => None,
+        )))
+    } else {
+        None
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut publishers = Vec::with_capacity(opts.publishers);
@@ -1239,6 +1245,7 @@ mod tests {
             rate: None,
             duration: Duration::from_secs(1),
             publish_via: PublishVia::All,
+            publishers_share_thread: false,
             connect_concurrency: 64,
             ready_timeout: Duration::from_secs(1),
             settle: Duration::ZERO,
