@@ -1560,3 +1560,106 @@ async fn a_message_from_another_instance_is_not_counted_as_published_here() {
     assert_eq!(sb.deliveries, 1, "{sb:?}");
     assert_eq!(b.hub.broker_status().received, 1);
 }
+
+/// Publishes `count` text envelopes `0..count` to `channel` in one pipeline: Redis handles them
+/// in one go and writes them to each subscriber together, so a subscriber task finds them all
+/// waiting at once.
+async fn flood(
+    plain: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    first: u64,
+    count: u64,
+) {
+    let mut pipe = redis::pipe();
+    for n in first..first + count {
+        pipe.cmd("PUBLISH")
+            .arg(channel)
+            .arg(envelope_by_hand(0x01, n.to_string().as_bytes()))
+            .ignore();
+    }
+    let () = pipe.query_async(plain).await.unwrap();
+}
+
+/// While messages pour in from Redis faster than the instance hands them out, a lone message
+/// for a connection with nothing written lately waits for `max_write_interval` (here 2 s), to
+/// share its write with what comes next; once the flood stops, the next lone message goes out
+/// at once again. Nothing is lost or reordered either way.
+#[tokio::test]
+async fn a_lone_message_waits_for_company_while_the_hub_is_behind_and_not_after() {
+    let redis = RedisServer::start().await;
+    let hub = Hub::builder()
+        .write_interval(Duration::from_millis(100))
+        .max_write_interval(Duration::from_secs(2))
+        .outbound_queue(100_000, 64 * 1024 * 1024);
+    let a = instance(hub, config(&redis.url())).await;
+    let mut flooded = a.connect("flooded").await;
+    let mut quiet = a.connect("quiet").await;
+    wait_members(&a.hub, "flooded", 1).await;
+    wait_members(&a.hub, "quiet", 1).await;
+    wait_subscribed(&a.hub, 2).await;
+
+    // The flood: pipelines of 200 messages, one every 20 ms, read in order by their member.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = Arc::clone(&stop);
+        let mut plain = redis.connection().await;
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                flood(&mut plain, "tower-ws-hub:flooded", sent, 200).await;
+                sent += 200;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        })
+    };
+    let reading = tokio::spawn(async move {
+        let mut expected = 0u64;
+        while let Ok(text) =
+            tokio::time::timeout(Duration::from_secs(2), next_text(&mut flooded)).await
+        {
+            assert_eq!(text, expected.to_string(), "flood out of order");
+            expected += 1;
+        }
+        expected
+    });
+
+    // A lone message for `quiet` (nothing written to it for over 100 ms) now waits: the first
+    // one that does shows the hold, and the stats count it.
+    let mut held = None;
+    for attempt in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        let lone = Message::text(format!("lone {attempt}"));
+        assert_eq!(a.hub.publish("quiet", lone).await.unwrap(), 1);
+        assert_eq!(next_text(&mut quiet).await, format!("lone {attempt}"));
+        if start.elapsed() >= Duration::from_secs(1) {
+            held = Some(start.elapsed());
+            break;
+        }
+    }
+    let held = held.expect("no lone message was held while the hub was behind");
+    assert!(held < Duration::from_secs(10), "held for {held:?}");
+    assert!(a.hub.stats().backlog_holds > 0);
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooding.await.unwrap();
+    assert_eq!(reading.await.unwrap(), sent, "every flood message arrives");
+    // The flood is over (its reader saw 2 s of silence): a lone message goes out at once.
+    let holds = a.hub.stats().backlog_holds;
+    let start = Instant::now();
+    assert_eq!(
+        a.hub
+            .publish("quiet", Message::text("after"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(next_text(&mut quiet).await, "after");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "held after the flood: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(a.hub.stats().backlog_holds, holds);
+}

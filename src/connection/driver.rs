@@ -205,6 +205,9 @@ pub(crate) struct Driver<'a, S> {
     next_take: Option<Instant>,
     /// Queued data is waiting for `next_take`; the timer fires then.
     take_waiting: bool,
+    /// `next_take` is (or was, when `None`) a hold for a backlog (`hub::backlog`), served once
+    /// per take.
+    backlog_held: bool,
     /// The current write interval, in `HubConfig::write_interval`s: 1, grown by one at each
     /// take of a steady stream while below `HubConfig::max_write_interval`. (A count, not a
     /// `Duration`: every byte here is paid by every idle connection.)
@@ -342,6 +345,7 @@ where
             forward: Vec::new(),
             more_queued: false,
             next_take: None,
+            backlog_held: false,
             take_waiting: false,
             intervals: 1,
             answering_until: None,
@@ -453,20 +457,54 @@ where
     /// held back while closing, while the wire is still being written, while a backlog is
     /// being worked through (`more_queued`), or when the hub asks for a close.
     fn holds_back(&mut self) -> bool {
-        let Some(next_take) = self.next_take else {
+        if self.next_take.is_none() && self.backlog_held {
+            // The hold for a backlog has run its course: take.
             return false;
-        };
+        }
         if !matches!(self.phase, Phase::Open) || self.more_queued || self.wire.has_data() {
             return false;
         }
+        let (interval, max_interval) = {
+            let config = self.config();
+            (config.write_interval, config.max_write_interval)
+        };
+        if self.next_take.is_none() && interval.is_zero() {
+            return false;
+        }
         let now = Instant::now();
-        if now >= next_take || self.answering_until.is_some_and(|until| now < until) {
+        if self.answering_until.is_some_and(|until| now < until) {
             self.next_take = None;
             return false;
         }
+        let next_take = match self.next_take {
+            Some(next_take) if now < next_take => next_take,
+            _ => {
+                self.next_take = None;
+                // Due: taken at once, unless the hub is behind, this hold has not been served
+                // yet, and a lone message waits (see `hub::backlog`).
+                if self.backlog_held || !self.membership.hub().inner().backlog.is_behind(now) {
+                    return false;
+                }
+                let (queued, close) = self.queue.peek();
+                if queued != 1 || close.is_some() {
+                    return false;
+                }
+                let held = later(now, max_interval.max(interval));
+                self.next_take = Some(held);
+                self.backlog_held = true;
+                Counters::incr(&self.counters().backlog_holds);
+                if !self.take_waiting {
+                    self.take_waiting = true;
+                    if held < self.timer.deadline() {
+                        self.timer.as_mut().reset(held);
+                    }
+                }
+                return true;
+            }
+        };
         // With nothing queued there is nothing to wait for: the next push wakes this task.
         let (queued, close) = self.queue.peek();
-        if !queued || close.is_some() {
+        if queued == 0 || close.is_some() {
             return false;
         }
         if !self.take_waiting {
@@ -498,6 +536,7 @@ where
                 && matches!(self.phase, Phase::Open)
                 && now.is_some_and(|now| self.answering_until.is_none_or(|until| now >= until));
             let taken = self.queue.take(&mut self.taken, hold);
+            self.backlog_held = false;
             if let Some(now) = now
                 && taken.messages > 0
             {

@@ -354,10 +354,10 @@ impl OutboundQueue {
         self.waker.wake();
     }
 
-    /// Whether anything is queued, and the close intent, if any.
-    pub(crate) fn peek(&self) -> (bool, Option<CloseIntent>) {
+    /// How many messages are queued (not taken yet), and the close intent, if any.
+    pub(crate) fn peek(&self) -> (usize, Option<CloseIntent>) {
         let state = self.lock();
-        (!state.queued.is_empty(), state.close)
+        (state.queued_messages, state.close)
     }
 
     /// The close intent, if any.

@@ -1,5 +1,6 @@
 //! The hub: rooms, local fan-out, and the [`Hub`] handle the application holds.
 
+pub(crate) mod backlog;
 pub(crate) mod context;
 pub(crate) mod hooks;
 pub(crate) mod registry;
@@ -65,6 +66,7 @@ pub(crate) struct HubInner {
     pub(crate) hooks: Hooks,
     pub(crate) registry: RoomRegistry,
     pub(crate) counters: Counters,
+    pub(crate) backlog: backlog::Backlog,
     broker: Broker,
     next_id: AtomicU64,
     /// Connections from accepted handshake to end (for the instance limit).
@@ -1202,6 +1204,7 @@ impl HubBuilder {
                 hooks: self.hooks,
                 registry: RoomRegistry::default(),
                 counters: Counters::default(),
+                backlog: backlog::Backlog::default(),
                 broker: Broker::start(broker, hub),
                 next_id: AtomicU64::new(1),
                 reserved: AtomicUsize::new(0),

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
     pub(crate) discarded_on_close: AtomicU64,
+    pub(crate) backlog_holds: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +102,12 @@ pub struct HubStats {
     /// with 1011 (`on_disconnect` still runs); an `on_disconnect` panic is counted and logged,
     /// the connection being closed already.
     pub hook_panics: u64,
+    /// Writes held back because the hub was behind: a lone message for a connection waited up
+    /// to [`max_write_interval`](crate::HubBuilder::max_write_interval) to share its write
+    /// with what came next (see [`write_interval`](crate::HubBuilder::write_interval)). A
+    /// figure that keeps growing says this instance receives from Redis faster than it hands
+    /// out.
+    pub backlog_holds: u64,
 }
 
 impl Counters {
@@ -133,6 +140,7 @@ impl Counters {
             idle_timeouts: get(&self.idle_timeouts),
             hook_panics: get(&self.hook_panics),
             discarded_on_close: get(&self.discarded_on_close),
+            backlog_holds: get(&self.backlog_holds),
         }
     }
 }

@@ -26,6 +26,7 @@ use super::envelope::{
 use super::{RedisConfig, Shared, SubscriberSlot};
 use crate::connection::frames::RunBuilder;
 use crate::hub::HubInner;
+use crate::hub::backlog::BEHIND_BATCH;
 use crate::sync::lock;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many rooms change at once.
@@ -424,10 +425,11 @@ impl Subscriber {
         let hub = self.hub.upgrade();
         let hub = hub.as_deref();
         let mut ended = false;
+        let mut taken = usize::from(first.is_some());
         if let Some(message) = &first {
             self.on_message(message, probe, hub, run);
         }
-        for _ in usize::from(first.is_some())..RECEIVE_BATCH {
+        while taken < RECEIVE_BATCH {
             match stream.next().now_or_never() {
                 Some(Some(message)) => self.on_message(&message, probe, hub, run),
                 Some(None) => {
@@ -436,8 +438,12 @@ impl Subscriber {
                 }
                 None => break,
             }
+            taken += 1;
         }
         if let Some(hub) = hub {
+            if taken > BEHIND_BATCH {
+                hub.backlog.behind_at(tokio::time::Instant::now());
+            }
             run.deliver(hub);
         }
         if ended {
