@@ -11,7 +11,8 @@
 //!    than the current interval (`write_interval`, or more under a steady stream) ago, and
 //!    none of these applies: the client sent a data message within the last
 //!    `write_interval`, a backlog is being worked through, the wire still holds data, or the
-//!    connection is closing or asked to close;
+//!    connection is closing or asked to close. While the hub is behind (`hub::backlog`), a
+//!    lone message that would go out at once is held once too, for `max_write_interval`;
 //! 2. the timer: heartbeat ping, pong timeout, idle timeout, the end of the write interval,
 //!    or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
@@ -219,7 +220,9 @@ pub(crate) struct Driver<'a, S> {
     /// Data frames taken for the wire and then discarded because the connection started
     /// closing (for a reason other than the slow-consumer policy, which counts its own):
     /// reported with the rest when the connection ends.
-    discarded: usize,
+    /// (A `u32`: the flags beside it fit in the word it leaves, and every byte here is paid by
+    /// every idle connection; a connection's own discards never come near it.)
+    discarded: u32,
     queue: Arc<OutboundQueue>,
     membership: &'a Membership,
     context: &'a ConnectionContext,
@@ -393,6 +396,12 @@ where
         discarded.frames
     }
 
+    fn count_discarded(&mut self, frames: usize) {
+        self.discarded = self
+            .discarded
+            .saturating_add(u32::try_from(frames).unwrap_or(u32::MAX));
+    }
+
     /// Starts the close handshake (once): `frame` goes out after the queued data if `drain`,
     /// at once otherwise (what the wire holds and has not started is discarded).
     fn begin_close(&mut self, frame: CloseFrame, drain: bool) {
@@ -400,7 +409,8 @@ where
             return;
         }
         if !drain {
-            self.discarded += self.discard_unstarted();
+            let frames = self.discard_unstarted();
+            self.count_discarded(frames);
         }
         let config = self.config();
         let deadline = if drain {
@@ -455,7 +465,9 @@ where
     /// Whether queued data waits for `next_take` (the current write interval), so that what
     /// arrives meanwhile goes out in the same write; if so, the timer fires then. Nothing is
     /// held back while closing, while the wire is still being written, while a backlog is
-    /// being worked through (`more_queued`), or when the hub asks for a close.
+    /// being worked through (`more_queued`), or when the hub asks for a close. When the
+    /// interval is over (or there was none), a lone queued message is still held, once, for
+    /// `max_write_interval` while the hub is behind (`hub::backlog`).
     fn holds_back(&mut self) -> bool {
         if self.next_take.is_none() && self.backlog_held {
             // The hold for a backlog has run its course: take.
@@ -493,11 +505,9 @@ where
                 self.next_take = Some(held);
                 self.backlog_held = true;
                 Counters::incr(&self.counters().backlog_holds);
-                if !self.take_waiting {
-                    self.take_waiting = true;
-                    if held < self.timer.deadline() {
-                        self.timer.as_mut().reset(held);
-                    }
+                self.take_waiting = true;
+                if held < self.timer.deadline() {
+                    self.timer.as_mut().reset(held);
                 }
                 return true;
             }
@@ -811,7 +821,8 @@ where
                     }
                     if matches!(self.phase, Phase::Open | Phase::Closing { .. }) {
                         // Our answer is on the wire; data queued after it must not follow.
-                        self.discarded += self.discard_unstarted();
+                        let frames = self.discard_unstarted();
+                        self.count_discarded(frames);
                         self.phase = Phase::PeerClosed;
                         // The answer may wait behind a half-written frame: a client that
                         // closes and then stops reading gets `close_timeout`, as when we close.
@@ -1051,7 +1062,7 @@ impl<S> Drop for Driver<'_, S> {
             self.wire.unwritten_data_frames() + self.queue.release_taken(&mut self.taken);
         // Later pushes are refused (the connection is about to leave its room); everything
         // that was queued for it and never written is counted once, here.
-        let discarded = self.discarded + unwritten + self.queue.end();
+        let discarded = self.discarded as usize + unwritten + self.queue.end();
         if discarded > 0 {
             let counters = &self.membership.hub().inner().counters;
             Counters::add(&counters.discarded_on_close, discarded as u64);
