@@ -6,8 +6,9 @@
 #   REPS=1 bench/run.sh local_burst      # quick look while developing
 #
 # Scenarios: local_burst redis2_burst rooms rate1000 rate100 idle broadcast_rss redis_publish
-# local_rate1000 local_rate100 inbound_rss (see BENCHMARKS.md for what each one does and what
-# it is expected to show; the local_rate* ones are the rate scenarios on a single instance).
+# local_rate1000 local_rate100 inbound_rss rooms_long (see BENCHMARKS.md for what each one does
+# and what it is expected to show; the local_rate* ones are the rate scenarios on a single
+# instance, rooms_long is rooms with ten times the messages, for A/B runs steadier than rooms).
 #
 # Environment:
 #   REPS=3               repetitions per scenario and implementation (project and baseline
@@ -41,7 +42,7 @@ REPS=${REPS:-3}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
 LOADGEN_FLAGS=${LOADGEN_FLAGS:-}
 ALL_SCENARIOS="local_burst redis2_burst rooms rate1000 rate100 idle broadcast_rss redis_publish
-    local_rate1000 local_rate100 inbound_rss"
+    local_rate1000 local_rate100 inbound_rss rooms_long"
 ALL_SCENARIOS=$(echo $ALL_SCENARIOS)
 SCENARIOS=${*:-$ALL_SCENARIOS}
 OUT=${RESULTS_DIR:-$HERE/results/$(date +%Y%m%d-%H%M%S)}
@@ -170,6 +171,9 @@ loadgen_args() {
         rooms)
             echo pubsub "${urls[@]}" --rooms 1000 --subscribers 5000 --publishers 10 \
                 --messages 1000 --size 64 --publish-via all --server-stats ;;
+        rooms_long)
+            echo pubsub "${urls[@]}" --rooms 1000 --subscribers 5000 --publishers 10 \
+                --messages 10000 --size 64 --publish-via all --server-stats ;;
         rate1000 | local_rate1000)
             echo pubsub "${urls[@]}" --subscribers 1000 --publishers 1 --rate 1000 --duration 10 \
                 --size 64 --publish-via first --server-stats ;;
