@@ -1005,7 +1005,7 @@ impl HubBuilder {
     /// and each write saved is CPU for the backlog: measured (BENCHMARKS.md, `rooms_long`:
     /// 1000 rooms of 5 on two instances, 100 000 messages as fast as they go, each subscriber
     /// getting one every 20–30 ms), p99 latency was 0.48–0.93× of the same hub without these
-    /// waits in 10 of 10 pairs (median 0.83×), with 8 % fewer writes and the same
+    /// waits in 10 of 10 pairs (median 0.83×), with 3–8 % fewer segments and the same
     /// throughput. A connection with several messages waiting is written at once as before,
     /// and a hub that keeps up (or runs without Redis) never waits this way.
     /// [`HubStats::backlog_holds`] counts these waits.
