@@ -16,7 +16,7 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower_ws_hub::redis::deadpool_redis::{self, redis};
 use tower_ws_hub::redis::{DEFAULT_OPERATION_TIMEOUT, RedisConfig};
-use tower_ws_hub::{Hub, HubBuilder, Message, PublishError};
+use tower_ws_hub::{Hub, HubBuilder, Message, PublishError, SlowConsumerPolicy};
 
 /// Probes fast enough that a test sees their effect quickly.
 fn config(url: &str) -> RedisConfig {
@@ -1580,72 +1580,126 @@ async fn flood(
     let () = pipe.query_async(plain).await.unwrap();
 }
 
+/// Instance A (built from `hub`) with a member in `flooded`, whose messages pour in from Redis
+/// (pipelines of 200, one every 20 ms) and are read, and a member in `quiet`: the hub is
+/// behind for as long as the flood lasts. With `strict`, the flood's member must get every
+/// message in order (its queue must hold a pipeline).
+struct Flood {
+    _redis: RedisServer,
+    a: Server,
+    quiet: Client,
+    strict: bool,
+    stop: Arc<AtomicBool>,
+    flooding: tokio::task::JoinHandle<u64>,
+    reading: tokio::task::JoinHandle<u64>,
+}
+
+impl Flood {
+    async fn start(hub: HubBuilder, strict: bool) -> Self {
+        let redis = RedisServer::start().await;
+        let a = instance(hub, config(&redis.url())).await;
+        let mut flooded = a.connect("flooded").await;
+        let quiet = a.connect("quiet").await;
+        wait_members(&a.hub, "flooded", 1).await;
+        wait_members(&a.hub, "quiet", 1).await;
+        wait_subscribed(&a.hub, 2).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooding = {
+            let stop = Arc::clone(&stop);
+            let mut plain = redis.connection().await;
+            tokio::spawn(async move {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    flood(&mut plain, "tower-ws-hub:flooded", sent, 200).await;
+                    sent += 200;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                sent
+            })
+        };
+        let reading = tokio::spawn(async move {
+            let mut expected = 0u64;
+            while let Ok(text) =
+                tokio::time::timeout(Duration::from_secs(5), next_text(&mut flooded)).await
+            {
+                if strict {
+                    assert_eq!(text, expected.to_string(), "flood out of order");
+                }
+                expected += 1;
+            }
+            expected
+        });
+        // Under way: the first pipelines have been read.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Self {
+            _redis: redis,
+            a,
+            quiet,
+            strict,
+            stop,
+            flooding,
+            reading,
+        }
+    }
+
+    /// Publishes `text` to `quiet` and returns how long its member took to get it.
+    async fn quiet_round_trip(&mut self, text: &str) -> Duration {
+        let start = Instant::now();
+        assert_eq!(
+            self.a
+                .hub
+                .publish("quiet", Message::text(text))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(next_text(&mut self.quiet).await, text);
+        start.elapsed()
+    }
+
+    /// Stops the flood; if `strict`, checks that its member got every message, in order (its
+    /// reader ends after 5 s of silence).
+    async fn stop(self) -> (Server, Client) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.flooding.await.unwrap();
+        let read = self.reading.await.unwrap();
+        if self.strict {
+            assert_eq!(read, sent, "every flood message arrives");
+        }
+        (self.a, self.quiet)
+    }
+}
+
 /// While messages pour in from Redis faster than the instance hands them out, a lone message
 /// for a connection with nothing written lately waits for `max_write_interval` (here 2 s), to
 /// share its write with what comes next; once the flood stops, the next lone message goes out
 /// at once again. Nothing is lost or reordered either way.
 #[tokio::test]
 async fn a_lone_message_waits_for_company_while_the_hub_is_behind_and_not_after() {
-    let redis = RedisServer::start().await;
-    let hub = Hub::builder()
-        .write_interval(Duration::from_millis(100))
-        .max_write_interval(Duration::from_secs(2))
-        .outbound_queue(100_000, 64 * 1024 * 1024);
-    let a = instance(hub, config(&redis.url())).await;
-    let mut flooded = a.connect("flooded").await;
-    let mut quiet = a.connect("quiet").await;
-    wait_members(&a.hub, "flooded", 1).await;
-    wait_members(&a.hub, "quiet", 1).await;
-    wait_subscribed(&a.hub, 2).await;
-
-    // The flood: pipelines of 200 messages, one every 20 ms, read in order by their member.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flooding = {
-        let stop = Arc::clone(&stop);
-        let mut plain = redis.connection().await;
-        tokio::spawn(async move {
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                flood(&mut plain, "tower-ws-hub:flooded", sent, 200).await;
-                sent += 200;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            sent
-        })
-    };
-    let reading = tokio::spawn(async move {
-        let mut expected = 0u64;
-        while let Ok(text) =
-            tokio::time::timeout(Duration::from_secs(2), next_text(&mut flooded)).await
-        {
-            assert_eq!(text, expected.to_string(), "flood out of order");
-            expected += 1;
-        }
-        expected
-    });
-
+    let mut flood = Flood::start(
+        Hub::builder()
+            .write_interval(Duration::from_millis(100))
+            .max_write_interval(Duration::from_secs(2))
+            .outbound_queue(100_000, 64 * 1024 * 1024),
+        true,
+    )
+    .await;
     // A lone message for `quiet` (nothing written to it for over 100 ms) now waits: the first
     // one that does shows the hold, and the stats count it.
     let mut held = None;
     for attempt in 0..20 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let start = Instant::now();
-        let lone = Message::text(format!("lone {attempt}"));
-        assert_eq!(a.hub.publish("quiet", lone).await.unwrap(), 1);
-        assert_eq!(next_text(&mut quiet).await, format!("lone {attempt}"));
-        if start.elapsed() >= Duration::from_secs(1) {
-            held = Some(start.elapsed());
+        let took = flood.quiet_round_trip(&format!("lone {attempt}")).await;
+        if took >= Duration::from_secs(1) {
+            held = Some(took);
             break;
         }
     }
     let held = held.expect("no lone message was held while the hub was behind");
-    assert!(held < Duration::from_secs(10), "held for {held:?}");
-    assert!(a.hub.stats().backlog_holds > 0);
+    assert!(held < Duration::from_secs(4), "held for {held:?}");
+    assert!(flood.a.hub.stats().backlog_holds > 0);
 
-    stop.store(true, Ordering::Relaxed);
-    let sent = flooding.await.unwrap();
-    assert_eq!(reading.await.unwrap(), sent, "every flood message arrives");
-    // The flood is over (its reader saw 2 s of silence): a lone message goes out at once.
+    let (a, mut quiet) = flood.stop().await;
     let holds = a.hub.stats().backlog_holds;
     let start = Instant::now();
     assert_eq!(
@@ -1656,10 +1710,77 @@ async fn a_lone_message_waits_for_company_while_the_hub_is_behind_and_not_after(
         1
     );
     assert_eq!(next_text(&mut quiet).await, "after");
+    let took = start.elapsed();
     assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "held after the flood: {:?}",
-        start.elapsed()
+        took < Duration::from_secs(1),
+        "held after the flood: {took:?}"
     );
     assert_eq!(a.hub.stats().backlog_holds, holds);
+}
+
+/// A message that followed a write within the interval has waited for the interval: when that
+/// is over it goes out, and is not held a second time for the backlog.
+#[tokio::test]
+async fn a_message_that_waited_for_the_interval_is_not_held_again_while_behind() {
+    let mut flood = Flood::start(
+        Hub::builder()
+            .write_interval(Duration::from_millis(500))
+            .max_write_interval(Duration::from_secs(3))
+            .outbound_queue(100_000, 64 * 1024 * 1024),
+        true,
+    )
+    .await;
+    for attempt in 0..3 {
+        // The first may be held for the backlog (up to 3 s); the second follows its write at
+        // once, so it waits for the interval (500 ms), and only for that.
+        flood.quiet_round_trip(&format!("first {attempt}")).await;
+        let second = flood.quiet_round_trip(&format!("second {attempt}")).await;
+        assert!(
+            second < Duration::from_millis(2000),
+            "the second message waited {second:?}: the interval and then a backlog hold"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(
+        flood.a.hub.stats().backlog_holds > 0,
+        "the hub was never behind"
+    );
+    flood.stop().await;
+}
+
+/// A hold for the backlog ends once the queue is a quarter full: a client that keeps up, with
+/// a small queue, loses nothing to it (here `DropNewest` with room for 8 messages, a message
+/// every 50 ms, and holds of up to 2 s, in which 40 would arrive). The flood's member, with
+/// the same small queue, drops most of each pipeline; that is its policy at work.
+#[tokio::test]
+async fn a_hold_while_behind_does_not_overflow_a_small_queue() {
+    let mut flood = Flood::start(
+        Hub::builder()
+            .write_interval(Duration::from_millis(100))
+            .max_write_interval(Duration::from_secs(2))
+            .slow_consumer_policy(SlowConsumerPolicy::DropNewest)
+            .outbound_queue(8, 1024 * 1024),
+        false,
+    )
+    .await;
+    for n in 0..40 {
+        assert_eq!(
+            flood
+                .a
+                .hub
+                .publish("quiet", Message::text(n.to_string()))
+                .await
+                .unwrap(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..40 {
+        assert_eq!(next_text(&mut flood.quiet).await, n.to_string());
+    }
+    assert!(
+        flood.a.hub.stats().backlog_holds > 0,
+        "the hub was never behind"
+    );
+    flood.stop().await;
 }

@@ -12,7 +12,8 @@
 //!    none of these applies: the client sent a data message within the last
 //!    `write_interval`, a backlog is being worked through, the wire still holds data, or the
 //!    connection is closing or asked to close. While the hub is behind (`hub::backlog`), a
-//!    lone message that would go out at once is held once too, for `max_write_interval`;
+//!    lone message after a quiet spell waits too, once, for `max_write_interval` or until the
+//!    queue is a quarter full;
 //! 2. the timer: heartbeat ping, pong timeout, idle timeout, the end of the write interval,
 //!    or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
@@ -463,12 +464,15 @@ where
     }
 
     /// Whether queued data waits for `next_take` (the current write interval), so that what
-    /// arrives meanwhile goes out in the same write; if so, the timer fires then. Nothing is
-    /// held back while closing, while the wire is still being written, while a backlog is
-    /// being worked through (`more_queued`), or when the hub asks for a close. When the
-    /// interval is over (or there was none), a lone queued message is still held, once, for
-    /// `max_write_interval` while the hub is behind (`hub::backlog`).
-    fn holds_back(&mut self) -> bool {
+    /// arrives meanwhile goes out in the same write; if so, the timer fires then. `now` is
+    /// `None` when the write interval is zero: nothing is held back. Nothing is held back
+    /// while closing, while the wire is still being written, while a backlog is being worked
+    /// through (`more_queued`), or when the hub asks for a close. A lone message after a quiet
+    /// spell waits too while the hub is behind (`hub::backlog`).
+    fn holds_back(&mut self, now: Option<Instant>) -> bool {
+        let Some(now) = now else {
+            return false;
+        };
         if self.next_take.is_none() && self.backlog_held {
             // The hold for a backlog has run its course: take.
             return false;
@@ -476,14 +480,6 @@ where
         if !matches!(self.phase, Phase::Open) || self.more_queued || self.wire.has_data() {
             return false;
         }
-        let (interval, max_interval) = {
-            let config = self.config();
-            (config.write_interval, config.max_write_interval)
-        };
-        if self.next_take.is_none() && interval.is_zero() {
-            return false;
-        }
-        let now = Instant::now();
         if self.answering_until.is_some_and(|until| now < until) {
             self.next_take = None;
             return false;
@@ -492,29 +488,14 @@ where
             Some(next_take) if now < next_take => next_take,
             _ => {
                 self.next_take = None;
-                // Due: taken at once, unless the hub is behind, this hold has not been served
-                // yet, and a lone message waits (see `hub::backlog`).
-                if self.backlog_held || !self.membership.hub().inner().backlog.is_behind(now) {
-                    return false;
-                }
-                let (queued, close) = self.queue.peek();
-                if queued != 1 || close.is_some() {
-                    return false;
-                }
-                let held = later(now, max_interval.max(interval));
-                self.next_take = Some(held);
-                self.backlog_held = true;
-                Counters::incr(&self.counters().backlog_holds);
-                self.take_waiting = true;
-                if held < self.timer.deadline() {
-                    self.timer.as_mut().reset(held);
-                }
-                return true;
+                return self.holds_back_for_backlog(now);
             }
         };
-        // With nothing queued there is nothing to wait for: the next push wakes this task.
-        let (queued, close) = self.queue.peek();
-        if queued == 0 || close.is_some() {
+        // With nothing queued there is nothing to wait for: the next push wakes this task. A
+        // hold for a backlog also ends once the queue is a quarter full (the queue wakes this
+        // task then): waiting must not overflow the queue of a client that keeps up.
+        let peek = self.queue.peek();
+        if peek.queued == 0 || peek.close.is_some() || (self.backlog_held && peek.past_quarter) {
             return false;
         }
         if !self.take_waiting {
@@ -526,18 +507,43 @@ where
         true
     }
 
+    /// No interval holds queued data back (`now` is past it, or there was none): whether a
+    /// lone message after a quiet spell waits anyway, for `max_write_interval` or until the
+    /// queue is a quarter full, because the hub is behind (`hub::backlog`). Not one that
+    /// already waited for an interval (`take_waiting`), and once per take (`backlog_held`).
+    fn holds_back_for_backlog(&mut self, now: Instant) -> bool {
+        if self.backlog_held
+            || self.take_waiting
+            || !self.membership.hub().inner().backlog.is_behind(now)
+            || !self.queue.hold_lone()
+        {
+            return false;
+        }
+        let config = self.config();
+        let held = later(now, config.max_write_interval.max(config.write_interval));
+        self.next_take = Some(held);
+        self.backlog_held = true;
+        self.take_waiting = true;
+        Counters::incr(&self.counters().backlog_holds);
+        if held < self.timer.deadline() {
+            self.timer.as_mut().reset(held);
+        }
+        true
+    }
+
     /// Moves what the queue hands over onto the wire (or drops all of it, when no data may go
     /// out), unless [`holds_back`](Self::holds_back). The queue hands the writer at most half
     /// its budget at a time; see `more_queued`.
     fn take_queued(&mut self) -> Option<CloseIntent> {
-        if self.holds_back() {
+        let now = (!self.config().write_interval.is_zero()).then(Instant::now);
+        if self.holds_back(now) {
             return None;
         }
-        // Set: this take ends a hold that data arrived during, so data is coming steadily.
-        let steady = std::mem::take(&mut self.take_waiting);
+        // Set: this take ends a hold that data arrived during, so data is coming steadily. Not
+        // a hold for a backlog: its lone message says nothing of the stream.
+        let backlog_held = std::mem::take(&mut self.backlog_held);
+        let steady = std::mem::take(&mut self.take_waiting) && !backlog_held;
         let intent = if self.sends_data() {
-            let interval = self.config().write_interval;
-            let now = (!interval.is_zero()).then(Instant::now);
             // A steady stream: the next take waits for the timer whatever arrives (unless the
             // client's message lifts the hold), so the queue need not wake this task for data
             // until then. One wake-up per write instead of two: the first push after a write,
@@ -546,7 +552,6 @@ where
                 && matches!(self.phase, Phase::Open)
                 && now.is_some_and(|now| self.answering_until.is_none_or(|until| now >= until));
             let taken = self.queue.take(&mut self.taken, hold);
-            self.backlog_held = false;
             if let Some(now) = now
                 && taken.messages > 0
             {

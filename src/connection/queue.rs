@@ -64,6 +64,18 @@ pub(crate) struct Taken {
     pub(crate) bytes: usize,
 }
 
+/// What [`OutboundQueue::peek`] sees.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peek {
+    /// Messages queued (not taken yet).
+    pub(crate) queued: usize,
+    /// The queue holds more than a quarter of either bound (taken messages not yet written
+    /// included).
+    pub(crate) past_quarter: bool,
+    /// The close intent, if any.
+    pub(crate) close: Option<CloseIntent>,
+}
+
 /// Queue bounds and overflow policy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
@@ -90,6 +102,10 @@ struct State {
     /// disconnect still do. Set by [`OutboundQueue::take`] only when it hands over frames and the
     /// writer asks for it; any take that finds nothing clears it.
     writer_holding: bool,
+    /// The writer holds a lone message back because the hub is behind (`hub::backlog`): wake
+    /// it once the queue holds more than a quarter of either bound, so that the wait does not
+    /// overflow the queue of a client that keeps up. Cleared by any take.
+    wake_past_quarter: bool,
     /// Messages cleared from `queued` by a close request or the end of the connection (not by
     /// the slow-consumer policy, whose pusher counts them as dropped): [`OutboundQueue::end`]
     /// reports them.
@@ -181,10 +197,30 @@ impl OutboundQueue {
                 }
             }
         }
+        if state.wake_past_quarter && self.past_quarter(&state) {
+            state.wake_past_quarter = false;
+            wake = true;
+        }
         drop(state);
         if wake {
             self.waker.wake();
         }
+    }
+
+    /// Whether the queue holds more than a quarter of either bound.
+    fn past_quarter(&self, state: &State) -> bool {
+        state.messages.saturating_mul(4) > self.limits.max_messages
+            || state.bytes.saturating_mul(4) > self.limits.max_bytes
+    }
+
+    /// For a writer that would hold back a lone message because the hub is behind: `true`
+    /// when exactly one message is queued and no close is asked for, and then a push that
+    /// takes the queue past a quarter of a bound wakes the writer (see `wake_past_quarter`).
+    pub(crate) fn hold_lone(&self) -> bool {
+        let mut state = self.lock();
+        let lone = state.queued_messages == 1 && state.close.is_none();
+        state.wake_past_quarter = lone;
+        lone
     }
 
     fn fits(&self, state: &State, messages: usize, bytes: usize) -> bool {
@@ -254,6 +290,7 @@ impl OutboundQueue {
     /// writer again.
     pub(crate) fn take(&self, batch: &mut VecDeque<Frames>, hold: bool) -> Taken {
         let mut state = self.lock();
+        state.wake_past_quarter = false;
         let (queued_messages, queued_bytes) = (state.queued_messages, state.queued_bytes);
         let half_messages = (self.limits.max_messages / 2).max(1);
         let half_bytes = (self.limits.max_bytes / 2).max(1);
@@ -298,6 +335,7 @@ impl OutboundQueue {
     pub(crate) fn discard_queued(&self) -> Option<CloseIntent> {
         let mut state = self.lock();
         state.writer_holding = false;
+        state.wake_past_quarter = false;
         state.discard_queued();
         state.close
     }
@@ -354,10 +392,14 @@ impl OutboundQueue {
         self.waker.wake();
     }
 
-    /// How many messages are queued (not taken yet), and the close intent, if any.
-    pub(crate) fn peek(&self) -> (usize, Option<CloseIntent>) {
+    /// What is queued, at a glance.
+    pub(crate) fn peek(&self) -> Peek {
         let state = self.lock();
-        (state.queued_messages, state.close)
+        Peek {
+            queued: state.queued_messages,
+            past_quarter: self.past_quarter(&state),
+            close: state.close,
+        }
     }
 
     /// The close intent, if any.

@@ -2,11 +2,13 @@
 //!
 //! A subscriber task that finds a long run of messages already waiting on its Redis connection
 //! (more than [`BEHIND_BATCH`] taken without waiting) is behind: messages arrive faster than
-//! the instance hands them out. For [`BEHIND_FOR`] after that, a connection whose next message
-//! would go out on its own (nothing written lately) waits for the current write interval
-//! first, so that what else arrives for it meanwhile shares the write. Under a backlog each
-//! write costs the machine about as much for one message as for several, and every write saved
-//! is CPU for the backlog; a connection that keeps up is not held back.
+//! the instance hands them out. For [`BEHIND_FOR`] after that, a lone message for a connection
+//! with nothing written for a write interval, which would go out at once, waits first (once),
+//! for `max_write_interval` or until the queue is a quarter full, so that what else arrives
+//! for it meanwhile shares the write.
+//! Under a backlog each write costs the machine about as much for one message as for several,
+//! and every write saved is CPU for the backlog. Several messages waiting go out at once, as
+//! always.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,9 +16,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Messages a subscriber task takes without waiting, beyond which the hub counts as behind.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) const BEHIND_BATCH: usize = 32;
 /// How long one sign of a backlog keeps the hub counted as behind.
-pub(crate) const BEHIND_FOR: Duration = Duration::from_millis(50);
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+const BEHIND_FOR: Duration = Duration::from_millis(50);
 
 /// See the [module docs](self).
 #[derive(Debug)]
@@ -41,6 +45,7 @@ impl Backlog {
     }
 
     /// A sign of a backlog, seen at `now`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn behind_at(&self, now: Instant) {
         self.until
             .fetch_max(self.nanos(now + BEHIND_FOR), Ordering::Relaxed);
