@@ -994,20 +994,23 @@ impl HubBuilder {
     /// since the last write (a steady stream), the interval grows by this much at each
     /// write, up to [`max_write_interval`](Self::max_write_interval) (12 ms by default); it
     /// is back to this value at the first write that finds fewer, or when the client sends
-    /// a data message. A message is held back by at most the current interval.
+    /// a data message. A message is held back by at most the current interval, except while
+    /// the hub is behind (next paragraph).
     ///
     /// While the hub is behind, a message that would go out at once waits too: when a Redis
     /// subscriber connection finds more than 32 messages already waiting (messages come in
     /// faster than this instance hands them out), then for the next 50 ms a lone message for
-    /// a connection that had nothing written lately waits up to
-    /// [`max_write_interval`](Self::max_write_interval) for company, once per write. Under
-    /// such a backlog a write costs the machine about as much for one message as for several,
-    /// and each write saved is CPU for the backlog: measured (BENCHMARKS.md, `rooms_long`:
-    /// 1000 rooms of 5 on two instances, 100 000 messages as fast as they go, each subscriber
-    /// getting one every 20–30 ms), p99 latency was 0.48–0.93× of the same hub without these
-    /// waits in 10 of 10 pairs (median 0.83×), with 3–8 % fewer segments and the same
-    /// throughput. A connection with several messages waiting is written at once as before,
-    /// and a hub that keeps up (or runs without Redis) never waits this way.
+    /// a connection that had nothing written for an interval waits for
+    /// [`max_write_interval`](Self::max_write_interval), once, or until the
+    /// [outbound queue](Self::outbound_queue) holds a quarter of its bound, so that what comes
+    /// next for it shares the write. (A message that already waited for the interval is not
+    /// held again.) Under such a backlog a write costs the machine about as much for one
+    /// message as for several, and each write saved is CPU for the backlog: measured
+    /// (BENCHMARKS.md, `rooms_long`: 1000 rooms of 5 on two instances, 100 000 messages as
+    /// fast as they go, each subscriber getting one every 20–30 ms), p99 latency was lower
+    /// than the same hub's without these waits in 8 of 10 pairs (median 0.82×, p50 0.88×), at
+    /// the same throughput. A connection with several messages waiting is written at once as
+    /// before, and a hub that keeps up (or runs without Redis) never waits this way.
     /// [`HubStats::backlog_holds`] counts these waits.
     ///
     /// Never held back:
@@ -1042,9 +1045,11 @@ impl HubBuilder {
         self
     }
 
-    /// The longest the [write interval](Self::write_interval) grows to under a steady stream.
-    /// Default: 12 ms ([`DEFAULT_MAX_WRITE_INTERVAL`](crate::DEFAULT_MAX_WRITE_INTERVAL));
-    /// a value not above `write_interval` keeps the interval fixed.
+    /// The longest the [write interval](Self::write_interval) grows to under a steady stream,
+    /// and how long a lone message waits while the hub is behind (see
+    /// [`write_interval`](Self::write_interval)). Default: 12 ms
+    /// ([`DEFAULT_MAX_WRITE_INTERVAL`](crate::DEFAULT_MAX_WRITE_INTERVAL)); a value not above
+    /// `write_interval` keeps the interval fixed.
     ///
     /// A connection whose held-back writes keep finding more than one message per
     /// `write_interval` since its last write is in a stream faster than the interval: it is
