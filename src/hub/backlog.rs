@@ -5,10 +5,9 @@
 //! the instance hands them out. For [`BEHIND_FOR`] after that, a lone message for a connection
 //! with nothing written for a write interval, which would go out at once, waits first (once),
 //! for `max_write_interval` or until the queue is a quarter full, so that what else arrives
-//! for it meanwhile shares the write.
-//! Under a backlog each write costs the machine about as much for one message as for several,
-//! and every write saved is CPU for the backlog. Several messages waiting go out at once, as
-//! always.
+//! for it meanwhile shares the write (the driver's `holds_back_for_backlog`). Under a backlog
+//! each write costs the machine about as much for one message as for several, and every write
+//! saved is CPU for the backlog. Several messages waiting go out at once, as always.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
