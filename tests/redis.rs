@@ -1784,3 +1784,60 @@ async fn a_hold_while_behind_does_not_overflow_a_small_queue() {
     );
     flood.stop().await;
 }
+
+/// The write that ends a hold for the backlog says nothing about the connection's stream (the
+/// hold itself gathered what came): it does not grow the write interval. A message right
+/// after it waits for `write_interval` (1 s here), not for a grown interval (2 s).
+#[tokio::test]
+async fn the_write_ending_a_hold_while_behind_does_not_grow_the_interval() {
+    let mut flood = Flood::start(
+        Hub::builder()
+            .write_interval(Duration::from_secs(1))
+            .max_write_interval(Duration::from_secs(4))
+            .outbound_queue(100_000, 64 * 1024 * 1024),
+        true,
+    )
+    .await;
+    let mut checked = false;
+    for attempt in 0..5 {
+        // Two messages 100 ms apart: if the first is held for the backlog, both go out
+        // together at the end of the hold.
+        let start = Instant::now();
+        let (first, second) = (format!("a{attempt}"), format!("b{attempt}"));
+        assert_eq!(
+            flood
+                .a
+                .hub
+                .publish("quiet", Message::text(first.clone()))
+                .await
+                .unwrap(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            flood
+                .a
+                .hub
+                .publish("quiet", Message::text(second.clone()))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(next_text(&mut flood.quiet).await, first);
+        let held = start.elapsed() >= Duration::from_secs(2);
+        assert_eq!(next_text(&mut flood.quiet).await, second);
+        if held {
+            let took = flood.quiet_round_trip(&format!("c{attempt}")).await;
+            assert!(
+                took < Duration::from_millis(1600),
+                "a message right after the hold's write waited {took:?}: the interval grew"
+            );
+            checked = true;
+            break;
+        }
+        // Not held (the hub was not behind just then): a quiet spell, and again.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert!(checked, "the hub was never behind when a lone message came");
+    flood.stop().await;
+}
