@@ -245,6 +245,13 @@ main() {
         log "building release binaries (target dir: $TARGET)"
         (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -p tower-ws-hub-bench --bins)
     fi
+    local bin
+    for bin in "$BIN/loadgen" "${HUB_BIN:-$BIN/hub_server}" "${BASELINE_BIN:-$BIN/baseline}"; do
+        if [[ ! -x $bin ]]; then
+            log "error: $bin not found: build the release binaries first (without SKIP_BUILD=1), or point CARGO_TARGET_DIR, HUB_BIN or BASELINE_BIN at them"
+            exit 1
+        fi
+    done
     ulimit -n "$(ulimit -Hn)"
     log "open-file limit: $(ulimit -n)"
     {
@@ -261,7 +268,7 @@ main() {
         echo "baseline: ${BASELINE_BIN:-$BIN/baseline} ${BASELINE_FLAGS:-}"
     } >"$OUT/machine.txt"
     local project_redis=no have_redis=no
-    if "$BIN/hub_server" --check --redis redis://127.0.0.1:1 >/dev/null 2>&1; then
+    if "${HUB_BIN:-$BIN/hub_server}" --check --redis redis://127.0.0.1:1 >/dev/null 2>&1; then
         project_redis=yes
     fi
     if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
@@ -290,7 +297,7 @@ main() {
         fi
         if needs_redis "$scenario"; then
             if [[ $project_redis != yes ]]; then
-                skip "$scenario" "hub_server does not support --redis yet (pending the tower-ws-hub Redis backend)"
+                skip "$scenario" "${HUB_BIN:-$BIN/hub_server} refused --redis (built without the redis feature?)"
                 continue
             fi
             if [[ $have_redis != yes ]]; then
