@@ -1642,19 +1642,24 @@ impl Flood {
         }
     }
 
+    /// Publishes `text` to `quiet`, whose one member gets it queued.
+    async fn publish_quiet(&self, text: &str) {
+        let queued = self.a.hub.publish("quiet", Message::text(text)).await;
+        assert_eq!(queued.unwrap(), 1, "{text} not queued");
+    }
+
     /// Publishes `text` to `quiet` and returns how long its member took to get it.
     async fn quiet_round_trip(&mut self, text: &str) -> Duration {
         let start = Instant::now();
-        assert_eq!(
-            self.a
-                .hub
-                .publish("quiet", Message::text(text))
-                .await
-                .unwrap(),
-            1
-        );
+        self.publish_quiet(text).await;
         assert_eq!(next_text(&mut self.quiet).await, text);
         start.elapsed()
+    }
+
+    /// The hub held at least one lone message for the backlog.
+    fn assert_was_behind(&self) {
+        let holds = self.a.hub.stats().backlog_holds;
+        assert!(holds > 0, "the hub was never behind");
     }
 
     /// Stops the flood; if `strict`, checks that its member got every message, in order (its
@@ -1697,7 +1702,7 @@ async fn a_lone_message_waits_for_company_while_the_hub_is_behind_and_not_after(
     }
     let held = held.expect("no lone message was held while the hub was behind");
     assert!(held < Duration::from_secs(4), "held for {held:?}");
-    assert!(flood.a.hub.stats().backlog_holds > 0);
+    flood.assert_was_behind();
 
     let (a, mut quiet) = flood.stop().await;
     let holds = a.hub.stats().backlog_holds;
@@ -1741,10 +1746,7 @@ async fn a_message_that_waited_for_the_interval_is_not_held_again_while_behind()
         );
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    assert!(
-        flood.a.hub.stats().backlog_holds > 0,
-        "the hub was never behind"
-    );
+    flood.assert_was_behind();
     flood.stop().await;
 }
 
@@ -1764,24 +1766,13 @@ async fn a_hold_while_behind_does_not_overflow_a_small_queue() {
     )
     .await;
     for n in 0..40 {
-        assert_eq!(
-            flood
-                .a
-                .hub
-                .publish("quiet", Message::text(n.to_string()))
-                .await
-                .unwrap(),
-            1
-        );
+        flood.publish_quiet(&n.to_string()).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for n in 0..40 {
         assert_eq!(next_text(&mut flood.quiet).await, n.to_string());
     }
-    assert!(
-        flood.a.hub.stats().backlog_holds > 0,
-        "the hub was never behind"
-    );
+    flood.assert_was_behind();
     flood.stop().await;
 }
 
@@ -1804,25 +1795,9 @@ async fn the_write_ending_a_hold_while_behind_does_not_grow_the_interval() {
         // together at the end of the hold.
         let start = Instant::now();
         let (first, second) = (format!("a{attempt}"), format!("b{attempt}"));
-        assert_eq!(
-            flood
-                .a
-                .hub
-                .publish("quiet", Message::text(first.clone()))
-                .await
-                .unwrap(),
-            1
-        );
+        flood.publish_quiet(&first).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            flood
-                .a
-                .hub
-                .publish("quiet", Message::text(second.clone()))
-                .await
-                .unwrap(),
-            1
-        );
+        flood.publish_quiet(&second).await;
         assert_eq!(next_text(&mut flood.quiet).await, first);
         let held = start.elapsed() >= Duration::from_secs(2);
         assert_eq!(next_text(&mut flood.quiet).await, second);
