@@ -514,14 +514,7 @@ async fn an_http2_websocket_closed_for_an_oversized_message_ends_cleanly() {
 
     let sent = big.send(WsMessage::binary(vec![7u8; 4 << 20])).await;
     assert!(sent.is_ok(), "{sent:?}");
-    match tokio::time::timeout(PROMPTLY, big.next()).await {
-        Ok(Some(Ok(WsMessage::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1009),
-        other => panic!("expected 1009, got {other:?}"),
-    }
-    match tokio::time::timeout(PROMPTLY, big.next()).await {
-        Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {}
-        other => panic!("the stream did not end cleanly: {other:?}"),
-    }
+    assert_close_then_clean_end(&mut big, 1009).await;
     drop(big);
     wait_members(&server.hub, "h2big", 1).await;
     server

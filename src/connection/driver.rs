@@ -389,7 +389,7 @@ where
     }
 
     /// Data frames on the wire that are not started yet are dropped (a close must not wait
-    /// behind them): counted in `discarded`, released from the queue bounds.
+    /// behind them) and released from the queue bounds; returns how many.
     fn discard_unstarted(&mut self) -> usize {
         let (discarded, completed) = self.wire.discard_unstarted_data();
         self.release(discarded);
@@ -397,7 +397,9 @@ where
         discarded.frames
     }
 
-    fn count_discarded(&mut self, frames: usize) {
+    /// [`discard_unstarted`](Self::discard_unstarted) for a close, counted in `discarded`.
+    fn discard_unstarted_on_close(&mut self) {
+        let frames = self.discard_unstarted();
         self.discarded = self
             .discarded
             .saturating_add(u32::try_from(frames).unwrap_or(u32::MAX));
@@ -410,8 +412,7 @@ where
             return;
         }
         if !drain {
-            let frames = self.discard_unstarted();
-            self.count_discarded(frames);
+            self.discard_unstarted_on_close();
         }
         let config = self.config();
         let deadline = if drain {
@@ -473,10 +474,6 @@ where
         let Some(now) = now else {
             return false;
         };
-        if self.next_take.is_none() && self.backlog_held {
-            // The hold for a backlog has run its course: take.
-            return false;
-        }
         if !matches!(self.phase, Phase::Open) || self.more_queued || self.wire.has_data() {
             return false;
         }
@@ -826,8 +823,7 @@ where
                     }
                     if matches!(self.phase, Phase::Open | Phase::Closing { .. }) {
                         // Our answer is on the wire; data queued after it must not follow.
-                        let frames = self.discard_unstarted();
-                        self.count_discarded(frames);
+                        self.discard_unstarted_on_close();
                         self.phase = Phase::PeerClosed;
                         // The answer may wait behind a half-written frame: a client that
                         // closes and then stops reading gets `close_timeout`, as when we close.

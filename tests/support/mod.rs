@@ -265,6 +265,22 @@ pub async fn http_get(url: &str) -> HttpReply {
     .await
 }
 
+/// The next thing `ws` reads is the server's close frame with `code`, and then the stream ends
+/// cleanly (no reset): for a client the server closed while it was still sending.
+pub async fn assert_close_then_clean_end<S>(ws: &mut WebSocketStream<S>, code: u16)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(PROMPTLY, ws.next()).await {
+        Ok(Some(Ok(WsMessage::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), code),
+        other => panic!("expected a {code} close frame, got {other:?}"),
+    }
+    match tokio::time::timeout(PROMPTLY, ws.next()).await {
+        Ok(None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {}
+        other => panic!("the connection did not end cleanly: {other:?}"),
+    }
+}
+
 /// Reads until the server's close frame, then keeps reading until the stream ends, which makes
 /// tungstenite send its answering close frame (it is only flushed by a later read). Returns the
 /// server's close code. Use this when the server waits for the close handshake to finish
