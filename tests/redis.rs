@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use redis_support::{LatencyProxy, RedisServer, StarvingProxy, numsub, publish_raw};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -78,7 +80,7 @@ async fn stall_redis_for_a_second(redis: &RedisServer) -> tokio::task::JoinHandl
 /// Makes Redis stop answering anyone for `seconds` (`DEBUG SLEEP`); returns once the stall is
 /// under way, with the task that ends with it.
 async fn stall_redis_for(redis: &RedisServer, seconds: u64) -> tokio::task::JoinHandle<()> {
-    let mut plain = redis.connection().await;
+    let mut plain = redis.patient_connection().await;
     let sleeper = tokio::spawn(async move {
         let _: redis::RedisResult<()> = redis::cmd("DEBUG")
             .arg("SLEEP")
@@ -659,6 +661,204 @@ async fn a_bulk_publisher_waiting_for_room_leaves_room_for_clients_messages() {
         bulk_sent > 300,
         "the bulk publisher made progress: {bulk_sent}"
     );
+}
+
+/// Reads what `client` receives until it is silent for 200 ms.
+async fn drain_texts(client: &mut Client) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(200), client.next()).await
+    {
+        match message.unwrap() {
+            WsMessage::Text(text) => got.push(text.to_string()),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+    got
+}
+
+fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| i.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_client_sending_faster_than_redis_takes_is_read_slower_and_nothing_is_dropped() {
+    const N: usize = 300;
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    // A publish queue of 4, and a Redis operation may take 5 s: a stall of 1 s is slowness.
+    let a = instance(Hub::builder(), patient(&redis.url(), stall)).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    let mut local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    for i in 0..N {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    // While Redis sleeps, the sender's messages wait in its socket: the local member gets no
+    // more than what fits in the queue (and the pipeline out) before reading stops.
+    let early = drain_texts(&mut local).await;
+    assert!(!sleeper.is_finished(), "Redis woke before the check");
+    assert!(
+        early.len() < N / 2,
+        "{} of {N} messages were read while Redis slept and the queue holds 4",
+        early.len()
+    );
+    assert_eq!(early, numbered(0..early.len()));
+    assert!(a.hub.broker_status().client_reads_paused >= 1);
+    sleeper.await.unwrap();
+
+    // Redis is back: every message is read and reaches both instances, in order.
+    for i in early.len()..N {
+        assert_eq!(next_text(&mut local).await, i.to_string(), "on A");
+    }
+    for i in 0..N {
+        assert_eq!(next_text(&mut remote).await, i.to_string(), "on B");
+    }
+    assert_silent(&mut remote, Duration::from_millis(200)).await;
+    let status = a.hub.broker_status();
+    assert_eq!(
+        (status.publish_dropped, status.publish_failures),
+        (0, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_racing_for_the_last_places_in_the_queue_lose_nothing() {
+    const SENDERS: usize = 16;
+    const N: usize = 100;
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    let a = instance(Hub::builder(), patient(&redis.url(), stall)).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let mut remote = b.connect("r").await;
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(a.connect("r").await);
+    }
+    wait_members(&a.hub, "r", SENDERS).await;
+    wait_members(&b.hub, "r", 1).await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+
+    // Every sender's messages are waiting in its socket when Redis wakes: on two worker
+    // threads, the woken connections race for the queue's 4 places.
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    let sending: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(s, mut sender)| {
+            tokio::spawn(async move {
+                for i in 0..N {
+                    send_text(&mut sender, &format!("{s}:{i}")).await;
+                }
+                sender
+            })
+        })
+        .collect();
+    let mut senders = Vec::new();
+    for task in sending {
+        senders.push(task.await.unwrap());
+    }
+    sleeper.await.unwrap();
+
+    let mut next = [0usize; SENDERS];
+    for _ in 0..SENDERS * N {
+        let text = next_text(&mut remote).await;
+        let (s, i) = text.split_once(':').unwrap();
+        let s: usize = s.parse().unwrap();
+        assert_eq!(
+            i.parse::<usize>().unwrap(),
+            next[s],
+            "sender {s}'s order on B"
+        );
+        next[s] += 1;
+    }
+    let status = a.hub.broker_status();
+    assert_eq!(
+        (status.publish_dropped, status.publish_failures),
+        (0, 0),
+        "{status:?}"
+    );
+    assert!(status.client_reads_paused >= 1, "{status:?}");
+    drop(senders);
+}
+
+#[tokio::test]
+async fn without_client_backpressure_a_full_queue_refuses_a_clients_messages_and_local_members_get_them_at_once()
+ {
+    const N: usize = 300;
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    let eager = patient(&redis.url(), stall).client_backpressure(false);
+    let a = instance(Hub::builder(), eager).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    let mut local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    for i in 0..N {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    // Read at full speed: the local member gets everything while Redis sleeps.
+    for i in 0..N {
+        assert_eq!(next_text(&mut local).await, i.to_string(), "on A");
+    }
+    assert!(!sleeper.is_finished(), "Redis woke before the check");
+    sleeper.await.unwrap();
+
+    // What the queue could not take never reaches B, and is counted.
+    let status = a.hub.broker_status();
+    assert_eq!(status.client_reads_paused, 0, "{status:?}");
+    let dropped = usize::try_from(status.publish_dropped).unwrap();
+    assert!(dropped > 0, "{status:?}");
+    let on_b = drain_texts(&mut remote).await;
+    assert_eq!(on_b.len(), N - dropped, "{status:?}");
+    let numbers: Vec<usize> = on_b.iter().map(|text| text.parse().unwrap()).collect();
+    assert!(numbers.is_sorted(), "B got them in order: {numbers:?}");
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_room_is_read_again_when_redis_stops_answering() {
+    const N: usize = 100;
+    let redis = RedisServer::start().await;
+    // Redis sleeps 3 s; the publisher gives up on it after 500 ms and goes down.
+    let config = one_publisher(
+        &redis.url(),
+        4,
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    );
+    let a = instance(Hub::builder(), config).await;
+    let mut sender = a.connect("r").await;
+    let mut local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+    wait_subscribed(&a.hub, 1).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 3).await;
+    for i in 0..N {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    // Once publishing is down, a full queue holds nobody back: the local member gets
+    // everything while Redis still sleeps.
+    for i in 0..N {
+        assert_eq!(next_text(&mut local).await, i.to_string());
+    }
+    assert!(
+        !sleeper.is_finished(),
+        "the client was read again only when Redis woke"
+    );
+    let status = a.hub.broker_status();
+    assert!(status.client_reads_paused >= 1, "{status:?}");
+    assert!(!status.publisher_connected, "{status:?}");
+    assert_eq!(status.publish_dropped, 0, "{status:?}");
+    assert!(status.publish_failures >= 1, "{status:?}");
+    sleeper.await.unwrap();
 }
 
 #[tokio::test]

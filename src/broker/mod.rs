@@ -13,6 +13,7 @@ pub mod redis;
 pub(crate) mod status;
 
 use std::sync::{Arc, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use crate::hub::HubInner;
@@ -81,6 +82,50 @@ impl Broker {
             }
             #[cfg(feature = "redis")]
             Self::Redis(redis) => redis.publish(room, message),
+        }
+    }
+
+    /// How many more of a client's messages for `room` [`publish`](Self::publish) would take
+    /// now without refusing one for lack of room; `None` when the client is not to wait for
+    /// room: in-process, Redis down (then it refuses everything at once, room or not), or
+    /// `RedisConfig::client_backpressure` off.
+    pub(crate) fn room_for(&self, room: &str) -> Option<usize> {
+        match self {
+            Self::Local => {
+                let _ = room;
+                None
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.room_for(room),
+        }
+    }
+
+    /// Hands over as many of a client's `messages` (already delivered locally) as the broker
+    /// has room for, from the front, and says how many (0 when its queue is full): the rest
+    /// wait for room ([`room_for`](Self::room_for), [`park`](Self::park)). `None` when the
+    /// client is not to wait for room (`room_for` is `None`): [`publish`](Self::publish) each.
+    pub(crate) fn publish_reserved(&self, room: &Arc<str>, messages: &[Message]) -> Option<usize> {
+        match self {
+            Self::Local => {
+                let _ = (room, messages);
+                None
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.publish_reserved(room, messages),
+        }
+    }
+
+    /// Wakes `waker` once [`room_for`](Self::room_for) may have grown (or become `None`).
+    /// Look again after this returns: room freed just before it woke nobody.
+    pub(crate) fn park(&self, room: &str, waker: Waker) {
+        match self {
+            Self::Local => {
+                // Never full: `room_for` is always `None`. Wake at once rather than never.
+                let _ = room;
+                waker.wake();
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.park(room, waker),
         }
     }
 

@@ -52,10 +52,16 @@ pub struct BrokerStatus {
     /// never retried, so never delivered twice; a pipeline whose reply came too late may still
     /// have been run by Redis, so some of them may have reached other instances.
     pub publish_failures: u64,
-    /// Messages refused because the publish queue was full (`Hub::publish` and clients'
-    /// messages), and waits for room in it that the caller abandoned (a dropped
+    /// Messages refused because the publish queue was full (`Hub::publish`; clients' messages
+    /// with `RedisConfig::client_backpressure(false)`, or read by a connection that ended before
+    /// there was room for them), and waits for room in it that the caller abandoned (a dropped
     /// `publish_with_backpressure` future).
     pub publish_dropped: u64,
+    /// Times a connection stopped reading its client because the publish queue its room's
+    /// messages go through was full. Nothing is refused or lost: the client's messages wait in
+    /// its socket (TCP pushes back on it) and the connection reads on as soon as there is
+    /// room. A count that keeps growing means clients send faster than Redis takes messages.
+    pub client_reads_paused: u64,
     /// Valid envelopes received from other instances (or emitters) on the room channels this
     /// instance subscribes to, for their local members (a room whose last member left while
     /// its messages were on the way has nobody left to hand them to).
@@ -84,6 +90,7 @@ impl BrokerStatus {
             published: 0,
             publish_failures: 0,
             publish_dropped: 0,
+            client_reads_paused: 0,
             received: 0,
             invalid_envelopes: 0,
             reconnects: 0,

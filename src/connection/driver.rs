@@ -19,11 +19,14 @@
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
 //!    thread), running the message hook and the fan-out for each data message; a data message
 //!    lifts a hold, and what was held is taken right after; once the socket is empty, a read
-//!    buffer grown by a large frame is let go of (`shrink_read_buffer`);
+//!    buffer grown by a large frame is let go of (`shrink_read_buffer`). While the broker's
+//!    queue for the room is full (Redis slower than clients send), reading waits: what was
+//!    read reaches the local members, waits in `forward` for places in the broker's queue,
+//!    and the task is parked with the broker until there is room (`broker_room`);
 //! 4. send our close frame when due, then write the wire.
 //!
-//! The task is woken by the socket (reads and writes), by the timer, and by the outbound queue
-//! (pushes and close requests). Under a steady stream (data arrived while the last take was
+//! The task is woken by the socket (reads and writes), by the timer, by the outbound queue
+//! (pushes and close requests), and by the broker when its queue has room again. Under a steady stream (data arrived while the last take was
 //! held back) the next take waits for the timer alone: the queue wakes the task for close
 //! requests only, until a take finds nothing or a message from the client lifts the hold. That
 //! makes one wake-up per write instead of two. A steady stream of more than one message per
@@ -166,16 +169,20 @@ impl TokenBucket {
 
 /// Wakes the connection task when the socket becomes readable, and remembers that it did, so
 /// that a poll caused by anything else (a push to the queue, a timer, writability) skips the
-/// read path: tungstenite zero-fills its read buffer before every read attempt.
+/// read path: tungstenite zero-fills its read buffer before every read attempt. The broker
+/// uses the same waker when reading waits for room in its publish queue (`parked`).
 #[derive(Debug, Default)]
 struct ReadReadiness {
     ready: AtomicBool,
+    /// The broker holds this waker until its publish queue has room: park only once.
+    parked: AtomicBool,
     task: AtomicWaker,
 }
 
 impl ArcWake for ReadReadiness {
     fn wake_by_ref(arc: &Arc<Self>) {
         arc.ready.store(true, Ordering::Release);
+        arc.parked.store(false, Ordering::Release);
         arc.task.wake();
     }
 }
@@ -196,8 +203,12 @@ pub(crate) struct Driver<'a, S> {
     wire: Wire,
     /// Frames taken from the queue, on their way to the wire (kept to reuse its allocation).
     taken: VecDeque<Frames>,
-    /// Messages read in this poll for the room, fanned out together when the read loop ends.
+    /// Messages read for the room, fanned out together when the read loop ends; between polls,
+    /// the ones the broker's full queue could not take yet (see `forward_delivered`).
     forward: Vec<Message>,
+    /// How many messages at the front of `forward` reached the local members already and wait
+    /// for room in the broker's queue (at most `READ_BUDGET`).
+    forward_delivered: u16,
     /// The queue still held messages after the last take (it hands over half its budget at a
     /// time): take again once the wire is written.
     more_queued: bool,
@@ -347,6 +358,7 @@ where
             wire: Wire::default(),
             taken: VecDeque::new(),
             forward: Vec::new(),
+            forward_delivered: 0,
             more_queued: false,
             next_take: None,
             backlog_held: false,
@@ -661,7 +673,7 @@ where
             InboundAction::Reply(message) => {
                 // Messages read before this one go out first: with `echo_to_sender` the sender
                 // sees its own messages and the reply in the order it sent them.
-                self.flush_forward();
+                self.flush_forward(true);
                 // Queued, dropped or disconnected like any other delivery to this connection.
                 let mut result = FanOut::default();
                 result.record(self.queue.push(message.encode_frame()), 1);
@@ -766,7 +778,7 @@ where
     /// fans out what was read, as one batch per receiver.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let result = self.poll_read_frames(cx);
-        self.flush_forward();
+        self.flush_forward(true);
         result
     }
 
@@ -780,6 +792,8 @@ where
         }
         let read_waker = self.read_waker.clone();
         let mut read_cx = Context::from_waker(&read_waker);
+        // How many messages (counting `forward`) the broker takes now; looked up when reached.
+        let mut broker_room = 0;
         for _ in 0..READ_BUDGET {
             match self.input {
                 Input::Frames => {}
@@ -789,6 +803,19 @@ where
             if self.wire.control_bytes() > MAX_PENDING_CONTROL {
                 // Resumed when the wire drains: the socket wakes this task once writable.
                 return Poll::Pending;
+            }
+            if matches!(self.phase, Phase::Open) && self.forward.len() >= broker_room {
+                if self.forward.len() >= READ_BUDGET {
+                    // Messages the broker could not take yet fill a poll's worth: `poll_read`
+                    // hands them over first (or parks the task), then this reads on.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                match self.broker_room(self.forward.len() + 1) {
+                    Some(room) => broker_room = room,
+                    // Resumed by the broker once its queue has room.
+                    None => return Poll::Pending,
+                }
             }
             let result = self.ws.read(&mut PollIo {
                 io: &mut self.io,
@@ -1035,19 +1062,64 @@ where
 }
 
 impl<S> Driver<'_, S> {
-    /// Fans out the messages read in this poll: each receiver's queue is locked, and its writer
-    /// woken, once per batch instead of once per message.
-    fn flush_forward(&mut self) {
-        if !self.forward.is_empty() {
+    /// Fans out the messages read: each local receiver's queue is locked, and its writer
+    /// woken, once per batch instead of once per message; then hands them to the broker.
+    ///
+    /// With `wait`, a broker whose queue is full may take only the first ones (see
+    /// `RedisConfig::client_backpressure`): the rest stay in `forward`, already delivered
+    /// locally, and the task is parked with the broker, which wakes it once there is room;
+    /// reading waits until they are handed over. Without `wait` (the connection is ending),
+    /// the broker takes or refuses (and counts) every one now.
+    fn flush_forward(&mut self, wait: bool) {
+        while !self.forward.is_empty() {
             let hub = self.membership.hub().inner();
-            hub.publish_from(self.membership.room(), &self.forward, self.context.id());
-            self.forward.clear();
-            if self.forward.capacity() > 16 {
-                // A burst's worth (up to READ_BUDGET messages) would otherwise stay with the
-                // connection for good.
-                self.forward = Vec::new();
+            let taken = hub.publish_from(
+                self.membership.room(),
+                &self.forward,
+                usize::from(self.forward_delivered),
+                self.context.id(),
+                wait,
+            );
+            self.forward.drain(..taken);
+            // Every message left has reached the local members; `forward` holds at most
+            // READ_BUDGET (the read loop stops there).
+            self.forward_delivered = u16::try_from(self.forward.len()).unwrap_or(u16::MAX);
+            if self.forward.is_empty() {
+                if self.forward.capacity() > 16 {
+                    // A burst's worth (up to READ_BUDGET messages) would otherwise stay with
+                    // the connection for good.
+                    self.forward = Vec::new();
+                }
+                return;
+            }
+            if self.broker_room(1).is_none() {
+                // Parked: the broker wakes the task once there is room.
+                return;
             }
         }
+    }
+
+    /// How many messages the broker would take now for this connection's room
+    /// (`usize::MAX` when it never refuses one for lack of room), if that is at least
+    /// `wanted`. If it is not, the task is parked with the broker, which wakes it once there is
+    /// room, and this returns `None`: the client is then not read meanwhile (its messages wait
+    /// in its socket, and TCP pushes back on it) rather than having its messages refused.
+    fn broker_room(&self, wanted: usize) -> Option<usize> {
+        let hub = self.membership.hub().inner();
+        let room = self.membership.room().name();
+        let fits = |room_for: Option<usize>| match room_for {
+            None => Some(usize::MAX),
+            Some(left) if left >= wanted => Some(left),
+            Some(_) => None,
+        };
+        if let Some(left) = fits(hub.broker.room_for(room)) {
+            return Some(left);
+        }
+        if !self.readiness.parked.swap(true, Ordering::AcqRel) {
+            hub.broker.park(room, self.read_waker.clone());
+        }
+        // Room freed before the broker held our waker woke nobody: look again.
+        fits(hub.broker.room_for(room))
     }
 }
 
@@ -1055,7 +1127,7 @@ impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
         // Messages already read and accepted (a hook panicked half-way through a batch, say)
         // still reach the room.
-        self.flush_forward();
+        self.flush_forward(false);
         // Whatever was taken and never written no longer counts against the queue.
         let pending = self.wire.pending_data();
         self.queue.release(pending.frames, pending.bytes);

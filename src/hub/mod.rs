@@ -67,7 +67,7 @@ pub(crate) struct HubInner {
     pub(crate) registry: RoomRegistry,
     pub(crate) counters: Counters,
     pub(crate) backlog: backlog::Backlog,
-    broker: Broker,
+    pub(crate) broker: Broker,
     next_id: AtomicU64,
     /// Connections from accepted handshake to end (for the instance limit).
     reserved: AtomicUsize,
@@ -146,9 +146,9 @@ impl Hub {
     ///   at-most-once rule applies if Redis fails before it takes the queue (counted in
     ///   `publish_failures`; see the crate's delivery guarantees).
     /// - Waiting publishes hold at most three quarters of the queue's places (queued, or in the
-    ///   pipeline being sent). The rest stays for the publishes that never wait, clients'
-    ///   messages among them, so a bulk publisher that keeps the queue full does not get every
-    ///   client's message refused.
+    ///   pipeline being sent). The rest stays for the publishes that never wait and for
+    ///   clients' messages, so a bulk publisher that keeps the queue full does not hold every
+    ///   client's reads back.
     /// - The wait lasts as long as Redis takes to work through what is queued ahead, and is
     ///   bounded per Redis operation: if Redis stops answering, the publisher gives up after
     ///   `RedisConfig::operation_timeout` (a connection checkout and a pipeline each have that
@@ -598,14 +598,28 @@ impl HubInner {
         }
     }
 
-    /// Messages a client sent (after the message hook), in order: local fan-out as one batch,
-    /// then the broker.
-    pub(crate) fn publish_from(&self, room: &Room, messages: &[Message], sender: ConnectionId) {
-        if messages.is_empty() {
-            return;
+    /// Messages a client sent (after the message hook), in order: local fan-out of the ones
+    /// from `delivered` on (the ones before it reached the local members at an earlier call)
+    /// as one batch, then the broker. Returns how many, from the front, the broker took or
+    /// refused for good: all of them, unless `wait` and the broker has clients wait for room
+    /// in a full queue ([`Broker::publish_reserved`]); the rest are to be handed over again,
+    /// with the same `messages` from the front and `delivered` counting them, once the
+    /// broker's room (`Broker::room_for`) allows.
+    pub(crate) fn publish_from(
+        &self,
+        room: &Room,
+        messages: &[Message],
+        delivered: usize,
+        sender: ConnectionId,
+        wait: bool,
+    ) -> usize {
+        if let Some(fresh) = messages.get(delivered..).filter(|fresh| !fresh.is_empty()) {
+            let exclude = (!self.config.echo_to_sender).then_some(sender);
+            self.fan_out(room, fresh.len(), || RunBuilder::pack(fresh), exclude);
         }
-        let exclude = (!self.config.echo_to_sender).then_some(sender);
-        self.fan_out(room, messages.len(), || RunBuilder::pack(messages), exclude);
+        if wait && let Some(taken) = self.broker.publish_reserved(room.name(), messages) {
+            return taken;
+        }
         for message in messages {
             if let Err(error) = self.broker.publish(room.name(), message)
                 && let Some(suppressed) = self.drop_log.allow()
@@ -614,6 +628,7 @@ impl HubInner {
                     "tower-ws-hub: message not forwarded to other instances");
             }
         }
+        messages.len()
     }
 
     fn close_all(&self, intent: CloseIntent) {

@@ -115,6 +115,18 @@ impl RedisServer {
             .await
             .unwrap()
     }
+
+    /// A connection whose commands wait for their reply however long it takes (the client's
+    /// default gives up after 500 ms): for a `DEBUG SLEEP` whose reply marks the end of the
+    /// stall.
+    pub async fn patient_connection(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for RedisServer {

@@ -13,7 +13,8 @@
 //! `--max-write-interval-us` and `--hub-nagle` change one thing each, for experiments (see
 //! BENCHMARKS.md); the benchmarks run without them.
 //!
-//! `--redis URL` fans out across instances through that Redis (`RedisConfig::from_url`, defaults).
+//! `--redis URL` fans out across instances through that Redis (`RedisConfig::from_url`, defaults;
+//! `--publish-queue N` and `--no-client-backpressure` change one setting each, for experiments).
 //! `--keep-no-extensions` is the documented memory setting for large numbers of connections
 //! (`HubBuilder::keep_no_extensions`). Stops gracefully on Ctrl-C or SIGTERM
 //! ([`Hub::shutdown_signal`]).
@@ -38,6 +39,13 @@ struct Args {
     /// Fan out across instances through this Redis.
     #[arg(long)]
     redis: Option<String>,
+    /// Override `RedisConfig::publish_queue` (for experiments; default: the hub's default).
+    #[arg(long, requires = "redis")]
+    publish_queue: Option<usize>,
+    /// `RedisConfig::client_backpressure(false)`: refuse clients' messages the full publish
+    /// queue cannot take instead of reading the clients more slowly (for experiments).
+    #[arg(long, requires = "redis")]
+    no_client_backpressure: bool,
     /// `HubBuilder::keep_no_extensions()`: connections keep no request extensions (they would
     /// keep hyper's read buffer alive through axum's `OriginalUri`).
     #[arg(long)]
@@ -73,7 +81,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let redis = match args.redis.as_deref().map(RedisConfig::from_url).transpose() {
-        Ok(redis) => redis,
+        Ok(redis) => redis.map(|mut redis| {
+            if let Some(messages) = args.publish_queue {
+                redis = redis.publish_queue(messages);
+            }
+            redis.client_backpressure(!args.no_client_backpressure)
+        }),
         Err(error) => {
             eprintln!("hub_server: --redis: {error}");
             return ExitCode::from(2);

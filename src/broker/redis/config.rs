@@ -92,6 +92,7 @@ pub struct RedisConfig {
     pub(crate) reconnect_max: Duration,
     pub(crate) operation_timeout: Duration,
     pub(crate) signing_key: Option<EnvelopeKey>,
+    pub(crate) client_backpressure: bool,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -112,6 +113,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("operation_timeout", &self.operation_timeout)
             .field("signed", &self.signing_key.is_some())
+            .field("client_backpressure", &self.client_backpressure)
             .finish()
     }
 }
@@ -184,6 +186,7 @@ impl RedisConfig {
             reconnect_max: DEFAULT_RECONNECT_MAX,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             signing_key: None,
+            client_backpressure: true,
         }
     }
 
@@ -231,9 +234,11 @@ impl RedisConfig {
     }
 
     /// Messages waiting to be published, per publisher task. When it is full,
-    /// [`Hub::publish`](crate::Hub::publish) and clients' messages fail at once
+    /// [`Hub::publish`](crate::Hub::publish) fails at once
     /// ([`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable), counted in
-    /// `publish_dropped`); local members got the message regardless.
+    /// `publish_dropped`); local members got the message regardless. Clients whose messages go
+    /// through it are not read until it has room again, so their messages wait in their
+    /// sockets instead of being refused (see [`client_backpressure`](Self::client_backpressure)).
     /// [`Hub::publish_with_backpressure`](crate::Hub::publish_with_backpressure) waits instead,
     /// once waiting publishes fill three quarters of it (at least one message), so that a bulk
     /// publisher leaves the last quarter to the publishes that never wait. Default:
@@ -318,6 +323,32 @@ impl RedisConfig {
     /// receives from the others).
     pub fn signing_key(mut self, key: EnvelopeKey) -> Self {
         self.signing_key = Some(key);
+        self
+    }
+
+    /// What happens to a client's messages when the publish queue they go through is full
+    /// (Redis is slower than clients send). Default: `true`.
+    ///
+    /// - `true`: the client is read more slowly. Its connection stops reading it (the messages
+    ///   wait in its socket, and TCP pushes back on the client) until the publisher task takes
+    ///   messages off the queue, then reads on; nothing it sends is refused for a slow Redis.
+    ///   What was already read reaches the local members at once and waits for its places in
+    ///   the queue (reserved before anything is queued, so racing connections never overshoot
+    ///   it); what is still in the socket, the client's pings and close frame among it, waits
+    ///   there. The pause ends at the latest when Redis stops answering for
+    ///   [`operation_timeout`](Self::operation_timeout) (publishing goes down, and messages
+    ///   reach local members only, as in any outage). Counted in
+    ///   [`BrokerStatus::client_reads_paused`](crate::BrokerStatus::client_reads_paused). A
+    ///   connection that ends while messages it read wait for room hands them over without
+    ///   waiting, as with `false`.
+    /// - `false`: the client is read at full speed and its messages reach its instance's
+    ///   members at once; the ones the full queue cannot take reach them only (never the
+    ///   other instances), counted in
+    ///   [`BrokerStatus::publish_dropped`](crate::BrokerStatus::publish_dropped) and logged at
+    ///   most once a second. For an application whose rooms are mostly on one instance, and that
+    ///   prefers local immediacy to cross-instance completeness.
+    pub fn client_backpressure(mut self, enabled: bool) -> Self {
+        self.client_backpressure = enabled;
         self
     }
 

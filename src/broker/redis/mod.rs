@@ -113,6 +113,7 @@ mod backoff;
 mod config;
 mod emitter;
 pub(crate) mod envelope;
+mod parked;
 mod publisher;
 mod subscriber;
 
@@ -120,6 +121,7 @@ use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -131,6 +133,7 @@ use crate::hub::{HubBuilder, HubInner};
 use crate::log_throttle::LogThrottle;
 use crate::message::Message;
 use crate::sync::lock;
+use parked::ParkedReaders;
 
 pub use config::{
     DEFAULT_CHANNEL_PREFIX, DEFAULT_MAX_PIPELINE, DEFAULT_OPERATION_TIMEOUT,
@@ -179,6 +182,7 @@ pub(crate) struct Shared {
     pub(crate) published: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
     pub(crate) publish_dropped: AtomicU64,
+    pub(crate) client_reads_paused: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) invalid_envelopes: AtomicU64,
     pub(crate) reconnects: AtomicU64,
@@ -275,6 +279,8 @@ struct PublisherHandle {
     /// The places in `queue` waiting publishes may take ([`waiting_share`]).
     waiting: Arc<Semaphore>,
     state: Arc<PublisherState>,
+    /// Connection tasks waiting for room in `queue`.
+    parked: Arc<ParkedReaders>,
 }
 
 /// The rooms one subscriber connection should be subscribed to. The registry's join/leave
@@ -329,6 +335,8 @@ pub(crate) struct RedisBroker {
     cancel: CancellationToken,
     tasks: TaskTracker,
     operation_timeout: Duration,
+    /// `RedisConfig::client_backpressure`.
+    client_backpressure: bool,
 }
 
 impl RedisBroker {
@@ -350,6 +358,7 @@ impl RedisBroker {
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
             publish_dropped: AtomicU64::new(0),
+            client_reads_paused: AtomicU64::new(0),
             received: AtomicU64::new(0),
             invalid_envelopes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -373,10 +382,12 @@ impl RedisBroker {
             .map(|index| {
                 let (queue, receiver) = mpsc::channel(config.publish_queue);
                 let state = Arc::new(PublisherState::default());
+                let parked = Arc::new(ParkedReaders::default());
                 tasks.spawn(publisher::run(publisher::Publisher {
                     index,
                     queue: receiver,
                     state: Arc::clone(&state),
+                    parked: Arc::clone(&parked),
                     shared: Arc::clone(&shared),
                     config: Arc::clone(&config),
                     cancel: cancel.clone(),
@@ -385,6 +396,7 @@ impl RedisBroker {
                     queue,
                     waiting: Arc::new(Semaphore::new(waiting_share(config.publish_queue))),
                     state,
+                    parked,
                 }
             })
             .collect();
@@ -412,6 +424,7 @@ impl RedisBroker {
             cancel,
             tasks,
             operation_timeout: config.operation_timeout,
+            client_backpressure: config.client_backpressure,
         }
     }
 
@@ -441,6 +454,62 @@ impl RedisBroker {
 
     fn publisher(&self, room: &str) -> &PublisherHandle {
         &self.publishers[slot_of(room, self.publishers.len())]
+    }
+
+    /// How many more of a client's messages for `room` [`publish`](Self::publish) would take
+    /// now; `None` when clients are not to wait for room (`client_backpressure` off) or it
+    /// never refuses one for lack of room: while the publisher is down (it refuses everything
+    /// at once, full queue or not) or stopped.
+    pub(crate) fn room_for(&self, room: &str) -> Option<usize> {
+        if !self.client_backpressure {
+            return None;
+        }
+        let publisher = self.publisher(room);
+        if publisher.state.get() == PublisherState::DOWN || publisher.queue.is_closed() {
+            return None;
+        }
+        Some(publisher.queue.capacity())
+    }
+
+    /// Queues as many of a client's `messages` as `room`'s publish queue has places for, from
+    /// the front, and says how many (0 when it is full); `None` when clients are not to wait
+    /// for room (see [`room_for`](Self::room_for)): [`publish`](Self::publish) each instead.
+    /// Places are reserved before anything is queued, so connections racing for the last
+    /// ones never overshoot the queue.
+    pub(crate) fn publish_reserved(&self, room: &Arc<str>, messages: &[Message]) -> Option<usize> {
+        let publisher = self.publisher(room);
+        if !self.client_backpressure || publisher.state.get() == PublisherState::DOWN {
+            return None;
+        }
+        let (places, permits) = loop {
+            let places = messages.len().min(publisher.queue.capacity());
+            if places == 0 {
+                return Some(0);
+            }
+            match publisher.queue.try_reserve_many(places) {
+                Ok(permits) => break (places, permits),
+                // Others took places since we looked: look again.
+                Err(mpsc::error::TrySendError::Full(())) => {}
+                Err(mpsc::error::TrySendError::Closed(())) => return None,
+            }
+        };
+        for (permit, message) in permits.zip(messages) {
+            permit.send(Outgoing {
+                room: Arc::clone(room),
+                message: message.clone(),
+                waited: None,
+            });
+        }
+        Some(places)
+    }
+
+    /// Wakes `waker` once `room`'s publish queue may have room again, or `room_for` may have
+    /// become `None`. The caller looks again after this returns (see [`ParkedReaders::park`]).
+    pub(crate) fn park(&self, room: &str, waker: Waker) {
+        self.shared
+            .client_reads_paused
+            .fetch_add(1, Ordering::Relaxed);
+        self.publisher(room).parked.park(waker);
     }
 
     /// Counts a publish the broker could not take and says why.
@@ -578,6 +647,7 @@ impl RedisBroker {
             published: get(&shared.published),
             publish_failures: get(&shared.publish_failures),
             publish_dropped: get(&shared.publish_dropped),
+            client_reads_paused: get(&shared.client_reads_paused),
             received: get(&shared.received),
             invalid_envelopes: get(&shared.invalid_envelopes),
             reconnects: get(&shared.reconnects),

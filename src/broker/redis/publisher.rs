@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::envelope::{EnvelopeKey, InstanceId, write_envelope};
+use super::parked::ParkedReaders;
 use super::{Outgoing, PublisherState, RedisConfig, Shared};
 use crate::message::Message;
 
@@ -30,6 +31,8 @@ pub(crate) struct Publisher {
     pub(crate) index: usize,
     pub(crate) queue: mpsc::Receiver<Outgoing>,
     pub(crate) state: Arc<PublisherState>,
+    /// Woken whenever this task frees room in `queue`, goes down, or stops.
+    pub(crate) parked: Arc<ParkedReaders>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<RedisConfig>,
     pub(crate) cancel: CancellationToken,
@@ -101,6 +104,7 @@ impl Publisher {
                 Err(_) => break,
             }
         }
+        self.parked.wake_all();
         batch
     }
 
@@ -158,6 +162,7 @@ impl Publisher {
         while self.queue.try_recv().is_ok() {
             n += 1;
         }
+        self.parked.wake_all();
         if n > 0 {
             self.count_failed(n);
             // At most one line per reconnect attempt while down, and none once the queue
@@ -174,6 +179,8 @@ impl Publisher {
     fn went_down(&self, error: &str, lost: usize) {
         let was_up = self.state.get() != PublisherState::DOWN;
         self.state.set(PublisherState::DOWN);
+        // A full queue no longer holds anyone back: publishes are refused at once now.
+        self.parked.wake_all();
         self.shared.record_error(&error);
         if was_up {
             tracing::warn!(
@@ -186,6 +193,15 @@ impl Publisher {
         } else {
             tracing::debug!(publisher = self.index, %error, "tower-ws-hub: Redis still down");
         }
+    }
+}
+
+impl Drop for Publisher {
+    /// However the task ends (a panic included), nobody is left waiting for room in a queue
+    /// nobody takes from: closed, it refuses at once.
+    fn drop(&mut self) {
+        self.queue.close();
+        self.parked.wake_all();
     }
 }
 
@@ -279,6 +295,8 @@ async fn flush_on_shutdown(
     mut connection: Option<deadpool_redis::Connection>,
 ) {
     publisher.queue.close();
+    // A closed queue refuses everything: nobody waits for room in it any more.
+    publisher.parked.wake_all();
     if publisher.state.get() == PublisherState::DOWN {
         publisher.fail_queued();
         return;
