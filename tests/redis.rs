@@ -788,6 +788,116 @@ async fn clients_racing_for_the_last_places_in_the_queue_lose_nothing() {
     drop(senders);
 }
 
+/// CPU time this test process has used (user and system), from `/proc/self/stat`.
+fn process_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn a_connection_holding_a_full_budget_of_messages_for_a_full_queue_waits_without_spinning() {
+    use futures_util::FutureExt;
+    let redis = RedisServer::start().await;
+    // A hook that publishes twice per message through the same publisher task: between a
+    // connection's look at the queue's room and its hand-over, the places are taken, so it
+    // ends up holding a whole read budget of messages the queue cannot take.
+    let hub_cell: Arc<std::sync::OnceLock<Hub>> = Arc::default();
+    let hook_hub = Arc::clone(&hub_cell);
+    let builder = Hub::builder().on_message(move |_, message| {
+        if let Some(hub) = hook_hub.get() {
+            for _ in 0..2 {
+                let _ = hub.publish("other", "x").now_or_never();
+            }
+        }
+        tower_ws_hub::InboundAction::Forward(message)
+    });
+    let patient = one_publisher(
+        &redis.url(),
+        128,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    let a = instance(builder, patient).await;
+    hub_cell.set(a.hub.clone()).ok();
+    let mut sender = a.connect("r").await;
+    let _local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+    wait_subscribed(&a.hub, 1).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 3).await;
+    for i in 0..2000 {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Parked until Redis wakes: next to no CPU (a task that wakes itself in a loop burns a
+    // whole core, 1.5 s here).
+    let before = process_cpu_time();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = process_cpu_time() - before;
+    assert!(!sleeper.is_finished(), "Redis woke before the check");
+    let status = a.hub.broker_status();
+    assert!(status.client_reads_paused >= 1, "{status:?}");
+    assert!(
+        used < Duration::from_millis(500),
+        "the process used {used:?} of CPU in 1.5 s while its one client waited for room"
+    );
+    sleeper.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_messages_waiting_for_room_keep_their_order() {
+    const N: usize = 600;
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    // Every 7th message is answered to its sender only; the rest go to the room.
+    let builder = Hub::builder().on_message(|_, message| {
+        let n: usize = message.as_text().unwrap().parse().unwrap();
+        if n.is_multiple_of(7) {
+            tower_ws_hub::InboundAction::Reply(message)
+        } else {
+            tower_ws_hub::InboundAction::Forward(message)
+        }
+    });
+    let a = instance(builder, patient(&redis.url(), stall)).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    let mut local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    for i in 0..N {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    sleeper.await.unwrap();
+
+    let forwarded: Vec<String> = (0..N)
+        .filter(|n| n % 7 != 0)
+        .map(|n| n.to_string())
+        .collect();
+    let replied: Vec<String> = (0..N)
+        .filter(|n| n % 7 == 0)
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(drain_texts(&mut local).await, forwarded, "on A");
+    assert_eq!(drain_texts(&mut remote).await, forwarded, "on B");
+    assert_eq!(drain_texts(&mut sender).await, replied, "to the sender");
+    let status = a.hub.broker_status();
+    assert_eq!(
+        (status.publish_dropped, status.publish_failures),
+        (0, 0),
+        "{status:?}"
+    );
+    assert!(status.client_reads_paused >= 1, "{status:?}");
+}
+
 #[tokio::test]
 async fn without_client_backpressure_a_full_queue_refuses_a_clients_messages_and_local_members_get_them_at_once()
  {

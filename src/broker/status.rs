@@ -57,8 +57,9 @@ pub struct BrokerStatus {
     /// there was room for them), and waits for room in it that the caller abandoned (a dropped
     /// `publish_with_backpressure` future).
     pub publish_dropped: u64,
-    /// Times a connection stopped reading its client because the publish queue its room's
-    /// messages go through was full. Nothing is refused or lost: the client's messages wait in
+    /// Times a connection waited to read its client because the publish queue its room's
+    /// messages go through was full: once per wait, and once more each time it was woken for
+    /// room that others took first. Nothing is refused or lost: the client's messages wait in
     /// its socket (TCP pushes back on it) and the connection reads on as soon as there is
     /// room. A count that keeps growing means clients send faster than Redis takes messages.
     pub client_reads_paused: u64,

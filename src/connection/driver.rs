@@ -804,11 +804,18 @@ where
                 // Resumed when the wire drains: the socket wakes this task once writable.
                 return Poll::Pending;
             }
-            if matches!(self.phase, Phase::Open) && self.forward.len() >= broker_room {
+            // With messages waiting for the broker (a reply hook's flush may have left some),
+            // the room looked up before is stale: look at every message.
+            if matches!(self.phase, Phase::Open)
+                && (self.forward.len() >= broker_room || self.forward_delivered > 0)
+            {
                 if self.forward.len() >= READ_BUDGET {
-                    // Messages the broker could not take yet fill a poll's worth: `poll_read`
-                    // hands them over first (or parks the task), then this reads on.
-                    cx.waker().wake_by_ref();
+                    // Messages the broker could not take yet fill a poll's worth: hand them
+                    // over first. With room, `poll_read` does that and this reads on at the
+                    // next poll; without, the task is parked until there is room.
+                    if self.broker_room(1).is_some() {
+                        cx.waker().wake_by_ref();
+                    }
                     return Poll::Pending;
                 }
                 match self.broker_room(self.forward.len() + 1) {

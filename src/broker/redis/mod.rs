@@ -231,19 +231,25 @@ fn waiting_share(publish_queue: usize) -> usize {
 
 /// Counts a wait for a place in the queue as a dropped publish if the caller gives up on it
 /// (drops the future) before the wait ends: its local members got the message, the other
-/// instances never will.
-struct CountIfAbandoned<'a>(Option<&'a AtomicU64>);
+/// instances never will. The place it may have been handed goes back to the queue without a
+/// batch being taken, so parked connections are woken to look at it (with a `publish_queue` of
+/// 3 or less, waiting publishes may hold every place).
+struct CountIfAbandoned<'a> {
+    dropped: Option<&'a AtomicU64>,
+    parked: &'a ParkedReaders,
+}
 
 impl CountIfAbandoned<'_> {
     fn finished(mut self) {
-        self.0 = None;
+        self.dropped = None;
     }
 }
 
 impl Drop for CountIfAbandoned<'_> {
     fn drop(&mut self) {
-        if let Some(counter) = self.0 {
+        if let Some(counter) = self.dropped {
             counter.fetch_add(1, Ordering::Relaxed);
+            self.parked.wake_all();
         }
     }
 }
@@ -478,7 +484,10 @@ impl RedisBroker {
     /// ones never overshoot the queue.
     pub(crate) fn publish_reserved(&self, room: &Arc<str>, messages: &[Message]) -> Option<usize> {
         let publisher = self.publisher(room);
-        if !self.client_backpressure || publisher.state.get() == PublisherState::DOWN {
+        if !self.client_backpressure
+            || publisher.state.get() == PublisherState::DOWN
+            || publisher.queue.is_closed()
+        {
             return None;
         }
         let (places, permits) = loop {
@@ -572,7 +581,12 @@ impl RedisBroker {
         if publisher.state.get() == PublisherState::DOWN {
             return Err(self.refused_down());
         }
-        let abandoned = CountIfAbandoned(Some(&self.shared.publish_dropped));
+        // Dropped after the wait below when the caller abandons it (locals go in reverse order):
+        // any place the wait was handed is back in the queue by then.
+        let abandoned = CountIfAbandoned {
+            dropped: Some(&self.shared.publish_dropped),
+            parked: &publisher.parked,
+        };
         let places = async {
             // The queue's receiver gives every share back when it goes (a stopped publisher
             // drops what it held), so neither wait outlives the publisher task.
