@@ -802,13 +802,12 @@ fn process_cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-#[tokio::test]
-async fn a_connection_holding_a_full_budget_of_messages_for_a_full_queue_waits_without_spinning() {
+/// An instance with one publisher task, a publish queue of `queue`, and operations that may
+/// take 10 s, whose message hook publishes twice to room "other" for every client message:
+/// between a connection's look at the queue's room and its hand-over, places are taken, so the
+/// connection is left holding messages the queue cannot take yet.
+async fn instance_stealing_places(redis: &RedisServer, queue: usize) -> Server {
     use futures_util::FutureExt;
-    let redis = RedisServer::start().await;
-    // A hook that publishes twice per message through the same publisher task: between a
-    // connection's look at the queue's room and its hand-over, the places are taken, so it
-    // ends up holding a whole read budget of messages the queue cannot take.
     let hub_cell: Arc<std::sync::OnceLock<Hub>> = Arc::default();
     let hook_hub = Arc::clone(&hub_cell);
     let builder = Hub::builder().on_message(move |_, message| {
@@ -821,12 +820,19 @@ async fn a_connection_holding_a_full_budget_of_messages_for_a_full_queue_waits_w
     });
     let patient = one_publisher(
         &redis.url(),
-        128,
+        queue,
         Duration::from_secs(10),
         Duration::from_secs(10),
     );
-    let a = instance(builder, patient).await;
-    hub_cell.set(a.hub.clone()).ok();
+    let server = instance(builder, patient).await;
+    hub_cell.set(server.hub.clone()).ok();
+    server
+}
+
+#[tokio::test]
+async fn a_connection_holding_a_full_budget_of_messages_for_a_full_queue_waits_without_spinning() {
+    let redis = RedisServer::start().await;
+    let a = instance_stealing_places(&redis, 128).await;
     let mut sender = a.connect("r").await;
     let _local = a.connect("r").await;
     wait_members(&a.hub, "r", 2).await;
@@ -850,6 +856,53 @@ async fn a_connection_holding_a_full_budget_of_messages_for_a_full_queue_waits_w
         "the process used {used:?} of CPU in 1.5 s while its one client waited for room"
     );
     sleeper.await.unwrap();
+}
+
+#[tokio::test]
+async fn messages_read_before_a_connection_ends_wait_for_room_and_reach_the_other_instances() {
+    let redis = RedisServer::start().await;
+    let a = instance_stealing_places(&redis, 16).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    let mut local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+
+    let sleeper = stall_redis_confirmed(&redis, 2).await;
+    for i in 0..300 {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    // What the connection read reached the local member at once; some of it waits for places
+    // in the queue, the rest of the client's messages wait in its socket.
+    let read = drain_texts(&mut local).await;
+    assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
+    assert_eq!(read, numbered(0..read.len()));
+    // The client vanishes (a reset), and the connection ends at its next write.
+    match sender.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.set_zero_linger().unwrap(),
+        _ => unreachable!(),
+    }
+    drop(sender);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = a.hub.publish("r", "poke").await;
+    wait_members(&a.hub, "r", 1).await;
+    assert!(
+        !sleeper.is_finished(),
+        "Redis woke before the connection ended"
+    );
+    sleeper.await.unwrap();
+
+    // Everything it read reaches B, in order, once Redis takes it ("poke" may be refused for
+    // the full queue, or come in between: it is not the client's).
+    let mut on_b = Vec::new();
+    while on_b.len() < read.len() {
+        let text = next_text(&mut remote).await;
+        if text != "poke" {
+            on_b.push(text);
+        }
+    }
+    assert_eq!(on_b, read);
+    let status = a.hub.broker_status();
+    assert_eq!(status.publish_failures, 0, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,9 +52,8 @@ pub struct BrokerStatus {
     /// never retried, so never delivered twice; a pipeline whose reply came too late may still
     /// have been run by Redis, so some of them may have reached other instances.
     pub publish_failures: u64,
-    /// Messages refused because the publish queue was full (`Hub::publish`; clients' messages
-    /// with `RedisConfig::client_backpressure(false)`, or read by a connection that ended before
-    /// there was room for them), and waits for room in it that the caller abandoned (a dropped
+    /// Messages refused because the publish queue was full (`Hub::publish`, and clients'
+    /// messages with `RedisConfig::client_backpressure(false)`), and waits for room in it that the caller abandoned (a dropped
     /// `publish_with_backpressure` future).
     pub publish_dropped: u64,
     /// Times a connection waited to read its client because the publish queue its room's

@@ -673,7 +673,7 @@ where
             InboundAction::Reply(message) => {
                 // Messages read before this one go out first: with `echo_to_sender` the sender
                 // sees its own messages and the reply in the order it sent them.
-                self.flush_forward(true);
+                self.flush_forward();
                 // Queued, dropped or disconnected like any other delivery to this connection.
                 let mut result = FanOut::default();
                 result.record(self.queue.push(message.encode_frame()), 1);
@@ -778,7 +778,7 @@ where
     /// fans out what was read, as one batch per receiver.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let result = self.poll_read_frames(cx);
-        self.flush_forward(true);
+        self.flush_forward();
         result
     }
 
@@ -1072,12 +1072,12 @@ impl<S> Driver<'_, S> {
     /// Fans out the messages read: each local receiver's queue is locked, and its writer
     /// woken, once per batch instead of once per message; then hands them to the broker.
     ///
-    /// With `wait`, a broker whose queue is full may take only the first ones (see
+    /// A broker whose queue is full may take only the first ones (see
     /// `RedisConfig::client_backpressure`): the rest stay in `forward`, already delivered
     /// locally, and the task is parked with the broker, which wakes it once there is room;
-    /// reading waits until they are handed over. Without `wait` (the connection is ending),
-    /// the broker takes or refuses (and counts) every one now.
-    fn flush_forward(&mut self, wait: bool) {
+    /// reading waits until they are handed over (or, once the connection ends,
+    /// `Hub::publish_left_over` does).
+    fn flush_forward(&mut self) {
         while !self.forward.is_empty() {
             let hub = self.membership.hub().inner();
             let taken = hub.publish_from(
@@ -1085,7 +1085,6 @@ impl<S> Driver<'_, S> {
                 &self.forward,
                 usize::from(self.forward_delivered),
                 self.context.id(),
-                wait,
             );
             self.forward.drain(..taken);
             // Every message left has reached the local members; `forward` holds at most
@@ -1133,8 +1132,14 @@ impl<S> Driver<'_, S> {
 impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
         // Messages already read and accepted (a hook panicked half-way through a batch, say)
-        // still reach the room.
-        self.flush_forward(false);
+        // still reach the room; the ones a full broker queue cannot take yet are handed over
+        // by a task of their own, which waits for room.
+        self.flush_forward();
+        if !self.forward.is_empty() {
+            let hub = self.membership.hub();
+            let room = Arc::clone(self.membership.room().name());
+            hub.publish_left_over(room, std::mem::take(&mut self.forward));
+        }
         // Whatever was taken and never written no longer counts against the queue.
         let pending = self.wire.pending_data();
         self.queue.release(pending.frames, pending.bytes);

@@ -276,6 +276,32 @@ impl Hub {
         inner.broker.shutdown().await;
     }
 
+    /// Messages a connection read and delivered locally, and could not hand to the broker
+    /// before it ended because the broker's queue was full ([`HubInner::publish_from`]): a
+    /// task of their own hands them over in order, waiting for room as the connection would
+    /// have (bounded by the broker, as for
+    /// [`publish_with_backpressure`](Self::publish_with_backpressure)); shutdown waits for it.
+    /// Outside a runtime (a connection dropped with its runtime), they are handed over at once
+    /// and refused if there is no room, counted and logged.
+    pub(crate) fn publish_left_over(&self, room: Arc<str>, messages: Vec<Message>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            for message in &messages {
+                if let Err(error) = self.inner.broker.publish(&room, message) {
+                    self.inner.not_forwarded(&room, &error);
+                }
+            }
+            return;
+        }
+        let hub = self.clone();
+        self.inner.tasks.spawn(async move {
+            for message in &messages {
+                if let Err(error) = hub.inner.broker.publish_waiting(&room, message).await {
+                    hub.inner.not_forwarded(&room, &error);
+                }
+            }
+        });
+    }
+
     /// Resolves once [`shutdown`](Self::shutdown) has been called (by anyone).
     pub async fn shutdown_started(&self) {
         let notified = self.inner.shutdown_started.notified();
@@ -601,34 +627,38 @@ impl HubInner {
     /// Messages a client sent (after the message hook), in order: local fan-out of the ones
     /// from `delivered` on (the ones before it reached the local members at an earlier call)
     /// as one batch, then the broker. Returns how many, from the front, the broker took or
-    /// refused for good: all of them, unless `wait` and the broker has clients wait for room
-    /// in a full queue ([`Broker::publish_reserved`]); the rest are to be handed over again,
-    /// with the same `messages` from the front and `delivered` counting them, once the
-    /// broker's room (`Broker::room_for`) allows.
+    /// refused for good: all of them, unless the broker has clients wait for room in a full
+    /// queue ([`Broker::publish_reserved`]); the rest are to be handed over again, with the
+    /// same `messages` from the front and `delivered` counting them, once the broker's room
+    /// (`Broker::room_for`) allows.
     pub(crate) fn publish_from(
         &self,
         room: &Room,
         messages: &[Message],
         delivered: usize,
         sender: ConnectionId,
-        wait: bool,
     ) -> usize {
         if let Some(fresh) = messages.get(delivered..).filter(|fresh| !fresh.is_empty()) {
             let exclude = (!self.config.echo_to_sender).then_some(sender);
             self.fan_out(room, fresh.len(), || RunBuilder::pack(fresh), exclude);
         }
-        if wait && let Some(taken) = self.broker.publish_reserved(room.name(), messages) {
+        if let Some(taken) = self.broker.publish_reserved(room.name(), messages) {
             return taken;
         }
         for message in messages {
-            if let Err(error) = self.broker.publish(room.name(), message)
-                && let Some(suppressed) = self.drop_log.allow()
-            {
-                tracing::warn!(room = %room.name(), %error, similar_events_suppressed = suppressed,
-                    "tower-ws-hub: message not forwarded to other instances");
+            if let Err(error) = self.broker.publish(room.name(), message) {
+                self.not_forwarded(room.name(), &error);
             }
         }
         messages.len()
+    }
+
+    /// Logs (at a sane rate) a client's message the broker refused; the broker counted it.
+    fn not_forwarded(&self, room: &str, error: &str) {
+        if let Some(suppressed) = self.drop_log.allow() {
+            tracing::warn!(%room, %error, similar_events_suppressed = suppressed,
+                "tower-ws-hub: message not forwarded to other instances");
+        }
     }
 
     fn close_all(&self, intent: CloseIntent) {

@@ -338,9 +338,10 @@ impl RedisConfig {
     ///   there. The pause ends at the latest when Redis stops answering for
     ///   [`operation_timeout`](Self::operation_timeout) (publishing goes down, and messages
     ///   reach local members only, as in any outage). Counted in
-    ///   [`BrokerStatus::client_reads_paused`](crate::BrokerStatus::client_reads_paused). A
-    ///   connection that ends while messages it read wait for room hands them over without
-    ///   waiting, as with `false`.
+    ///   [`BrokerStatus::client_reads_paused`](crate::BrokerStatus::client_reads_paused). When a
+    ///   connection ends while messages it read wait for room, a task of their own hands them
+    ///   over, waiting as
+    ///   [`Hub::publish_with_backpressure`](crate::Hub::publish_with_backpressure) does.
     /// - `false`: the client is read at full speed and its messages reach its instance's
     ///   members at once; the ones the full queue cannot take reach them only (never the
     ///   other instances), counted in
