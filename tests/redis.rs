@@ -905,6 +905,44 @@ async fn messages_read_before_a_connection_ends_wait_for_room_and_reach_the_othe
     assert_eq!(status.publish_failures, 0, "{status:?}");
 }
 
+#[test]
+fn messages_a_connection_leaves_for_a_full_queue_are_counted_when_the_runtime_goes_away() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (redis, hub, sleeper, clients, before) = runtime.block_on(async {
+        let redis = RedisServer::start().await;
+        let a = instance_stealing_places(&redis, 16).await;
+        let mut sender = a.connect("r").await;
+        let mut local = a.connect("r").await;
+        wait_members(&a.hub, "r", 2).await;
+        wait_subscribed(&a.hub, 1).await;
+        let sleeper = stall_redis_confirmed(&redis, 3).await;
+        for i in 0..300 {
+            send_text(&mut sender, &i.to_string()).await;
+        }
+        // The connection read some, delivered them locally, and holds what the full queue
+        // could not take.
+        let read = drain_texts(&mut local).await;
+        assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
+        let before = a.hub.broker_status();
+        (redis, a.hub.clone(), sleeper, (sender, local), before)
+    });
+    // The application ends without `Hub::shutdown`: the runtime drops every task, the
+    // connection's among them, while Redis still sleeps.
+    drop(runtime);
+    drop((sleeper, clients));
+    let after = hub.broker_status();
+    assert!(
+        after.publish_dropped + after.publish_failures
+            > before.publish_dropped + before.publish_failures,
+        "what the connection held was lost without being counted: {before:?} then {after:?}"
+    );
+    drop(redis);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_and_messages_waiting_for_room_keep_their_order() {
     const N: usize = 600;

@@ -1133,7 +1133,9 @@ impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
         // Messages already read and accepted (a hook panicked half-way through a batch, say)
         // still reach the room; the ones a full broker queue cannot take yet are handed over
-        // by a task of their own, which waits for room.
+        // by a task of their own, which waits for room. An ending task waits for nothing:
+        // flagged as parked, it leaves no waker with the broker (and counts no pause).
+        self.readiness.parked.store(true, Ordering::Release);
         self.flush_forward();
         if !self.forward.is_empty() {
             let hub = self.membership.hub();

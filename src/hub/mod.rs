@@ -85,6 +85,26 @@ pub(crate) struct HubInner {
     origin_refusal_log: LogThrottle,
 }
 
+/// Messages a connection left for the broker ([`Hub::publish_left_over`]), still to hand over.
+/// Dropped with some left (its task never ran, or was dropped while it waited: the runtime
+/// went away), it hands them over at once: what the broker refuses is counted and logged, never
+/// lost silently.
+struct LeftOver {
+    hub: Hub,
+    room: Arc<str>,
+    messages: std::collections::VecDeque<Message>,
+}
+
+impl Drop for LeftOver {
+    fn drop(&mut self) {
+        for message in self.messages.drain(..) {
+            if let Err(error) = self.hub.inner.broker.publish(&self.room, &message) {
+                self.hub.inner.not_forwarded(&self.room, &error);
+            }
+        }
+    }
+}
+
 /// The error for a message its local members got and the broker refused.
 fn broker_unavailable(delivered_locally: usize) -> impl FnOnce(String) -> PublishError {
     move |reason| PublishError::BrokerUnavailable {
@@ -281,22 +301,28 @@ impl Hub {
     /// task of their own hands them over in order, waiting for room as the connection would
     /// have (bounded by the broker, as for
     /// [`publish_with_backpressure`](Self::publish_with_backpressure)); shutdown waits for it.
-    /// Outside a runtime (a connection dropped with its runtime), they are handed over at once
-    /// and refused if there is no room, counted and logged.
+    /// Whatever that task cannot wait for (there is no runtime to run it, or the runtime drops
+    /// it: [`LeftOver`]) is handed over at once, refused if there is no room, and counted.
     pub(crate) fn publish_left_over(&self, room: Arc<str>, messages: Vec<Message>) {
+        let mut left = LeftOver {
+            hub: self.clone(),
+            room,
+            messages: messages.into(),
+        };
         if tokio::runtime::Handle::try_current().is_err() {
-            for message in &messages {
-                if let Err(error) = self.inner.broker.publish(&room, message) {
-                    self.inner.not_forwarded(&room, &error);
-                }
-            }
             return;
         }
-        let hub = self.clone();
         self.inner.tasks.spawn(async move {
-            for message in &messages {
-                if let Err(error) = hub.inner.broker.publish_waiting(&room, message).await {
-                    hub.inner.not_forwarded(&room, &error);
+            while let Some(message) = left.messages.pop_front() {
+                // Taken out first: if this wait is abandoned, it counts this message itself.
+                if let Err(error) = left
+                    .hub
+                    .inner
+                    .broker
+                    .publish_waiting(&left.room, &message)
+                    .await
+                {
+                    left.hub.inner.not_forwarded(&left.room, &error);
                 }
             }
         });
