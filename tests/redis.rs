@@ -504,12 +504,7 @@ async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_get
         assert_eq!(next_text(&mut remote).await, i.to_string(), "on B");
     }
     assert_silent(&mut remote, Duration::from_millis(200)).await;
-    let status = a.hub.broker_status();
-    assert_eq!(
-        (status.publish_dropped, status.publish_failures),
-        (0, 0),
-        "{status:?}"
-    );
+    assert_nothing_refused(&a.hub);
 }
 
 #[tokio::test]
@@ -678,6 +673,17 @@ async fn drain_texts(client: &mut Client) -> Vec<String> {
     got
 }
 
+/// Asserts `hub`'s broker refused and failed nothing; returns its status.
+fn assert_nothing_refused(hub: &Hub) -> tower_ws_hub::BrokerStatus {
+    let status = hub.broker_status();
+    assert_eq!(
+        (status.publish_dropped, status.publish_failures),
+        (0, 0),
+        "{status:?}"
+    );
+    status
+}
+
 fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| i.to_string()).collect()
 }
@@ -719,12 +725,7 @@ async fn a_client_sending_faster_than_redis_takes_is_read_slower_and_nothing_is_
         assert_eq!(next_text(&mut remote).await, i.to_string(), "on B");
     }
     assert_silent(&mut remote, Duration::from_millis(200)).await;
-    let status = a.hub.broker_status();
-    assert_eq!(
-        (status.publish_dropped, status.publish_failures),
-        (0, 0),
-        "{status:?}"
-    );
+    assert_nothing_refused(&a.hub);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -778,12 +779,7 @@ async fn clients_racing_for_the_last_places_in_the_queue_lose_nothing() {
         );
         next[s] += 1;
     }
-    let status = a.hub.broker_status();
-    assert_eq!(
-        (status.publish_dropped, status.publish_failures),
-        (0, 0),
-        "{status:?}"
-    );
+    let status = assert_nothing_refused(&a.hub);
     assert!(status.client_reads_paused >= 1, "{status:?}");
     drop(senders);
 }
@@ -980,12 +976,7 @@ async fn replies_and_messages_waiting_for_room_keep_their_order() {
     assert_eq!(drain_texts(&mut local).await, forwarded, "on A");
     assert_eq!(drain_texts(&mut remote).await, forwarded, "on B");
     assert_eq!(drain_texts(&mut sender).await, replied, "to the sender");
-    let status = a.hub.broker_status();
-    assert_eq!(
-        (status.publish_dropped, status.publish_failures),
-        (0, 0),
-        "{status:?}"
-    );
+    let status = assert_nothing_refused(&a.hub);
     assert!(status.client_reads_paused >= 1, "{status:?}");
 }
 

@@ -53,8 +53,8 @@ pub struct BrokerStatus {
     /// have been run by Redis, so some of them may have reached other instances.
     pub publish_failures: u64,
     /// Messages refused because the publish queue was full (`Hub::publish`, and clients'
-    /// messages with `RedisConfig::client_backpressure(false)`), and waits for room in it that the caller abandoned (a dropped
-    /// `publish_with_backpressure` future).
+    /// messages with `RedisConfig::client_backpressure(false)`), and waits for room in it that
+    /// the caller abandoned (a dropped `publish_with_backpressure` future).
     pub publish_dropped: u64,
     /// Times a connection waited to read its client because the publish queue its room's
     /// messages go through was full: once per wait, and once more each time it was woken for

@@ -26,10 +26,10 @@
 //! 4. send our close frame when due, then write the wire.
 //!
 //! The task is woken by the socket (reads and writes), by the timer, by the outbound queue
-//! (pushes and close requests), and by the broker when its queue has room again. Under a steady stream (data arrived while the last take was
-//! held back) the next take waits for the timer alone: the queue wakes the task for close
-//! requests only, until a take finds nothing or a message from the client lifts the hold. That
-//! makes one wake-up per write instead of two. A steady stream of more than one message per
+//! (pushes and close requests), and by the broker when its queue has room again. Under a
+//! steady stream (data arrived while the last take was held back) the next take waits for the
+//! timer alone: the queue wakes the task for close requests only, until a take finds nothing or
+//! a message from the client lifts the hold. That makes one wake-up per write instead of two. A steady stream of more than one message per
 //! `write_interval` also lengthens the interval, by `write_interval` at each take, up to
 //! `max_write_interval`; any other take starts it again from `write_interval`.
 

@@ -97,11 +97,7 @@ struct LeftOver {
 
 impl Drop for LeftOver {
     fn drop(&mut self) {
-        for message in self.messages.drain(..) {
-            if let Err(error) = self.hub.inner.broker.publish(&self.room, &message) {
-                self.hub.inner.not_forwarded(&self.room, &error);
-            }
-        }
+        self.hub.inner.publish_now(&self.room, &self.messages);
     }
 }
 
@@ -671,12 +667,18 @@ impl HubInner {
         if let Some(taken) = self.broker.publish_reserved(room.name(), messages) {
             return taken;
         }
+        self.publish_now(room.name(), messages);
+        messages.len()
+    }
+
+    /// Hands a client's messages to the broker without waiting; what it refuses (it counts
+    /// them) is logged.
+    fn publish_now<'m>(&self, room: &Arc<str>, messages: impl IntoIterator<Item = &'m Message>) {
         for message in messages {
-            if let Err(error) = self.broker.publish(room.name(), message) {
-                self.not_forwarded(room.name(), &error);
+            if let Err(error) = self.broker.publish(room, message) {
+                self.not_forwarded(room, &error);
             }
         }
-        messages.len()
     }
 
     /// Logs (at a sane rate) a client's message the broker refused; the broker counted it.

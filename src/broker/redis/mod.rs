@@ -462,19 +462,21 @@ impl RedisBroker {
         &self.publishers[slot_of(room, self.publishers.len())]
     }
 
-    /// How many more of a client's messages for `room` [`publish`](Self::publish) would take
-    /// now; `None` when clients are not to wait for room (`client_backpressure` off) or it
-    /// never refuses one for lack of room: while the publisher is down (it refuses everything
-    /// at once, full queue or not) or stopped.
-    pub(crate) fn room_for(&self, room: &str) -> Option<usize> {
-        if !self.client_backpressure {
-            return None;
-        }
+    /// The publisher task for `room`, if clients are to wait for room in its queue: not when
+    /// `client_backpressure` is off, nor while it never refuses a message for lack of room
+    /// (it is down, and refuses everything at once, full queue or not; or it stopped).
+    fn waited_on(&self, room: &str) -> Option<&PublisherHandle> {
         let publisher = self.publisher(room);
-        if publisher.state.get() == PublisherState::DOWN || publisher.queue.is_closed() {
-            return None;
-        }
-        Some(publisher.queue.capacity())
+        let refuses_for_room =
+            publisher.state.get() != PublisherState::DOWN && !publisher.queue.is_closed();
+        (self.client_backpressure && refuses_for_room).then_some(publisher)
+    }
+
+    /// How many more of a client's messages for `room` [`publish`](Self::publish) would take
+    /// now; `None` when clients are not to wait for room ([`waited_on`](Self::waited_on)).
+    pub(crate) fn room_for(&self, room: &str) -> Option<usize> {
+        self.waited_on(room)
+            .map(|publisher| publisher.queue.capacity())
     }
 
     /// Queues as many of a client's `messages` as `room`'s publish queue has places for, from
@@ -483,13 +485,7 @@ impl RedisBroker {
     /// Places are reserved before anything is queued, so connections racing for the last
     /// ones never overshoot the queue.
     pub(crate) fn publish_reserved(&self, room: &Arc<str>, messages: &[Message]) -> Option<usize> {
-        let publisher = self.publisher(room);
-        if !self.client_backpressure
-            || publisher.state.get() == PublisherState::DOWN
-            || publisher.queue.is_closed()
-        {
-            return None;
-        }
+        let publisher = self.waited_on(room)?;
         let (places, permits) = loop {
             let places = messages.len().min(publisher.queue.capacity());
             if places == 0 {
