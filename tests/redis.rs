@@ -981,6 +981,53 @@ async fn replies_and_messages_waiting_for_room_keep_their_order() {
 }
 
 #[tokio::test]
+async fn a_client_whose_reads_wait_for_room_is_not_closed_for_a_pong_or_idleness_it_cannot_show() {
+    use futures_util::{SinkExt, StreamExt};
+    const N: usize = 300;
+    let stall = Duration::from_secs(1);
+    let redis = RedisServer::start().await;
+    // Pings every 100 ms, 200 ms to answer, idle after 300 ms: all shorter than the stall.
+    let strict = Hub::builder()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .pong_timeout(Duration::from_millis(200))
+        .idle_timeout(Some(Duration::from_millis(300)));
+    let a = instance(strict, patient(&redis.url(), stall)).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let (sender, mut remote) = one_client_each(&a, &b, "r").await;
+    // The client answers every ping (reading is what makes tungstenite send the pong).
+    let (mut sink, mut stream) = sender.split();
+    let reader = tokio::spawn(async move {
+        let mut closed = None;
+        while let Some(Ok(message)) = stream.next().await {
+            if let WsMessage::Close(frame) = message {
+                closed = frame.map(|frame| u16::from(frame.code));
+            }
+        }
+        closed
+    });
+
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    for i in 0..N {
+        sink.send(WsMessage::text(i.to_string())).await.unwrap();
+    }
+    // Its pongs (and its messages) wait behind what the connection cannot read before Redis
+    // takes the queue: not the client's fault.
+    sleeper.await.unwrap();
+    for i in 0..N {
+        assert_eq!(next_text(&mut remote).await, i.to_string(), "on B");
+    }
+    let stats = a.hub.stats();
+    assert_eq!(
+        (stats.pong_timeouts, stats.idle_timeouts),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert!(a.hub.broker_status().client_reads_paused >= 1);
+    assert!(!reader.is_finished(), "closed: {:?}", reader.await);
+    reader.abort();
+}
+
+#[tokio::test]
 async fn without_client_backpressure_a_full_queue_refuses_a_clients_messages_and_local_members_get_them_at_once()
  {
     const N: usize = 300;

@@ -72,6 +72,9 @@ const DISCARD_CHUNK: usize = 4096;
 /// Control frames (pongs, close) waiting to be written beyond which reading pauses until the
 /// client reads: a client that sends pings and never reads gets TCP back-pressure, not memory.
 const MAX_PENDING_CONTROL: usize = 4 * 1024;
+/// How soon a pong or idle deadline that passed with bytes from the client still unread is
+/// looked at again (at most the configured timeout).
+const UNREAD_RECHECK: Duration = Duration::from_millis(100);
 /// Stands in for "never" when pings are disabled, and caps every configured duration.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -717,6 +720,13 @@ where
                         self.heartbeat = Heartbeat::AwaitingPong(now);
                         self.heartbeat_at = later(now, self.config().pong_timeout);
                     }
+                    Heartbeat::AwaitingPong(_) if self.unread() => {
+                        // The pong may be among what the client sent and this task has not
+                        // read yet (reading waits for room in the broker's queue, or the
+                        // client sends faster than it is read): judge once that is read.
+                        let recheck = UNREAD_RECHECK.min(self.config().pong_timeout);
+                        self.heartbeat_at = later(now, recheck);
+                    }
                     Heartbeat::AwaitingPong(_) => {
                         Counters::incr(&self.counters().pong_timeouts);
                         tracing::debug!(id = %self.context.id(), "tower-ws-hub: pong timeout");
@@ -732,6 +742,16 @@ where
             if let Some(idle) = self.config().idle_timeout
                 && now >= later(self.last_data, idle)
             {
+                if self.unread() {
+                    // A data message may be among what is still unread: judge once that is
+                    // read (the deadline moves to `recheck` from now).
+                    let recheck = UNREAD_RECHECK.min(idle);
+                    self.last_data = now
+                        .checked_sub(idle.min(FAR_FUTURE) - recheck)
+                        .unwrap_or(now);
+                    self.rearm_timer();
+                    continue;
+                }
                 Counters::incr(&self.counters().idle_timeouts);
                 self.begin_close(close_frame(close_code::NORMAL, "idle timeout"), false);
                 continue;
@@ -749,6 +769,14 @@ where
             self.rearm_timer();
         }
         Poll::Pending
+    }
+
+    /// Bytes from the client may be waiting unread: the last read did not find the socket
+    /// empty (reading waits for room in the broker's queue, or the read budget ran out), or
+    /// the socket became readable since.
+    fn unread(&self) -> bool {
+        matches!(self.input, Input::Frames)
+            && (!self.read_blocked || self.readiness.ready.load(Ordering::Acquire))
     }
 
     /// Points the timer at the next heartbeat event, idle deadline or held-back take,
