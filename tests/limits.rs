@@ -735,3 +735,45 @@ fn rss_bytes() -> u64 {
         .unwrap();
     kib * 1024
 }
+
+/// Floods `room` with pings from a client that never reads (so never answers the server's
+/// pings) until the task is dropped.
+async fn flood_pings_without_reading(server: &Server, room: &str) -> tokio::task::JoinHandle<()> {
+    let socket = tcp_with_small_receive_buffer(server.addr).await;
+    let mut flooder = Upgrade::new(&format!("/ws/{room}")).open_on(socket).await;
+    wait_members(&server.hub, room, 1).await;
+    let batch: Vec<u8> = (0..100)
+        .flat_map(|_| encode_frame(true, 0, opcode::PING, Some(MASK), &[b'p'; 125]))
+        .collect();
+    tokio::spawn(async move { while flooder.try_send_bytes(&batch).await {} })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_pings_does_not_escape_the_pong_or_idle_timeout() {
+    let pong = serve_hub(
+        Hub::builder()
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(300))
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let idle = serve_hub(
+        Hub::builder()
+            .ping_interval(None)
+            .idle_timeout(Some(Duration::from_millis(300)))
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    // Sending faster than it is read leaves bytes unread at every deadline: that is the
+    // client's doing, and does not put off the verdict.
+    let pong_flood = flood_pings_without_reading(&pong, "flood").await;
+    let idle_flood = flood_pings_without_reading(&idle, "flood").await;
+    wait_members(&pong.hub, "flood", 0).await;
+    wait_members(&idle.hub, "flood", 0).await;
+    assert!(pong.hub.stats().pong_timeouts >= 1);
+    assert!(idle.hub.stats().idle_timeouts >= 1);
+    pong_flood.abort();
+    idle_flood.abort();
+}

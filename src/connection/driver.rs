@@ -722,8 +722,8 @@ where
                     }
                     Heartbeat::AwaitingPong(_) if self.unread() => {
                         // The pong may be among what the client sent and this task has not
-                        // read yet (reading waits for room in the broker's queue, or the
-                        // client sends faster than it is read): judge once that is read.
+                        // read yet, reading waiting for room in the broker's queue: judge once
+                        // that is read.
                         let recheck = UNREAD_RECHECK.min(self.config().pong_timeout);
                         self.heartbeat_at = later(now, recheck);
                     }
@@ -771,12 +771,16 @@ where
         Poll::Pending
     }
 
-    /// Bytes from the client may be waiting unread: the last read did not find the socket
-    /// empty (reading waits for room in the broker's queue, or the read budget ran out), or
-    /// the socket became readable since.
+    /// Bytes from the client may be waiting unread through no doing of its own: reading it
+    /// waits for room in the broker's queue (the task is parked with the broker, or holds
+    /// messages for it), or a wake to read (the socket's, or the broker's) has not been acted
+    /// on yet. Not when the read budget ran out: a client that sends faster than it is read
+    /// (a ping flood, say) is judged like any other.
     fn unread(&self) -> bool {
         matches!(self.input, Input::Frames)
-            && (!self.read_blocked || self.readiness.ready.load(Ordering::Acquire))
+            && (self.readiness.parked.load(Ordering::Acquire)
+                || self.forward_delivered > 0
+                || self.readiness.ready.load(Ordering::Acquire))
     }
 
     /// Points the timer at the next heartbeat event, idle deadline or held-back take,

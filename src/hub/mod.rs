@@ -937,9 +937,9 @@ impl HubBuilder {
     }
 
     /// How long a client has to answer a ping before it is closed with 1008. Default: 20 s.
-    /// Durations over a year count as a year. The verdict waits until what the client sent
-    /// has been read (reading may wait for room in a full Redis publish queue, or the client
-    /// may send faster than it is read): a pong behind unread messages still counts.
+    /// Durations over a year count as a year. While reading the client waits for room in a
+    /// full Redis publish queue, the verdict waits until what the client sent has been read:
+    /// a pong behind messages the hub could not read yet still counts.
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
         self.config.pong_timeout = timeout;
         self
@@ -1018,7 +1018,8 @@ impl HubBuilder {
     /// Closes a connection (1000, "idle timeout") after this long without a data message from
     /// the client. Pings and pongs do not count as activity. Default: `None` (dead peers are
     /// still detected by the [ping interval](Self::ping_interval)). Durations over a year count
-    /// as a year. Like the pong timeout, it is judged once what the client sent has been read.
+    /// as a year. Like the pong timeout, it is judged once what the client sent has been read
+    /// while reading it waits for room in a full Redis publish queue.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
         self

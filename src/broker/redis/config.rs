@@ -334,8 +334,9 @@ impl RedisConfig {
     ///   messages off the queue, then reads on; nothing it sends is refused for a slow Redis.
     ///   What was already read reaches the local members at once and waits for its places in
     ///   the queue (reserved before anything is queued, so racing connections never overshoot
-    ///   it); what is still in the socket, the client's pings, pongs and close frame among it,
-    ///   waits there (its pong and idle deadlines are judged once it is read). The pause ends at the latest when Redis stops answering for
+    ///   it); what is still in the socket, the client's pings, pongs and close frame among
+    ///   it, waits there (its pong and idle deadlines are judged once it is read). The pause
+    ///   ends at the latest when Redis stops answering for
     ///   [`operation_timeout`](Self::operation_timeout) (publishing goes down, and messages
     ///   reach local members only, as in any outage). Counted in
     ///   [`BrokerStatus::client_reads_paused`](crate::BrokerStatus::client_reads_paused). When a
