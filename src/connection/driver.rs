@@ -14,8 +14,9 @@
 //!    connection is closing or asked to close. While the hub is behind (`hub::backlog`), a
 //!    lone message after a quiet spell waits too, once, for `max_write_interval` or until the
 //!    queue is a quarter full;
-//! 2. the timer: heartbeat ping, pong timeout, idle timeout, the end of the write interval,
-//!    or close deadline;
+//! 2. the timer: heartbeat ping, pong timeout, idle timeout (while reading waits on the
+//!    broker, both are judged once what the client sent is read: `unread`), the end of the
+//!    write interval, or close deadline;
 //! 3. read frames (a bounded number per poll, so one chatty client cannot starve its worker
 //!    thread), running the message hook and the fan-out for each data message; a data message
 //!    lifts a hold, and what was held is taken right after; once the socket is empty, a read
