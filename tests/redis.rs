@@ -2034,6 +2034,16 @@ struct Flood {
 }
 
 impl Flood {
+    /// [`start`](Self::start) with these write intervals and a queue no flood fills
+    /// (everything the flood sends must arrive).
+    async fn with_intervals(write: Duration, max_write: Duration) -> Self {
+        let hub = Hub::builder()
+            .write_interval(write)
+            .max_write_interval(max_write)
+            .outbound_queue(100_000, 64 * 1024 * 1024);
+        Self::start(hub, true).await
+    }
+
     async fn start(hub: HubBuilder, strict: bool) -> Self {
         let redis = RedisServer::start().await;
         let a = instance(hub, config(&redis.url())).await;
@@ -2120,14 +2130,7 @@ impl Flood {
 /// at once again. Nothing is lost or reordered either way.
 #[tokio::test]
 async fn a_lone_message_waits_for_company_while_the_hub_is_behind_and_not_after() {
-    let mut flood = Flood::start(
-        Hub::builder()
-            .write_interval(Duration::from_millis(100))
-            .max_write_interval(Duration::from_secs(2))
-            .outbound_queue(100_000, 64 * 1024 * 1024),
-        true,
-    )
-    .await;
+    let mut flood = Flood::with_intervals(Duration::from_millis(100), Duration::from_secs(2)).await;
     // A lone message for `quiet` (nothing written to it for over 100 ms) now waits: the first
     // one that does shows the hold, and the stats count it.
     let mut held = None;
@@ -2166,14 +2169,7 @@ async fn a_lone_message_waits_for_company_while_the_hub_is_behind_and_not_after(
 /// is over it goes out, and is not held a second time for the backlog.
 #[tokio::test]
 async fn a_message_that_waited_for_the_interval_is_not_held_again_while_behind() {
-    let mut flood = Flood::start(
-        Hub::builder()
-            .write_interval(Duration::from_millis(500))
-            .max_write_interval(Duration::from_secs(3))
-            .outbound_queue(100_000, 64 * 1024 * 1024),
-        true,
-    )
-    .await;
+    let mut flood = Flood::with_intervals(Duration::from_millis(500), Duration::from_secs(3)).await;
     for attempt in 0..3 {
         // The first may be held for the backlog (up to 3 s); the second follows its write at
         // once, so it waits for the interval (500 ms), and only for that.
@@ -2220,14 +2216,7 @@ async fn a_hold_while_behind_does_not_overflow_a_small_queue() {
 /// after it waits for `write_interval` (1 s here), not for a grown interval (2 s).
 #[tokio::test]
 async fn the_write_ending_a_hold_while_behind_does_not_grow_the_interval() {
-    let mut flood = Flood::start(
-        Hub::builder()
-            .write_interval(Duration::from_secs(1))
-            .max_write_interval(Duration::from_secs(4))
-            .outbound_queue(100_000, 64 * 1024 * 1024),
-        true,
-    )
-    .await;
+    let mut flood = Flood::with_intervals(Duration::from_secs(1), Duration::from_secs(4)).await;
     let mut checked = false;
     for attempt in 0..5 {
         // Two messages 100 ms apart: if the first is held for the backlog, both go out

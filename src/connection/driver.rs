@@ -30,9 +30,10 @@
 //! (pushes and close requests), and by the broker when its queue has room again. Under a
 //! steady stream (data arrived while the last take was held back) the next take waits for the
 //! timer alone: the queue wakes the task for close requests only, until a take finds nothing or
-//! a message from the client lifts the hold. That makes one wake-up per write instead of two. A steady stream of more than one message per
-//! `write_interval` also lengthens the interval, by `write_interval` at each take, up to
-//! `max_write_interval`; any other take starts it again from `write_interval`.
+//! a message from the client lifts the hold. That makes one wake-up per write instead of two.
+//! A steady stream of more than one message per `write_interval` also lengthens the interval,
+//! by `write_interval` at each take, up to `max_write_interval`; any other take starts it again
+//! from `write_interval`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -676,8 +677,9 @@ where
             InboundAction::Forward(message) => self.forward.push(message),
             InboundAction::Reply(message) => {
                 // Messages read before this one go out first: with `echo_to_sender` the sender
-                // sees its own messages and the reply in the order it sent them.
-                self.flush_forward();
+                // sees its own messages and the reply in the order it sent them. (Any the
+                // broker cannot take yet hold the read loop back: `forward_delivered`.)
+                let _ = self.flush_forward();
                 // Queued, dropped or disconnected like any other delivery to this connection.
                 let mut result = FanOut::default();
                 result.record(self.queue.push(message.encode_frame()), 1);
@@ -811,7 +813,9 @@ where
     /// fans out what was read, as one batch per receiver.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let result = self.poll_read_frames(cx);
-        self.flush_forward();
+        // What the broker cannot take yet waits in `forward`: hand it over as room appears,
+        // or stay parked with the broker, which wakes the task once there is room.
+        while self.flush_forward() && self.broker_room(1).is_some() {}
         result
     }
 
@@ -1107,35 +1111,34 @@ impl<S> Driver<'_, S> {
     ///
     /// A broker whose queue is full may take only the first ones (see
     /// `RedisConfig::client_backpressure`): the rest stay in `forward`, already delivered
-    /// locally, and the task is parked with the broker, which wakes it once there is room;
-    /// reading waits until they are handed over (or, once the connection ends,
-    /// `Hub::publish_left_over` does).
-    fn flush_forward(&mut self) {
-        while !self.forward.is_empty() {
-            let hub = self.membership.hub().inner();
-            let taken = hub.publish_from(
-                self.membership.room(),
-                &self.forward,
-                usize::from(self.forward_delivered),
-                self.context.id(),
-            );
-            self.forward.drain(..taken);
-            // Every message left has reached the local members; `forward` holds at most
-            // READ_BUDGET (the read loop stops there).
-            self.forward_delivered = u16::try_from(self.forward.len()).unwrap_or(u16::MAX);
-            if self.forward.is_empty() {
-                if self.forward.capacity() > 16 {
-                    // A burst's worth (up to READ_BUDGET messages) would otherwise stay with
-                    // the connection for good.
-                    self.forward = Vec::new();
-                }
-                return;
-            }
-            if self.broker_room(1).is_none() {
-                // Parked: the broker wakes the task once there is room.
-                return;
-            }
+    /// locally, and this returns `true`. Reading waits until they are handed over (the
+    /// caller parks the task with the broker, see `broker_room`), or, once the connection
+    /// ends, `Hub::publish_left_over` hands them over.
+    #[must_use = "messages left in `forward` wait for the broker's room"]
+    fn flush_forward(&mut self) -> bool {
+        if self.forward.is_empty() {
+            return false;
         }
+        let hub = self.membership.hub().inner();
+        let taken = hub.publish_from(
+            self.membership.room(),
+            &self.forward,
+            usize::from(self.forward_delivered),
+            self.context.id(),
+        );
+        self.forward.drain(..taken);
+        // Every message left has reached the local members; `forward` holds at most
+        // READ_BUDGET (the read loop stops there).
+        self.forward_delivered = u16::try_from(self.forward.len()).unwrap_or(u16::MAX);
+        if !self.forward.is_empty() {
+            return true;
+        }
+        if self.forward.capacity() > 16 {
+            // A burst's worth (up to READ_BUDGET messages) would otherwise stay with the
+            // connection for good.
+            self.forward = Vec::new();
+        }
+        false
     }
 
     /// How many messages the broker would take now for this connection's room
@@ -1166,11 +1169,8 @@ impl<S> Drop for Driver<'_, S> {
     fn drop(&mut self) {
         // Messages already read and accepted (a hook panicked half-way through a batch, say)
         // still reach the room; the ones a full broker queue cannot take yet are handed over
-        // by a task of their own, which waits for room. An ending task waits for nothing:
-        // flagged as parked, it leaves no waker with the broker (and counts no pause).
-        self.readiness.parked.store(true, Ordering::Release);
-        self.flush_forward();
-        if !self.forward.is_empty() {
+        // by a task of their own, which waits for room.
+        if self.flush_forward() {
             let hub = self.membership.hub();
             let room = Arc::clone(self.membership.room().name());
             hub.publish_left_over(room, std::mem::take(&mut self.forward));
