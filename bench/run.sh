@@ -20,6 +20,10 @@
 #                        "--publishers-share-thread" (burst publishers paced by the
 #                        subscribers' reads, as before session 11)
 #   SERVER_WORKERS=      tokio workers for both servers (default: one per core)
+#   WORKERS_SPLIT=0      1: without SERVER_WORKERS, each of a scenario's N instances gets
+#                        nproc / N workers (at least 1), so that the instances of a
+#                        two-instance scenario share the cores instead of each running one
+#                        worker per core (see BENCHMARKS.md, session 13); both servers alike
 #   NODELAY=0            1 sets TCP_NODELAY on the servers' accepted sockets
 #   HUB_FLAGS=           extra hub_server flags, e.g. "--keep-no-extensions" (project only)
 #   HUB_BIN=, BASELINE_BIN=, BASELINE_FLAGS=
@@ -50,6 +54,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release
 
 PIDS=()
+INSTANCES=1
 
 cleanup() {
     local pid
@@ -102,7 +107,11 @@ start_server() {
         baseline) bin=${BASELINE_BIN:-$BIN/baseline} extra_flags=${BASELINE_FLAGS:-} ;;
     esac
     local flags=(--addr 127.0.0.1:0)
-    [[ -n ${SERVER_WORKERS:-} ]] && flags+=(--workers "$SERVER_WORKERS")
+    if [[ -n ${SERVER_WORKERS:-} ]]; then
+        flags+=(--workers "$SERVER_WORKERS")
+    elif [[ ${WORKERS_SPLIT:-0} == 1 ]]; then
+        flags+=(--workers "$(( $(nproc) / INSTANCES > 0 ? $(nproc) / INSTANCES : 1 ))")
+    fi
     [[ ${NODELAY:-0} == 1 ]] && flags+=(--nodelay)
     if [[ -n $extra_flags ]]; then
         read -r -a extra <<<"$extra_flags"
@@ -202,6 +211,7 @@ run_one() {
     local name=${scenario}__${impl}__${rep}
     local n redis_flags=() addrs=() server_pids=() i
     n=$(instances_of "$scenario")
+    INSTANCES=$n
     if needs_redis "$scenario"; then
         start_redis "$name"
         redis_flags=(--redis "$REDIS_URL")
@@ -263,7 +273,7 @@ main() {
         echo "commit: ${BENCH_COMMIT:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)}"
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "reps: $REPS, loadgen threads: $LOADGEN_THREADS (flags: ${LOADGEN_FLAGS:-none}), server workers:" \
-            "${SERVER_WORKERS:-default}, nodelay: ${NODELAY:-0}"
+            "${SERVER_WORKERS:-default}, workers split: ${WORKERS_SPLIT:-0}, nodelay: ${NODELAY:-0}"
         echo "project: ${HUB_BIN:-$BIN/hub_server} ${HUB_FLAGS:-}"
         echo "baseline: ${BASELINE_BIN:-$BIN/baseline} ${BASELINE_FLAGS:-}"
     } >"$OUT/machine.txt"

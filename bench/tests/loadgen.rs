@@ -32,6 +32,8 @@ struct Server {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    /// What the server prints after its `listening on` line, line by line.
+    rest: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -45,16 +47,23 @@ impl Server {
             .unwrap_or_else(|error| panic!("{name}: cannot start {exe}: {error}"));
         let stdout = child.stdout.take().expect("piped stdout");
         // Guard first, so that the process dies if the line never comes.
+        let (rest_tx, rest) = mpsc::channel();
         let mut server = Self {
             name,
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rest,
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
             let mut line = String::new();
-            let result = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let result = stdout.read_line(&mut line).map(|_| line);
             let _ = tx.send(result);
+            // Keep reading, so that what the server prints later never meets a closed pipe.
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = rest_tx.send(line);
+            }
         });
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(line)) => line,
@@ -105,6 +114,40 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Server {
+    /// Stops the server with SIGTERM, as `run.sh` does, and returns what it printed after
+    /// its `listening on` line.
+    fn stop_gracefully(mut self) -> Vec<String> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, not yet
+        // waited for, so it cannot have been reused.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "{}: kill",
+            self.name
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: still running 10 s after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{}: exited with {status}", self.name);
+        let mut lines = Vec::new();
+        while let Ok(line) = self.rest.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        lines
     }
 }
 
@@ -304,6 +347,41 @@ async fn burst_against_hub_server() {
     burst(Server::hub_server()).await;
 }
 
+/// `hub_server` stops on SIGTERM and prints the hub's counters, which agree with what the
+/// load generator received.
+#[tokio::test]
+async fn hub_server_prints_its_counters_when_it_stops() {
+    let server = Server::hub_server();
+    let opts = options(&server, "hub_server burst, then stop");
+    let expected = expected_deliveries(&opts, opts.messages);
+    let report = run_pubsub(opts.clone()).await;
+    assert_clean_pubsub(&report, &opts, expected);
+    server.wait_for_connections(0).await;
+    let lines = server.stop_gracefully();
+    let stats = lines
+        .iter()
+        .find_map(|line| line.strip_prefix("hub stats: "))
+        .unwrap_or_else(|| panic!("no `hub stats:` line in {lines:?}"));
+    let counter = |name: &str| -> u64 {
+        let (_, after) = stats
+            .split_once(&format!(" {name}: "))
+            .unwrap_or_else(|| panic!("no {name} in {stats}"));
+        after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not a number in {stats}"))
+    };
+    // The readiness probes are deliveries too: at least the measured ones, every one written.
+    assert!(counter("deliveries") >= expected, "{stats}");
+    assert_eq!(counter("dropped_messages"), 0, "{stats}");
+    assert_eq!(counter("connections"), 0, "{stats}");
+    assert!(
+        lines.iter().any(|line| line.starts_with("broker status: ")),
+        "{lines:?}"
+    );
+}
+
 #[tokio::test]
 async fn burst_against_baseline() {
     burst(Server::baseline()).await;
@@ -493,4 +571,33 @@ async fn idle_against_hub_server() {
 #[tokio::test]
 async fn idle_against_baseline() {
     idle_connections(Server::baseline()).await;
+}
+
+/// `--publish-queue 0` is refused by the argument parser (exit status 2, the flag named),
+/// not by a panic in `RedisConfig::publish_queue`; 1 is taken.
+#[test]
+fn hub_server_refuses_an_empty_publish_queue() {
+    let run = |places: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hub_server"))
+            .args([
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--publish-queue",
+                places,
+                "--check",
+            ])
+            .output()
+            .expect("hub_server runs")
+    };
+    let refused = run("0");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--publish-queue"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let taken = run("1");
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
 }

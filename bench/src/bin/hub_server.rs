@@ -17,8 +17,11 @@
 //! `--publish-queue N` and `--no-client-backpressure` change one setting each, for experiments).
 //! `--keep-no-extensions` is the documented memory setting for large numbers of connections
 //! (`HubBuilder::keep_no_extensions`). Stops gracefully on Ctrl-C or SIGTERM
-//! ([`Hub::shutdown_signal`]).
+//! ([`Hub::shutdown_signal`]), then prints the hub's counters ([`Hub::stats`]: deliveries,
+//! drops, backlog holds, ...) and its broker status to stdout, which `bench/run.sh` keeps in
+//! the run's `logs/`.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use axum::Router;
@@ -40,7 +43,9 @@ struct Args {
     #[arg(long)]
     redis: Option<String>,
     /// Override `RedisConfig::publish_queue` (for experiments; default: the hub's default).
-    #[arg(long, requires = "redis")]
+    /// At least 1, as `RedisConfig::publish_queue` asks.
+    #[arg(long, requires = "redis",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     publish_queue: Option<usize>,
     /// `RedisConfig::client_backpressure(false)`: refuse clients' messages the full publish
     /// queue cannot take instead of reading the clients more slowly (for experiments).
@@ -137,7 +142,14 @@ fn main() -> ExitCode {
                     },
                 ));
             }
-            serve::serve(&args.server, app, hub.shutdown_signal()).await
+            let served = serve::serve(&args.server, app, hub.shutdown_signal()).await;
+            // For the run's logs: what the hub counted (backlog holds, drops, ...). Not
+            // `println!`: a reader that is gone (`| head -1`) must not turn a clean stop into
+            // a panic.
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "hub stats: {:?}", hub.stats());
+            let _ = writeln!(stdout, "broker status: {:?}", hub.broker_status());
+            served
         })
     });
     match result {
