@@ -377,7 +377,9 @@ async fn hub_server_prints_its_counters_when_it_stops() {
     assert_eq!(counter("dropped_messages"), 0, "{stats}");
     assert_eq!(counter("connections"), 0, "{stats}");
     assert!(
-        lines.iter().any(|line| line.starts_with("broker status: ")),
+        lines
+            .iter()
+            .any(|line| line.starts_with("broker status (after shutdown): ")),
         "{lines:?}"
     );
 }

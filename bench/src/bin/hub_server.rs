@@ -148,7 +148,12 @@ fn main() -> ExitCode {
             // a panic.
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(stdout, "hub stats: {:?}", hub.stats());
-            let _ = writeln!(stdout, "broker status: {:?}", hub.broker_status());
+            // After the shutdown: the connection flags say "down"; the counters are the run's.
+            let _ = writeln!(
+                stdout,
+                "broker status (after shutdown): {:?}",
+                hub.broker_status()
+            );
             served
         })
     });
