@@ -110,7 +110,8 @@ start_server() {
     if [[ -n ${SERVER_WORKERS:-} ]]; then
         flags+=(--workers "$SERVER_WORKERS")
     elif [[ ${WORKERS_SPLIT:-0} == 1 ]]; then
-        flags+=(--workers "$(( $(nproc) / INSTANCES > 0 ? $(nproc) / INSTANCES : 1 ))")
+        local share=$(($(nproc) / INSTANCES))
+        flags+=(--workers "$((share > 0 ? share : 1))")
     fi
     [[ ${NODELAY:-0} == 1 ]] && flags+=(--nodelay)
     if [[ -n $extra_flags ]]; then
