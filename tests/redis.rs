@@ -2244,3 +2244,47 @@ async fn the_write_ending_a_hold_while_behind_does_not_grow_the_interval() {
     assert!(checked, "the hub was never behind when a lone message came");
     flood.stop().await;
 }
+
+/// Review: messages the publisher task holds (queued for Redis, or in the pipeline being sent)
+/// when the runtime goes away without `Hub::shutdown` must be counted like the ones a
+/// connection still held (`LeftOver`): every message read from a client reaches Redis or is
+/// counted.
+#[test]
+fn every_message_read_from_a_client_is_counted_when_the_runtime_goes_away() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (redis, hub, sleeper, clients, read) = runtime.block_on(async {
+        let redis = RedisServer::start().await;
+        let a = instance(
+            Hub::builder(),
+            patient(&redis.url(), Duration::from_secs(3)),
+        )
+        .await;
+        let mut sender = a.connect("r").await;
+        let mut local = a.connect("r").await;
+        wait_members(&a.hub, "r", 2).await;
+        wait_subscribed(&a.hub, 1).await;
+        let sleeper = stall_redis_confirmed(&redis, 3).await;
+        for i in 0..300 {
+            send_text(&mut sender, &i.to_string()).await;
+        }
+        // Everything the connection read reached the local member; it waits for Redis in the
+        // pipeline being sent, in the queue, or with the connection.
+        let read = drain_texts(&mut local).await;
+        assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
+        assert_eq!(a.hub.broker_status().published, 0);
+        (redis, a.hub.clone(), sleeper, (sender, local), read.len())
+    });
+    drop(runtime);
+    drop((sleeper, clients));
+    let after = hub.broker_status();
+    assert_eq!(
+        after.published + after.publish_failures + after.publish_dropped,
+        read as u64,
+        "{read} messages read from the client, but only these counted: {after:?}"
+    );
+    drop(redis);
+}

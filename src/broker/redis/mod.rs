@@ -397,6 +397,7 @@ impl RedisBroker {
                     shared: Arc::clone(&shared),
                     config: Arc::clone(&config),
                     cancel: cancel.clone(),
+                    in_flight: 0,
                 }));
                 PublisherHandle {
                     queue,

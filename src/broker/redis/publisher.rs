@@ -36,6 +36,9 @@ pub(crate) struct Publisher {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<RedisConfig>,
     pub(crate) cancel: CancellationToken,
+    /// Messages of the last batch taken off `queue` and not counted yet (published or failed):
+    /// counted as failed if the task is dropped before it knows (the runtime went away).
+    pub(crate) in_flight: usize,
 }
 
 /// `{prefix}:{room}` written straight into the command buffer.
@@ -104,8 +107,21 @@ impl Publisher {
                 Err(_) => break,
             }
         }
+        self.in_flight = batch.len();
         self.parked.wake_all();
         batch
+    }
+
+    /// The batch taken last was accepted by Redis.
+    fn count_published(&mut self, n: usize) {
+        self.in_flight = 0;
+        self.shared.published.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The batch taken last failed.
+    fn count_batch_failed(&mut self, n: usize) {
+        self.in_flight = 0;
+        self.count_failed(n);
     }
 
     async fn send(
@@ -201,6 +217,21 @@ impl Drop for Publisher {
     /// nobody takes from: closed, it refuses at once.
     fn drop(&mut self) {
         self.queue.close();
+        // Dropped before it could send them (the runtime went away without `Hub::shutdown`):
+        // the batch being sent and whatever is still queued never reach Redis, counted.
+        let mut lost = std::mem::take(&mut self.in_flight);
+        while self.queue.try_recv().is_ok() {
+            lost += 1;
+        }
+        if lost > 0 {
+            self.count_failed(lost);
+            tracing::warn!(
+                publisher = self.index,
+                messages_lost = lost,
+                "tower-ws-hub: Redis publisher stopped before sending what it held; those \
+                 messages are delivered locally only"
+            );
+        }
         self.parked.wake_all();
     }
 }
@@ -262,7 +293,7 @@ pub(crate) async fn run(mut publisher: Publisher) {
             None => match publisher.checkout().await {
                 Ok(fresh) => fresh,
                 Err(error) => {
-                    publisher.count_failed(batch.len());
+                    publisher.count_batch_failed(batch.len());
                     publisher.went_down(&error, batch.len());
                     continue;
                 }
@@ -270,10 +301,7 @@ pub(crate) async fn run(mut publisher: Publisher) {
         };
         match publisher.send(&mut held, &batch).await {
             Ok(()) => {
-                publisher
-                    .shared
-                    .published
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                publisher.count_published(batch.len());
                 publisher.state.set(PublisherState::UP);
                 // Keep the connection for the next batch (no checkout, no PING).
                 connection = Some(held);
@@ -281,7 +309,7 @@ pub(crate) async fn run(mut publisher: Publisher) {
             Err(error) => {
                 // Out of the pool for good: its state is unknown.
                 drop(deadpool_redis::Connection::take(held));
-                publisher.count_failed(batch.len());
+                publisher.count_batch_failed(batch.len());
                 publisher.went_down(&error, batch.len());
             }
         }
@@ -308,20 +336,17 @@ async fn flush_on_shutdown(
             None => match publisher.checkout().await {
                 Ok(fresh) => fresh,
                 Err(_) => {
-                    publisher.count_failed(batch.len());
+                    publisher.count_batch_failed(batch.len());
                     publisher.fail_queued();
                     return;
                 }
             },
         };
         if publisher.send(&mut held, &batch).await.is_ok() {
-            publisher
-                .shared
-                .published
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            publisher.count_published(batch.len());
             connection = Some(held);
         } else {
-            publisher.count_failed(batch.len());
+            publisher.count_batch_failed(batch.len());
             publisher.fail_queued();
             return;
         }
