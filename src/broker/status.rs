@@ -48,9 +48,13 @@ pub struct BrokerStatus {
     /// Messages not known to be forwarded because Redis was unreachable or too slow: refused
     /// at once while the publisher was down (or, for `publish_with_backpressure`, when it went
     /// down during the wait), queued and then failed with a pipeline that failed or timed out
-    /// (or with the queue behind it), or refused once the broker stopped at shutdown. They are
-    /// never retried, so never delivered twice; a pipeline whose reply came too late may still
-    /// have been run by Redis, so some of them may have reached other instances.
+    /// (or with the queue behind it), refused once the broker stopped at shutdown, or still
+    /// queued or being sent when the runtime was dropped without [`Hub::shutdown`]. They are
+    /// never retried, so never delivered twice; a pipeline whose reply came too late (or that
+    /// was being sent when the runtime went away) may still have been run by Redis, so some of
+    /// them may have reached other instances.
+    ///
+    /// [`Hub::shutdown`]: crate::Hub::shutdown
     pub publish_failures: u64,
     /// Messages refused because the publish queue was full (`Hub::publish`, and clients'
     /// messages with `RedisConfig::client_backpressure(false)`), and waits for room in it that

@@ -217,8 +217,9 @@ impl Drop for Publisher {
     /// nobody takes from: closed, it refuses at once.
     fn drop(&mut self) {
         self.queue.close();
-        // Dropped before it could send them (the runtime went away without `Hub::shutdown`):
-        // the batch being sent and whatever is still queued never reach Redis, counted.
+        // Dropped before it knew them published (the runtime went away without
+        // `Hub::shutdown`, or a panic): the batch being sent, which Redis may still run, and
+        // whatever is still queued are counted as failed, not lost without a trace.
         let mut lost = std::mem::take(&mut self.in_flight);
         while self.queue.try_recv().is_ok() {
             lost += 1;
@@ -228,8 +229,9 @@ impl Drop for Publisher {
             tracing::warn!(
                 publisher = self.index,
                 messages_lost = lost,
-                "tower-ws-hub: Redis publisher stopped before sending what it held; those \
-                 messages are delivered locally only"
+                "tower-ws-hub: Redis publisher dropped (runtime gone without Hub::shutdown) \
+                 before it knew its messages published; they reached local members only (a \
+                 pipeline in flight may still have been run by Redis)"
             );
         }
         self.parked.wake_all();
