@@ -598,7 +598,10 @@ impl RedisBroker {
         };
         if publisher.state.get() == PublisherState::DOWN {
             // Our place was freed by the publisher failing its queue: Redis went down while we
-            // waited.
+            // waited. Giving the place back frees room nobody was told of: a connection that
+            // parked for it (after the publisher's own wake-up) must not wait for the next one.
+            drop(place);
+            publisher.parked.wake_all();
             return Err(self.refused_down());
         }
         place.send(Outgoing {
