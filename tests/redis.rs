@@ -1027,6 +1027,66 @@ async fn a_client_whose_reads_wait_for_room_is_not_closed_for_a_pong_or_idleness
     reader.abort();
 }
 
+/// The pong for a ping the hub sent while Redis stalled sits behind everything the client
+/// sent before it, which the hub could not read during the stall. Once Redis is back the hub
+/// reads that backlog a read budget (64 frames) at a time, between waits for room; the pong
+/// verdict must not land on a poll that merely follows a spent read budget, 100 ms after the
+/// wait ended: the client gets its pong timeout (1 s here) to have its backlog read, as it
+/// would have without the stall (the whole backlog takes well under that to read).
+#[tokio::test]
+async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read() {
+    use futures_util::{SinkExt, StreamExt};
+    const N: usize = 40_000;
+    let redis = RedisServer::start().await;
+    let strict = Hub::builder()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .pong_timeout(Duration::from_secs(1));
+    // A publish queue of 4096 taken 4096 at a time: after the stall, reading goes on a budget
+    // at a time for most of each wait's worth.
+    let stall = Duration::from_secs(2);
+    let publisher = one_publisher(&redis.url(), 4096, stall * 5, stall * 5).max_pipeline(4096);
+    let a = instance(strict, publisher).await;
+    let sender = a.connect("r").await;
+    wait_members(&a.hub, "r", 1).await;
+    wait_subscribed(&a.hub, 1).await;
+    let (mut sink, mut stream) = sender.split();
+    // The client answers every ping at once (reading is what makes tungstenite send the pong).
+    let reader = tokio::spawn(async move {
+        let mut closed = None;
+        while let Some(Ok(message)) = stream.next().await {
+            if let WsMessage::Close(frame) = message {
+                closed = frame.map(|frame| u16::from(frame.code));
+            }
+        }
+        closed
+    });
+
+    // A burst the hub reads in well under the pong timeout when Redis keeps up, sent while
+    // Redis sleeps for twice the pong timeout: every pong is behind it.
+    let sleeper = stall_redis_confirmed(&redis, 2).await;
+    for i in 0..N {
+        sink.feed(WsMessage::text(i.to_string())).await.unwrap();
+    }
+    sink.flush().await.unwrap();
+    sleeper.await.unwrap();
+    let woke = Instant::now();
+    eventually("the backlog read, or a pong timeout", || {
+        let stats = a.hub.stats();
+        stats.messages_received >= N as u64 || stats.pong_timeouts > 0
+    })
+    .await;
+    let read_in = woke.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = a.hub.stats();
+    assert_eq!(
+        stats.pong_timeouts, 0,
+        "closed {read_in:?} after Redis woke, {} of {N} messages read",
+        stats.messages_received
+    );
+    assert!(!reader.is_finished(), "closed: {:?}", reader.await);
+    reader.abort();
+}
+
 #[tokio::test]
 async fn without_client_backpressure_a_full_queue_refuses_a_clients_messages_and_local_members_get_them_at_once()
  {

@@ -135,7 +135,9 @@ enum Heartbeat {
     Disabled,
     /// Next ping due at `heartbeat_at`.
     Idle,
-    /// A ping went out at this instant; `heartbeat_at` is the pong deadline.
+    /// A ping went out at this instant, or reading the client last waited on the broker then
+    /// (the pong timeout counts from the later); `heartbeat_at` is the pong deadline, or when
+    /// to look again while reading waits.
     AwaitingPong(Instant),
 }
 
@@ -726,9 +728,19 @@ where
                     Heartbeat::AwaitingPong(_) if self.unread() => {
                         // The pong may be among what the client sent and this task has not
                         // read yet, reading waiting for room in the broker's queue: judge once
-                        // that is read.
+                        // that is read. The wait counts from now: once reading goes on, the
+                        // client has a whole pong timeout for what it sent meanwhile to be
+                        // read (read a budget at a time, not in one go), as without the wait.
                         let recheck = UNREAD_RECHECK.min(self.config().pong_timeout);
+                        self.heartbeat = Heartbeat::AwaitingPong(now);
                         self.heartbeat_at = later(now, recheck);
+                    }
+                    Heartbeat::AwaitingPong(since)
+                        if now < later(since, self.config().pong_timeout) =>
+                    {
+                        // Reading waited on the broker until lately: judge a pong timeout
+                        // after the last wait.
+                        self.heartbeat_at = later(since, self.config().pong_timeout);
                     }
                     Heartbeat::AwaitingPong(_) => {
                         Counters::incr(&self.counters().pong_timeouts);
