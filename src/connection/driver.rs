@@ -1218,3 +1218,60 @@ mod size {
         assert!(size <= 752, "Driver is {size} bytes (752 at session 11)");
     }
 }
+
+#[cfg(test)]
+mod backlog_hold {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tokio::time::Instant;
+
+    use crate::{Hub, HubLayer, Message, SlowConsumerPolicy};
+
+    /// A client that reads everything at once, with a queue that one message fills: a hold
+    /// for the backlog must not make the next message overflow it.
+    #[tokio::test]
+    async fn a_backlog_hold_does_not_overflow_a_queue_one_message_fills() {
+        let hub = Hub::builder()
+            .outbound_queue(1, 1 << 20)
+            .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+            .max_write_interval(Duration::from_millis(500))
+            .build();
+        let app = axum::Router::new()
+            .fallback(|| async { "fallback" })
+            .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/r"))
+            .await
+            .unwrap();
+        while hub.room_size("r") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // As a Redis subscriber that found a backlog marks it.
+        hub.inner().backlog.behind_at(Instant::now());
+        assert_eq!(hub.publish("r", Message::text("a")).await.unwrap(), 1);
+        // The connection sees its lone message (and may hold it for up to 500 ms).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let queued = hub.publish("r", Message::text("b")).await.unwrap();
+        assert_eq!(queued, 1, "\"b\" was not queued: {:?}", hub.stats());
+        let mut texts = Vec::new();
+        while texts.len() < 2 {
+            let next = tokio::time::timeout(Duration::from_secs(2), client.next())
+                .await
+                .expect("a message in time")
+                .expect("the connection is open")
+                .unwrap();
+            match next {
+                tokio_tungstenite::tungstenite::Message::Text(text) => {
+                    texts.push(text.to_string());
+                }
+                other => panic!("got {other:?} after {texts:?}: {:?}", hub.stats()),
+            }
+        }
+        assert_eq!(texts, ["a", "b"]);
+        let stats = hub.stats();
+        assert_eq!(stats.slow_consumer_disconnects, 0, "{stats:?}");
+    }
+}

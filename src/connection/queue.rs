@@ -214,11 +214,16 @@ impl OutboundQueue {
     }
 
     /// For a writer that would hold back a lone message because the hub is behind: `true`
-    /// when exactly one message is queued and no close is asked for, and then a push that
-    /// takes the queue past a quarter of a bound wakes the writer (see `wake_past_quarter`).
+    /// when exactly one message is queued, the queue is not past a quarter of either bound
+    /// yet, and no close is asked for; and then a push that takes the queue past a quarter of
+    /// a bound wakes the writer (see `wake_past_quarter`). A lone message already past a
+    /// quarter (a queue of fewer than four messages, or a message of more than a quarter of
+    /// the bytes) is not held: no push could end the hold before the next one overflows the
+    /// queue of a client that keeps up.
     pub(crate) fn hold_lone(&self) -> bool {
         let mut state = self.lock();
-        let lone = state.queued_messages == 1 && state.close.is_none();
+        let lone =
+            state.queued_messages == 1 && state.close.is_none() && !self.past_quarter(&state);
         state.wake_past_quarter = lone;
         lone
     }
@@ -811,6 +816,24 @@ mod tests {
         assert_eq!(q.push(text("f")), PushOutcome::QueuedDroppingOldest(1));
         q.release(2, 2 * 3);
         assert_eq!(take_texts(&q).0, ["e", "f"]);
+    }
+
+    #[test]
+    fn a_lone_message_already_past_a_quarter_is_not_held() {
+        // One message is already more than a quarter of a bound: no push can take the queue
+        // past a quarter and end the hold in time, and the next one overflows the queue of a
+        // client that keeps up (here: a disconnect).
+        let q = queue(1, 1024, SlowConsumerPolicy::Disconnect);
+        q.push(text("a"));
+        assert!(!q.hold_lone(), "held a message that fills the queue");
+        // The byte bound alike: a 600-byte frame of a 1000-byte budget.
+        let q = queue(100, 1000, SlowConsumerPolicy::Disconnect);
+        q.push(text(&"x".repeat(596)));
+        assert!(!q.hold_lone(), "held a message past a quarter of the bytes");
+        // Below a quarter of both bounds, a lone message is held.
+        let q = queue(4, 1024, SlowConsumerPolicy::Disconnect);
+        q.push(text("a"));
+        assert!(q.hold_lone());
     }
 
     #[test]
