@@ -1081,7 +1081,8 @@ impl HubBuilder {
     /// [`max_write_interval`](Self::max_write_interval), once, or until the
     /// [outbound queue](Self::outbound_queue) holds a quarter of its bound, so that what comes
     /// next for it shares the write. (A message that already waited for the interval is not
-    /// held again.) Under such a backlog a write costs the machine about as much for one
+    /// held again, nor one that is already past a quarter of the queue's bound on its own.)
+    /// Under such a backlog a write costs the machine about as much for one
     /// message as for several, and each write saved is CPU for the backlog: measured
     /// (BENCHMARKS.md, `rooms_long`: 1000 rooms of 5 on two instances, 100 000 messages as
     /// fast as they go, each subscriber getting one every 20–30 ms), p99 latency was lower
