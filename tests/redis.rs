@@ -2348,3 +2348,29 @@ fn every_message_read_from_a_client_is_counted_when_the_runtime_goes_away() {
     );
     drop(redis);
 }
+
+/// A subscriber connection that connects and subscribes but is then found starved at every
+/// attempt (here Redis says nobody is subscribed to its probe, because the pool publishes to
+/// another server) is retried with the growing backoff (capped at 500 ms by default), not every
+/// 25–50 ms forever, resubscribing every room and logging a warning each time.
+#[tokio::test]
+async fn a_connection_found_starved_at_every_attempt_backs_off() {
+    let subscribing = RedisServer::start().await;
+    let publishing = RedisServer::start().await;
+    let pool = deadpool_redis::Config::from_url(publishing.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let config = RedisConfig::from_pool(pool, redis::Client::open(subscribing.url()).unwrap())
+        .subscriber_connections(1)
+        .probe(Duration::from_millis(200), Duration::from_secs(1));
+    let a = instance(Hub::builder(), config).await;
+    let _member = a.connect("r").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = a.hub.broker_status();
+    // Backing off up to 500 ms: about 10 attempts in 3 s (without it, 75 here).
+    assert!(
+        status.starvations >= 1 && status.starvations <= 20,
+        "{} starvations in 3 s; {status:?}",
+        status.starvations
+    );
+}

@@ -314,7 +314,10 @@ impl Subscriber {
                 "tower-ws-hub: Redis subscriber connected, rooms resubscribed"
             );
         }
-        backoff.reset();
+        // The backoff starts over only once this connection has proved that it receives (its
+        // first probe came back, see the loop): one that connects and subscribes but is then
+        // found starved at every attempt (Redis says nobody listens to its probe, or the probe
+        // never arrives) is retried with growing delays, not every `reconnect_min` forever.
 
         let mut probe = Probe {
             channel: probe_channel.to_owned(),
@@ -333,6 +336,9 @@ impl Subscriber {
         // messages, the probe and its clock never wait for them, however often rooms change.
         let mut reconciling: Option<Reconciling<'_>> = None;
         loop {
+            if probe.received > 0 && backoff.failures() > 0 {
+                backoff.reset();
+            }
             // Not `biased`: of the branches that are ready, tokio polls a random one first, so
             // that a flood of messages cannot keep the others from their turn.
             tokio::select! {
