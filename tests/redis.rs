@@ -2374,3 +2374,36 @@ async fn a_connection_found_starved_at_every_attempt_backs_off() {
         status.starvations
     );
 }
+
+/// Without a signing key, garbage on a room channel is counted in `invalid_envelopes` (README:
+/// "Decoding is strict ... dropped, counted") even when it carries this instance's own id,
+/// which anyone can read from the probe channels' names.
+#[tokio::test]
+async fn malformed_envelopes_with_the_instances_own_id_are_counted_without_a_key() {
+    let redis = RedisServer::start().await;
+    let hub = instance(Hub::builder(), config(&redis.url())).await;
+    let _member = hub.connect("r").await;
+    wait_members(&hub.hub, "r", 1).await;
+    wait_subscribed(&hub.hub, 1).await;
+    let mut plain = redis.connection().await;
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("tower-ws-hub#probe:*")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    let hex = channels[0].split(':').nth(1).unwrap();
+    let own_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    // Unknown kind 0x05, then a text envelope that is not UTF-8.
+    for (kind, payload) in [(0x05u8, &b"x"[..]), (0x01, &[0xFFu8, 0xFE][..])] {
+        let mut bad = vec![0xF7, 0x01, kind];
+        bad.extend_from_slice(&own_id);
+        bad.extend_from_slice(payload);
+        publish_raw(&mut plain, "tower-ws-hub:r", &bad).await;
+    }
+    hub.hub.publish("r", Message::text("own")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hub.hub.broker_status().invalid_envelopes, 2);
+}

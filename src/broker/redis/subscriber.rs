@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::envelope::{
-    EnvelopeError, EnvelopeKey, check_signed, decode_frame_into, peek_origin, random_u64,
+    EnvelopeError, EnvelopeKey, check_signed, check_unsigned, decode_frame_into, peek_origin,
+    random_u64,
 };
 use super::{RedisConfig, Shared, SubscriberSlot};
 use crate::connection::frames::RunBuilder;
@@ -245,10 +246,14 @@ impl Subscriber {
         // Our own message, back from Redis: local members already have it. With a key, only
         // once the signature says it is ours: the instance id is no secret (it is in the probe
         // channels' names), and a forgery carrying it is as invalid as any other.
+        // Without a key, the checks `Envelope::decode` makes (garbage carrying our id is
+        // counted like any other).
         if peek_origin(payload) == Some(self.shared.instance) {
-            if let Some((channel, key)) = key
-                && let Err(error) = check_signed(payload, channel, key)
-            {
+            let checked = match key {
+                Some((channel, key)) => check_signed(payload, channel, key),
+                None => check_unsigned(payload),
+            };
+            if let Err(error) = checked {
                 self.invalid(room, &error, payload.len());
             }
             return;
