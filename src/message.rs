@@ -306,3 +306,36 @@ mod tests {
         assert!(rendered.contains("len: 200"));
     }
 }
+
+#[cfg(test)]
+mod review_edge_sizes {
+    use super::*;
+
+    #[test]
+    fn edge_sizes_match_tungstenite() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 65_537] {
+            for message in [
+                Message::binary(vec![7u8; len]),
+                Message::text("a".repeat(len)),
+            ] {
+                let mut expected = Vec::new();
+                let opcode = if message.is_text() {
+                    OpData::Text
+                } else {
+                    OpData::Binary
+                };
+                tungstenite::protocol::frame::Frame::message(
+                    message.payload().clone(),
+                    OpCode::Data(opcode),
+                    true,
+                )
+                .format(&mut expected)
+                .unwrap();
+                assert_eq!(&message.encode_frame()[..], &expected[..], "len {len}");
+                let mut out = vec![1u8, 2];
+                encode_frame_into(message.kind(), message.payload(), &mut out);
+                assert_eq!(&out[2..], &expected[..], "len {len}");
+            }
+        }
+    }
+}

@@ -71,7 +71,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let queue = Arc::new(OutboundQueue::new(hub.queue_limits()));
-    let membership = hub.join(&context, Arc::clone(&queue));
+    // Leaves the room, then runs `on_disconnect`, however this future ends: driven to its end,
+    // or dropped on the way (the runtime shutting down with the connection open).
+    let ending = Ending {
+        membership: Some(hub.join(&context, Arc::clone(&queue))),
+        hub: &hub,
+        context: &context,
+    };
+    let membership = ending.membership.as_ref().expect("joined");
     // A panicking hook closes its connection with 1011; `on_disconnect` still runs.
     if let Some(hook) = &hub.inner().hooks.on_connect
         && hub
@@ -82,12 +89,29 @@ where
         queue.close(CloseIntent::InternalError);
     }
     tracing::debug!(id = %context.id(), room = context.room(), "tower-ws-hub: connection open");
-    let end = driver::Driver::new(io, queue, &membership, &context).await;
+    let end = driver::Driver::new(io, queue, membership, &context).await;
     tracing::debug!(id = %context.id(), room = context.room(), ?end, "tower-ws-hub: connection closed");
-    drop(membership);
-    if let Some(hook) = &hub.inner().hooks.on_disconnect {
-        let _ = hub
-            .inner()
-            .guard_hook("on_disconnect", &context, || hook(&context));
+    drop(ending);
+}
+
+/// A joined connection's last steps, run on drop: leave the room, then `on_disconnect`.
+struct Ending<'a> {
+    membership: Option<crate::hub::Membership>,
+    hub: &'a Hub,
+    context: &'a ConnectionContext,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        let Some(membership) = self.membership.take() else {
+            return;
+        };
+        drop(membership);
+        let (hub, context) = (self.hub, self.context);
+        if let Some(hook) = &hub.inner().hooks.on_disconnect {
+            let _ = hub
+                .inner()
+                .guard_hook("on_disconnect", context, || hook(context));
+        }
     }
 }
