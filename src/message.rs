@@ -305,12 +305,8 @@ mod tests {
         let rendered = format!("{:?}", Message::text(long));
         assert!(rendered.contains("len: 200"));
     }
-}
 
-#[cfg(test)]
-mod review_edge_sizes {
-    use super::*;
-
+    /// Frames at the length-encoding edges are byte for byte what tungstenite writes.
     #[test]
     fn edge_sizes_match_tungstenite() {
         for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 65_537] {

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -308,4 +310,41 @@ async fn no_connection_opens_and_no_hook_runs_after_shutdown_returned() {
         "a connection opened after shutdown returned: at return {at_return:?}, now {now:?}"
     );
     drop(slow);
+}
+
+/// With no grace period and messages still queued, the shutdown returns at once and still
+/// runs every `on_disconnect`.
+#[tokio::test]
+async fn shutdown_with_zero_grace_still_runs_every_disconnect_hook() {
+    let connects = Arc::new(AtomicUsize::new(0));
+    let disconnects = Arc::new(AtomicUsize::new(0));
+    let (c, d) = (Arc::clone(&connects), Arc::clone(&disconnects));
+    let hub = Hub::builder()
+        .shutdown_grace(Duration::ZERO)
+        .on_connect(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_disconnect(move |_| {
+            d.fetch_add(1, Ordering::SeqCst);
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(server.connect(&format!("r{}", i % 3)).await);
+    }
+    eventually("10 open", || server.hub.connection_count() == 10).await;
+    for i in 0..50 {
+        let _ = server
+            .hub
+            .publish(&format!("r{}", i % 3), Message::text("m"))
+            .await;
+    }
+    let started = std::time::Instant::now();
+    server.hub.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(connects.load(Ordering::SeqCst), 10);
+    assert_eq!(disconnects.load(Ordering::SeqCst), 10);
+    assert!(server.hub.rooms().is_empty());
+    assert_eq!(server.hub.connection_count(), 0);
 }
