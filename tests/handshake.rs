@@ -501,3 +501,45 @@ async fn a_cloned_layer_can_be_configured_on_its_own() {
     let response = Upgrade::new("/chat/lobby").send(only_ws.addr).await;
     assert_eq!(response.status, 404, "{response:?}");
 }
+
+/// `Connection` may list other tokens with `Upgrade` (`close, Upgrade`): still an upgrade.
+#[tokio::test]
+async fn connection_header_listing_close_with_upgrade_still_upgrades() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut ws = Upgrade::new("/ws/r")
+        .header("Connection", "close, Upgrade")
+        .open(server.addr)
+        .await;
+    assert_eq!(ws.response.header("sec-websocket-accept"), Some(RFC_ACCEPT));
+    wait_members(&server.hub, "r", 1).await;
+    ws.send(0x1, b"hi").await;
+}
+
+/// An upgrade request with a (pointless) body is answered like any other: `101`, and the
+/// client joins its room; the body is not taken for WebSocket frames.
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_still_upgrades() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let request = Upgrade::new("/ws/r").header("Content-Length", "5");
+    let mut ws = request.open_with_early(server.addr, b"hello").await;
+    assert_eq!(ws.response.header("sec-websocket-accept"), Some(RFC_ACCEPT));
+    wait_members(&server.hub, "r", 1).await;
+    ws.send(0x1, b"hi").await;
+}
+
+/// A refused upgrade leaves the HTTP/1.1 connection usable: the next request on it (here a
+/// valid upgrade) is served.
+#[tokio::test]
+async fn a_refused_upgrade_keeps_the_connection_for_the_next_request() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (refused, stream) = Upgrade::new("/ws/r")
+        .header("Origin", "http://evil.example")
+        .send_on(stream)
+        .await;
+    refused.assert_rejection(403, "origin");
+    let mut ws = Upgrade::new("/ws/r").open_on(stream).await;
+    assert_eq!(ws.response.header("sec-websocket-accept"), Some(RFC_ACCEPT));
+    wait_members(&server.hub, "r", 1).await;
+    ws.send(0x1, b"hi").await;
+}

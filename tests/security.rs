@@ -632,7 +632,7 @@ async fn denied_requests_do_not_keep_a_connection_slot() {
 #[tokio::test]
 async fn a_client_that_vanishes_during_authorization_gives_back_its_slot() {
     // The slot is taken before the authorizer runs; an authorization that is abandoned (the
-    // client reset the connection while it was pending) must not keep it.
+    // client reset the connection, or closed it, while it was pending) must not keep it.
     let pending = Arc::new(AtomicUsize::new(0));
     let never_decides = {
         let pending = Arc::clone(&pending);
@@ -661,7 +661,11 @@ async fn a_client_that_vanishes_during_authorization_gives_back_its_slot() {
             pending.load(Ordering::SeqCst) == i
         })
         .await;
-        stream.set_zero_linger().unwrap();
+        if i % 2 == 1 {
+            // A reset.
+            stream.set_zero_linger().unwrap();
+        }
+        // Otherwise an orderly close (FIN).
         drop(stream);
     }
     let mut client = connect_when_admitted(&server, "room").await;

@@ -380,6 +380,77 @@ async fn an_http2_connect_with_another_version_is_refused_with_426() {
     assert_eq!(h2_next_text(&mut next).await, "after the 426");
 }
 
+/// Over HTTP/2 there is no `Host`: the same-origin check compares `Origin` with
+/// `:authority`. The server's own origin is let in, another site's is refused with `403`.
+#[tokio::test]
+async fn an_http2_connect_is_checked_against_its_authority_for_the_origin() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let mut foreign = h2_websocket_request(server.addr, "/ws/room", "websocket");
+    foreign
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    let response = sender.send_request(foreign).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body)
+            .to_lowercase()
+            .contains("origin")
+    );
+    let mut own = h2_websocket_request(server.addr, "/ws/room", "websocket");
+    own.headers_mut()
+        .insert("origin", format!("http://{}", server.addr).parse().unwrap());
+    let response = sender.send_request(own).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    wait_members(&server.hub, "room", 1).await;
+}
+
+/// An HTTP/2 stream reset while the authorizer is deciding gives the connection place back
+/// (the connection itself stays open, so only the stream's future is dropped).
+#[tokio::test]
+async fn an_http2_stream_reset_during_authorization_gives_back_its_place() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pending = Arc::new(AtomicUsize::new(0));
+    let never_decides = {
+        let pending = Arc::clone(&pending);
+        move |_: &axum::http::request::Parts, room: &str| {
+            let hang = room == "hang";
+            if hang {
+                pending.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                true
+            }
+        }
+    };
+    let hub = Hub::builder().max_connections(Some(1)).build();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(
+            HubLayer::new(hub.clone())
+                .route("/ws/{room}")
+                .authorize(never_decides),
+        );
+    let server = serve_router(app, hub).await;
+    let mut sender = h2_connect(server.addr).await;
+    let request = sender.send_request(h2_websocket_request(server.addr, "/ws/hang", "websocket"));
+    let stream = tokio::spawn(request);
+    eventually("the request reached the authorizer", || {
+        pending.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Dropping the response future resets the stream.
+    stream.abort();
+    let _ = stream.await;
+    let _client = connect_when_admitted(&server, "room").await;
+    wait_members(&server.hub, "room", 1).await;
+    drop(sender);
+}
+
 #[tokio::test]
 async fn an_http2_get_on_a_websocket_route_is_refused_with_405_allow_connect() {
     let server = serve_hub(Hub::builder().build()).await;

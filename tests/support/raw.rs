@@ -138,6 +138,20 @@ impl Upgrade {
         conn.read_response().await
     }
 
+    /// Sends the request on `stream` (a kept-alive connection) and reads the response; returns
+    /// it with the stream, for the next request on the same connection.
+    pub async fn send_on(&self, stream: TcpStream) -> (RawResponse, TcpStream) {
+        let mut conn = RawConn::new(stream);
+        conn.write(&self.to_bytes()).await;
+        let response = conn.read_response().await;
+        assert!(
+            conn.buf.is_empty(),
+            "bytes after the response: {:?}",
+            conn.buf
+        );
+        (response, conn.stream)
+    }
+
     /// Sends the request and expects `101`; returns the WebSocket over the raw socket.
     pub async fn open(&self, addr: SocketAddr) -> RawWs {
         self.open_on(TcpStream::connect(addr).await.unwrap()).await
