@@ -28,7 +28,18 @@ pub struct Rejection {
 
 impl Rejection {
     /// A rejection with this status and reason (sent as a `text/plain` body).
+    ///
+    /// The status should be a client or server error (4xx, 5xx; a redirect, 3xx, with a
+    /// `Location` header also works for clients that follow it). An informational or success
+    /// status (1xx, 2xx) would tell the client that its WebSocket was accepted (over HTTP/2,
+    /// a `2xx` answer to the extended CONNECT opens the tunnel) while nothing serves it, so it
+    /// is replaced with `500 Internal Server Error`, the reason kept.
     pub fn new(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        let status = if status.is_informational() || status.is_success() {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            status
+        };
         Self {
             status,
             reason: reason.into(),
@@ -100,6 +111,26 @@ impl std::error::Error for Rejection {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejection_never_answers_with_a_success_status() {
+        for accepted in [
+            StatusCode::OK,
+            StatusCode::SWITCHING_PROTOCOLS,
+            StatusCode::NO_CONTENT,
+        ] {
+            let rejection = Rejection::new(accepted, "not really");
+            assert_eq!(rejection.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(rejection.reason(), "not really");
+        }
+        for kept in [
+            StatusCode::FOUND,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert_eq!(Rejection::new(kept, "no").status(), kept);
+        }
+    }
 
     #[test]
     fn the_reason_is_plain_text_unless_a_header_says_otherwise() {

@@ -406,6 +406,28 @@ async fn an_http2_connect_is_checked_against_its_authority_for_the_origin() {
     wait_members(&server.hub, "room", 1).await;
 }
 
+/// An authorizer that "refuses" with a success status would open the HTTP/2 tunnel for a
+/// WebSocket nobody serves: the client gets `500` with the reason instead, and nobody joins.
+#[tokio::test]
+async fn an_http2_refusal_with_a_success_status_is_answered_500() {
+    let hub = Hub::builder().build();
+    let app = Router::new().layer(HubLayer::new(hub.clone()).route("/ws/{room}").authorize(
+        |_: &axum::http::request::Parts, _: &str| async {
+            Err::<(), _>(tower_ws_hub::Rejection::new(StatusCode::OK, "not really"))
+        },
+    ));
+    let server = serve_router(app, hub).await;
+    let mut sender = h2_connect(server.addr).await;
+    let response = sender
+        .send_request(h2_websocket_request(server.addr, "/ws/room", "websocket"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"not really");
+    assert_eq!(server.hub.stats().connections_opened, 0);
+}
+
 /// An HTTP/2 stream reset while the authorizer is deciding gives the connection place back
 /// (the connection itself stays open, so only the stream's future is dropped).
 #[tokio::test]
