@@ -995,16 +995,8 @@ async fn a_client_whose_reads_wait_for_room_is_not_closed_for_a_pong_or_idleness
     let b = instance(Hub::builder(), config(&redis.url())).await;
     let (sender, mut remote) = one_client_each(&a, &b, "r").await;
     // The client answers every ping (reading is what makes tungstenite send the pong).
-    let (mut sink, mut stream) = sender.split();
-    let reader = tokio::spawn(async move {
-        let mut closed = None;
-        while let Some(Ok(message)) = stream.next().await {
-            if let WsMessage::Close(frame) = message {
-                closed = frame.map(|frame| u16::from(frame.code));
-            }
-        }
-        closed
-    });
+    let (mut sink, stream) = sender.split();
+    let reader = answer_pings(stream);
 
     let sleeper = stall_redis_confirmed(&redis, 1).await;
     for i in 0..N {
@@ -1049,17 +1041,9 @@ async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read
     let sender = a.connect("r").await;
     wait_members(&a.hub, "r", 1).await;
     wait_subscribed(&a.hub, 1).await;
-    let (mut sink, mut stream) = sender.split();
+    let (mut sink, stream) = sender.split();
     // The client answers every ping at once (reading is what makes tungstenite send the pong).
-    let reader = tokio::spawn(async move {
-        let mut closed = None;
-        while let Some(Ok(message)) = stream.next().await {
-            if let WsMessage::Close(frame) = message {
-                closed = frame.map(|frame| u16::from(frame.code));
-            }
-        }
-        closed
-    });
+    let reader = answer_pings(stream);
 
     // A burst the hub reads in well under the pong timeout when Redis keeps up, sent while
     // Redis sleeps for twice the pong timeout: every pong is behind it.
@@ -2406,4 +2390,20 @@ async fn malformed_envelopes_with_the_instances_own_id_are_counted_without_a_key
     hub.hub.publish("r", Message::text("own")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hub.hub.broker_status().invalid_envelopes, 2);
+}
+
+/// Reads everything the hub sends on `stream` (reading is what makes tungstenite answer each
+/// ping with a pong), until the connection ends; returns the close code the hub sent, if any.
+fn answer_pings(
+    mut stream: futures_util::stream::SplitStream<Client>,
+) -> tokio::task::JoinHandle<Option<u16>> {
+    tokio::spawn(async move {
+        let mut closed = None;
+        while let Some(Ok(message)) = stream.next().await {
+            if let WsMessage::Close(frame) = message {
+                closed = frame.map(|frame| u16::from(frame.code));
+            }
+        }
+        closed
+    })
 }

@@ -634,21 +634,7 @@ async fn a_client_that_vanishes_during_authorization_gives_back_its_slot() {
     // The slot is taken before the authorizer runs; an authorization that is abandoned (the
     // client reset the connection, or closed it, while it was pending) must not keep it.
     let pending = Arc::new(AtomicUsize::new(0));
-    let never_decides = {
-        let pending = Arc::clone(&pending);
-        move |_: &Parts, room: &str| {
-            let hang = room == "hang";
-            if hang {
-                pending.fetch_add(1, Ordering::SeqCst);
-            }
-            async move {
-                if hang {
-                    std::future::pending::<()>().await;
-                }
-                true
-            }
-        }
-    };
+    let never_decides = never_deciding_on("hang", Arc::clone(&pending));
     let hub = Hub::builder().max_connections(Some(1)).build();
     let server = serve_with(hub, |l| l.authorize(never_decides)).await;
     for i in 1..=5 {

@@ -434,21 +434,7 @@ async fn an_http2_refusal_with_a_success_status_is_answered_500() {
 async fn an_http2_stream_reset_during_authorization_gives_back_its_place() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let pending = Arc::new(AtomicUsize::new(0));
-    let never_decides = {
-        let pending = Arc::clone(&pending);
-        move |_: &axum::http::request::Parts, room: &str| {
-            let hang = room == "hang";
-            if hang {
-                pending.fetch_add(1, Ordering::SeqCst);
-            }
-            async move {
-                if hang {
-                    std::future::pending::<()>().await;
-                }
-                true
-            }
-        }
-    };
+    let never_decides = never_deciding_on("hang", Arc::clone(&pending));
     let hub = Hub::builder().max_connections(Some(1)).build();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -313,3 +313,31 @@ pub async fn connect_when_admitted(server: &Server, room: &str) -> Client {
         }
     }
 }
+
+/// An authorizer that never decides for `room` (and lets every other room in), counting in
+/// `pending` the requests for `room` it has started on: for tests of what happens to a place
+/// held by an authorization the client abandons.
+pub fn never_deciding_on(
+    room: &'static str,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(
+    &axum::http::request::Parts,
+    &str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |_, requested| {
+        let hang = requested == room;
+        if hang {
+            pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            true
+        })
+    }
+}
