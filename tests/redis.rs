@@ -911,20 +911,11 @@ fn messages_a_connection_leaves_for_a_full_queue_are_counted_when_the_runtime_go
     let (redis, hub, sleeper, clients, before) = runtime.block_on(async {
         let redis = RedisServer::start().await;
         let a = instance_stealing_places(&redis, 16).await;
-        let mut sender = a.connect("r").await;
-        let mut local = a.connect("r").await;
-        wait_members(&a.hub, "r", 2).await;
-        wait_subscribed(&a.hub, 1).await;
-        let sleeper = stall_redis_confirmed(&redis, 3).await;
-        for i in 0..300 {
-            send_text(&mut sender, &i.to_string()).await;
-        }
         // The connection read some, delivered them locally, and holds what the full queue
         // could not take.
-        let read = drain_texts(&mut local).await;
-        assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
+        let (sleeper, clients, _) = sent_during_a_stall(&a, &redis).await;
         let before = a.hub.broker_status();
-        (redis, a.hub.clone(), sleeper, (sender, local), before)
+        (redis, a.hub.clone(), sleeper, clients, before)
     });
     // The application ends without `Hub::shutdown`: the runtime drops every task, the
     // connection's among them, while Redis still sleeps.
@@ -2297,20 +2288,11 @@ fn every_message_read_from_a_client_is_counted_when_the_runtime_goes_away() {
             patient(&redis.url(), Duration::from_secs(3)),
         )
         .await;
-        let mut sender = a.connect("r").await;
-        let mut local = a.connect("r").await;
-        wait_members(&a.hub, "r", 2).await;
-        wait_subscribed(&a.hub, 1).await;
-        let sleeper = stall_redis_confirmed(&redis, 3).await;
-        for i in 0..300 {
-            send_text(&mut sender, &i.to_string()).await;
-        }
         // Everything the connection read reached the local member; it waits for Redis in the
         // pipeline being sent, in the queue, or with the connection.
-        let read = drain_texts(&mut local).await;
-        assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
+        let (sleeper, clients, read) = sent_during_a_stall(&a, &redis).await;
         assert_eq!(a.hub.broker_status().published, 0);
-        (redis, a.hub.clone(), sleeper, (sender, local), read.len())
+        (redis, a.hub.clone(), sleeper, clients, read)
     });
     drop(runtime);
     drop((sleeper, clients));
@@ -2407,4 +2389,24 @@ async fn own_instance_id(plain: &mut redis::aio::MultiplexedConnection) -> Vec<u
     (0..16)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
         .collect()
+}
+
+/// Two clients in room "r" of `a`; Redis is put to sleep for 3 s and the first client sends
+/// 300 messages. Returns the sleeper, the clients (sender, local member) and how many messages
+/// the local member got: some (what the connection read), not all (the rest waits on Redis).
+async fn sent_during_a_stall(
+    a: &Server,
+    redis: &RedisServer,
+) -> (tokio::task::JoinHandle<()>, (Client, Client), usize) {
+    let mut sender = a.connect("r").await;
+    let mut local = a.connect("r").await;
+    wait_members(&a.hub, "r", 2).await;
+    wait_subscribed(&a.hub, 1).await;
+    let sleeper = stall_redis_confirmed(redis, 3).await;
+    for i in 0..300 {
+        send_text(&mut sender, &i.to_string()).await;
+    }
+    let read = drain_texts(&mut local).await;
+    assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
+    (sleeper, (sender, local), read.len())
 }
