@@ -113,15 +113,24 @@ impl Publisher {
     }
 
     /// The batch taken last was accepted by Redis.
-    fn count_published(&mut self, n: usize) {
-        self.in_flight = 0;
+    fn batch_published(&mut self) {
+        let n = std::mem::take(&mut self.in_flight);
         self.shared.published.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The batch taken last failed.
-    fn count_batch_failed(&mut self, n: usize) {
-        self.in_flight = 0;
+    fn batch_failed(&mut self) {
+        let n = std::mem::take(&mut self.in_flight);
         self.count_failed(n);
+    }
+
+    /// Takes everything still queued off the queue; says how many.
+    fn drain_queued(&mut self) -> usize {
+        let mut n = 0;
+        while self.queue.try_recv().is_ok() {
+            n += 1;
+        }
+        n
     }
 
     async fn send(
@@ -174,10 +183,7 @@ impl Publisher {
     /// the switch to DOWN), counted and logged: only the failed pipeline itself is in the log
     /// line that said publishing went down.
     fn fail_queued(&mut self) {
-        let mut n = 0;
-        while self.queue.try_recv().is_ok() {
-            n += 1;
-        }
+        let n = self.drain_queued();
         self.parked.wake_all();
         if n > 0 {
             self.count_failed(n);
@@ -220,10 +226,7 @@ impl Drop for Publisher {
         // Dropped before it knew them published (the runtime went away without
         // `Hub::shutdown`, or a panic): the batch being sent, which Redis may still run, and
         // whatever is still queued are counted as failed, not lost without a trace.
-        let mut lost = std::mem::take(&mut self.in_flight);
-        while self.queue.try_recv().is_ok() {
-            lost += 1;
-        }
+        let lost = std::mem::take(&mut self.in_flight) + self.drain_queued();
         if lost > 0 {
             self.count_failed(lost);
             tracing::warn!(
@@ -295,7 +298,7 @@ pub(crate) async fn run(mut publisher: Publisher) {
             None => match publisher.checkout().await {
                 Ok(fresh) => fresh,
                 Err(error) => {
-                    publisher.count_batch_failed(batch.len());
+                    publisher.batch_failed();
                     publisher.went_down(&error, batch.len());
                     continue;
                 }
@@ -303,7 +306,7 @@ pub(crate) async fn run(mut publisher: Publisher) {
         };
         match publisher.send(&mut held, &batch).await {
             Ok(()) => {
-                publisher.count_published(batch.len());
+                publisher.batch_published();
                 publisher.state.set(PublisherState::UP);
                 // Keep the connection for the next batch (no checkout, no PING).
                 connection = Some(held);
@@ -311,7 +314,7 @@ pub(crate) async fn run(mut publisher: Publisher) {
             Err(error) => {
                 // Out of the pool for good: its state is unknown.
                 drop(deadpool_redis::Connection::take(held));
-                publisher.count_batch_failed(batch.len());
+                publisher.batch_failed();
                 publisher.went_down(&error, batch.len());
             }
         }
@@ -338,17 +341,17 @@ async fn flush_on_shutdown(
             None => match publisher.checkout().await {
                 Ok(fresh) => fresh,
                 Err(_) => {
-                    publisher.count_batch_failed(batch.len());
+                    publisher.batch_failed();
                     publisher.fail_queued();
                     return;
                 }
             },
         };
         if publisher.send(&mut held, &batch).await.is_ok() {
-            publisher.count_published(batch.len());
+            publisher.batch_published();
             connection = Some(held);
         } else {
-            publisher.count_batch_failed(batch.len());
+            publisher.batch_failed();
             publisher.fail_queued();
             return;
         }
