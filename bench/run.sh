@@ -19,11 +19,14 @@
 #   LOADGEN_FLAGS=       extra `loadgen pubsub` flags for the pubsub scenarios, e.g.
 #                        "--publishers-share-thread" (burst publishers paced by the
 #                        subscribers' reads, as before session 11)
-#   SERVER_WORKERS=      tokio workers for both servers (default: one per core)
-#   WORKERS_SPLIT=0      1: without SERVER_WORKERS, each of a scenario's N instances gets
-#                        nproc / N workers (at least 1), so that the instances of a
-#                        two-instance scenario share the cores instead of each running one
-#                        worker per core (see BENCHMARKS.md, session 13); both servers alike
+#   SERVER_WORKERS=      tokio workers for both servers (default: see WORKERS_SPLIT)
+#   WORKERS_SPLIT=1      without SERVER_WORKERS, each of a scenario's N instances gets
+#                        nproc / N workers (at least 1): one worker per core for one instance,
+#                        one each for the two instances of a two-instance scenario on two
+#                        cores, as tokio's default gives each instance on machines (or in
+#                        containers, or CPU sets) of its share of the cores; 0: every instance
+#                        one worker per core, four workers on two cores (the default before
+#                        session 14; see BENCHMARKS.md, sessions 13 and 14); both servers alike
 #   NODELAY=0            1 sets TCP_NODELAY on the servers' accepted sockets
 #   HUB_FLAGS=           extra hub_server flags, e.g. "--keep-no-extensions" (project only)
 #   HUB_BIN=, BASELINE_BIN=, BASELINE_FLAGS=
@@ -109,7 +112,7 @@ start_server() {
     local flags=(--addr 127.0.0.1:0)
     if [[ -n ${SERVER_WORKERS:-} ]]; then
         flags+=(--workers "$SERVER_WORKERS")
-    elif [[ ${WORKERS_SPLIT:-0} == 1 ]]; then
+    elif [[ ${WORKERS_SPLIT:-1} == 1 ]]; then
         local share=$(($(nproc) / INSTANCES))
         flags+=(--workers "$((share > 0 ? share : 1))")
     fi
@@ -274,7 +277,7 @@ main() {
         echo "commit: ${BENCH_COMMIT:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)}"
         echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "reps: $REPS, loadgen threads: $LOADGEN_THREADS (flags: ${LOADGEN_FLAGS:-none}), server workers:" \
-            "${SERVER_WORKERS:-default}, workers split: ${WORKERS_SPLIT:-0}, nodelay: ${NODELAY:-0}"
+            "${SERVER_WORKERS:-default}, workers split: ${WORKERS_SPLIT:-1}, nodelay: ${NODELAY:-0}"
         echo "project: ${HUB_BIN:-$BIN/hub_server} ${HUB_FLAGS:-}"
         echo "baseline: ${BASELINE_BIN:-$BIN/baseline} ${BASELINE_FLAGS:-}"
     } >"$OUT/machine.txt"
