@@ -464,3 +464,50 @@ async fn slow_consumer_disconnect_then_close_timeout() {
         "read {read}: {stats:?}"
     );
 }
+
+/// A connection closing for a pong timeout, with a message held back by the write interval,
+/// waits for the client's close frame; what the room sends it meanwhile is discarded as it
+/// comes (`discarded_on_close`), however long the wait. It must not pile up in the queue until
+/// it overflows and counts as a slow-consumer disconnect of a connection already closed for
+/// another reason.
+#[tokio::test]
+async fn a_connection_closing_for_a_pong_timeout_with_a_message_held_is_no_slow_consumer() {
+    let server = serve_hub(
+        Hub::builder()
+            .write_interval(Duration::from_secs(60))
+            .outbound_queue(4, 1024 * 1024)
+            .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(200))
+            .close_timeout(Duration::from_secs(60))
+            .build(),
+    )
+    .await;
+    // Never answers pings, and reads only at the end.
+    let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    publish(&server.hub, "first").await;
+    let first = raw.read_frame().await.expect("\"first\"");
+    assert_eq!(first.payload, b"first");
+    // Right after a write: held back by the interval.
+    publish(&server.hub, "held").await;
+    eventually("the pong timeout", || server.hub.stats().pong_timeouts == 1).await;
+    // Its close frame is out; the client has not answered. More than a queue's worth arrives,
+    // one message at a time.
+    for n in 0..8 {
+        server
+            .hub
+            .publish(ROOM, Message::text(format!("late {n}")))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = server.hub.stats();
+    assert_eq!(stats.slow_consumer_disconnects, 0, "{stats:?}");
+    assert_eq!(stats.dropped_messages, 0, "{stats:?}");
+    let read = read_to_close_and_answer(&mut raw, close_code::POLICY_VIOLATION).await;
+    assert_eq!(read, 0, "only \"first\" was written");
+    let stats = stats_once_closed(&server.hub).await;
+    assert_eq!(stats.discarded_on_close, 9, "{stats:?}");
+    assert_accounted(1, &stats);
+}
