@@ -914,4 +914,185 @@ mod properties {
             }
         }
     }
+
+    /// A socket that takes at most `limit` bytes per write and `left` bytes in all, then is
+    /// full (`Pending`); vectored writes stop at the first buffer not taken whole.
+    struct Socket {
+        out: Vec<u8>,
+        limit: usize,
+        left: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Socket {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.left == 0 {
+                return std::task::Poll::Pending;
+            }
+            let mut total = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.left).min(self.limit - total);
+                self.left -= n;
+                total += n;
+                self.out.extend_from_slice(&buf[..n]);
+                if n < buf.len() || total == self.limit {
+                    break;
+                }
+            }
+            std::task::Poll::Ready(Ok(total))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum WriterOp {
+        Push(usize),
+        /// A run of this many frames of this payload size.
+        PushRun(usize, usize),
+        /// The writer takes what the queue hands over onto its wire.
+        Take,
+        /// The socket takes this many bytes.
+        Write(usize),
+        /// A close that cannot wait: unstarted data frames leave the wire.
+        DiscardUnstarted,
+        /// A pong answer joins the wire.
+        Pong(u8),
+    }
+
+    fn writer_op() -> impl Strategy<Value = WriterOp> {
+        prop_oneof![
+            (0usize..300).prop_map(WriterOp::Push),
+            (1usize..6, 0usize..40).prop_map(|(n, len)| WriterOp::PushRun(n, len)),
+            Just(WriterOp::Take),
+            (0usize..64).prop_map(WriterOp::Write),
+            Just(WriterOp::DiscardUnstarted),
+            any::<u8>().prop_map(WriterOp::Pong),
+        ]
+    }
+
+    /// Data frames in `out`, which must hold complete frames only.
+    fn complete_data_frames(out: &[u8]) -> usize {
+        use tokio_tungstenite::tungstenite::protocol::frame::{FrameHeader, coding::OpCode};
+        let (mut at, mut data) = (0, 0);
+        while at < out.len() {
+            let mut cursor = std::io::Cursor::new(&out[at..]);
+            let (header, len) = FrameHeader::parse(&mut cursor)
+                .expect("a valid header")
+                .expect("a complete header");
+            at += cursor.position() as usize + len as usize;
+            data += usize::from(matches!(header.opcode, OpCode::Data(_)));
+        }
+        assert_eq!(at, out.len(), "the stream ends inside a frame");
+        data
+    }
+
+    proptest! {
+        /// The queue with its writer, as the connection drives them: whatever is pushed,
+        /// taken, partly written or discarded, the queue counts exactly what it holds plus
+        /// what the wire has not finished (no drift that would leave it full, or never full,
+        /// for good), the socket gets whole frames only, and every message queued is in the
+        /// end written, dropped by the policy, or discarded.
+        #[test]
+        fn the_queue_and_its_writer_account_for_every_frame(
+            ops in proptest::collection::vec(writer_op(), 1..150),
+            max_messages in 1usize..12,
+            max_bytes in 1usize..1500,
+            policy in policy(),
+            limit in 1usize..50,
+        ) {
+            use crate::connection::wire::{Wire, Written};
+            let queue = OutboundQueue::new(QueueLimits { max_messages, max_bytes, policy });
+            let mut wire = Wire::default();
+            let mut socket = Socket { out: Vec::new(), limit, left: 0 };
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            let mut batch = VecDeque::new();
+            let (mut queued, mut dropped, mut discarded, mut written) = (0, 0, 0, 0);
+            let mut record = |outcome: PushOutcome, n: u32| match outcome {
+                PushOutcome::Queued => queued += n as usize,
+                PushOutcome::QueuedDroppingOldest(older) => {
+                    queued += n as usize;
+                    dropped += older;
+                }
+                PushOutcome::Disconnecting(older) => dropped += older,
+                PushOutcome::Dropped | PushOutcome::TooLarge | PushOutcome::Closed => {}
+            };
+            let mut write = |wire: &mut Wire, socket: &mut Socket, left: usize| {
+                socket.left = left;
+                let mut done = Written::default();
+                let _ = wire.poll_write(socket, &mut cx, &mut done);
+                queue.release(done.frames, done.bytes);
+                done.frames
+            };
+            for op in ops {
+                match op {
+                    WriterOp::Push(len) => {
+                        let frame = crate::message::Message::binary(vec![0u8; len]).encode_frame();
+                        record(queue.push(frame), 1);
+                    }
+                    WriterOp::PushRun(n, len) => {
+                        let messages = vec![crate::message::Message::binary(vec![0u8; len]); n];
+                        queue.push_all(&crate::connection::frames::RunBuilder::pack(&messages), &mut record);
+                    }
+                    WriterOp::Take => {
+                        let _ = queue.take(&mut batch, false);
+                        batch.drain(..).for_each(|frames| wire.push_data(frames));
+                    }
+                    WriterOp::Write(left) => written += write(&mut wire, &mut socket, left),
+                    WriterOp::DiscardUnstarted => {
+                        let (gone, completed) = wire.discard_unstarted_data();
+                        queue.release(gone.frames, gone.bytes);
+                        queue.release(completed.frames, completed.bytes);
+                        discarded += gone.frames;
+                        written += completed.frames;
+                    }
+                    WriterOp::Pong(payload) => wire.push_control(Bytes::from(vec![0x8A, 1, payload])),
+                }
+                let pending = wire.pending_data();
+                let state = queue.lock();
+                prop_assert_eq!(state.messages, state.queued_messages + pending.frames);
+                prop_assert_eq!(state.bytes, state.queued_bytes + pending.bytes);
+                prop_assert!(state.messages <= max_messages && state.bytes <= max_bytes);
+            }
+            // The client reads everything from now on.
+            loop {
+                let _ = queue.take(&mut batch, false);
+                if batch.is_empty() && wire.is_empty() {
+                    break;
+                }
+                batch.drain(..).for_each(|frames| wire.push_data(frames));
+                written += write(&mut wire, &mut socket, usize::MAX);
+                prop_assert!(wire.is_empty());
+            }
+            prop_assert_eq!(complete_data_frames(&socket.out), written);
+            let state = queue.lock();
+            prop_assert_eq!((state.messages, state.bytes), (0, 0));
+            drop(state);
+            prop_assert_eq!(queued, written + dropped + discarded + queue.end());
+        }
+    }
 }
