@@ -2410,3 +2410,193 @@ async fn sent_during_a_stall(
     assert!(!read.is_empty() && read.len() < 300, "{} read", read.len());
     (sleeper, (sender, local), read.len())
 }
+
+/// `PUBSUB CHANNELS {default prefix}:*`, sorted: the room channels someone subscribes to.
+async fn room_channels(plain: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("tower-ws-hub:*")
+        .query_async(plain)
+        .await
+        .unwrap();
+    channels.sort();
+    channels
+}
+
+/// Instance A whose only subscriber connection talks to a Redis 200 ms away (each way), so
+/// that every SUBSCRIBE and UNSUBSCRIBE is in flight long enough for a room to change under
+/// it; connected.
+async fn instance_far_from_redis(redis: &RedisServer, proxy: &LatencyProxy) -> Server {
+    let config = subscribing_through(
+        redis,
+        &proxy.url(),
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    );
+    let a = instance(Hub::builder(), config).await;
+    wait_subscribed(&a.hub, 0).await;
+    a
+}
+
+/// A room whose only member leaves while the SUBSCRIBE for it is in flight (Redis has it, its
+/// confirmation is still on the way back) ends up unsubscribed: no channel is left subscribed
+/// for a room with no local member.
+#[tokio::test]
+async fn a_room_emptied_while_its_subscribe_is_in_flight_ends_up_unsubscribed() {
+    let redis = RedisServer::start().await;
+    let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(200)).await;
+    let a = instance_far_from_redis(&redis, &proxy).await;
+    let mut plain = redis.connection().await;
+    let channel = "tower-ws-hub:brief";
+
+    let client = a.connect("brief").await;
+    eventually_async("Redis has the SUBSCRIBE", || {
+        let mut plain = plain.clone();
+        async move { numsub(&mut plain, channel).await == 1 }
+    })
+    .await;
+    // The confirmation is still 200 ms away from A.
+    assert_eq!(a.hub.broker_status().subscribed_rooms, 0);
+    close_client(client).await;
+    wait_members(&a.hub, "brief", 0).await;
+
+    wait_subscribed(&a.hub, 0).await;
+    eventually_async("A unsubscribed", || {
+        let mut plain = plain.clone();
+        async move { numsub(&mut plain, channel).await == 0 }
+    })
+    .await;
+    // And it stays that way: nothing was left to reconcile the wrong way later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(numsub(&mut plain, channel).await, 0);
+    assert_eq!(a.hub.broker_status().subscribed_rooms, 0);
+}
+
+/// A room emptied and joined again while the UNSUBSCRIBE for it is in flight ends up
+/// subscribed (the UNSUBSCRIBE of the leave does not win over the join), and its new member
+/// gets what is sent on another instance.
+#[tokio::test]
+async fn a_room_rejoined_while_its_unsubscribe_is_in_flight_ends_up_subscribed() {
+    let redis = RedisServer::start().await;
+    let proxy = LatencyProxy::start(redis.addr(), Duration::from_millis(200)).await;
+    let a = instance_far_from_redis(&redis, &proxy).await;
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let mut plain = redis.connection().await;
+    let channel = "tower-ws-hub:flip";
+    let (first, mut cb) = one_client_each(&a, &b, "flip").await;
+    assert_eq!(numsub(&mut plain, channel).await, 2);
+
+    close_client(first).await;
+    eventually_async("Redis has A's UNSUBSCRIBE", || {
+        let mut plain = plain.clone();
+        async move { numsub(&mut plain, channel).await == 1 }
+    })
+    .await;
+    // Its confirmation is still 200 ms away from A.
+    assert_eq!(a.hub.broker_status().subscribed_rooms, 1);
+    let mut second = a.connect("flip").await;
+    wait_members(&a.hub, "flip", 1).await;
+
+    eventually_async("A subscribed again", || {
+        let mut plain = plain.clone();
+        async move { numsub(&mut plain, channel).await == 2 }
+    })
+    .await;
+    send_text(&mut cb, "after the rejoin").await;
+    assert_eq!(next_text(&mut second).await, "after the rejoin");
+    wait_subscribed(&a.hub, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(numsub(&mut plain, channel).await, 2);
+}
+
+/// After a Redis outage an instance subscribes to exactly the rooms that have local members
+/// then, over all its subscriber connections: a room joined during the outage is subscribed
+/// (and receives), a room whose last member left during it is not.
+#[tokio::test]
+async fn after_an_outage_exactly_the_rooms_with_members_are_subscribed() {
+    let mut redis = RedisServer::start().await;
+    let a = instance(
+        Hub::builder(),
+        config(&redis.url()).subscriber_connections(3),
+    )
+    .await;
+    let _kept = a.connect("kept").await;
+    let left = a.connect("left").await;
+    wait_subscribed(&a.hub, 2).await;
+
+    redis.kill();
+    eventually("A reports the outage", || {
+        let status = a.hub.broker_status();
+        !status.connected && status.subscribers_connected == 0
+    })
+    .await;
+    close_client(left).await;
+    let mut joined = a.connect("joined").await;
+    let brief = a.connect("brief").await;
+    close_client(brief).await;
+    wait_members(&a.hub, "left", 0).await;
+    wait_members(&a.hub, "brief", 0).await;
+    wait_members(&a.hub, "joined", 1).await;
+
+    redis.restart().await;
+    wait_subscribed(&a.hub, 2).await;
+    let mut plain = redis.connection().await;
+    assert_eq!(
+        room_channels(&mut plain).await,
+        ["tower-ws-hub:joined", "tower-ws-hub:kept"]
+    );
+    let b = instance(Hub::builder(), config(&redis.url())).await;
+    let mut cb = b.connect("joined").await;
+    wait_subscribed(&b.hub, 1).await;
+    send_text(&mut cb, "hello").await;
+    assert_eq!(next_text(&mut joined).await, "hello");
+}
+
+/// More rooms than one SUBSCRIBE names (256 channels) on each of two subscriber connections:
+/// all are subscribed, all again after Redis restarts, and all unsubscribed once their
+/// members leave together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_rooms_per_subscriber_connection_are_subscribed_resubscribed_and_released() {
+    let mut redis = RedisServer::start().await;
+    let a = instance(
+        Hub::builder(),
+        config(&redis.url()).subscriber_connections(2),
+    )
+    .await;
+    let rooms = 700;
+    let mut clients = futures_util::future::join_all(
+        (0..rooms).map(|i| connect_owned(a.ws_url(&format!("room-{i}")))),
+    )
+    .await;
+    wait_subscribed(&a.hub, rooms).await;
+    let mut plain = redis.connection().await;
+    assert_eq!(room_channels(&mut plain).await.len(), rooms);
+    drop(plain);
+
+    redis.restart().await;
+    eventually("A resubscribed every room", || {
+        let status = a.hub.broker_status();
+        status.connected && status.reconnects >= 2 && status.subscribed_rooms == rooms
+    })
+    .await;
+    let mut plain = redis.connection().await;
+    assert_eq!(room_channels(&mut plain).await.len(), rooms);
+
+    let staying = clients.split_off(rooms / 2);
+    futures_util::future::join_all(clients.into_iter().map(close_client)).await;
+    wait_subscribed(&a.hub, rooms - rooms / 2).await;
+    let channels = room_channels(&mut plain).await;
+    assert_eq!(channels.len(), rooms - rooms / 2);
+    assert!(
+        channels
+            .iter()
+            .all(|c| c["tower-ws-hub:room-".len()..].parse::<usize>().unwrap() >= rooms / 2),
+        "a room whose member left is still subscribed"
+    );
+    drop(staying);
+}
+
+/// [`connect`] for a URL it owns, so that many can be connected at once.
+async fn connect_owned(url: String) -> Client {
+    connect(&url).await
+}
