@@ -1,10 +1,12 @@
 //! [`RoomRegistry`]: which connections are in which room, and local fan-out.
 //!
-//! The registry map is locked only to join, leave and look a room up; fan-out runs under the
-//! room's own read lock and only pushes into bounded queues (it never touches a socket), so a
-//! burst in one room never stalls another and a slow client never stalls a room.
+//! The registry map is locked only to look a room up, and to create or remove one; fan-out runs
+//! under the room's own read lock and only pushes into bounded queues (it never touches a
+//! socket), and joining or leaving an existing room takes that room's lock without holding the
+//! map's, so a burst in one room never stalls another and a slow client never stalls a room.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::connection::frames::Frames;
@@ -24,6 +26,9 @@ pub(crate) struct Member {
 pub(crate) struct Room {
     name: Arc<str>,
     members: RwLock<Vec<Member>>,
+    /// Set (under the members' lock) when the room, empty, is taken out of the registry: a
+    /// join that found it before must not add a member nobody's fan-out would reach.
+    removed: AtomicBool,
 }
 
 /// What one fan-out did.
@@ -73,6 +78,16 @@ impl Room {
         read(&self.members).len()
     }
 
+    /// Adds `member`, unless the room has been removed from the registry (then hands it back).
+    fn add(&self, member: Member) -> Result<(), Member> {
+        let mut members = write(&self.members);
+        if self.removed.load(Ordering::Relaxed) {
+            return Err(member);
+        }
+        members.push(member);
+        Ok(())
+    }
+
     /// Queues frames, in order, for every member but `exclude`. `frames` builds them (runs of
     /// encoded frames), once, and only if someone receives them; every receiver's queue and
     /// socket write share those buffers. Each receiver's queue is locked (and its writer woken)
@@ -113,39 +128,52 @@ pub(crate) struct RoomRegistry {
 }
 
 impl RoomRegistry {
-    /// Adds a member to a room, creating the room if needed. Returns the room and whether this
-    /// member is the room's first (the moment to subscribe to it elsewhere). `on_first` runs
+    /// Adds a member to a room, creating the room if needed, and returns the room. `on_first`
+    /// runs when the member is the room's first (the moment to subscribe to it elsewhere),
     /// under the registry lock, so that subscribe and unsubscribe notices keep their order.
+    ///
+    /// An existing room is joined under its own lock only: a join waiting for a fan-out in
+    /// its room to finish holds up nobody else.
     pub(crate) fn join(
         &self,
         room: &str,
-        member: Member,
+        mut member: Member,
         on_first: impl FnOnce(&Arc<str>),
     ) -> Arc<Room> {
-        let mut rooms = write(&self.rooms);
-        if let Some(existing) = rooms.get(room) {
-            write(&existing.members).push(member);
-            return Arc::clone(existing);
+        loop {
+            if let Some(existing) = self.get(room) {
+                match existing.add(member) {
+                    Ok(()) => return existing,
+                    // Emptied and removed since the lookup: look again.
+                    Err(back) => member = back,
+                }
+            }
+            let mut rooms = write(&self.rooms);
+            if rooms.contains_key(room) {
+                // Created since the lookup: join it without holding the map.
+                continue;
+            }
+            let name: Arc<str> = Arc::from(room);
+            let created = Arc::new(Room {
+                name: Arc::clone(&name),
+                members: RwLock::new(vec![member]),
+                removed: AtomicBool::new(false),
+            });
+            rooms.insert(Arc::clone(&name), Arc::clone(&created));
+            on_first(&name);
+            return created;
         }
-        let name: Arc<str> = Arc::from(room);
-        let created = Arc::new(Room {
-            name: Arc::clone(&name),
-            members: RwLock::new(vec![member]),
-        });
-        rooms.insert(Arc::clone(&name), Arc::clone(&created));
-        on_first(&name);
-        created
     }
 
     /// Removes a member; when it was the last, removes the room and runs `on_last` (under the
-    /// registry lock, see [`join`](Self::join)).
+    /// registry lock, see [`join`](Self::join)). The member leaves under the room's lock only;
+    /// the map is locked only when the room is left empty.
     pub(crate) fn leave(
         &self,
         room: &Arc<Room>,
         id: ConnectionId,
         on_last: impl FnOnce(&Arc<str>),
     ) {
-        let mut rooms = write(&self.rooms);
         let now_empty = {
             let mut members = write(&room.members);
             if let Some(index) = members.iter().position(|m| m.id == id) {
@@ -156,11 +184,20 @@ impl RoomRegistry {
             }
             members.is_empty()
         };
-        if now_empty
+        if !now_empty {
+            return;
+        }
+        let mut rooms = write(&self.rooms);
+        // A join may have come in since; one that comes later sees `removed` (it needs the
+        // write lock this read lock keeps out) and creates the room anew.
+        let members = read(&room.members);
+        if members.is_empty()
+            && !room.removed.load(Ordering::Relaxed)
             && rooms
                 .get(room.name())
                 .is_some_and(|current| Arc::ptr_eq(current, room))
         {
+            room.removed.store(true, Ordering::Relaxed);
             rooms.remove(room.name());
             on_last(room.name());
         }
@@ -224,6 +261,82 @@ mod tests {
         registry.leave(&b, ConnectionId(2), |_| lasts += 1);
         assert_eq!((lasts, registry.len()), (1, 0));
         assert!(registry.get("r").is_none());
+    }
+
+    #[test]
+    fn a_join_waiting_behind_a_fan_out_stalls_no_other_room() {
+        let registry = Arc::new(RoomRegistry::default());
+        let big = registry.join("big", member(1), |_| {});
+        registry.join("other", member(2), |_| {});
+        // A long fan-out in "big": its read lock held.
+        let fan_out = read(&big.members);
+        let joiner = {
+            let registry = Arc::clone(&registry);
+            std::thread::spawn(move || {
+                registry.join("big", member(3), |_| {});
+            })
+        };
+        // The join is now waiting for "big"'s members.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (found, other) = std::sync::mpsc::channel();
+        {
+            let registry = Arc::clone(&registry);
+            std::thread::spawn(move || {
+                let _ = found.send(registry.get("other").is_some());
+            });
+        }
+        let looked_up = other.recv_timeout(std::time::Duration::from_secs(2));
+        drop(fan_out);
+        joiner
+            .join()
+            .expect("the join completes once the fan-out is done");
+        assert_eq!(
+            looked_up,
+            Ok(true),
+            "another room's lookup waited for a fan-out in \"big\""
+        );
+        assert_eq!(big.len(), 2);
+    }
+
+    #[test]
+    fn joins_and_leaves_racing_on_one_room_keep_every_member_reachable() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        const THREADS: u64 = 4;
+        const ROUNDS: u64 = 2000;
+        let registry = Arc::new(RoomRegistry::default());
+        // Subscribe (+1) and unsubscribe (-1) notices, in the order the registry gives them:
+        // never two of a kind in a row, so the running sum stays 0 or 1.
+        let notices = Arc::new(AtomicI64::new(0));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let registry = Arc::clone(&registry);
+                let notices = Arc::clone(&notices);
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS {
+                        let id = thread * ROUNDS + round;
+                        let room = registry.join("r", member(id), |_| {
+                            let before = notices.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(before, 0, "two subscribe notices in a row");
+                        });
+                        // The room a member joined is the one fan-outs find.
+                        let current = registry.get("r").expect("a room with a member is listed");
+                        assert!(
+                            Arc::ptr_eq(&current, &room),
+                            "member {id} joined a dropped room"
+                        );
+                        registry.leave(&room, ConnectionId(id), |_| {
+                            let before = notices.fetch_sub(1, Ordering::SeqCst);
+                            assert_eq!(before, 1, "two unsubscribe notices in a row");
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no thread panicked");
+        }
+        assert_eq!(notices.load(Ordering::SeqCst), 0);
+        assert_eq!(registry.len(), 0);
     }
 
     #[test]
