@@ -663,6 +663,104 @@ async fn a_client_that_vanishes_during_authorization_gives_back_its_slot() {
         .assert_rejection(503, "connection limit");
 }
 
+/// An authorizer whose future panics (an application bug) loses its request, not the place it
+/// held: the place is given back as the request unwinds, and the hub counts no connection.
+#[tokio::test]
+async fn an_authorizer_that_panics_gives_back_its_slot() {
+    let hub = Hub::builder().max_connections(Some(1)).build();
+    let panicking = |_: &Parts, room: &str| {
+        let bad = room == "bad";
+        async move {
+            // Decides later, as one that asks a permission service would.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!bad, "application bug in the authorizer");
+            true
+        }
+    };
+    let server = serve_with(hub, |l| l.authorize(panicking)).await;
+    for _ in 0..3 {
+        let attempt = tokio::time::timeout(
+            PROMPTLY,
+            tokio_tungstenite::connect_async(server.ws_url("bad")),
+        )
+        .await
+        .expect("the client learns that its request failed");
+        assert!(attempt.is_err(), "a panicking authorizer let a client in");
+    }
+    let stats = server.hub.stats();
+    assert_eq!(
+        (stats.connections, stats.connections_opened),
+        (0, 0),
+        "{stats:?}"
+    );
+    // The one place is free: the next client gets it at once.
+    let mut client = server.connect("good").await;
+    send_text(&mut client, "in").await;
+    wait_members(&server.hub, "good", 1).await;
+    upgrade(&server, "good")
+        .send(server.addr)
+        .await
+        .assert_rejection(503, "connection limit");
+}
+
+/// A request whose authorizer is still deciding when `Hub::shutdown` runs: the shutdown does
+/// not wait for it, and an `Allow` that comes after it returned is answered `503`, with no
+/// connection opened and no `on_connect` run ("once this returns, no connection opens").
+#[tokio::test]
+async fn an_authorization_that_allows_after_shutdown_returned_is_refused_with_503() {
+    let connects = Arc::new(AtomicUsize::new(0));
+    let hub = Hub::builder()
+        .on_connect({
+            let connects = Arc::clone(&connects);
+            move |_| {
+                connects.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build();
+    let deciding = Arc::new(AtomicUsize::new(0));
+    let decide = Arc::new(tokio::sync::Semaphore::new(0));
+    let authorizer = {
+        let (deciding, decide) = (Arc::clone(&deciding), Arc::clone(&decide));
+        move |_: &Parts, _: &str| {
+            deciding.fetch_add(1, Ordering::SeqCst);
+            let decide = Arc::clone(&decide);
+            async move {
+                let _permit = decide.acquire().await;
+                true
+            }
+        }
+    };
+    let app = Router::new().layer(
+        HubLayer::new(hub.clone())
+            .route("/ws/{room}")
+            .authorize(authorizer),
+    );
+    let server = serve_router_forever(app, hub.clone()).await;
+    let request = upgrade(&server, "late");
+    let addr = server.addr;
+    let answer = tokio::spawn(async move { request.send(addr).await });
+    eventually("the authorizer is deciding", || {
+        deciding.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    tokio::time::timeout(Duration::from_secs(2), hub.shutdown())
+        .await
+        .expect("shutdown waited for an authorizer");
+    decide.add_permits(1);
+    answer.await.unwrap().assert_rejection(503, "shutting down");
+    // Nothing comes later either.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        0,
+        "on_connect ran after shutdown"
+    );
+    let stats = hub.stats();
+    assert_eq!(stats.connections_opened, 0, "{stats:?}");
+    assert_eq!(stats.handshakes_rejected, 1, "{stats:?}");
+}
+
 #[tokio::test]
 async fn an_authorizer_that_awaits_still_works() {
     let slow_members_only = |parts: &Parts, room: &str| {
