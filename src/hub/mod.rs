@@ -9,7 +9,7 @@ pub(crate) mod stats;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -265,7 +265,11 @@ impl Hub {
     /// Calling it again (or concurrently) waits for the same shutdown.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        if !inner.shutting_down.swap(true, Ordering::AcqRel) {
+        let first = !inner.shutting_down.swap(true, Ordering::SeqCst);
+        // Pairs with the fence in `start`: either that connection sees the flag, or the
+        // tracker below counts it (see there).
+        fence(Ordering::SeqCst);
+        if first {
             tracing::info!(
                 connections = self.connection_count(),
                 "tower-ws-hub: shutting down, closing connections with 1001"
@@ -406,6 +410,11 @@ impl Hub {
         // begins in between waits for this connection too (whose join closes it with 1001)
         // instead of returning while it is still to come.
         let in_flight = self.inner.tasks.token();
+        // The token's count and the flag are two locations, written in opposite orders here
+        // and in `shutdown`: without a full fence on both sides, a weakly ordered CPU (ARM)
+        // may let this read miss the flag while `shutdown` misses the token, and a connection
+        // open after `shutdown` returned. (x86's locked instructions fence already.)
+        fence(Ordering::SeqCst);
         // Shutdown may have begun while an authorizer was deciding.
         if self.is_shutting_down() {
             return Err(shutting_down());
