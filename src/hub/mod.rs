@@ -1037,6 +1037,10 @@ impl HubBuilder {
 
     /// How long the server may take to hand over the socket after the `101`/`200` answer
     /// before the connection is abandoned. Default: 10 s.
+    ///
+    /// It counts from when the hub returns that answer to the layers in front of it, so time
+    /// a middleware outside the hub spends before the answer reaches the client (holding the
+    /// response, or rewriting it) counts too.
     pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
         self.config.upgrade_timeout = timeout;
         self
