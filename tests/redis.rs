@@ -1471,6 +1471,71 @@ async fn the_readmes_shell_emitters_reach_clients() {
     }
 }
 
+/// README's Redis user for the hubs ("A Redis user of their own"), created as written with
+/// `redis-cli`, is all two instances need: they connect as that user through
+/// `RedisConfig::from_url` (its password holding URL-reserved characters, percent-encoded) and
+/// carry messages between them. A user limited to the room channels (`{prefix}:*`) could not
+/// subscribe to its probe channel (`{prefix}#probe:…`) and the hubs would never connect.
+#[tokio::test]
+async fn the_readmes_redis_user_is_enough_for_the_hubs() {
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|line| line.starts_with("redis-cli ACL SETUSER hub "))
+        .expect("README gives the redis-cli line that creates a user for the hubs");
+    assert!(line.contains("'>change-me'"), "{line}");
+    // A password with characters a URL reserves: `from_url` takes it percent-encoded, and both
+    // the pool and the subscriber connections must log in with it.
+    let password = "p@ss:w/o#rd%1";
+    let encoded = "p%40ss%3Aw%2Fo%23rd%251";
+    let redis = RedisServer::start().await;
+    let command = line
+        .replace("redis-cli", &format!("redis-cli -p {}", redis.port()))
+        .replace("change-me", password);
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .output()
+        .await
+        .expect("sh runs");
+    assert!(output.status.success(), "{command}: {output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "OK",
+        "{command}: {output:?}"
+    );
+
+    let url = format!("redis://hub:{encoded}@127.0.0.1:{}", redis.port());
+    let as_hub_user = config(&url);
+    let shown = format!("{as_hub_user:?}");
+    assert!(
+        !shown.contains("p@ss") && !shown.contains(encoded),
+        "{shown}"
+    );
+    let a = instance(Hub::builder(), as_hub_user.clone()).await;
+    let b = instance(Hub::builder(), as_hub_user).await;
+    let mut ca = a.connect("lobby").await;
+    let mut cb = b.connect("lobby").await;
+    wait_members(&a.hub, "lobby", 1).await;
+    wait_members(&b.hub, "lobby", 1).await;
+    for server in [&a, &b] {
+        eventually("connected and subscribed as README's user", || {
+            let status = server.hub.broker_status();
+            status.connected && status.subscribed_rooms == 1 && status.last_probe_age.is_some()
+        })
+        .await;
+    }
+    send_text(&mut ca, "as the hub user").await;
+    assert_eq!(next_text(&mut cb).await, "as the hub user");
+    b.hub
+        .publish("lobby", Message::text("and back"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut ca).await, "and back");
+    assert_eq!(a.hub.broker_status().publish_failures, 0);
+    assert_eq!(b.hub.broker_status().publish_failures, 0);
+}
+
 #[tokio::test]
 async fn with_a_signing_key_only_holders_of_the_key_can_speak_in_rooms() {
     use tower_ws_hub::redis::{Emitter, EnvelopeKey};

@@ -199,6 +199,10 @@ impl RedisConfig {
     /// `chat` and `chat:staging`, room `staging:lobby` of the first would be room `lobby` of
     /// the second (both `chat:staging:lobby`). Use `chat-staging`, say.
     ///
+    /// A Redis ACL user for the hubs needs both channel patterns, `{prefix}:*` and
+    /// `{prefix}#probe:*`: without the second, no subscriber connection can subscribe to its
+    /// probe channel and the hub never connects (README, "Scaling out").
+    ///
     /// # Panics
     ///
     /// If `prefix` is empty or contains `:` or `#`.
