@@ -195,7 +195,8 @@ pub(crate) fn random_u64() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
-    /// Shorter than the 19-byte header.
+    /// Shorter than the 19-byte header, or, for a signed kind (`0x81`, `0x82`), than the
+    /// 51 bytes of the header and its tag.
     TooShort {
         /// Length of what was received.
         len: usize,
@@ -217,6 +218,13 @@ pub enum EnvelopeError {
 impl fmt::Display for EnvelopeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Only a signed kind gets past the header check and is still too short.
+            Self::TooShort { len } if *len >= ENVELOPE_HEADER_LEN => write!(
+                f,
+                "signed envelope cut short: {len} bytes, shorter than the {}-byte header and \
+                 tag of a signed envelope (kind 0x81/0x82)",
+                ENVELOPE_HEADER_LEN + ENVELOPE_TAG_LEN
+            ),
             Self::TooShort { len } => write!(
                 f,
                 "not an envelope: {len} bytes, shorter than the {ENVELOPE_HEADER_LEN}-byte header"
@@ -713,6 +721,27 @@ mod tests {
         assert_eq!(
             Envelope::decode(cut),
             Err(EnvelopeError::TooShort { len: cut.len() })
+        );
+    }
+
+    /// The log line for a signed envelope cut inside its tag (an emitter that forgot the tag)
+    /// says what is missing, not that it is shorter than a header it is longer than.
+    #[test]
+    fn a_signed_envelope_cut_inside_its_tag_says_so() {
+        let bytes = Envelope::new(ORIGIN, Message::text("x")).encode_signed(CHANNEL, &key());
+        let error = Envelope::decode(&bytes[..ENVELOPE_HEADER_LEN + 6]).unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            shown.contains("25 bytes")
+                && shown.contains("51-byte")
+                && !shown.contains("shorter than the 19-byte header"),
+            "{shown}"
+        );
+        // Shorter than the header, it says that, as before.
+        let shown = Envelope::decode(&bytes[..7]).unwrap_err().to_string();
+        assert!(
+            shown.contains("7 bytes, shorter than the 19-byte header"),
+            "{shown}"
         );
     }
 
