@@ -657,6 +657,28 @@ mod tests {
         assert_eq!(Envelope::decode(&bytes), Ok(envelope));
     }
 
+    /// The signed layout README and the module docs give to emitters in other languages, byte
+    /// for byte: the tag was computed outside Rust (Python's `hmac`) as
+    /// `HMAC-SHA256(key, u32be(len(channel)) ‖ channel ‖ header ‖ payload)`. Changing what is
+    /// signed, or where the tag sits, breaks every emitter written from the docs.
+    #[test]
+    fn signed_layout_matches_the_spec_byte_for_byte() {
+        const TAG: &str = "5707822afbe666ac7043d36b22c1f939b4c66200ae5eb6cddca6c5f776c3b577";
+        let bytes = Envelope::new(ORIGIN, Message::text("héllo")).encode_signed(CHANNEL, &key());
+        let mut expected = header(KIND_TEXT | KIND_SIGNED);
+        expected.extend(
+            (0..TAG.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&TAG[i..i + 2], 16).expect("hex")),
+        );
+        expected.extend_from_slice("héllo".as_bytes());
+        assert_eq!(&bytes[..], &expected[..]);
+        assert_eq!(
+            Envelope::decode_verified(&expected, CHANNEL, &key()),
+            Ok(Envelope::new(ORIGIN, Message::text("héllo")))
+        );
+    }
+
     #[test]
     fn any_tampering_breaks_the_signature() {
         let bytes =
