@@ -139,12 +139,22 @@ impl RedisConfig {
     ///
     /// # Errors
     ///
-    /// If `url` is not a valid Redis URL.
+    /// If `url` is not a valid Redis URL, or names a negative database number.
     pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
         let invalid = |error: deadpool_redis::redis::RedisError| RedisConfigError {
             message: error.to_string(),
         };
         let client = deadpool_redis::redis::Client::open(url).map_err(invalid)?;
+        let db = client.get_connection_info().redis_settings().db();
+        if db < 0 {
+            // redis-rs parses it; Redis would refuse the SELECT at every connection attempt,
+            // retried for ever instead of failing here.
+            return Err(RedisConfigError {
+                message: format!(
+                    "database number {db} in the URL: Redis numbers its databases from 0"
+                ),
+            });
+        }
         let unlimited = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(None);
@@ -374,5 +384,18 @@ impl RedisConfig {
         assert!(!timeout.is_zero(), "operation_timeout must be positive");
         self.operation_timeout = timeout;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedisConfig;
+
+    #[test]
+    fn a_negative_database_number_is_refused_at_once() {
+        let error = RedisConfig::from_url("redis://127.0.0.1:6379/-1")
+            .expect_err("a negative database number was accepted");
+        assert!(error.to_string().contains("database number -1"), "{error}");
+        assert!(RedisConfig::from_url("redis://127.0.0.1:6379/3").is_ok());
     }
 }
