@@ -604,3 +604,106 @@ async fn an_http2_websocket_closed_for_an_oversized_message_ends_cleanly() {
     assert_eq!(h2_next_text(&mut other).await, "still here");
     assert_eq!(server.hub.stats().protocol_closes, 1);
 }
+
+// ----- pass-through at the Tower level --------------------------------------------------------
+
+/// A request extension or response extension never crosses a socket, so only a test at the
+/// Tower level can show that the layer hands the inner service the request itself and gives back
+/// its response itself: method, URI, headers, extensions and body in, status, headers,
+/// extensions, body and its size hint out. Also when a custom extractor looked at the head first
+/// (it takes the request apart to show it the head) and said `Pass`.
+#[tokio::test]
+async fn pass_through_keeps_extensions_headers_and_bodies_both_ways() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Marker(&'static str);
+
+    let hub = Hub::builder().build();
+    let routes_only = HubLayer::new(hub.clone()).route("/ws/{room}");
+    let with_extractor = routes_only
+        .clone()
+        .extractor(|_: &axum::http::request::Parts| tower_ws_hub::RoomMatch::Pass);
+    for layer in [routes_only, with_extractor] {
+        let inner = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+            assert_eq!(request.method(), Method::PUT);
+            assert_eq!(request.uri(), "/ws/lobby/extra?x=1");
+            assert_eq!(request.headers()["x-in"], "in");
+            assert_eq!(
+                request.extensions().get::<Marker>(),
+                Some(&Marker("request"))
+            );
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"request body");
+            let mut response = Response::new(Full::new(Bytes::from_static(b"response body")));
+            *response.status_mut() = StatusCode::CREATED;
+            response
+                .headers_mut()
+                .insert("x-out", axum::http::HeaderValue::from_static("out"));
+            response.extensions_mut().insert(Marker("response"));
+            Ok::<_, Infallible>(response)
+        });
+        let mut request = Request::put("/ws/lobby/extra?x=1")
+            .header("x-in", "in")
+            .body(Full::new(Bytes::from_static(b"request body")))
+            .unwrap();
+        request.extensions_mut().insert(Marker("request"));
+
+        let response = tower::ServiceExt::oneshot(tower::Layer::layer(&layer, inner), request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.headers()["x-out"], "out");
+        assert_eq!(
+            response.extensions().get::<Marker>(),
+            Some(&Marker("response"))
+        );
+        assert_eq!(
+            http_body::Body::size_hint(response.body()).exact(),
+            Some(13)
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"response body");
+    }
+    assert_eq!(hub.stats().handshakes_rejected, 0);
+}
+
+/// The layer is ready exactly when its inner service is: it never lets a request through to an
+/// inner service that has not said it is ready (a `Buffer` or `ConcurrencyLimit` would panic or
+/// overshoot), and it does not hide an inner service's readiness either.
+#[tokio::test]
+async fn the_layer_is_ready_only_when_its_inner_service_is() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+
+    #[derive(Clone)]
+    struct Gate(Arc<AtomicBool>);
+    impl tower::Service<Request<Body>> for Gate {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            assert!(self.0.load(Ordering::SeqCst), "called before it was ready");
+            std::future::ready(Ok(Response::new(Body::from("inner"))))
+        }
+    }
+
+    let open = Arc::new(AtomicBool::new(false));
+    let layer = HubLayer::new(Hub::builder().build()).route("/ws/{room}");
+    let mut service = tower::Layer::layer(&layer, Gate(Arc::clone(&open)));
+    let ready = futures_util::FutureExt::now_or_never(tower::ServiceExt::ready(&mut service));
+    assert!(ready.is_none(), "ready while the inner service is not");
+    open.store(true, Ordering::SeqCst);
+    let service = tower::ServiceExt::ready(&mut service).await.unwrap();
+    let response = tower::Service::call(service, Request::new(Body::empty()))
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"inner");
+}
