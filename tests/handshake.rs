@@ -474,6 +474,29 @@ async fn room_names_are_percent_decoded() {
     assert_eq!(next_text(&mut client).await, "un café");
 }
 
+/// Segments are split before decoding: an encoded slash is part of the room's name (as axum's
+/// `Path` decodes it), while a real one makes the path too long for the pattern. The query
+/// string is never part of the room.
+#[tokio::test]
+async fn an_encoded_slash_stays_in_the_room_name_and_a_real_one_does_not_match() {
+    let server = serve_default().await;
+    let mut client = server.connect("a%2Fb").await;
+    let _queried = server.connect("a%2fb?x=1").await;
+    wait_members(&server.hub, "a/b", 2).await;
+    assert_eq!(server.hub.room_size("a%2Fb"), 0);
+    let delivered = server
+        .hub
+        .publish("a/b", Message::text("slashed"))
+        .await
+        .unwrap();
+    assert_eq!(delivered, 2);
+    assert_eq!(next_text(&mut client).await, "slashed");
+
+    let response = Upgrade::new("/ws/a/b").send(server.addr).await;
+    assert_eq!(response.status, 404, "{response:?}");
+    assert_eq!(response.text(), "router fallback: /ws/a/b");
+}
+
 #[tokio::test]
 async fn the_room_name_limit_is_configurable() {
     let hub = Hub::builder().max_room_name_len(8).build();
