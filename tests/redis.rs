@@ -1454,21 +1454,27 @@ async fn the_readmes_shell_emitters_reach_clients() {
     let mut client = a.connect("lobby").await;
     wait_subscribed(&a.hub, 1).await;
     for command in &commands {
-        let command = command.replace("redis-cli", &format!("redis-cli -p {}", redis.port()));
-        let output = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .output()
-            .await
-            .expect("sh runs");
-        assert!(output.status.success(), "{command}: {output:?}");
         assert_eq!(
-            String::from_utf8_lossy(&output.stdout).trim(),
+            run_redis_cli(&redis, command).await,
             "1",
             "{command}: the one instance with a member in the room is subscribed"
         );
         assert_eq!(next_text(&mut client).await, "hello", "{command}");
     }
+}
+
+/// Runs a README `redis-cli` line in `sh`, as a user would, against `redis` (its port put
+/// in); it must succeed. Returns what it printed, trimmed.
+async fn run_redis_cli(redis: &RedisServer, line: &str) -> String {
+    let command = line.replace("redis-cli", &format!("redis-cli -p {}", redis.port()));
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .output()
+        .await
+        .expect("sh runs");
+    assert!(output.status.success(), "{command}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// README's Redis user for the hubs ("A Redis user of their own"), created as written with
@@ -1489,21 +1495,8 @@ async fn the_readmes_redis_user_is_enough_for_the_hubs() {
     let password = "p@ss:w/o#rd%1";
     let encoded = "p%40ss%3Aw%2Fo%23rd%251";
     let redis = RedisServer::start().await;
-    let command = line
-        .replace("redis-cli", &format!("redis-cli -p {}", redis.port()))
-        .replace("change-me", password);
-    let output = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .output()
-        .await
-        .expect("sh runs");
-    assert!(output.status.success(), "{command}: {output:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "OK",
-        "{command}: {output:?}"
-    );
+    let command = line.replace("change-me", password);
+    assert_eq!(run_redis_cli(&redis, &command).await, "OK", "{command}");
 
     let url = format!("redis://hub:{encoded}@127.0.0.1:{}", redis.port());
     let as_hub_user = config(&url);

@@ -655,9 +655,15 @@ async fn a_client_that_vanishes_during_authorization_gives_back_its_slot() {
         drop(stream);
     }
     let mut client = connect_when_admitted(&server, "room").await;
-    send_text(&mut client, "in").await;
-    wait_members(&server.hub, "room", 1).await;
-    upgrade(&server, "room")
+    holds_the_one_place(&server, &mut client, "room").await;
+}
+
+/// `client`, admitted to `room` on a hub with `max_connections(Some(1))`, holds its one
+/// place: it is a member, and the next upgrade is refused with `503`.
+async fn holds_the_one_place(server: &Server, client: &mut Client, room: &str) {
+    send_text(client, "in").await;
+    wait_members(&server.hub, room, 1).await;
+    upgrade(server, room)
         .send(server.addr)
         .await
         .assert_rejection(503, "connection limit");
@@ -695,12 +701,7 @@ async fn an_authorizer_that_panics_gives_back_its_slot() {
     );
     // The one place is free: the next client gets it at once.
     let mut client = server.connect("good").await;
-    send_text(&mut client, "in").await;
-    wait_members(&server.hub, "good", 1).await;
-    upgrade(&server, "good")
-        .send(server.addr)
-        .await
-        .assert_rejection(503, "connection limit");
+    holds_the_one_place(&server, &mut client, "good").await;
 }
 
 /// A request whose authorizer is still deciding when `Hub::shutdown` runs: the shutdown does
