@@ -640,25 +640,13 @@ async fn a_panicking_disconnect_hook_leaves_nothing_behind() {
 /// room, and `on_disconnect` must run for it too ("however it ended").
 #[test]
 fn on_disconnect_runs_when_the_runtime_serving_the_connection_goes_away() {
-    let connects = Arc::new(AtomicUsize::new(0));
-    let disconnects = Arc::new(AtomicUsize::new(0));
-    let (c, d) = (Arc::clone(&connects), Arc::clone(&disconnects));
+    let (builder, connects, disconnects) = counting_hooks(Hub::builder());
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let server = server_rt.block_on(async move {
-        let hub = Hub::builder()
-            .on_connect(move |_| {
-                c.fetch_add(1, Ordering::SeqCst);
-            })
-            .on_disconnect(move |_| {
-                d.fetch_add(1, Ordering::SeqCst);
-            })
-            .build();
-        serve_hub(hub).await
-    });
+    let server = server_rt.block_on(serve_hub(builder.build()));
     let url = server.ws_url("gone");
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

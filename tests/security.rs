@@ -570,23 +570,10 @@ async fn users_may_join_only_the_rooms_they_belong_to() {
     assert_eq!(stats.handshakes_rejected, 4);
 }
 
-/// A hub, and how many times its `on_connect` has run.
-fn hub_counting_connects() -> (Hub, Arc<AtomicUsize>) {
-    let connects = Arc::new(AtomicUsize::new(0));
-    let hub = Hub::builder()
-        .on_connect({
-            let connects = Arc::clone(&connects);
-            move |_| {
-                connects.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-        .build();
-    (hub, connects)
-}
-
 #[tokio::test]
 async fn denied_requests_never_reach_the_hub() {
-    let (hub, connects) = hub_counting_connects();
+    let (builder, connects, _) = counting_hooks(Hub::builder());
+    let hub = builder.build();
     let server = serve_authenticated(hub.clone(), layer(&hub).authorize(members_only)).await;
     for (user, room) in [
         (None, "alpha"),
@@ -715,7 +702,8 @@ async fn an_authorizer_that_panics_gives_back_its_slot() {
 /// connection opened and no `on_connect` run ("once this returns, no connection opens").
 #[tokio::test]
 async fn an_authorization_that_allows_after_shutdown_returned_is_refused_with_503() {
-    let (hub, connects) = hub_counting_connects();
+    let (builder, connects, _) = counting_hooks(Hub::builder());
+    let hub = builder.build();
     let deciding = Arc::new(AtomicUsize::new(0));
     let decide = Arc::new(tokio::sync::Semaphore::new(0));
     let authorizer = {

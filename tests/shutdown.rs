@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -250,21 +249,14 @@ async fn shutdown_does_not_return_before_an_upgrade_it_raced_with_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connection_opens_and_no_hook_runs_after_shutdown_returned() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use axum::extract::Request;
     use axum::middleware::{self, Next};
 
-    let connects = Arc::new(AtomicUsize::new(0));
-    let hub = Hub::builder()
-        .shutdown_grace(Duration::from_millis(300))
-        .on_connect({
-            let connects = Arc::clone(&connects);
-            move |_| {
-                connects.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-        .build();
+    let (builder, connects, _) =
+        counting_hooks(Hub::builder().shutdown_grace(Duration::from_millis(300)));
+    let hub = builder.build();
     // A middleware in front of the layer that takes its time after the hub answered (a slow
     // access log, say): the `101` goes out 1.5 s later.
     let answered = Arc::new(AtomicBool::new(false));
@@ -316,18 +308,9 @@ async fn no_connection_opens_and_no_hook_runs_after_shutdown_returned() {
 /// runs every `on_disconnect`.
 #[tokio::test]
 async fn shutdown_with_zero_grace_still_runs_every_disconnect_hook() {
-    let connects = Arc::new(AtomicUsize::new(0));
-    let disconnects = Arc::new(AtomicUsize::new(0));
-    let (c, d) = (Arc::clone(&connects), Arc::clone(&disconnects));
-    let hub = Hub::builder()
-        .shutdown_grace(Duration::ZERO)
-        .on_connect(move |_| {
-            c.fetch_add(1, Ordering::SeqCst);
-        })
-        .on_disconnect(move |_| {
-            d.fetch_add(1, Ordering::SeqCst);
-        })
-        .build();
+    let (builder, connects, disconnects) =
+        counting_hooks(Hub::builder().shutdown_grace(Duration::ZERO));
+    let hub = builder.build();
     let server = serve_hub(hub).await;
     let mut clients = Vec::new();
     for i in 0..10 {

@@ -427,9 +427,15 @@ where
         self.discarded = self
             .discarded
             .saturating_add(u32::try_from(frames).unwrap_or(u32::MAX));
-        self.more_queued = false;
         // A close intent stays with the queue for the next take (a request wakes this task).
-        let _ = self.queue.discard_queued();
+        let _ = self.discard_queued();
+    }
+
+    /// Drops what is queued (nothing of it is to be written any more) and returns the queue's
+    /// close intent, if any.
+    fn discard_queued(&mut self) -> Option<CloseIntent> {
+        self.more_queued = false;
+        self.queue.discard_queued()
     }
 
     /// Starts the close handshake (once): `frame` goes out after the queued data if `drain`,
@@ -598,8 +604,7 @@ where
         } else {
             // Under the lock, in one go: taking in turns would hand over nothing, for ever,
             // while a half-written frame still counts as in flight (see `OutboundQueue::take`).
-            self.more_queued = false;
-            self.queue.discard_queued()
+            self.discard_queued()
         };
         if self.taken.capacity() > 16 {
             // The next swap hands this deque to the queue: do not let a burst's capacity live

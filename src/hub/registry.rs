@@ -189,10 +189,10 @@ impl RoomRegistry {
         }
         let mut rooms = write(&self.rooms);
         // A join may have come in since; one that comes later sees `removed` (it needs the
-        // write lock this read lock keeps out) and creates the room anew.
+        // write lock this read lock keeps out) and creates the room anew. (A room already
+        // removed is no longer the one listed under its name.)
         let members = read(&room.members);
         if members.is_empty()
-            && !room.removed.load(Ordering::Relaxed)
             && rooms
                 .get(room.name())
                 .is_some_and(|current| Arc::ptr_eq(current, room))

@@ -111,9 +111,9 @@ impl HubLayer {
     /// If the pattern does not start with `/`, has no `{room}` segment or more than one, or has
     /// a malformed segment: an empty one (`//`, or a trailing `/`: routes match whole segments,
     /// so `/ws/{room}` is the pattern for `/ws/lobby`), a parameter that is not a whole
-    /// segment, a catch-all (`{*rest}`), or axum 0.7's `:name` syntax (a literal segment that starts with `:` can be served with
-    /// an [`extractor`](Self::extractor)). Use [`try_route`](Self::try_route) to get the error
-    /// instead.
+    /// segment, a catch-all (`{*rest}`), or axum 0.7's `:name` syntax (a literal segment that
+    /// starts with `:` can be served with an [`extractor`](Self::extractor)). Use
+    /// [`try_route`](Self::try_route) to get the error instead.
     pub fn route(self, pattern: &str) -> Self {
         match self.try_route(pattern) {
             Ok(layer) => layer,

@@ -341,3 +341,26 @@ pub fn never_deciding_on(
         })
     }
 }
+
+/// `builder` with hooks that count: how many times `on_connect` and `on_disconnect` ran.
+pub fn counting_hooks(
+    builder: tower_ws_hub::HubBuilder,
+) -> (
+    tower_ws_hub::HubBuilder,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let connects = Arc::new(AtomicUsize::new(0));
+    let disconnects = Arc::new(AtomicUsize::new(0));
+    let (c, d) = (Arc::clone(&connects), Arc::clone(&disconnects));
+    let builder = builder
+        .on_connect(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_disconnect(move |_| {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
+    (builder, connects, disconnects)
+}
