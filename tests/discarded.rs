@@ -511,3 +511,38 @@ async fn a_connection_closing_for_a_pong_timeout_with_a_message_held_is_no_slow_
     assert_eq!(stats.discarded_on_close, 9, "{stats:?}");
     assert_accounted(1, &stats);
 }
+
+/// The same, with the messages arriving back to back: more than a queue's worth between two
+/// polls of the connection's task (a current-thread runtime cannot run it while this test
+/// publishes without yielding). A connection that sends no more data refuses them as they come
+/// (counted in `discarded_on_close`) instead of queueing them until the queue overflows.
+#[tokio::test]
+async fn a_closing_connection_sent_more_than_a_queue_at_once_is_no_slow_consumer() {
+    let server = serve_hub(
+        Hub::builder()
+            .outbound_queue(4, 1024 * 1024)
+            .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(200))
+            .close_timeout(Duration::from_secs(60))
+            .build(),
+    )
+    .await;
+    // Never answers pings, and reads only at the end.
+    let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    eventually("the pong timeout", || server.hub.stats().pong_timeouts == 1).await;
+    for n in 0..8 {
+        let publish = server.hub.publish(ROOM, Message::text(format!("late {n}")));
+        // Local delivery happens before the first await: the future is ready at once.
+        publish.now_or_never().expect("no broker: ready").unwrap();
+    }
+    let stats = server.hub.stats();
+    assert_eq!(stats.slow_consumer_disconnects, 0, "{stats:?}");
+    assert_eq!(stats.dropped_messages, 0, "{stats:?}");
+    let read = read_to_close_and_answer(&mut raw, close_code::POLICY_VIOLATION).await;
+    assert_eq!(read, 0, "nothing was written");
+    let stats = stats_once_closed(&server.hub).await;
+    assert_eq!(stats.discarded_on_close, 8, "{stats:?}");
+    assert_accounted(0, &stats);
+}

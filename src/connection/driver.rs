@@ -417,18 +417,18 @@ where
     }
 
     /// [`discard_unstarted`](Self::discard_unstarted) for a close, counted in `discarded`; and
-    /// what is queued is discarded now too (the queue counts it), as any later take would. An
-    /// emptied queue, no longer held for the timer (which now counts down the close), wakes
-    /// this task at the next push, to discard that in turn: what arrives while the client takes
-    /// its time to answer the close must not pile up until it overflows the queue and counts
-    /// as a slow consumer.
+    /// the queue stops taking data ([`OutboundQueue::stop_data`]): what is queued is discarded
+    /// now, what arrives later as it comes (the queue counts both). What the room sends while
+    /// the client takes its time to answer the close, however much arrives between two polls
+    /// of this task, never piles up until it overflows the queue and counts as a slow consumer.
     fn discard_unstarted_on_close(&mut self) {
         let frames = self.discard_unstarted();
         self.discarded = self
             .discarded
             .saturating_add(u32::try_from(frames).unwrap_or(u32::MAX));
+        self.more_queued = false;
         // A close intent stays with the queue for the next take (a request wakes this task).
-        let _ = self.discard_queued();
+        self.queue.stop_data();
     }
 
     /// Drops what is queued (nothing of it is to be written any more) and returns the queue's

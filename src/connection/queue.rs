@@ -49,6 +49,11 @@ pub(crate) enum PushOutcome {
     Disconnecting(usize),
     /// Not queued: the connection is already closing.
     Closed,
+    /// Counted as delivered and discarded at once (the queue counts it as discarded): the
+    /// connection sends no more data, see [`OutboundQueue::stop_data`]. As if it had been
+    /// queued and then discarded by the close, which is what happened before the connection
+    /// knew.
+    Discarded,
 }
 
 /// What [`OutboundQueue::take`] handed over.
@@ -107,9 +112,15 @@ struct State {
     /// overflow the queue of a client that keeps up. Cleared by any take.
     wake_past_quarter: bool,
     /// Messages cleared from `queued` by a close request or the end of the connection (not by
-    /// the slow-consumer policy, whose pusher counts them as dropped): [`OutboundQueue::end`]
+    /// the slow-consumer policy, whose pusher counts them as dropped), and those refused
+    /// because the connection sends no more data (`refuse_data`): [`OutboundQueue::end`]
     /// reports them.
     discarded: usize,
+    /// The connection sends no more data (it is closing on its own, see
+    /// [`OutboundQueue::stop_data`]): data pushes are discarded as they come, so that what
+    /// the room sends while the client takes its time to answer the close never fills the
+    /// queue and counts as a slow consumer.
+    refuse_data: bool,
 }
 
 /// A connection's outbound queue. See the [module docs](self).
@@ -165,6 +176,11 @@ impl OutboundQueue {
                 outcome(PushOutcome::Closed, run.count() as u32);
                 break;
             }
+            if state.refuse_data {
+                state.discarded += run.count();
+                outcome(PushOutcome::Discarded, run.count() as u32);
+                continue;
+            }
             if self.fits(&state, run.count(), run.len()) {
                 // The whole run at once: the usual case.
                 state.add(run.clone());
@@ -188,7 +204,8 @@ impl OutboundQueue {
                     PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => {
                         wake |= data_wakes;
                     }
-                    PushOutcome::Dropped | PushOutcome::TooLarge => {}
+                    // `push_one` never discards: `refuse_data` is checked per run above.
+                    PushOutcome::Dropped | PushOutcome::TooLarge | PushOutcome::Discarded => {}
                     PushOutcome::Disconnecting(_) => {
                         wake = true;
                         break 'runs;
@@ -333,6 +350,18 @@ impl OutboundQueue {
             messages,
             bytes: queued_bytes - state.queued_bytes,
         }
+    }
+
+    /// The connection sends no more data (it started closing on its own: a pong or idle
+    /// timeout, a protocol error, the rate limit, the client's close): discards what is
+    /// queued, as [`discard_queued`](Self::discard_queued), and every data push from now on,
+    /// counting them as discarded. A close request still reaches the writer.
+    pub(crate) fn stop_data(&self) {
+        let mut state = self.lock();
+        state.refuse_data = true;
+        state.writer_holding = false;
+        state.wake_past_quarter = false;
+        state.discard_queued();
     }
 
     /// Drops everything queued (taken runs are the writer's to release) and returns the close
@@ -520,6 +549,25 @@ mod tests {
         assert_eq!(q.close_intent(), Some(CloseIntent::SlowConsumer));
         assert_eq!(q.push(text("d")), PushOutcome::Closed);
         assert!(drain(&q).is_empty());
+    }
+
+    #[test]
+    fn a_queue_that_stopped_data_discards_what_it_holds_and_every_later_push() {
+        let q = queue(2, 1024, SlowConsumerPolicy::Disconnect);
+        assert_eq!(q.push(text("a")), PushOutcome::Queued);
+        q.stop_data();
+        assert!(q.is_empty());
+        // More than the whole queue in one batch: discarded, never a slow-consumer disconnect.
+        let runs: Vec<Frames> = (0..5).map(|_| Frames::one(text("b"))).collect();
+        let mut outcomes = Vec::new();
+        q.push_all(&runs, |outcome, n| outcomes.push((outcome, n)));
+        assert_eq!(outcomes, [(PushOutcome::Discarded, 1); 5]);
+        assert_eq!(q.close_intent(), None);
+        // A close request still gets through, and then pushes are refused as closed.
+        q.close(CloseIntent::Shutdown);
+        assert_eq!(q.close_intent(), Some(CloseIntent::Shutdown));
+        assert_eq!(q.push(text("c")), PushOutcome::Closed);
+        assert_eq!(q.end(), 6, "\"a\" and the five discarded as they came");
     }
 
     #[test]
@@ -1033,7 +1081,7 @@ mod properties {
             let mut batch = VecDeque::new();
             let (mut queued, mut dropped, mut discarded, mut written) = (0, 0, 0, 0);
             let mut record = |outcome: PushOutcome, n: u32| match outcome {
-                PushOutcome::Queued => queued += n as usize,
+                PushOutcome::Queued | PushOutcome::Discarded => queued += n as usize,
                 PushOutcome::QueuedDroppingOldest(older) => {
                     queued += n as usize;
                     dropped += older;

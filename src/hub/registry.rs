@@ -49,7 +49,9 @@ impl FanOut {
     pub(crate) fn record(&mut self, outcome: PushOutcome, frames: u32) {
         let frames = u64::from(frames);
         match outcome {
-            PushOutcome::Queued => self.queued += frames,
+            // Discarded: for a connection that sends no more data, a delivery its close
+            // discards (`HubStats::discarded_on_close` counts it).
+            PushOutcome::Queued | PushOutcome::Discarded => self.queued += frames,
             PushOutcome::QueuedDroppingOldest(n) => {
                 self.queued += frames;
                 self.dropped += n as u64;
