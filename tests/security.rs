@@ -1237,29 +1237,6 @@ fn capture_error_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>
     capture_logs(tracing::Level::ERROR)
 }
 
-/// Collects what is logged at `level` or above on this thread while the guard lives.
-fn capture_logs(level: tracing::Level) -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
-    #[derive(Clone)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let writer = Capture(Arc::clone(&buffer));
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(subscriber), buffer)
-}
-
 #[tokio::test]
 async fn a_client_that_hangs_up_before_the_101_is_not_logged_as_a_server_without_upgrades() {
     let (_guard, logs) = capture_error_logs();
