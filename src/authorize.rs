@@ -49,6 +49,9 @@ pub type AuthorizationFuture = Pin<Box<dyn Future<Output = Authorization> + Send
 /// (`false` → 403), `Result<(), Rejection>` (any status) or [`Authorization`]. The future must
 /// be `'static`: take what it needs from the request head before the `async` block.
 ///
+/// A panic, in the call or in the future, answers the request `500` and gives back the place
+/// it held (see [`HubLayer::authorize`](crate::HubLayer::authorize)).
+///
 /// ```
 /// use http::request::Parts;
 /// use tower_ws_hub::{Hub, HubLayer};

@@ -105,6 +105,9 @@ impl OriginPolicy {
     }
 
     /// A custom decision: `predicate(origin, request_head)` returns `true` to allow.
+    ///
+    /// A predicate that panics gets its request answered `500 Internal Server Error`, counted
+    /// in [`HubStats::callback_panics`](crate::HubStats::callback_panics) and logged.
     pub fn predicate(
         predicate: impl Fn(Option<&HeaderValue>, &Parts) -> bool + Send + Sync + 'static,
     ) -> Self {

@@ -151,7 +151,8 @@ pub enum RoomMatch {
 /// Decides, from the request head, whether a request is for the hub and which room it joins.
 ///
 /// Implemented for closures `Fn(&http::request::Parts) -> RoomMatch`. Consulted for requests that
-/// no route pattern matched.
+/// no route pattern matched. A panic answers the request `500` (see
+/// [`HubLayer::extractor`](crate::HubLayer::extractor)).
 ///
 /// ```
 /// use tower_ws_hub::{RoomMatch, Rejection};

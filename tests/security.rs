@@ -662,8 +662,9 @@ async fn holds_the_one_place(server: &Server, client: &mut Client, room: &str) {
         .assert_rejection(503, "connection limit");
 }
 
-/// An authorizer whose future panics (an application bug) loses its request, not the place it
-/// held: the place is given back as the request unwinds, and the hub counts no connection.
+/// An authorizer whose future panics (an application bug) loses its request (answered `500`,
+/// counted in `callback_panics`), not the place it held, and the hub counts no connection.
+/// (`tests/callbacks.rs` has the other callbacks, and the keep-alive connection.)
 #[tokio::test]
 async fn an_authorizer_that_panics_gives_back_its_slot() {
     let hub = Hub::builder().max_connections(Some(1)).build();
@@ -684,7 +685,12 @@ async fn an_authorizer_that_panics_gives_back_its_slot() {
         )
         .await
         .expect("the client learns that its request failed");
-        assert!(attempt.is_err(), "a panicking authorizer let a client in");
+        match attempt {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            other => panic!("expected a 500, got {:?}", other.map(|(_, r)| r)),
+        }
     }
     let stats = server.hub.stats();
     assert_eq!(
@@ -692,6 +698,7 @@ async fn an_authorizer_that_panics_gives_back_its_slot() {
         (0, 0),
         "{stats:?}"
     );
+    assert_eq!(stats.callback_panics, 3, "{stats:?}");
     // The one place is free: the next client gets it at once.
     let mut client = server.connect("good").await;
     holds_the_one_place(&server, &mut client, "good").await;

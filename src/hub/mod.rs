@@ -82,6 +82,7 @@ pub(crate) struct HubInner {
     drop_log: LogThrottle,
     upgrade_failure_log: LogThrottle,
     hook_panic_log: LogThrottle,
+    callback_panic_log: LogThrottle,
     origin_refusal_log: LogThrottle,
 }
 
@@ -511,6 +512,42 @@ impl Hub {
             similar_events_suppressed = suppressed,
             "tower-ws-hub: upgrade refused (403): {why}"
         );
+    }
+
+    /// Counts and logs (at most once a second, with the callback's name, the request's path,
+    /// its room when known and the panic message) a layer callback that panicked while the
+    /// request with head `parts` was being answered, and returns the answer for it: `500`
+    /// with a reason that says nothing of the panic, which may hold anything the application
+    /// put in its message.
+    pub(crate) fn callback_panicked(
+        &self,
+        callback: &'static str,
+        parts: &http::request::Parts,
+        room: Option<&str>,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Rejection {
+        let inner = &self.inner;
+        let total = inner
+            .counters
+            .callback_panics
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if let Some(suppressed) = inner.callback_panic_log.allow() {
+            tracing::error!(
+                callback,
+                path = parts.uri.path(),
+                room,
+                panic = hooks::panic_message(payload),
+                similar_events_suppressed = suppressed,
+                total_callback_panics = total,
+                "tower-ws-hub: a layer callback panicked while answering an upgrade request; \
+                 answered 500"
+            );
+        }
+        Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while checking the upgrade request",
+        )
     }
 
     /// Joins a new connection to its room; the returned membership leaves on drop.
@@ -1326,6 +1363,7 @@ impl HubBuilder {
                 drop_log: LogThrottle::per_second(),
                 upgrade_failure_log: LogThrottle::per_second(),
                 hook_panic_log: LogThrottle::per_second(),
+                callback_panic_log: LogThrottle::per_second(),
                 origin_refusal_log: LogThrottle::per_second(),
             }),
         }

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) rate_limit_closes: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
+    pub(crate) callback_panics: AtomicU64,
     pub(crate) discarded_on_close: AtomicU64,
     pub(crate) backlog_holds: AtomicU64,
 }
@@ -57,9 +58,9 @@ pub struct HubStats {
     pub connections_opened: u64,
     /// Connections closed since start.
     pub connections_closed: u64,
-    /// Upgrade requests refused (bad handshake, limits, shutting down, unsupported server),
-    /// and accepted ones whose socket never came (upgrade timeout, or the shutdown grace
-    /// period over first).
+    /// Upgrade requests refused (bad handshake, limits, shutting down, unsupported server, a
+    /// layer callback that panicked), and accepted ones whose socket never came (upgrade
+    /// timeout, or the shutdown grace period over first).
     pub handshakes_rejected: u64,
     /// Data messages received from clients.
     pub messages_received: u64,
@@ -102,6 +103,16 @@ pub struct HubStats {
     /// with 1011 (`on_disconnect` still runs); an `on_disconnect` panic is counted and logged,
     /// the connection being closed already.
     pub hook_panics: u64,
+    /// Calls of the layer's own callbacks that panicked while an upgrade request was answered:
+    /// the room [`extractor`](crate::HubLayer::extractor), an
+    /// [`OriginPolicy::predicate`](crate::OriginPolicy::predicate), the
+    /// [`remote_addr`](crate::HubLayer::remote_addr) finder, and the
+    /// [authorizer](crate::HubLayer::authorize) (its call or its future). Each is answered
+    /// `500` (also counted in `handshakes_rejected`), gives back the place the request held,
+    /// and is logged at most once a second with the callback's name and the panic message.
+    /// Kept apart from `hook_panics`: these are the layer's configuration, run before any
+    /// connection exists, and a panic costs a request, not a connection.
+    pub callback_panics: u64,
     /// Writes held back because the hub was behind: a lone message for a connection waited up
     /// to [`max_write_interval`](crate::HubBuilder::max_write_interval) to share its write
     /// with what came next (see [`write_interval`](crate::HubBuilder::write_interval)). A
@@ -139,6 +150,7 @@ impl Counters {
             rate_limit_closes: get(&self.rate_limit_closes),
             idle_timeouts: get(&self.idle_timeouts),
             hook_panics: get(&self.hook_panics),
+            callback_panics: get(&self.callback_panics),
             discarded_on_close: get(&self.discarded_on_close),
             backlog_holds: get(&self.backlog_holds),
         }

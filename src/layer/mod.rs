@@ -10,10 +10,12 @@ mod body;
 mod future;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
@@ -134,6 +136,10 @@ impl HubLayer {
 
     /// Claims requests with a custom [`RoomExtractor`] (a closure over the request head),
     /// consulted for requests that no route pattern matched.
+    ///
+    /// If it panics, the request is answered `500` (it reaches neither the hub nor the inner
+    /// service), counted in [`HubStats::callback_panics`](crate::HubStats::callback_panics)
+    /// and logged; the server and the client's HTTP connection go on.
     pub fn extractor(mut self, extractor: impl RoomExtractor) -> Self {
         self.shared_mut().router.set_extractor(Arc::new(extractor));
         self
@@ -141,7 +147,9 @@ impl HubLayer {
 
     /// Which pages may open WebSockets (cross-site WebSocket hijacking protection). Refused
     /// requests get `403`. Default: [`OriginPolicy::SameOrigin`] (requests without `Origin`,
-    /// i.e. non-browser clients, are allowed).
+    /// i.e. non-browser clients, are allowed). A [predicate](OriginPolicy::predicate) that
+    /// panics gets its request answered `500`, as a panicking [`extractor`](Self::extractor)
+    /// does.
     pub fn origin(mut self, policy: OriginPolicy) -> Self {
         self.shared_mut().origin = policy;
         self
@@ -183,7 +191,13 @@ impl HubLayer {
 
     /// Decides, before the upgrade, whether a request may join its room (see
     /// [`RoomAuthorizer`]). Runs after the handshake, origin and limit checks, so it only sees
-    /// well-formed requests. Default: everyone who passed the middleware in front may join.
+    /// well-formed requests, each holding its connection place while it decides. Default:
+    /// everyone who passed the middleware in front may join.
+    ///
+    /// If the authorizer panics, when called or in its future, the request is answered `500`
+    /// and gives back its place, counted in
+    /// [`HubStats::callback_panics`](crate::HubStats::callback_panics) and logged; the server
+    /// and the client's HTTP connection go on.
     pub fn authorize(mut self, authorizer: impl RoomAuthorizer) -> Self {
         self.shared_mut().authorizer = Some(Arc::new(authorizer));
         self
@@ -196,7 +210,8 @@ impl HubLayer {
     /// cargo feature (on by default), axum's `ConnectInfo<SocketAddr>`: an axum app served
     /// through `into_make_service_with_connect_info::<SocketAddr>()` needs nothing more. Give
     /// your own to read another type, or a proxy's header (only from a proxy you trust: a
-    /// client can send any header):
+    /// client can send any header). It runs before the limit checks; if it panics, the request
+    /// is answered `500`, as a panicking [`extractor`](Self::extractor) does.
     ///
     /// ```
     /// use std::net::SocketAddr;
@@ -277,8 +292,29 @@ impl Shared {
             return (request, RoomMatch::Pass);
         }
         let (parts, body) = request.into_parts();
-        let decision = self.router.extract(&parts);
+        let decision = self
+            .guard("HubLayer::extractor", &parts, None, || {
+                self.router.extract(&parts)
+            })
+            .unwrap_or_else(RoomMatch::Reject);
         (Request::from_parts(parts, body), decision)
+    }
+
+    /// Runs `call`, the application callback named `callback` (for the log), for the request
+    /// with head `parts`, catching a panic: counted and logged, and answered `500` instead of
+    /// unwinding through the HTTP server's connection task, which would drop the client's
+    /// connection without a word (and every other request on it, over HTTP/1.1).
+    fn guard<T>(
+        &self,
+        callback: &'static str,
+        parts: &Parts,
+        room: Option<&str>,
+        call: impl FnOnce() -> T,
+    ) -> Result<T, Rejection> {
+        // The callback only borrows the request head; whatever state of its own a panic left
+        // behind is the application's, as for hooks.
+        std::panic::catch_unwind(AssertUnwindSafe(call))
+            .map_err(|payload| self.hub.callback_panicked(callback, parts, room, &*payload))
     }
 
     fn remote_addr(&self, parts: &Parts) -> Option<SocketAddr> {
@@ -297,17 +333,22 @@ impl Shared {
         let handshake =
             Handshake::validate(&request).map_err(|error| error.rejection(request.version()))?;
         let (mut parts, _body) = request.into_parts();
-        self.origin
-            .check(&parts)
-            .inspect_err(|_| self.hub.note_origin_refused(&parts, &self.origin))?;
+        // Only a predicate runs application code: the built-in policies never panic.
+        self.guard("OriginPolicy::predicate", &parts, Some(&room), || {
+            self.origin.check(&parts)
+        })?
+        .inspect_err(|_| self.hub.note_origin_refused(&parts, &self.origin))?;
         let protocol = self.protocols.select(&parts.headers)?;
-        // Before the reservation: a request refused for any reason never holds a place.
+        // Before the reservation: a request refused for any reason (a panicking `remote_addr`
+        // finder included) never holds a place.
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
             .ok_or_else(no_upgrade_support)?;
+        let remote_addr = self.guard("HubLayer::remote_addr", &parts, Some(&room), || {
+            self.remote_addr(&parts)
+        })?;
         let reservation = self.hub.reserve(&room)?;
-        let remote_addr = self.remote_addr(&parts);
         Ok(PendingConnection {
             parts,
             on_upgrade,
@@ -356,10 +397,37 @@ fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> Res
             .unwrap_or_else(|rejection| shared.reject(rejection));
         return ResponseFuture::ready(response);
     };
-    let decision = authorizer.authorize(&pending.parts, &pending.room);
+    let decision = shared.guard(
+        "HubLayer::authorize",
+        &pending.parts,
+        Some(&pending.room),
+        || authorizer.authorize(&pending.parts, &pending.room),
+    );
+    let decision = match decision {
+        Ok(decision) => decision,
+        Err(rejection) => {
+            // Gives the place back.
+            drop(pending);
+            return ResponseFuture::ready(shared.reject(rejection));
+        }
+    };
     let hub = shared.hub.clone();
     ResponseFuture::authorizing(Box::pin(async move {
-        match decision.await {
+        // The future is the application's: a panic in it is caught as the call's is.
+        let decision = match AssertUnwindSafe(decision).catch_unwind().await {
+            Ok(decision) => decision,
+            Err(payload) => {
+                let rejection = hub.callback_panicked(
+                    "HubLayer::authorize (its future)",
+                    &pending.parts,
+                    Some(&pending.room),
+                    &*payload,
+                );
+                drop(pending);
+                return reject(&hub, rejection);
+            }
+        };
+        match decision {
             Authorization::Allow => hub
                 .start(pending)
                 .unwrap_or_else(|rejection| reject(&hub, rejection)),
