@@ -31,6 +31,18 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time [`Hub::shutdown`](crate::Hub::shutdown) waits for connections to drain: 10 s.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default time a [`RoomAuthorizer`](crate::RoomAuthorizer) has to decide before its request
+/// is answered `503` ([`HubLayer::authorize_timeout`](crate::HubLayer::authorize_timeout)):
+/// 10 s.
+///
+/// Long enough for a permission service that is slow but working (a cold connection pool, a
+/// retry), which answers in milliseconds to a few hundred. Short enough that an authorizer
+/// that never decides (a lost wake-up, a call without a timeout of its own) does not hold its
+/// connection place, its HTTP connection and a graceful shutdown of the HTTP server for ever,
+/// and that the client hears the hub's `503` and `Retry-After` before the usual reverse proxy
+/// timeouts (60 s in nginx and AWS load balancers) answer a bare `504`. It is the same as
+/// [`DEFAULT_UPGRADE_TIMEOUT`] and [`DEFAULT_SHUTDOWN_GRACE`].
+pub const DEFAULT_AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default shortest time between two writes of data to one connection: 4 ms
 /// ([`HubBuilder::write_interval`](crate::HubBuilder::write_interval)).
 pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_millis(4);

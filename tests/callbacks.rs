@@ -2,6 +2,9 @@
 //! `OriginPolicy::predicate`, the `remote_addr` finder and the authorizer (its call and its
 //! future).
 //!
+//! An authorizer that takes longer than `HubLayer::authorize_timeout` gets its request answered
+//! `503` with `Retry-After`, counted in `HubStats::authorize_timeouts`, and gives back its place.
+//!
 //! A callback that panics is an application bug: its request is answered `500` with a reason
 //! that says nothing of the panic, counted in `HubStats::callback_panics`, logged with the
 //! callback's name and the panic message, and gives back any place it held. The server and the
@@ -210,4 +213,61 @@ async fn panics_are_all_counted_and_logged_at_most_once_a_second() {
     let lines = logged.matches("a layer callback panicked").count();
     // Ten requests on loopback take far less than a second, two at most if one straddles it.
     assert!((1..=2).contains(&lines), "{lines} log lines:\n{logged}");
+}
+
+// ----- authorize_timeout -----------------------------------------------------------------------
+
+/// An authorizer that asks a permission service: for room `slow` it takes far longer than the
+/// layer's `authorize_timeout`, for room `quick` a little less, for any other room no time.
+fn permission_service(_: &Parts, room: &str) -> impl Future<Output = bool> + Send + use<> {
+    let wait = match room {
+        "slow" => Duration::from_secs(60),
+        "quick" => Duration::from_millis(50),
+        _ => Duration::ZERO,
+    };
+    async move {
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
+#[tokio::test]
+async fn an_authorizer_slower_than_the_timeout_is_answered_503_and_gives_back_its_place() {
+    let (_guard, logs) = capture_logs(tracing::Level::WARN);
+    let timeout = Duration::from_millis(300);
+    let server = serve_one_place(|hub| {
+        HubLayer::new(hub)
+            .route("/ws/{room}")
+            .authorize(permission_service)
+            .authorize_timeout(Some(timeout))
+    })
+    .await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (answer, stream) = Upgrade::new("/ws/slow").send_on(stream).await;
+    let waited = started.elapsed();
+    answer.assert_rejection(503, "authorization took too long");
+    assert!(answer.header("retry-after").is_some(), "{answer:?}");
+    assert!(waited >= timeout, "answered after {waited:?}");
+    assert!(waited < timeout * 10, "answered after {waited:?}");
+    let stats = server.hub.stats();
+    assert_eq!(stats.authorize_timeouts, 1, "{stats:?}");
+    assert_eq!(stats.handshakes_rejected, 1, "{stats:?}");
+    assert_eq!(stats.callback_panics, 0, "{stats:?}");
+    let logged = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("authorize_timeout") && logged.contains("slow"),
+        "no log line names the timeout and the room:\n{logged}"
+    );
+
+    // The place is free again, and an authorizer that takes less than the timeout still lets
+    // its client in, on the same keep-alive connection.
+    let mut ws = Upgrade::new("/ws/quick").open_on(stream).await;
+    wait_members(&server.hub, "quick", 1).await;
+    Upgrade::new("/ws/other")
+        .send(server.addr)
+        .await
+        .assert_rejection(503, "connection limit");
+    ws.send(0x1, b"hi").await;
+    assert_eq!(server.hub.stats().authorize_timeouts, 1);
 }

@@ -83,6 +83,7 @@ pub(crate) struct HubInner {
     upgrade_failure_log: LogThrottle,
     hook_panic_log: LogThrottle,
     callback_panic_log: LogThrottle,
+    authorize_timeout_log: LogThrottle,
     origin_refusal_log: LogThrottle,
 }
 
@@ -548,6 +549,36 @@ impl Hub {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error while checking the upgrade request",
         )
+    }
+
+    /// Counts and logs (at most once a second) an authorizer that did not decide within
+    /// `timeout` for the request with head `parts` and `room`, and returns the answer for it:
+    /// `503` with `Retry-After`, as for a server at its limit (the authorizer's backend, most
+    /// likely, is slow or down).
+    pub(crate) fn authorization_timed_out(
+        &self,
+        parts: &http::request::Parts,
+        room: &str,
+        timeout: Duration,
+    ) -> Rejection {
+        let inner = &self.inner;
+        let total = inner
+            .counters
+            .authorize_timeouts
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if let Some(suppressed) = inner.authorize_timeout_log.allow() {
+            tracing::warn!(
+                path = parts.uri.path(),
+                room,
+                ?timeout,
+                similar_events_suppressed = suppressed,
+                total_authorize_timeouts = total,
+                "tower-ws-hub: the authorizer did not decide within HubLayer::authorize_timeout; \
+                 answered 503"
+            );
+        }
+        unavailable("authorization took too long", "10")
     }
 
     /// Joins a new connection to its room; the returned membership leaves on drop.
@@ -1364,6 +1395,7 @@ impl HubBuilder {
                 upgrade_failure_log: LogThrottle::per_second(),
                 hook_panic_log: LogThrottle::per_second(),
                 callback_panic_log: LogThrottle::per_second(),
+                authorize_timeout_log: LogThrottle::per_second(),
                 origin_refusal_log: LogThrottle::per_second(),
             }),
         }

@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
     pub(crate) callback_panics: AtomicU64,
+    pub(crate) authorize_timeouts: AtomicU64,
     pub(crate) discarded_on_close: AtomicU64,
     pub(crate) backlog_holds: AtomicU64,
 }
@@ -59,7 +60,7 @@ pub struct HubStats {
     /// Connections closed since start.
     pub connections_closed: u64,
     /// Upgrade requests refused (bad handshake, limits, shutting down, unsupported server, a
-    /// layer callback that panicked), and accepted ones whose socket never came (upgrade
+    /// layer callback that panicked, an authorizer too slow to decide), and accepted ones whose socket never came (upgrade
     /// timeout, or the shutdown grace period over first).
     pub handshakes_rejected: u64,
     /// Data messages received from clients.
@@ -113,6 +114,12 @@ pub struct HubStats {
     /// Kept apart from `hook_panics`: these are the layer's configuration, run before any
     /// connection exists, and a panic costs a request, not a connection.
     pub callback_panics: u64,
+    /// Upgrade requests whose [authorizer](crate::HubLayer::authorize) did not decide within
+    /// [`authorize_timeout`](crate::HubLayer::authorize_timeout): answered `503` with
+    /// `Retry-After` (also counted in `handshakes_rejected`), their place given back, logged
+    /// at most once a second. A figure that grows says the authorizer's backend is slow or
+    /// down.
+    pub authorize_timeouts: u64,
     /// Writes held back because the hub was behind: a lone message for a connection waited up
     /// to [`max_write_interval`](crate::HubBuilder::max_write_interval) to share its write
     /// with what came next (see [`write_interval`](crate::HubBuilder::write_interval)). A
@@ -151,6 +158,7 @@ impl Counters {
             idle_timeouts: get(&self.idle_timeouts),
             hook_panics: get(&self.hook_panics),
             callback_panics: get(&self.callback_panics),
+            authorize_timeouts: get(&self.authorize_timeouts),
             discarded_on_close: get(&self.discarded_on_close),
             backlog_holds: get(&self.backlog_holds),
         }

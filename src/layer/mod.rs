@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -23,6 +24,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::authorize::{Authorization, RoomAuthorizer};
+use crate::config::DEFAULT_AUTHORIZE_TIMEOUT;
 use crate::handshake::{Handshake, Subprotocols};
 use crate::hub::{Hub, PendingConnection};
 use crate::origin::OriginPolicy;
@@ -65,6 +67,7 @@ struct Shared {
     origin: OriginPolicy,
     protocols: Subprotocols,
     authorizer: Option<Arc<dyn RoomAuthorizer>>,
+    authorize_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for HubLayer {
@@ -75,6 +78,7 @@ impl std::fmt::Debug for HubLayer {
             .field("origin", &self.shared.origin)
             .field("protocols", &self.shared.protocols)
             .field("authorizer", &self.shared.authorizer.is_some())
+            .field("authorize_timeout", &self.shared.authorize_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +97,7 @@ impl HubLayer {
                 origin: OriginPolicy::default(),
                 protocols: Subprotocols::default(),
                 authorizer: None,
+                authorize_timeout: Some(DEFAULT_AUTHORIZE_TIMEOUT),
             }),
         }
     }
@@ -191,7 +196,8 @@ impl HubLayer {
 
     /// Decides, before the upgrade, whether a request may join its room (see
     /// [`RoomAuthorizer`]). Runs after the handshake, origin and limit checks, so it only sees
-    /// well-formed requests, each holding its connection place while it decides. Default:
+    /// well-formed requests, each holding its connection place while it decides, for at most
+    /// [`authorize_timeout`](Self::authorize_timeout) (10 s by default; then `503`). Default:
     /// everyone who passed the middleware in front may join.
     ///
     /// If the authorizer panics, when called or in its future, the request is answered `500`
@@ -200,6 +206,22 @@ impl HubLayer {
     /// and the client's HTTP connection go on.
     pub fn authorize(mut self, authorizer: impl RoomAuthorizer) -> Self {
         self.shared_mut().authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// How long the [authorizer](Self::authorize) has to decide. Past it, its future is
+    /// dropped and the request is answered `503 Service Unavailable` with `Retry-After`, gives
+    /// back its connection place, and is counted in
+    /// [`HubStats::authorize_timeouts`](crate::HubStats::authorize_timeouts) and logged (at
+    /// most once a second). `None`: no bound. Default: 10 s
+    /// ([`DEFAULT_AUTHORIZE_TIMEOUT`](crate::DEFAULT_AUTHORIZE_TIMEOUT), which says why).
+    ///
+    /// An authorizer that never decides would otherwise hold its place against the
+    /// [connection limits](crate::HubBuilder::max_connections) and keep its HTTP connection
+    /// open, and with it a graceful shutdown of the HTTP server (axum's
+    /// `with_graceful_shutdown` waits for every connection).
+    pub fn authorize_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.shared_mut().authorize_timeout = timeout;
         self
     }
 
@@ -412,9 +434,24 @@ fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> Res
         }
     };
     let hub = shared.hub.clone();
+    let timeout = shared.authorize_timeout;
     ResponseFuture::authorizing(Box::pin(async move {
         // The future is the application's: a panic in it is caught as the call's is.
-        let decision = match AssertUnwindSafe(decision).catch_unwind().await {
+        let decision = AssertUnwindSafe(decision).catch_unwind();
+        let decided = match timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, decision).await {
+                Ok(decided) => decided,
+                // The authorizer's future is dropped: it decides nothing any more.
+                Err(_) => {
+                    let rejection =
+                        hub.authorization_timed_out(&pending.parts, &pending.room, timeout);
+                    drop(pending);
+                    return reject(&hub, rejection);
+                }
+            },
+            None => decision.await,
+        };
+        let decision = match decided {
             Ok(decision) => decision,
             Err(payload) => {
                 let rejection = hub.callback_panicked(
@@ -455,5 +492,27 @@ where
             RoomMatch::Reject(rejection) => ResponseFuture::ready(self.shared.reject(rejection)),
             RoomMatch::Room(room) => upgrade(&self.shared, request, room),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorizers_are_bounded_by_default() {
+        assert_eq!(DEFAULT_AUTHORIZE_TIMEOUT, Duration::from_secs(10));
+        let layer = HubLayer::new(Hub::builder().build());
+        assert_eq!(
+            layer.shared.authorize_timeout,
+            Some(DEFAULT_AUTHORIZE_TIMEOUT)
+        );
+        let unbounded = layer.clone().authorize_timeout(None);
+        assert_eq!(unbounded.shared.authorize_timeout, None);
+        // The clone it was configured from keeps its own setting.
+        assert_eq!(
+            layer.shared.authorize_timeout,
+            Some(DEFAULT_AUTHORIZE_TIMEOUT)
+        );
     }
 }
