@@ -705,8 +705,9 @@ async fn an_authorizer_that_panics_gives_back_its_slot() {
 }
 
 /// A request whose authorizer is still deciding when `Hub::shutdown` runs: the shutdown does
-/// not wait for it, and an `Allow` that comes after it returned is answered `503`, with no
-/// connection opened and no `on_connect` run ("once this returns, no connection opens").
+/// not wait for it, the request is answered `503` (as the shutdown starts), and the `Allow`
+/// that comes after it returned opens no connection and runs no `on_connect` ("once this
+/// returns, no connection opens").
 #[tokio::test]
 async fn an_authorization_that_allows_after_shutdown_returned_is_refused_with_503() {
     let (builder, connects, _) = counting_hooks(Hub::builder());

@@ -170,6 +170,44 @@ async fn the_http_server_stops_after_hub_shutdown_via_shutdown_started() {
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
 
+/// An authorizer still deciding when the hub shuts down (here one that never decides, with no
+/// `authorize_timeout`): its request is answered `503` as the shutdown starts, so it holds
+/// neither `Hub::shutdown` nor the HTTP server's graceful shutdown, which waits for every
+/// connection.
+#[tokio::test]
+async fn an_authorization_in_flight_is_answered_503_at_shutdown_and_the_http_server_stops() {
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hub = Hub::builder().build();
+    let layer = HubLayer::new(hub.clone())
+        .route("/ws/{room}")
+        .authorize(never_deciding_on("hang", std::sync::Arc::clone(&pending)))
+        .authorize_timeout(None);
+    // serve_router wires axum's graceful shutdown to `hub.shutdown_started()`.
+    let server = serve_router(Router::new().layer(layer), hub.clone()).await;
+    let addr = server.addr;
+    let answer = tokio::spawn(async move { Upgrade::new("/ws/hang").send(addr).await });
+    eventually("the authorizer is deciding", || {
+        pending.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    tokio::time::timeout(PROMPTLY, hub.shutdown())
+        .await
+        .expect("shutdown waited for the authorizer");
+    answer
+        .await
+        .expect("no answer to the request")
+        .assert_rejection(503, "shutting down");
+    tokio::time::timeout(PROMPTLY, server.task)
+        .await
+        .expect("the HTTP server kept running")
+        .unwrap();
+    let stats = hub.stats();
+    assert_eq!(stats.connections_opened, 0, "{stats:?}");
+    assert_eq!(stats.handshakes_rejected, 1, "{stats:?}");
+    assert_eq!(stats.authorize_timeouts, 0, "{stats:?}");
+}
+
 /// An extension the hub keeps for hooks, whose first clone starts `Hub::shutdown` on another
 /// thread: the hub clones kept extensions between its last shutdown check and spawning the
 /// connection's task, so this is a shutdown (a SIGTERM, say) landing in that window, made

@@ -259,7 +259,9 @@ impl Hub {
 
     /// Shuts the hub down gracefully.
     ///
-    /// New upgrade requests get `503`; every connection writes what is queued for it, then
+    /// New upgrade requests get `503`, and so do those whose
+    /// [authorizer](crate::HubLayer::authorize) is still deciding (at once: they would be
+    /// refused whatever it decides); every connection writes what is queued for it, then
     /// closes with code 1001 ("going away"). Waits up to the
     /// [shutdown grace period](HubBuilder::shutdown_grace) for connections to finish, then drops
     /// the ones left, and abandons upgrades it had accepted whose socket the server has not
@@ -801,7 +803,8 @@ fn unavailable(reason: &'static str, retry_after: &'static str) -> Rejection {
         .with_header(header::RETRY_AFTER, HeaderValue::from_static(retry_after))
 }
 
-fn shutting_down() -> Rejection {
+/// `503`: the hub is shutting down.
+pub(crate) fn shutting_down() -> Rejection {
     unavailable("server is shutting down", "5")
 }
 

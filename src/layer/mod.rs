@@ -23,10 +23,10 @@ use hyper::upgrade::OnUpgrade;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authorize::{Authorization, RoomAuthorizer};
+use crate::authorize::{Authorization, AuthorizationFuture, RoomAuthorizer};
 use crate::config::DEFAULT_AUTHORIZE_TIMEOUT;
 use crate::handshake::{Handshake, Subprotocols};
-use crate::hub::{Hub, PendingConnection};
+use crate::hub::{Hub, PendingConnection, shutting_down};
 use crate::origin::OriginPolicy;
 use crate::rejection::Rejection;
 use crate::route::{RoomExtractor, RoomMatch, RoomRouter, RoutePattern};
@@ -219,7 +219,9 @@ impl HubLayer {
     /// An authorizer that never decides would otherwise hold its place against the
     /// [connection limits](crate::HubBuilder::max_connections) and keep its HTTP connection
     /// open, and with it a graceful shutdown of the HTTP server (axum's
-    /// `with_graceful_shutdown` waits for every connection).
+    /// `with_graceful_shutdown` waits for every connection) that [`Hub::shutdown`] did not
+    /// start: requests still being authorized when the hub shuts down are answered `503` at
+    /// once, whatever this bound.
     pub fn authorize_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.shared_mut().authorize_timeout = timeout;
         self
@@ -436,41 +438,64 @@ fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> Res
     let hub = shared.hub.clone();
     let timeout = shared.authorize_timeout;
     ResponseFuture::authorizing(Box::pin(async move {
-        // The future is the application's: a panic in it is caught as the call's is.
-        let decision = AssertUnwindSafe(decision).catch_unwind();
-        let decided = match timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, decision).await {
-                Ok(decided) => decided,
-                // The authorizer's future is dropped: it decides nothing any more.
-                Err(_) => {
-                    let rejection =
-                        hub.authorization_timed_out(&pending.parts, &pending.room, timeout);
-                    drop(pending);
-                    return reject(&hub, rejection);
-                }
-            },
-            None => decision.await,
+        let decided = tokio::select! {
+            // A decision that is ready wins; `start` refuses an `Allow` once shutdown began.
+            biased;
+            decided = decide(decision, timeout) => decided,
+            // Shutdown does not wait for authorizations, and would refuse whatever they
+            // decide: answer now, rather than hold the HTTP connection (and a graceful
+            // shutdown of the HTTP server, which waits for it) until the authorizer decides.
+            () = hub.shutdown_started() => Decided::ShuttingDown,
         };
-        let decision = match decided {
-            Ok(decision) => decision,
-            Err(payload) => {
-                let rejection = hub.callback_panicked(
-                    "HubLayer::authorize (its future)",
-                    &pending.parts,
-                    Some(&pending.room),
-                    &*payload,
-                );
-                drop(pending);
-                return reject(&hub, rejection);
+        let rejection = match decided {
+            Decided::Answer(Authorization::Allow) => {
+                return hub
+                    .start(pending)
+                    .unwrap_or_else(|rejection| reject(&hub, rejection));
             }
+            Decided::Answer(Authorization::Deny(rejection)) => rejection,
+            Decided::Panicked(payload) => hub.callback_panicked(
+                "HubLayer::authorize (its future)",
+                &pending.parts,
+                Some(&pending.room),
+                &*payload,
+            ),
+            Decided::TimedOut(timeout) => {
+                hub.authorization_timed_out(&pending.parts, &pending.room, timeout)
+            }
+            Decided::ShuttingDown => shutting_down(),
         };
-        match decision {
-            Authorization::Allow => hub
-                .start(pending)
-                .unwrap_or_else(|rejection| reject(&hub, rejection)),
-            Authorization::Deny(rejection) => reject(&hub, rejection),
-        }
+        // Gives the place back.
+        drop(pending);
+        reject(&hub, rejection)
     }))
+}
+
+/// What became of an authorization.
+enum Decided {
+    /// The authorizer's decision.
+    Answer(Authorization),
+    /// Its future panicked, with this payload.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// It had not decided within this long ([`HubLayer::authorize_timeout`]).
+    TimedOut(Duration),
+    /// The hub began shutting down first.
+    ShuttingDown,
+}
+
+/// Waits for the authorizer's `decision`, at most `timeout`, catching a panic: the future is
+/// the application's, as the call that made it is. A future that times out is dropped, so it
+/// decides nothing any more.
+async fn decide(decision: AuthorizationFuture, timeout: Option<Duration>) -> Decided {
+    let decision = AssertUnwindSafe(decision).catch_unwind();
+    let decided = match timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, decision).await {
+            Ok(decided) => decided,
+            Err(_) => return Decided::TimedOut(timeout),
+        },
+        None => decision.await,
+    };
+    decided.map_or_else(Decided::Panicked, Decided::Answer)
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HubService<S>
