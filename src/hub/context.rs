@@ -43,16 +43,21 @@ pub(crate) struct Retention {
     pub(crate) extensions: Option<Vec<ExtensionCopier>>,
 }
 
-/// Which request headers a connection keeps.
+/// Which request headers a connection keeps: the two builder options are independent, so the
+/// order of `keep_request_headers` and `keep_request_header` calls does not matter.
 #[derive(Debug, Clone, Default)]
-pub(crate) enum HeaderRetention {
-    /// None (the default: a browser's headers cost several KiB per connection).
-    #[default]
-    None,
-    /// Every one.
-    All,
-    /// Only these (every value of each).
-    Only(Vec<HeaderName>),
+pub(crate) struct HeaderRetention {
+    /// Every header (`keep_request_headers(true)`). Default `false`: a browser's headers
+    /// cost several KiB per connection.
+    pub(crate) all: bool,
+    /// These, whatever `all` says (every value of each; `keep_request_header`).
+    pub(crate) named: Vec<HeaderName>,
+}
+
+impl HeaderRetention {
+    fn keeps(&self, name: &HeaderName) -> bool {
+        self.all || self.named.contains(name)
+    }
 }
 
 /// A header value in its own allocation. hyper parses header values as slices of its
@@ -88,19 +93,14 @@ fn compact_extensions(extensions: &mut Extensions) {
 }
 
 fn compact(headers: &HeaderMap, keep: &HeaderRetention) -> HeaderMap {
-    let wanted = |name: &HeaderName| match keep {
-        HeaderRetention::None => false,
-        HeaderRetention::All => true,
-        HeaderRetention::Only(names) => names.contains(name),
-    };
-    let count = headers.keys().filter(|name| wanted(name)).count();
+    let count = headers.keys().filter(|name| keep.keeps(name)).count();
     if count == 0 {
         // No allocation at all.
         return HeaderMap::new();
     }
     let mut kept = HeaderMap::with_capacity(count);
     for (name, value) in headers {
-        if wanted(name) {
+        if keep.keeps(name) {
             kept.append(name.clone(), compact_value(value));
         }
     }
@@ -173,8 +173,9 @@ impl ConnectionContext {
 
     /// The upgrade request's headers that the hub was told to keep: none by default, all of
     /// them with [`HubBuilder::keep_request_headers`](crate::HubBuilder::keep_request_headers),
-    /// the named ones with
-    /// [`HubBuilder::keep_request_header`](crate::HubBuilder::keep_request_header).
+    /// and the ones named with
+    /// [`HubBuilder::keep_request_header`](crate::HubBuilder::keep_request_header) in any
+    /// case.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

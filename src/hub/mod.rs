@@ -1253,24 +1253,28 @@ impl HubBuilder {
 
     /// Whether each connection keeps all of its upgrade request's headers for hooks
     /// ([`ConnectionContext::headers`]), copied into their own allocation. Default: `false`
-    /// (none kept; [`keep_request_header`](Self::keep_request_header) keeps named ones).
+    /// (none kept but those named with [`keep_request_header`](Self::keep_request_header)).
+    ///
+    /// Independent of [`keep_request_header`](Self::keep_request_header), whatever the order
+    /// of the calls: `false` does not forget the named headers, which are kept either way.
     ///
     /// They live as long as the connection: measured (BENCHMARKS.md, `idle`), a Chrome
     /// handshake's headers (a dozen, about 700 bytes with a session cookie) take 3.3 KiB per
     /// connection, an idle connection 8.3 KiB instead of 5.0. Authentication belongs in the
     /// middleware in front of the layer, whose results reach hooks as request extensions.
     pub fn keep_request_headers(mut self, keep: bool) -> Self {
-        self.config.retention.headers = if keep {
-            context::HeaderRetention::All
-        } else {
-            context::HeaderRetention::None
-        };
+        self.config.retention.headers.all = keep;
         self
     }
 
     /// Keeps this request header (every value of it) for hooks
-    /// ([`ConnectionContext::headers`]); call once per header. Only the named headers are
+    /// ([`ConnectionContext::headers`]); call once per header. Without
+    /// [`keep_request_headers(true)`](Self::keep_request_headers), only the named headers are
     /// kept, at the cost of their own size. Default: none kept.
+    ///
+    /// A named header is kept whatever [`keep_request_headers`](Self::keep_request_headers)
+    /// says and in whichever order the two are called: `keep_request_headers(false)` after
+    /// this still keeps it.
     ///
     /// ```
     /// use tower_ws_hub::Hub;
@@ -1285,17 +1289,9 @@ impl HubBuilder {
     /// # drop(hub);
     /// ```
     pub fn keep_request_header(mut self, name: http::HeaderName) -> Self {
-        let retention = &mut self.config.retention.headers;
-        match retention {
-            context::HeaderRetention::All => {}
-            context::HeaderRetention::Only(names) => {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-            context::HeaderRetention::None => {
-                *retention = context::HeaderRetention::Only(vec![name]);
-            }
+        let named = &mut self.config.retention.headers.named;
+        if !named.contains(&name) {
+            named.push(name);
         }
         self
     }
