@@ -1021,7 +1021,18 @@ impl HubBuilder {
     /// full Redis publish queue, the verdict waits until what the client sent has been read,
     /// the timeout counting again from the end of the wait: a pong behind messages the hub
     /// could not read yet still counts.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: no client could answer in time, and a connection whose reading
+    /// waits on Redis would be woken about once a millisecond to look again. To stop checking
+    /// for pongs, turn pings off with [`ping_interval(None)`](Self::ping_interval).
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "pong_timeout must be positive (use ping_interval(None) to stop pinging and \
+             waiting for pongs)"
+        );
         self.config.pong_timeout = timeout;
         self
     }
@@ -1036,12 +1047,29 @@ impl HubBuilder {
     /// the client closes its side, for at most this long. Dropping the socket with that data
     /// unread would make the kernel answer with a reset, which can cost the client our close
     /// frame: a browser still sending an oversized message would report 1006 instead of 1009.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: the socket would be dropped at the timer's next tick, whether our
+    /// close frame was written or not and with whatever the client still sends unread (the
+    /// reset described above). To drop unresponsive clients quickly, use a short timeout such
+    /// as 100 ms.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "close_timeout must be positive: our close frame needs time to be written and the \
+             client's to be read (use a short timeout such as 100 ms to close quickly)"
+        );
         self.config.close_timeout = timeout;
         self
     }
 
     /// How long [`Hub::shutdown`] waits for connections to drain and close. Default: 10 s.
+    ///
+    /// `Duration::ZERO` does not wait for the drain: the connections still open are dropped at
+    /// once (at the timer's next tick), losing what they had not written by then, queued
+    /// messages and close frame included (`on_disconnect` still runs for each), and accepted
+    /// upgrades still waiting for their socket are abandoned.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self
@@ -1101,7 +1129,17 @@ impl HubBuilder {
     /// still detected by the [ping interval](Self::ping_interval)). Durations over a year count
     /// as a year. Like the pong timeout, it is judged once what the client sent has been read
     /// while reading it waits for room in a full Redis publish queue.
+    ///
+    /// # Panics
+    ///
+    /// If the timeout is zero: every client would be closed as soon as it connected, and a
+    /// connection whose reading waits on Redis would be woken about once a millisecond to
+    /// look again. Use `None` for no idle timeout.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert!(
+            timeout != Some(Duration::ZERO),
+            "idle_timeout must be positive (use None for no idle timeout)"
+        );
         self.config.idle_timeout = timeout;
         self
     }
@@ -1112,7 +1150,17 @@ impl HubBuilder {
     /// It counts from when the hub returns that answer to the layers in front of it, so time
     /// a middleware outside the hub spends before the answer reaches the client (holding the
     /// response, or rewriting it) counts too.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: whether a connection opened would depend on the server handing
+    /// the socket over before the timer's next tick. Keep the default, or a few seconds.
     pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "upgrade_timeout must be positive: the server hands the socket over only after \
+             the answer is sent (keep the default 10 s, or a few seconds)"
+        );
         self.config.upgrade_timeout = timeout;
         self
     }
@@ -1404,6 +1452,10 @@ impl HubBuilder {
     /// that would rather not start than start without Redis. An in-process hub is ready at
     /// once.
     ///
+    /// `Duration::ZERO` does not wait: the hub is returned only if its broker is connected
+    /// already, which an in-process hub always is and a Redis hub, which starts connecting
+    /// here, practically never.
+    ///
     /// # Errors
     ///
     /// [`BrokerConnectError`] (with the last Redis error) if the broker is not connected in
@@ -1429,5 +1481,95 @@ impl HubBuilder {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::time::Duration;
+
+    use super::{Hub, HubBuilder};
+
+    /// The panic message of `set` applied to a fresh builder, or `None` if it did not panic.
+    fn refusal(set: impl FnOnce(HubBuilder) -> HubBuilder) -> Option<String> {
+        let payload = catch_unwind(AssertUnwindSafe(|| drop(set(Hub::builder())))).err()?;
+        Some(
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// A zero timeout that waits on the client is a configuration error, refused where it is
+    /// set with what to use instead (a zero pong or idle timeout used to be accepted, and woke
+    /// a connection whose reading waits on Redis about once a millisecond).
+    #[test]
+    fn zero_timeouts_on_the_client_are_refused_with_what_to_use_instead() {
+        type Set = fn(HubBuilder) -> HubBuilder;
+        let cases: [(&str, Set, &str); 5] = [
+            (
+                "ping_interval",
+                |b| b.ping_interval(Some(Duration::ZERO)),
+                "use None",
+            ),
+            (
+                "pong_timeout",
+                |b| b.pong_timeout(Duration::ZERO),
+                "use ping_interval(None)",
+            ),
+            (
+                "idle_timeout",
+                |b| b.idle_timeout(Some(Duration::ZERO)),
+                "use None",
+            ),
+            (
+                "close_timeout",
+                |b| b.close_timeout(Duration::ZERO),
+                "100 ms",
+            ),
+            (
+                "upgrade_timeout",
+                |b| b.upgrade_timeout(Duration::ZERO),
+                "keep the default",
+            ),
+        ];
+        for (option, set, instead) in cases {
+            let message = refusal(set).unwrap_or_else(|| panic!("{option}(0) was accepted"));
+            assert!(message.starts_with(option), "{option}: {message}");
+            assert!(message.contains("positive"), "{option}: {message}");
+            assert!(message.contains(instead), "{option}: {message}");
+        }
+    }
+
+    /// The smallest positive value, the largest, and `None` where it is an option, are all
+    /// accepted: only zero is refused.
+    #[test]
+    fn positive_timeouts_and_none_are_accepted() {
+        for value in [Duration::from_nanos(1), Duration::MAX] {
+            let accepted = refusal(|b| {
+                b.ping_interval(Some(value))
+                    .pong_timeout(value)
+                    .idle_timeout(Some(value))
+                    .close_timeout(value)
+                    .upgrade_timeout(value)
+            });
+            assert_eq!(accepted, None, "{value:?}");
+        }
+        assert_eq!(refusal(|b| b.ping_interval(None).idle_timeout(None)), None);
+    }
+
+    /// Where zero has a documented meaning, it is accepted: no shutdown drain, no write
+    /// interval (a maximum not above the interval keeps it fixed).
+    #[test]
+    fn zero_is_accepted_where_it_has_a_documented_meaning() {
+        let accepted = refusal(|b| {
+            b.shutdown_grace(Duration::ZERO)
+                .write_interval(Duration::ZERO)
+                .max_write_interval(Duration::ZERO)
+        });
+        assert_eq!(accepted, None);
     }
 }

@@ -398,4 +398,36 @@ mod tests {
         assert!(error.to_string().contains("database number -1"), "{error}");
         assert!(RedisConfig::from_url("redis://127.0.0.1:6379/3").is_ok());
     }
+
+    /// Every duration of the Redis configuration refuses zero where it is set, as the hub's
+    /// timeouts do: none of them has a meaning for zero.
+    #[test]
+    fn zero_durations_are_refused() {
+        use std::time::Duration;
+        let second = Duration::from_secs(1);
+        type Set = fn(RedisConfig, Duration, Duration) -> RedisConfig;
+        let cases: [(&str, Set); 5] = [
+            ("probe interval", |c, zero, one| c.probe(zero, one)),
+            ("probe timeout", |c, zero, one| c.probe(one, zero)),
+            ("reconnect min", |c, zero, one| {
+                c.reconnect_backoff(zero, one)
+            }),
+            ("reconnect min and max", |c, zero, _| {
+                c.reconnect_backoff(zero, zero)
+            }),
+            ("operation_timeout", |c, zero, _| c.operation_timeout(zero)),
+        ];
+        for (what, set) in cases {
+            let config = RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
+            let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                set(config, Duration::ZERO, second)
+            }));
+            assert!(refused.is_err(), "a zero {what} was accepted");
+        }
+        let config = RedisConfig::from_url("redis://127.0.0.1:1").unwrap();
+        let _ = config
+            .probe(Duration::from_nanos(1), Duration::from_nanos(1))
+            .reconnect_backoff(Duration::from_nanos(1), Duration::from_nanos(1))
+            .operation_timeout(Duration::from_nanos(1));
+    }
 }
