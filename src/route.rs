@@ -43,7 +43,7 @@ impl std::fmt::Display for InvalidRoutePattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "invalid route pattern {:?}: {} (expected something like \"/ws/{{room}}\")",
+            "invalid route pattern {:?}: {}",
             self.pattern, self.reason
         )
     }
@@ -57,7 +57,7 @@ impl RoutePattern {
     pub(crate) fn parse(pattern: &str) -> Result<Self, InvalidRoutePattern> {
         let invalid = |reason: &str| InvalidRoutePattern {
             pattern: pattern.to_owned(),
-            reason: reason.to_owned(),
+            reason: format!("{reason} (expected something like \"/ws/{{room}}\")"),
         };
         let rest = pattern
             .strip_prefix('/')
@@ -133,6 +133,23 @@ impl RoutePattern {
     /// The pattern as written.
     pub(crate) fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// `true` when both patterns match exactly the same paths: as many segments, and at each
+    /// one either the same literal in both or a parameter (`{room}` or any `{name}`) in both.
+    /// Where one has a literal and the other a parameter, the parameter also matches paths
+    /// the literal does not, so the two only overlap.
+    pub(crate) fn matches_same_paths(&self, other: &Self) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+                    _ => true,
+                })
     }
 }
 
@@ -289,10 +306,35 @@ impl Default for RoomRouter {
 }
 
 impl RoomRouter {
-    pub(crate) fn add_pattern(&mut self, pattern: RoutePattern) {
-        if !self.patterns.contains(&pattern) {
-            self.patterns.push(pattern);
+    /// Adds a pattern after those already added (the first that matches a path decides).
+    ///
+    /// # Errors
+    ///
+    /// If an added pattern matches exactly the same paths: one of the two could never decide
+    /// anything (and with `{room}` in different segments, which room a path joins would
+    /// depend on the order of the calls).
+    pub(crate) fn add_pattern(&mut self, pattern: RoutePattern) -> Result<(), InvalidRoutePattern> {
+        if let Some(added) = self
+            .patterns
+            .iter()
+            .find(|p| p.matches_same_paths(&pattern))
+        {
+            let reason = if added.source == pattern.source {
+                "it was added already".to_owned()
+            } else {
+                format!(
+                    "it matches exactly the same paths as {:?}, added before (parameter names \
+                     do not tell paths apart); only one of them could ever be used",
+                    added.source
+                )
+            };
+            return Err(InvalidRoutePattern {
+                pattern: pattern.source,
+                reason,
+            });
         }
+        self.patterns.push(pattern);
+        Ok(())
     }
 
     pub(crate) fn set_extractor(&mut self, extractor: Arc<dyn RoomExtractor>) {
@@ -308,7 +350,8 @@ impl RoomRouter {
         self.extractor.is_some()
     }
 
-    /// Matches a path against the route patterns only.
+    /// Matches a path against the route patterns only, in the order they were added: the
+    /// first that matches decides (its room, or the rejection of its room segment).
     pub(crate) fn match_path(&self, path: &str) -> Option<Result<String, Rejection>> {
         self.patterns.iter().find_map(|pattern| {
             pattern.matches(path).map(|raw| {
@@ -382,6 +425,86 @@ mod tests {
             let error = RoutePattern::parse(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
         }
+    }
+
+    /// The reason `second` is refused after `first`, or `None` if both are accepted.
+    fn refusal(first: &str, second: &str) -> Option<String> {
+        let mut router = RoomRouter::default();
+        router.add_pattern(pattern(first)).unwrap();
+        router
+            .add_pattern(pattern(second))
+            .err()
+            .map(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_pattern_matching_exactly_the_same_paths_as_an_earlier_one_is_refused_naming_both() {
+        for (first, second) in [
+            ("/ws/{room}", "/ws/{room}"),
+            ("/t/{tenant}/{room}", "/t/{org}/{room}"),
+            // Same paths, but the room would come from another segment.
+            ("/t/{tenant}/{room}", "/t/{room}/{tenant}"),
+            ("/{a}/x/{room}", "/{room}/x/{b}"),
+        ] {
+            let error =
+                refusal(first, second).unwrap_or_else(|| panic!("{second} accepted after {first}"));
+            assert!(error.contains(&format!("{second:?}")), "{error}");
+            if first == second {
+                assert!(error.contains("added already"), "{error}");
+            } else {
+                assert!(error.contains(&format!("{first:?}")), "{error}");
+                assert!(error.contains("exactly the same paths"), "{error}");
+            }
+            // Not the hint for malformed patterns: this one is well formed.
+            assert!(!error.contains("expected something like"), "{error}");
+        }
+    }
+
+    #[test]
+    fn overlapping_and_disjoint_patterns_are_accepted() {
+        for (first, second) in [
+            // A literal where the other has a parameter: they only overlap.
+            ("/ws/{room}", "/{x}/{room}"),
+            ("/lobby/{room}", "/{room}/chat"),
+            ("/t/{tenant}/{room}", "/t/acme/{room}"),
+            // Disjoint: other literals, or another number of segments.
+            ("/ws/{room}", "/chat/{room}"),
+            ("/ws/{room}", "/ws/{room}/{x}"),
+        ] {
+            assert_eq!(refusal(first, second), None, "{first} then {second}");
+            assert_eq!(refusal(second, first), None, "{second} then {first}");
+        }
+    }
+
+    /// Where two patterns overlap, the one added first decides, for its room and for its
+    /// rejection of a bad room segment alike.
+    #[test]
+    fn the_first_pattern_added_wins_where_patterns_overlap() {
+        let router = |patterns: &[&str]| {
+            let mut router = RoomRouter::default();
+            router.set_max_room_name_len(5);
+            for p in patterns {
+                router.add_pattern(pattern(p)).unwrap();
+            }
+            router
+        };
+        let room = |router: &RoomRouter, path: &str| match router.match_path(path) {
+            Some(Ok(room)) => Some(room),
+            Some(Err(rejection)) => Some(format!("rejected: {}", rejection.reason())),
+            None => None,
+        };
+        let lobby_first = router(&["/lobby/{room}", "/{room}/chat"]);
+        assert_eq!(room(&lobby_first, "/lobby/chat").as_deref(), Some("chat"));
+        assert_eq!(room(&lobby_first, "/other/chat").as_deref(), Some("other"));
+        let chat_first = router(&["/{room}/chat", "/lobby/{room}"]);
+        assert_eq!(room(&chat_first, "/lobby/chat").as_deref(), Some("lobby"));
+        assert_eq!(room(&chat_first, "/lobby/other").as_deref(), Some("other"));
+        // The first match's room is too long (5 bytes at most): the other is not tried.
+        let long_first = router(&["/{room}/chat", "/toolong/{room}"]);
+        assert_eq!(
+            room(&long_first, "/toolong/chat").as_deref(),
+            Some("rejected: room name is longer than 5 bytes")
+        );
     }
 
     #[test]

@@ -126,6 +126,44 @@ async fn several_route_patterns_each_name_their_room() {
     assert_eq!(response.status, 404);
 }
 
+/// Two overlapping patterns (a literal in one where the other has a parameter) both match
+/// `/lobby/chat`: the one added first decides which segment names the room.
+#[tokio::test]
+async fn where_route_patterns_overlap_the_one_added_first_names_the_room() {
+    for (patterns, room) in [
+        (["/lobby/{room}", "/{room}/chat"], "chat"),
+        (["/{room}/chat", "/lobby/{room}"], "lobby"),
+    ] {
+        let hub = Hub::builder().build();
+        let layer = HubLayer::new(hub.clone())
+            .route(patterns[0])
+            .route(patterns[1]);
+        let server = serve_router(router().layer(layer), hub).await;
+        let _client = connect(&format!("ws://{}/lobby/chat", server.addr)).await;
+        wait_members(&server.hub, room, 1).await;
+        assert_eq!(server.hub.rooms(), [room], "{patterns:?}");
+    }
+}
+
+/// A pattern that matches exactly the same paths as one added before is refused, naming both
+/// (`try_route`), or panics (`route`).
+#[test]
+fn a_route_matching_the_same_paths_as_an_earlier_one_is_refused() {
+    let hub = || Hub::builder().build();
+    let error = HubLayer::new(hub())
+        .route("/t/{tenant}/{room}")
+        .try_route("/t/{room}/{tenant}")
+        .expect_err("accepted");
+    let message = error.to_string();
+    assert!(
+        message.contains("\"/t/{room}/{tenant}\"") && message.contains("\"/t/{tenant}/{room}\""),
+        "{message}"
+    );
+    let panicked =
+        std::panic::catch_unwind(|| HubLayer::new(hub()).route("/ws/{room}").route("/ws/{room}"));
+    assert!(panicked.is_err(), "the same pattern twice was accepted");
+}
+
 fn query_room_extractor(parts: &axum::http::request::Parts) -> RoomMatch {
     if parts.uri.path() != "/chat" {
         return RoomMatch::Pass;

@@ -113,13 +113,26 @@ impl HubLayer {
     /// Segments match exactly (no prefix matching); `{room}` is percent-decoded and names the
     /// room; other `{name}` segments match any one segment. May be called several times.
     ///
+    /// Patterns are tried in the order they were added, and the first that matches a path
+    /// decides: its `{room}` segment names the room (or, if it is not a valid room name, the
+    /// request gets `400` without trying the others). Two patterns overlap when, with as many
+    /// segments, one has a literal where the other has a parameter (and no segment has
+    /// different literals in each): then the one added **first** wins for the paths both
+    /// match, whichever is more specific. With `/lobby/{room}` added before `/{room}/chat`,
+    /// `/lobby/chat` joins room `chat`; added the other way round, room `lobby`. (Which
+    /// pattern wins only shows when their `{room}` segments differ; add the more specific one
+    /// first if you have such a pair.)
+    ///
     /// # Panics
     ///
     /// If the pattern does not start with `/`, has no `{room}` segment or more than one, or has
     /// a malformed segment: an empty one (`//`, or a trailing `/`: routes match whole segments,
     /// so `/ws/{room}` is the pattern for `/ws/lobby`), a parameter that is not a whole
     /// segment, a catch-all (`{*rest}`), or axum 0.7's `:name` syntax (a literal segment that
-    /// starts with `:` can be served with an [`extractor`](Self::extractor)). Use
+    /// starts with `:` can be served with an [`extractor`](Self::extractor)). Also if it
+    /// matches exactly the same paths as a pattern added before: the same pattern again, or
+    /// one that differs only in parameter names or in which parameter is `{room}`
+    /// (`/t/{tenant}/{room}` and `/t/{room}/{tenant}`); the message names both. Use
     /// [`try_route`](Self::try_route) to get the error instead.
     pub fn route(self, pattern: &str) -> Self {
         match self.try_route(pattern) {
@@ -128,14 +141,16 @@ impl HubLayer {
         }
     }
 
-    /// Like [`route`](Self::route), returning the pattern error instead of panicking.
+    /// Like [`route`](Self::route), returning the pattern error instead of panicking: for
+    /// patterns that come from configuration.
     ///
     /// # Errors
     ///
-    /// The reason the pattern is invalid.
+    /// The reason the pattern is invalid, or that it matches exactly the same paths as a
+    /// pattern added before (naming it).
     pub fn try_route(mut self, pattern: &str) -> Result<Self, crate::route::InvalidRoutePattern> {
         let pattern = RoutePattern::parse(pattern)?;
-        self.shared_mut().router.add_pattern(pattern);
+        self.shared_mut().router.add_pattern(pattern)?;
         Ok(self)
     }
 
