@@ -2006,6 +2006,44 @@ async fn different_channel_prefixes_keep_applications_apart() {
     assert_silent(&mut in_production, Duration::from_millis(500)).await;
 }
 
+/// Database numbers do not separate pub/sub channels (README, `RedisConfig::channel_prefix`):
+/// a hub whose URL names a database other than 0 while it keeps the default prefix says so
+/// once, at start; with database 0 or a prefix of its own it says nothing. (No Redis needed:
+/// the warning comes from `build`, before anything connects.)
+#[tokio::test]
+async fn a_database_number_with_the_default_prefix_is_warned_about_at_start() {
+    let (guard, logs) = capture_logs(tracing::Level::WARN);
+    let unreachable = "redis://127.0.0.1:1";
+    let warned = Hub::builder()
+        .redis(RedisConfig::from_url(&format!("{unreachable}/3")).unwrap())
+        .build();
+    let quiet = [
+        Hub::builder()
+            .redis(RedisConfig::from_url(&format!("{unreachable}/0")).unwrap())
+            .build(),
+        Hub::builder()
+            .redis(
+                RedisConfig::from_url(&format!("{unreachable}/3"))
+                    .unwrap()
+                    .channel_prefix("chat-staging"),
+            )
+            .build(),
+    ];
+    drop(guard);
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("pub/sub channels are shared"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains("database 3"), "{logs}");
+    assert!(warnings[0].contains("channel_prefix"), "{logs}");
+    warned.shutdown().await;
+    for hub in quiet {
+        hub.shutdown().await;
+    }
+}
+
 /// A `publish_queue` above what a tokio channel can hold is refused where it is set, with a
 /// message that says so, not later inside `HubBuilder::build`.
 #[test]

@@ -129,6 +129,18 @@ pub(crate) fn check_channel_prefix(prefix: &str) {
 }
 
 impl RedisConfig {
+    /// The database number the subscriber connections select, if it is not 0 while the channel
+    /// prefix is the default: the sign of a deployment that counts on its database number to
+    /// keep it apart from others on the same Redis, which it does not for pub/sub channels.
+    pub(crate) fn database_with_default_prefix(&self) -> Option<i64> {
+        let db = self
+            .subscriber_client
+            .get_connection_info()
+            .redis_settings()
+            .db();
+        (db != 0 && self.channel_prefix == DEFAULT_CHANNEL_PREFIX).then_some(db)
+    }
+
     /// Uses the Redis at `url` (e.g. `redis://127.0.0.1:6379`, `redis://:password@host/0`) for
     /// everything: a new pool for publishing (deadpool-redis's default size) and dedicated
     /// subscriber connections. Nothing connects yet.
@@ -136,6 +148,14 @@ impl RedisConfig {
     /// The pool's connections have no time limits of their own (redis-rs would otherwise give
     /// up on a reply after 500 ms and on connecting after 1 s), so that
     /// [`operation_timeout`](Self::operation_timeout) is the one limit on every operation.
+    ///
+    /// **A database number in the URL (`redis://host/3`) does not keep deployments apart.**
+    /// It selects keys, and the hub uses none: its rooms are pub/sub channels, which Redis
+    /// shares between all the databases of a server. Two deployments on one Redis that
+    /// differ only by database number (staging on `/1`, production on `/0`, say) receive each
+    /// other's room messages. Give each deployment its own
+    /// [`channel_prefix`](Self::channel_prefix); a hub whose URL names a database other than 0
+    /// while it keeps the default prefix logs a warning at start.
     ///
     /// # Errors
     ///
@@ -204,6 +224,14 @@ impl RedisConfig {
     /// `{prefix}#probe:{instance}:{n}`. Instances that should form one hub need the same prefix;
     /// different prefixes keep several applications apart on one Redis. Default:
     /// [`DEFAULT_CHANNEL_PREFIX`] (`"tower-ws-hub"`).
+    ///
+    /// The prefix is what keeps deployments apart on a shared Redis, not the database number:
+    /// pub/sub channels are global to a Redis server, whatever database a connection selected
+    /// (`redis://host/3`), so two deployments (production and staging, two applications) that
+    /// share a Redis and differ only by database number receive each other's room messages.
+    /// Give each one its own prefix, e.g. `chat-production` and `chat-staging`. A hub whose
+    /// Redis URL names a database other than 0 and that keeps the default prefix logs a
+    /// warning at start.
     ///
     /// The prefix may not contain `:` or `#`: room names may contain `:`, so with prefixes
     /// `chat` and `chat:staging`, room `staging:lobby` of the first would be room `lobby` of
@@ -397,6 +425,31 @@ mod tests {
             .expect_err("a negative database number was accepted");
         assert!(error.to_string().contains("database number -1"), "{error}");
         assert!(RedisConfig::from_url("redis://127.0.0.1:6379/3").is_ok());
+    }
+
+    #[test]
+    fn a_database_number_with_the_default_prefix_is_noticed() {
+        let config = |url: &str| RedisConfig::from_url(url).unwrap();
+        assert_eq!(
+            config("redis://127.0.0.1:6379/3").database_with_default_prefix(),
+            Some(3)
+        );
+        // Database 0, named or not, is what every deployment gets by default: nothing to say.
+        assert_eq!(
+            config("redis://127.0.0.1:6379/0").database_with_default_prefix(),
+            None
+        );
+        assert_eq!(
+            config("redis://127.0.0.1:6379").database_with_default_prefix(),
+            None
+        );
+        // A prefix of its own is what keeps a deployment apart.
+        assert_eq!(
+            config("redis://127.0.0.1:6379/3")
+                .channel_prefix("chat-staging")
+                .database_with_default_prefix(),
+            None
+        );
     }
 
     /// Every duration of the Redis configuration refuses zero where it is set, as the hub's

@@ -383,6 +383,16 @@ impl RedisBroker {
             publisher_tasks = config.publisher_tasks,
             "tower-ws-hub: Redis broker starting"
         );
+        if let Some(db) = config.database_with_default_prefix() {
+            tracing::warn!(
+                db,
+                prefix = %config.channel_prefix,
+                "tower-ws-hub: the Redis URL selects database {db}, but pub/sub channels are \
+                 shared by every database of a Redis server: another deployment on this Redis \
+                 with the default channel prefix exchanges room messages with this one, whatever \
+                 its database. Give each deployment its own RedisConfig::channel_prefix"
+            );
+        }
 
         let publishers = (0..config.publisher_tasks)
             .map(|index| {
