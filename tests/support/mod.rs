@@ -152,35 +152,6 @@ pub async fn close_code(client: &mut Client) -> Option<u16> {
     code
 }
 
-/// Collects what is logged at `level` or above on this thread while the guard lives.
-pub fn capture_logs(
-    level: tracing::Level,
-) -> (
-    tracing::subscriber::DefaultGuard,
-    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-) {
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let writer = Capture(Arc::clone(&buffer));
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(subscriber), buffer)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Additions for the integration suite (handshake, rooms, hooks, connection, slow consumer,
 // shutdown, stacks, tonic). Raw-socket helpers live in `support::raw`.
