@@ -266,6 +266,15 @@ pub struct Report {
     /// The same, for the subscribers of each URL (instance), in `urls` order: with several
     /// instances, tells what the path through another instance (and Redis) adds.
     pub latency_ms_by_url: Vec<Latency>,
+    /// Per message (each message counted once, whatever its room's size): how long it took to
+    /// reach the first of its room's subscribers that got it.
+    pub message_first_ms: Latency,
+    /// Per message: how long it took to reach the last of them, i.e. its whole room. In rate
+    /// mode, a median close to (or above) the interval between two messages of a stream means
+    /// that the previous message's reads had not ended when the next one came: the subscribers'
+    /// side (the load generator, on a machine it shares) reads without pause, and the latency
+    /// figures measure its backlog as much as the server.
+    pub message_last_ms: Latency,
     /// Accounting per publisher.
     pub per_publisher: Vec<PublisherReport>,
     /// The servers' `/stats` before the load (with `--server-stats` or `--watch-rss`).
@@ -432,11 +441,45 @@ struct StreamCounts {
     out_of_order: u64,
 }
 
+/// When one message reached its first and its last subscriber (of one shard), as latencies.
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    first_us: u64,
+    last_us: u64,
+}
+
+impl Default for Reach {
+    fn default() -> Self {
+        Self {
+            first_us: u64::MAX,
+            last_us: 0,
+        }
+    }
+}
+
+impl Reach {
+    fn add(&mut self, latency_us: u64) {
+        self.first_us = self.first_us.min(latency_us);
+        self.last_us = self.last_us.max(latency_us);
+    }
+
+    fn merge(&mut self, other: Reach) {
+        self.first_us = self.first_us.min(other.first_us);
+        self.last_us = self.last_us.max(other.last_us);
+    }
+
+    fn reached(&self) -> bool {
+        self.first_us != u64::MAX
+    }
+}
+
 #[derive(Debug)]
 struct Shard {
     /// One histogram per URL (instance), in `Options::urls` order.
     latency_us: Vec<Histogram<u64>>,
     streams: Vec<StreamCounts>,
+    /// Per stream, per sequence number: when the message reached this shard's subscribers.
+    reach: Vec<Vec<Reach>>,
     delivered: u64,
     last_receive_ns: u64,
 }
@@ -546,7 +589,7 @@ async fn subscriber(
         shared.subscribers_ready.fetch_add(1, Ordering::Relaxed);
     }
     // What one read delivered, recorded under one lock of the shard.
-    let mut batch: Vec<(u32, u64, Seen)> = Vec::new();
+    let mut batch: Vec<(u32, u64, u64, Seen)> = Vec::new();
     let mut last_receive_ns = 0;
     loop {
         let read = client
@@ -571,7 +614,7 @@ async fn subscriber(
                     Kind::Data => {
                         let seen = track.observe(header.seq);
                         let latency_us = now.saturating_sub(header.sent_ns) / 1000;
-                        batch.push((header.stream, latency_us, seen));
+                        batch.push((header.stream, header.seq, latency_us, seen));
                         last_receive_ns = now;
                     }
                 }
@@ -579,7 +622,7 @@ async fn subscriber(
             .await;
         if !batch.is_empty() {
             let mut shard = lock(shard);
-            for (stream, latency_us, seen) in batch.drain(..) {
+            for (stream, seq, latency_us, seen) in batch.drain(..) {
                 let counts = &mut shard.streams[stream as usize];
                 match seen {
                     Seen::Duplicate => {
@@ -591,6 +634,13 @@ async fn subscriber(
                 }
                 counts.delivered += 1;
                 shard.delivered += 1;
+                if let Ok(seq) = usize::try_from(seq) {
+                    let reach = &mut shard.reach[stream as usize];
+                    if seq >= reach.len() {
+                        reach.resize(seq + 1, Reach::default());
+                    }
+                    reach[seq].add(latency_us);
+                }
                 shard.latency_us[url_index].saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
             }
             shard.last_receive_ns = shard.last_receive_ns.max(last_receive_ns);
@@ -797,6 +847,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
                 Mutex::new(Shard {
                     latency_us: opts.urls.iter().map(|_| new_histogram()).collect(),
                     streams: vec![StreamCounts::default(); stream_count],
+                    reach: vec![Vec::new(); stream_count],
                     delivered: 0,
                     last_receive_ns: 0,
                 })
@@ -986,6 +1037,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let mut latency_by_url: Vec<Histogram<u64>> =
         opts.urls.iter().map(|_| new_histogram()).collect();
     let mut per_stream = vec![StreamCounts::default(); stream_count];
+    let mut reach: Vec<Vec<Reach>> = vec![Vec::new(); stream_count];
     let mut last_receive_ns = 0;
     for shard in &shared.shards {
         let shard = lock(shard);
@@ -996,6 +1048,14 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             total.delivered += counts.delivered;
             total.duplicated += counts.duplicated;
             total.out_of_order += counts.out_of_order;
+        }
+        for (total, messages) in reach.iter_mut().zip(&shard.reach) {
+            if total.len() < messages.len() {
+                total.resize(messages.len(), Reach::default());
+            }
+            for (total, message) in total.iter_mut().zip(messages) {
+                total.merge(*message);
+            }
         }
         last_receive_ns = last_receive_ns.max(shard.last_receive_ns);
     }
@@ -1042,6 +1102,11 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         latency_us.add(url).expect("same histogram bounds");
     }
     let latency = Latency::of(&latency_us);
+    let (mut first_us, mut last_us) = (new_histogram(), new_histogram());
+    for message in reach.iter().flatten().filter(|message| message.reached()) {
+        first_us.saturating_record(message.first_us.clamp(1, MAX_LATENCY_US));
+        last_us.saturating_record(message.last_us.clamp(1, MAX_LATENCY_US));
+    }
     let deliveries_per_s = if duration_s > 0.0 {
         delivered as f64 / duration_s
     } else {
@@ -1112,6 +1177,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         server_hwm_growth_kib,
         latency_ms: latency,
         latency_ms_by_url: latency_by_url.iter().map(Latency::of).collect(),
+        message_first_ms: Latency::of(&first_us),
+        message_last_ms: Latency::of(&last_us),
         per_publisher,
         server_stats_before: stats_before,
         server_stats_after: stats_after,
@@ -1147,6 +1214,9 @@ fn figures(report: &Report) -> Figures {
             f.push(&format!("p99_ms_url{}", i + 1), url.p99);
         }
     }
+    f.push("message_first_p50_ms", report.message_first_ms.p50);
+    f.push("message_last_p50_ms", report.message_last_ms.p50);
+    f.push("message_last_p99_ms", report.message_last_ms.p99);
     f.push("tail_after_last_send_ms", report.tail_after_last_send_ms);
     f.push("lost", report.lost as f64);
     f.push("duplicated", report.duplicated as f64);
@@ -1292,6 +1362,23 @@ mod tests {
         assert_eq!(topology.room_streams[0], vec![0, 1, 2]);
         assert_eq!(topology.slot_in_room(2, 0), Some(2));
         assert_eq!(topology.slot_in_room(3, 0), None);
+    }
+
+    #[test]
+    fn a_message_reaches_its_room_when_its_last_subscriber_reads_it() {
+        let (mut one, mut other) = (Reach::default(), Reach::default());
+        assert!(!one.reached());
+        for latency in [300, 100, 200] {
+            one.add(latency);
+        }
+        other.add(700);
+        let mut total = Reach::default();
+        total.merge(one);
+        // A shard that never saw the message changes nothing.
+        total.merge(Reach::default());
+        total.merge(other);
+        assert!(total.reached());
+        assert_eq!((total.first_us, total.last_us), (100, 700));
     }
 
     #[test]
