@@ -546,3 +546,50 @@ async fn a_closing_connection_sent_more_than_a_queue_at_once_is_no_slow_consumer
     assert_eq!(stats.discarded_on_close, 8, "{stats:?}");
     assert_accounted(0, &stats);
 }
+
+/// A message larger than the whole outbound queue could never have been queued for anyone: to
+/// a connection that sends no more data (closing for a pong timeout here) it is still dropped
+/// as too large, as it is for an open one, not counted as delivered and then discarded by the
+/// close (which would make `Hub::publish` report a delivery, and hide the misconfiguration
+/// from `dropped_messages`).
+#[tokio::test]
+async fn a_message_too_large_for_any_queue_is_dropped_not_discarded_by_a_closing_connection() {
+    let server = serve_hub(
+        Hub::builder()
+            .outbound_queue(4, 1024)
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(200))
+            .close_timeout(Duration::from_secs(60))
+            .build(),
+    )
+    .await;
+    // Never answers pings, and reads only at the end.
+    let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    eventually("the pong timeout", || server.hub.stats().pong_timeouts == 1).await;
+    let huge = Message::binary(vec![0u8; 4096]);
+    let delivered = server.hub.publish(ROOM, huge).await.unwrap();
+    assert_eq!(
+        delivered, 0,
+        "a message no queue can take was counted as delivered"
+    );
+    // A small one is still delivered and discarded by the close.
+    publish(&server.hub, "small").await;
+    let stats = server.hub.stats();
+    assert_eq!(stats.deliveries, 1, "{stats:?}");
+    assert_eq!(stats.dropped_messages, 1, "{stats:?}");
+    let read = read_to_close_and_answer(&mut raw, close_code::POLICY_VIOLATION).await;
+    assert_eq!(read, 0, "nothing was written");
+    let stats = stats_once_closed(&server.hub).await;
+    // "small" was delivered and discarded; the one too large was never a delivery (see
+    // `HubStats::dropped_messages`), so `assert_accounted` does not apply.
+    assert_eq!(
+        (
+            stats.deliveries,
+            stats.discarded_on_close,
+            stats.dropped_messages
+        ),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+}

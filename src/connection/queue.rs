@@ -52,7 +52,8 @@ pub(crate) enum PushOutcome {
     /// Counted as delivered and discarded at once (the queue counts it as discarded): the
     /// connection sends no more data, see [`OutboundQueue::stop_data`]. As if it had been
     /// queued and then discarded by the close, which is what happened before the connection
-    /// knew.
+    /// knew. (A message larger than the whole byte budget is [`TooLarge`](Self::TooLarge)
+    /// still: no queue could ever have taken it.)
     Discarded,
 }
 
@@ -177,8 +178,7 @@ impl OutboundQueue {
                 break;
             }
             if state.refuse_data {
-                state.discarded += run.count();
-                outcome(PushOutcome::Discarded, run.count() as u32);
+                self.refuse(&mut state, run, &mut outcome);
                 continue;
             }
             if self.fits(&state, run.count(), run.len()) {
@@ -221,6 +221,28 @@ impl OutboundQueue {
         drop(state);
         if wake {
             self.waker.wake();
+        }
+    }
+
+    /// A run pushed to a queue that takes no more data (`refuse_data`): each frame is
+    /// discarded as it comes, as if it had been queued and then discarded by the close, except
+    /// one larger than the whole byte budget, which no queue could ever have taken: that one is
+    /// [`TooLarge`](PushOutcome::TooLarge), as for an open connection, so that it is counted
+    /// as dropped (and warned about), not as a delivery.
+    fn refuse(&self, state: &mut State, run: &Frames, outcome: &mut impl FnMut(PushOutcome, u32)) {
+        if run.len() <= self.limits.max_bytes {
+            // No frame of it can be too large: the usual case, at once.
+            state.discarded += run.count();
+            outcome(PushOutcome::Discarded, run.count() as u32);
+            return;
+        }
+        for frame in run.clone().into_each() {
+            if frame.len() > self.limits.max_bytes {
+                outcome(PushOutcome::TooLarge, 1);
+            } else {
+                state.discarded += 1;
+                outcome(PushOutcome::Discarded, 1);
+            }
         }
     }
 
@@ -568,6 +590,36 @@ mod tests {
         assert_eq!(q.close_intent(), Some(CloseIntent::Shutdown));
         assert_eq!(q.push(text("c")), PushOutcome::Closed);
         assert_eq!(q.end(), 6, "\"a\" and the five discarded as they came");
+    }
+
+    #[test]
+    fn a_queue_that_stopped_data_still_drops_a_frame_too_large_for_any_queue() {
+        let q = queue(4, 16, SlowConsumerPolicy::Disconnect);
+        q.stop_data();
+        assert_eq!(q.push(text(&"x".repeat(32))), PushOutcome::TooLarge);
+        // In a run, frame by frame: only the one too large.
+        let messages = [
+            crate::message::Message::text("a"),
+            crate::message::Message::text("x".repeat(32)),
+            crate::message::Message::text("b"),
+        ];
+        let mut outcomes = Vec::new();
+        q.push_all(
+            &crate::connection::frames::RunBuilder::pack(&messages),
+            |outcome, n| outcomes.push((outcome, n)),
+        );
+        let too_large: u32 = outcomes
+            .iter()
+            .filter(|(outcome, _)| *outcome == PushOutcome::TooLarge)
+            .map(|(_, n)| n)
+            .sum();
+        let discarded: u32 = outcomes
+            .iter()
+            .filter(|(outcome, _)| *outcome == PushOutcome::Discarded)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!((too_large, discarded), (1, 2), "{outcomes:?}");
+        assert_eq!(q.end(), 2, "only \"a\" and \"b\" were discarded");
     }
 
     #[test]
