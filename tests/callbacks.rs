@@ -271,3 +271,55 @@ async fn an_authorizer_slower_than_the_timeout_is_answered_503_and_gives_back_it
     ws.send(0x1, b"hi").await;
     assert_eq!(server.hub.stats().authorize_timeouts, 1);
 }
+
+/// An authorizer's future that panics when it is dropped undecided (a guard of the
+/// application's, say): `authorize_timeout` drops it, and that panic must not unwind through
+/// the HTTP server's connection task either. The request is still answered `503`, the panic is
+/// counted and logged, and the keep-alive connection serves the next request.
+#[tokio::test]
+async fn an_authorizer_future_that_panics_when_dropped_undecided_is_still_answered() {
+    /// Panics when dropped (unless already unwinding).
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("authorizer guard dropped undecided ({SECRET})");
+            }
+        }
+    }
+    let authorizer = |_: &Parts, room: &str| {
+        let hangs = room == "hang";
+        async move {
+            if hangs {
+                let _guard = Guard;
+                std::future::pending::<()>().await;
+            }
+            true
+        }
+    };
+    let (_guard, logs) = capture_logs(tracing::Level::ERROR);
+    let server = serve_one_place(|hub| {
+        HubLayer::new(hub)
+            .route("/ws/{room}")
+            .authorize(authorizer)
+            .authorize_timeout(Some(Duration::from_millis(200)))
+    })
+    .await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (answer, stream) = Upgrade::new("/ws/hang").send_on(stream).await;
+    answer.assert_rejection(503, "authorization took too long");
+    assert!(!answer.text().contains(SECRET), "{answer:?}");
+    let stats = server.hub.stats();
+    assert_eq!(stats.authorize_timeouts, 1, "{stats:?}");
+    assert_eq!(stats.callback_panics, 1, "{stats:?}");
+    assert_eq!(stats.handshakes_rejected, 1, "{stats:?}");
+    let logged = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("HubLayer::authorize") && logged.contains(SECRET),
+        "the log does not name the authorizer and the panic:\n{logged}"
+    );
+
+    // The place is free again, and the same connection serves the next request.
+    let _ws = Upgrade::new("/ws/good").open_on(stream).await;
+    wait_members(&server.hub, "good", 1).await;
+}

@@ -453,15 +453,28 @@ fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> Res
     let hub = shared.hub.clone();
     let timeout = shared.authorize_timeout;
     ResponseFuture::authorizing(Box::pin(async move {
+        let mut decision = AssertUnwindSafe(decision).catch_unwind();
         let decided = tokio::select! {
             // A decision that is ready wins; `start` refuses an `Allow` once shutdown began.
             biased;
-            decided = decide(decision, timeout) => decided,
+            decided = decide(&mut decision, timeout) => decided,
             // Shutdown does not wait for authorizations, and would refuse whatever they
             // decide: answer now, rather than hold the HTTP connection (and a graceful
             // shutdown of the HTTP server, which waits for it) until the authorizer decides.
             () = hub.shutdown_started() => Decided::ShuttingDown,
         };
+        // Dropping a future that has not decided (timed out, or shutdown began) runs the
+        // application's code too (the drops of what it holds): a panic there is caught and
+        // counted like one in its poll, and the request gets the answer it was due, instead
+        // of the panic unwinding through the HTTP server's connection task.
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(decision))) {
+            let _ = hub.callback_panicked(
+                "HubLayer::authorize (dropping its future)",
+                &pending.parts,
+                Some(&pending.room),
+                &*payload,
+            );
+        }
         let rejection = match decided {
             Decided::Answer(Authorization::Allow) => {
                 return hub
@@ -498,11 +511,13 @@ enum Decided {
     ShuttingDown,
 }
 
+/// The authorizer's future, catching a panic in its poll.
+type GuardedDecision = futures_util::future::CatchUnwind<AssertUnwindSafe<AuthorizationFuture>>;
+
 /// Waits for the authorizer's `decision`, at most `timeout`, catching a panic: the future is
-/// the application's, as the call that made it is. A future that times out is dropped, so it
-/// decides nothing any more.
-async fn decide(decision: AuthorizationFuture, timeout: Option<Duration>) -> Decided {
-    let decision = AssertUnwindSafe(decision).catch_unwind();
+/// the application's, as the call that made it is. A future that times out is not polled
+/// again, so it decides nothing any more; the caller drops it.
+async fn decide(decision: &mut GuardedDecision, timeout: Option<Duration>) -> Decided {
     let decided = match timeout {
         Some(timeout) => match tokio::time::timeout(timeout, decision).await {
             Ok(decided) => decided,
