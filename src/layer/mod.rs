@@ -237,7 +237,16 @@ impl HubLayer {
     /// `with_graceful_shutdown` waits for every connection) that [`Hub::shutdown`] did not
     /// start: requests still being authorized when the hub shuts down are answered `503` at
     /// once, whatever this bound.
+    ///
+    /// # Panics
+    ///
+    /// If the timeout is zero (every authorizer not ready at its first poll would be refused):
+    /// use `None` for no bound.
     pub fn authorize_timeout(mut self, timeout: Option<Duration>) -> Self {
+        assert!(
+            timeout != Some(Duration::ZERO),
+            "authorize_timeout must be positive (use None for no bound)"
+        );
         self.shared_mut().authorize_timeout = timeout;
         self
     }
@@ -553,6 +562,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "authorize_timeout must be positive (use None for no bound)")]
+    fn a_zero_authorize_timeout_panics() {
+        let _ = HubLayer::new(Hub::builder().build()).authorize_timeout(Some(Duration::ZERO));
+    }
 
     #[test]
     fn authorizers_are_bounded_by_default() {
