@@ -465,6 +465,24 @@ async fn slow_consumer_disconnect_then_close_timeout() {
     );
 }
 
+/// Pings every 200 ms, closes (1008) after 200 ms without a pong, and then waits a minute for
+/// the client's close frame: a connection that is closing for a while, sending no more data.
+fn closing_for_a_pong_timeout(builder: tower_ws_hub::HubBuilder) -> tower_ws_hub::HubBuilder {
+    builder
+        .ping_interval(Some(Duration::from_millis(200)))
+        .pong_timeout(Duration::from_millis(200))
+        .close_timeout(Duration::from_secs(60))
+}
+
+/// A client of [`closing_for_a_pong_timeout`]'s hub that never answers pings and reads only at
+/// the end: returned once the hub has closed it (its close frame is out, unanswered).
+async fn closed_for_a_pong_timeout(server: &Server) -> RawWs {
+    let raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    eventually("the pong timeout", || server.hub.stats().pong_timeouts == 1).await;
+    raw
+}
+
 /// A connection closing for a pong timeout, with a message held back by the write interval,
 /// waits for the client's close frame; what the room sends it meanwhile is discarded as it
 /// comes (`discarded_on_close`), however long the wait. It must not pile up in the queue until
@@ -473,14 +491,13 @@ async fn slow_consumer_disconnect_then_close_timeout() {
 #[tokio::test]
 async fn a_connection_closing_for_a_pong_timeout_with_a_message_held_is_no_slow_consumer() {
     let server = serve_hub(
-        Hub::builder()
-            .write_interval(Duration::from_secs(60))
-            .outbound_queue(4, 1024 * 1024)
-            .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
-            .ping_interval(Some(Duration::from_millis(200)))
-            .pong_timeout(Duration::from_millis(200))
-            .close_timeout(Duration::from_secs(60))
-            .build(),
+        closing_for_a_pong_timeout(
+            Hub::builder()
+                .write_interval(Duration::from_secs(60))
+                .outbound_queue(4, 1024 * 1024)
+                .slow_consumer_policy(SlowConsumerPolicy::Disconnect),
+        )
+        .build(),
     )
     .await;
     // Never answers pings, and reads only at the end.
@@ -519,19 +536,15 @@ async fn a_connection_closing_for_a_pong_timeout_with_a_message_held_is_no_slow_
 #[tokio::test]
 async fn a_closing_connection_sent_more_than_a_queue_at_once_is_no_slow_consumer() {
     let server = serve_hub(
-        Hub::builder()
-            .outbound_queue(4, 1024 * 1024)
-            .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
-            .ping_interval(Some(Duration::from_millis(200)))
-            .pong_timeout(Duration::from_millis(200))
-            .close_timeout(Duration::from_secs(60))
-            .build(),
+        closing_for_a_pong_timeout(
+            Hub::builder()
+                .outbound_queue(4, 1024 * 1024)
+                .slow_consumer_policy(SlowConsumerPolicy::Disconnect),
+        )
+        .build(),
     )
     .await;
-    // Never answers pings, and reads only at the end.
-    let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    eventually("the pong timeout", || server.hub.stats().pong_timeouts == 1).await;
+    let mut raw = closed_for_a_pong_timeout(&server).await;
     for n in 0..8 {
         let publish = server.hub.publish(ROOM, Message::text(format!("late {n}")));
         // Local delivery happens before the first await: the future is ready at once.
@@ -554,19 +567,9 @@ async fn a_closing_connection_sent_more_than_a_queue_at_once_is_no_slow_consumer
 /// from `dropped_messages`).
 #[tokio::test]
 async fn a_message_too_large_for_any_queue_is_dropped_not_discarded_by_a_closing_connection() {
-    let server = serve_hub(
-        Hub::builder()
-            .outbound_queue(4, 1024)
-            .ping_interval(Some(Duration::from_millis(200)))
-            .pong_timeout(Duration::from_millis(200))
-            .close_timeout(Duration::from_secs(60))
-            .build(),
-    )
-    .await;
-    // Never answers pings, and reads only at the end.
-    let mut raw = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    eventually("the pong timeout", || server.hub.stats().pong_timeouts == 1).await;
+    let server =
+        serve_hub(closing_for_a_pong_timeout(Hub::builder().outbound_queue(4, 1024)).build()).await;
+    let mut raw = closed_for_a_pong_timeout(&server).await;
     let huge = Message::binary(vec![0u8; 4096]);
     let delivered = server.hub.publish(ROOM, huge).await.unwrap();
     assert_eq!(
