@@ -687,3 +687,49 @@ fn on_disconnect_runs_when_the_runtime_serving_the_connection_goes_away() {
     );
     drop(client);
 }
+
+/// Hooks reach the hub through their context: here `on_connect` announces each join in a
+/// lobby, and `on_message` copies what clients send to an audit room, both with
+/// `Hub::publish`, over real sockets.
+#[tokio::test]
+async fn hooks_publish_to_other_rooms_through_the_contexts_hub() {
+    let hub = Hub::builder()
+        .on_connect(|ctx| {
+            if ctx.room() == "lobby" || ctx.room() == "audit" {
+                return;
+            }
+            let hub = ctx.hub().clone();
+            let news = format!("joined {}", ctx.room());
+            tokio::spawn(async move { hub.publish("lobby", news).await.unwrap() });
+        })
+        .on_message(|ctx, message| {
+            if ctx.room() != "audit"
+                && let Some(text) = message.as_text()
+            {
+                let copy = format!("{} said {text}", ctx.room());
+                // Never waits: local delivery is done when the future is first polled.
+                let published =
+                    futures_util::FutureExt::now_or_never(ctx.hub().publish("audit", copy));
+                assert!(matches!(published, Some(Ok(1))), "{published:?}");
+            }
+            InboundAction::Forward(message)
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut lobby = server.connect("lobby").await;
+    let mut audit = server.connect("audit").await;
+    wait_members(&server.hub, "lobby", 1).await;
+    wait_members(&server.hub, "audit", 1).await;
+
+    let mut sender = server.connect("chat").await;
+    assert_eq!(next_text(&mut lobby).await, "joined chat");
+    let mut receiver = server.connect("chat").await;
+    assert_eq!(next_text(&mut lobby).await, "joined chat");
+    wait_members(&server.hub, "chat", 2).await;
+
+    send_text(&mut sender, "hello").await;
+    assert_eq!(next_text(&mut receiver).await, "hello");
+    assert_eq!(next_text(&mut audit).await, "chat said hello");
+    // The context's hub is the one serving the connection.
+    assert_eq!(server.hub.stats().messages_published, 4);
+}

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Version, request::Parts};
 
+use super::Hub;
+
 /// Identifies one connection for the lifetime of its hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub(crate) u64);
@@ -111,8 +113,8 @@ fn compact(headers: &HeaderMap, keep: &HeaderRetention) -> HeaderMap {
 ///
 /// Whatever authentication middleware in front of the [`HubLayer`](crate::HubLayer) put in the
 /// request extensions (a `User`, claims, a session) is in [`extensions`](Self::extensions).
-#[derive(Debug)]
 pub struct ConnectionContext {
+    hub: Hub,
     id: ConnectionId,
     room: Arc<str>,
     headers: HeaderMap,
@@ -123,8 +125,25 @@ pub struct ConnectionContext {
     connected_at: SystemTime,
 }
 
+impl std::fmt::Debug for ConnectionContext {
+    /// Everything but the hub (whose `Debug` lists every room).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionContext")
+            .field("id", &self.id)
+            .field("room", &self.room)
+            .field("headers", &self.headers)
+            .field("extensions", &self.extensions)
+            .field("protocol", &self.protocol)
+            .field("remote_addr", &self.remote_addr)
+            .field("version", &self.version)
+            .field("connected_at", &self.connected_at)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ConnectionContext {
     pub(crate) fn new(
+        hub: Hub,
         id: ConnectionId,
         room: Arc<str>,
         parts: Parts,
@@ -150,6 +169,7 @@ impl ConnectionContext {
         };
         compact_extensions(&mut extensions);
         Self {
+            hub,
             id,
             room,
             headers: compact(&headers, &keep.headers),
@@ -159,6 +179,35 @@ impl ConnectionContext {
             version,
             connected_at: SystemTime::now(),
         }
+    }
+
+    /// The hub this connection belongs to: for a hook that publishes to another room (an
+    /// announcement in a lobby when someone joins a room, a copy of what a client sends to an
+    /// audit room), or reads the hub's rooms and counters. Hooks run with no lock of the hub
+    /// held, so anything on it may be called from them.
+    ///
+    /// [`Hub::publish`] never waits (local delivery happens before its first `.await`, and a
+    /// broker that cannot take the message refuses it at once), but hooks are synchronous:
+    /// spawn it, with a clone of the hub.
+    ///
+    /// ```
+    /// use tower_ws_hub::Hub;
+    ///
+    /// let hub = Hub::builder()
+    ///     .on_connect(|ctx| {
+    ///         let hub = ctx.hub().clone();
+    ///         let news = format!("someone joined {}", ctx.room());
+    ///         tokio::spawn(async move {
+    ///             if let Err(error) = hub.publish("lobby", news).await {
+    ///                 tracing::warn!(%error, "lobby announcement not published");
+    ///             }
+    ///         });
+    ///     })
+    ///     .build();
+    /// # drop(hub);
+    /// ```
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// This connection's id.

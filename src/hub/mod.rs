@@ -435,6 +435,7 @@ impl Hub {
         let response = handshake.response(protocol.as_ref());
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let context = ConnectionContext::new(
+            self.clone(),
             id,
             Arc::from(room),
             parts,
