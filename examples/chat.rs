@@ -270,7 +270,7 @@ const INDEX_HTML: &str = r#"<!doctype html>
   // Why a room name cannot be joined from here, or "".
   function roomProblem(room) {
     if (!room) return "Type a room name.";
-    // Browsers normalise /ws/. and /ws/.. to /ws/ before sending, so these rooms are unreachable.
+    // Browsers normalise /ws/. and /ws/.. to /ws/ before sending (and the server refuses them).
     if (room === "." || room === "..") return "\"" + room + "\" cannot be a room name here.";
     if (utf8Length(room) > MAX_ROOM_BYTES) return "Room names are at most " + MAX_ROOM_BYTES + " bytes.";
     return "";

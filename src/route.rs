@@ -218,6 +218,10 @@ pub enum RoomNameError {
     NotUtf8,
     /// The name contains a control character.
     ControlCharacter,
+    /// The name is `.` or `..`: a dot segment, which browsers and HTTP clients resolve away
+    /// before a request is sent (`/ws/..` is `/`), so only a hand-made request can name it,
+    /// and a room name that could end up in a path must never mean "this" or "the parent".
+    DotSegment,
 }
 
 impl std::fmt::Display for RoomNameError {
@@ -227,6 +231,7 @@ impl std::fmt::Display for RoomNameError {
             Self::TooLong { max } => write!(f, "room name is longer than {max} bytes"),
             Self::NotUtf8 => f.write_str("room name is not valid UTF-8 after percent-decoding"),
             Self::ControlCharacter => f.write_str("room name contains a control character"),
+            Self::DotSegment => f.write_str("room name is a dot segment (\".\" or \"..\")"),
         }
     }
 }
@@ -239,7 +244,7 @@ impl From<RoomNameError> for Rejection {
     }
 }
 
-/// Checks a room name: non-empty, at most `max_len` bytes, no control characters.
+/// Checks a room name: non-empty, at most `max_len` bytes, no control characters, not `.` or `..`.
 ///
 /// # Errors
 ///
@@ -253,6 +258,9 @@ pub fn validate_room_name(name: &str, max_len: usize) -> Result<(), RoomNameErro
     }
     if name.chars().any(char::is_control) {
         return Err(RoomNameError::ControlCharacter);
+    }
+    if name == "." || name == ".." {
+        return Err(RoomNameError::DotSegment);
     }
     Ok(())
 }

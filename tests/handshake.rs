@@ -604,3 +604,27 @@ async fn a_refused_upgrade_keeps_the_connection_for_the_next_request() {
     wait_members(&server.hub, "r", 1).await;
     ws.send(0x1, b"hi").await;
 }
+
+/// `.` and `..` are dot segments: a browser or an HTTP client resolves `/ws/..` to `/` before
+/// sending, so only a hand-made request names them, encoded or not. They are refused like any
+/// other bad room name (`400`), and `Hub::publish` refuses them too.
+#[tokio::test]
+async fn dot_segments_are_not_room_names() {
+    let server = serve_default().await;
+    for path in ["/ws/.", "/ws/..", "/ws/%2E%2E", "/ws/%2e"] {
+        let response = Upgrade::new(path).send(server.addr).await;
+        response.assert_rejection(400, "dot segment");
+    }
+    assert_eq!(server.hub.stats().connections_opened, 0);
+    // Dots inside a name are fine.
+    let mut client = server.connect("...").await;
+    let mut other = server.connect("a..b").await;
+    wait_members(&server.hub, "...", 1).await;
+    wait_members(&server.hub, "a..b", 1).await;
+    let error = server.hub.publish("..", "x").await.unwrap_err();
+    assert!(error.to_string().contains("dot segment"), "{error}");
+    server.hub.publish("...", "three dots").await.unwrap();
+    assert_eq!(next_text(&mut client).await, "three dots");
+    server.hub.publish("a..b", "between").await.unwrap();
+    assert_eq!(next_text(&mut other).await, "between");
+}
