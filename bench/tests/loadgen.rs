@@ -235,6 +235,15 @@ fn assert_clean_pubsub(report: &pubsub::Report, opts: &pubsub::Options, expected
     assert_eq!(report.duplicated, 0, "{ctx}");
     assert_eq!(report.out_of_order, 0, "{ctx}");
     assert_eq!(report.foreign_messages, 0, "{ctx}");
+    // Every message reached its room, each counted once whatever the room's size; the last
+    // subscriber never before the first.
+    assert_eq!(report.message_first_ms.count, report.sent, "{ctx}");
+    assert_eq!(report.message_last_ms.count, report.sent, "{ctx}");
+    assert!(
+        report.message_first_ms.max <= report.message_last_ms.max
+            && report.message_first_ms.p50 <= report.message_last_ms.p50,
+        "{ctx}"
+    );
     // And the table says so: what was not sent, went to the wrong room or never got ready.
     for name in ["lost", "unsent", "foreign_messages", "not_ready"] {
         assert_eq!(figure(&report.figures, name), Some(0.0), "{name}: {ctx}");

@@ -427,6 +427,28 @@ impl Topology {
         (spec.room == room).then_some(spec.slot)
     }
 
+    /// Per stream, how many messages it sends when each publisher sends `total`, dealt
+    /// round-robin over its streams as [`publisher`] does (fewer if a connection failed).
+    fn messages_per_stream(&self, total: u64) -> Vec<usize> {
+        let mut per_publisher: Vec<u64> = Vec::new();
+        for spec in &self.streams {
+            if per_publisher.len() <= spec.publisher {
+                per_publisher.resize(spec.publisher + 1, 0);
+            }
+            per_publisher[spec.publisher] += 1;
+        }
+        let mut kth = vec![0u64; per_publisher.len()];
+        self.streams
+            .iter()
+            .map(|spec| {
+                let n = per_publisher[spec.publisher];
+                let k = kth[spec.publisher];
+                kth[spec.publisher] += 1;
+                usize::try_from(total / n + u64::from(k < total % n)).unwrap_or(usize::MAX)
+            })
+            .collect()
+    }
+
     fn streams_of(&self, publisher: usize) -> Vec<u32> {
         (0..self.streams.len() as u32)
             .filter(|&s| self.streams[s as usize].publisher == publisher)
@@ -441,17 +463,21 @@ struct StreamCounts {
     out_of_order: u64,
 }
 
-/// When one message reached its first and its last subscriber (of one shard), as latencies.
+/// When one message reached its first and its last subscriber (of one shard), as latencies in
+/// µs, clamped to [`MAX_LATENCY_US`] as the histograms clamp them (so that `u32` holds them).
+/// One per message per shard that heard it (all 16 in a one-room run): 8 bytes, not 16.
 #[derive(Debug, Clone, Copy)]
 struct Reach {
-    first_us: u64,
-    last_us: u64,
+    first_us: u32,
+    last_us: u32,
 }
+
+const _: () = assert!(MAX_LATENCY_US < u32::MAX as u64);
 
 impl Default for Reach {
     fn default() -> Self {
         Self {
-            first_us: u64::MAX,
+            first_us: u32::MAX,
             last_us: 0,
         }
     }
@@ -459,6 +485,7 @@ impl Default for Reach {
 
 impl Reach {
     fn add(&mut self, latency_us: u64) {
+        let latency_us = latency_us.min(MAX_LATENCY_US) as u32;
         self.first_us = self.first_us.min(latency_us);
         self.last_us = self.last_us.max(latency_us);
     }
@@ -469,7 +496,7 @@ impl Reach {
     }
 
     fn reached(&self) -> bool {
-        self.first_us != u64::MAX
+        self.first_us != u32::MAX
     }
 }
 
@@ -484,9 +511,39 @@ struct Shard {
     last_receive_ns: u64,
 }
 
+impl Shard {
+    fn new(urls: usize, streams: usize) -> Self {
+        Self {
+            latency_us: (0..urls).map(|_| new_histogram()).collect(),
+            streams: vec![StreamCounts::default(); streams],
+            reach: vec![Vec::new(); streams],
+            delivered: 0,
+            last_receive_ns: 0,
+        }
+    }
+
+    /// Message `seq` of `stream` (which sends `expected` messages) reached one of this shard's
+    /// subscribers after `latency_us`. The stream's list is sized for all its messages at the
+    /// first one: no doubling slack, and no copy of it under the shard's lock as it grows.
+    fn reached(&mut self, stream: usize, seq: u64, latency_us: u64, expected: usize) {
+        if let Ok(seq) = usize::try_from(seq) {
+            let reach = &mut self.reach[stream];
+            if seq >= reach.len() {
+                if reach.capacity() == 0 {
+                    reach.reserve_exact(expected.max(seq + 1));
+                }
+                reach.resize(seq + 1, Reach::default());
+            }
+            reach[seq].add(latency_us);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     topology: Topology,
+    /// Per stream: how many messages it will send (see [`Topology::messages_per_stream`]).
+    messages_per_stream: Vec<usize>,
     shards: Vec<Mutex<Shard>>,
     subscribers_connected: AtomicUsize,
     connect_failures: AtomicUsize,
@@ -580,6 +637,7 @@ async fn subscriber(
     shared.subscribers_connected.fetch_add(1, Ordering::Relaxed);
     let topology = &shared.topology;
     let shard = &shared.shards[index % SHARDS];
+    let expected = &shared.messages_per_stream;
     let mut tracks: Vec<Track> = topology.room_streams[room]
         .iter()
         .map(|_| Track::default())
@@ -634,13 +692,7 @@ async fn subscriber(
                 }
                 counts.delivered += 1;
                 shard.delivered += 1;
-                if let Ok(seq) = usize::try_from(seq) {
-                    let reach = &mut shard.reach[stream as usize];
-                    if seq >= reach.len() {
-                        reach.resize(seq + 1, Reach::default());
-                    }
-                    reach[seq].add(latency_us);
-                }
+                shard.reached(stream as usize, seq, latency_us, expected[stream as usize]);
                 shard.latency_us[url_index].saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
             }
             shard.last_receive_ns = shard.last_receive_ns.max(last_receive_ns);
@@ -751,10 +803,7 @@ async fn publisher(
     if phase.wait_for(|p| *p >= Phase::Go).await.is_err() {
         return outcome;
     }
-    let total = match plan.rate {
-        Some(rate) => (rate * plan.duration.as_secs_f64()).round() as u64,
-        None => plan.messages,
-    };
+    let total = publisher_total(plan.rate, plan.duration, plan.messages);
     let period = plan.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
     let start = Instant::now();
     let streams = outcome.sinks.len();
@@ -794,6 +843,15 @@ async fn publisher(
         outcome.last_send_ns = Some(sent_ns);
     }
     outcome
+}
+
+/// How many data messages each publisher sends: `messages` in a burst, `rate` per second for
+/// `duration` otherwise.
+fn publisher_total(rate: Option<f64>, duration: Duration, messages: u64) -> u64 {
+    match rate {
+        Some(rate) => (rate * duration.as_secs_f64()).round() as u64,
+        None => messages,
+    }
 }
 
 /// A runtime owned by an async function: shut down in the background when dropped (a runtime
@@ -843,16 +901,13 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let rooms = topology.room_names.len();
     let shared = Arc::new(Shared {
         shards: (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    latency_us: opts.urls.iter().map(|_| new_histogram()).collect(),
-                    streams: vec![StreamCounts::default(); stream_count],
-                    reach: vec![Vec::new(); stream_count],
-                    delivered: 0,
-                    last_receive_ns: 0,
-                })
-            })
+            .map(|_| Mutex::new(Shard::new(opts.urls.len(), stream_count)))
             .collect(),
+        messages_per_stream: topology.messages_per_stream(publisher_total(
+            opts.rate,
+            opts.duration,
+            opts.messages,
+        )),
         topology,
         subscribers_connected: AtomicUsize::new(0),
         connect_failures: AtomicUsize::new(0),
@@ -1040,7 +1095,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let mut reach: Vec<Vec<Reach>> = vec![Vec::new(); stream_count];
     let mut last_receive_ns = 0;
     for shard in &shared.shards {
-        let shard = lock(shard);
+        let mut shard = lock(shard);
         for (total, url) in latency_by_url.iter_mut().zip(&shard.latency_us) {
             total.add(url).expect("same histogram bounds");
         }
@@ -1049,12 +1104,19 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             total.duplicated += counts.duplicated;
             total.out_of_order += counts.out_of_order;
         }
-        for (total, messages) in reach.iter_mut().zip(&shard.reach) {
+        // Taken: each shard's lists are freed as they are merged (a delivery still to come
+        // finds an empty one).
+        for (total, messages) in reach.iter_mut().zip(&mut shard.reach) {
+            let messages = std::mem::take(messages);
+            if total.is_empty() {
+                *total = messages;
+                continue;
+            }
             if total.len() < messages.len() {
                 total.resize(messages.len(), Reach::default());
             }
             for (total, message) in total.iter_mut().zip(messages) {
-                total.merge(*message);
+                total.merge(message);
             }
         }
         last_receive_ns = last_receive_ns.max(shard.last_receive_ns);
@@ -1104,8 +1166,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let latency = Latency::of(&latency_us);
     let (mut first_us, mut last_us) = (new_histogram(), new_histogram());
     for message in reach.iter().flatten().filter(|message| message.reached()) {
-        first_us.saturating_record(message.first_us.clamp(1, MAX_LATENCY_US));
-        last_us.saturating_record(message.last_us.clamp(1, MAX_LATENCY_US));
+        first_us.saturating_record(u64::from(message.first_us).clamp(1, MAX_LATENCY_US));
+        last_us.saturating_record(u64::from(message.last_us).clamp(1, MAX_LATENCY_US));
     }
     let deliveries_per_s = if duration_s > 0.0 {
         delivered as f64 / duration_s
@@ -1362,6 +1424,37 @@ mod tests {
         assert_eq!(topology.room_streams[0], vec![0, 1, 2]);
         assert_eq!(topology.slot_in_room(2, 0), Some(2));
         assert_eq!(topology.slot_in_room(3, 0), None);
+    }
+
+    #[test]
+    fn each_stream_expects_its_share_of_its_publishers_messages() {
+        // Publisher 0 has the streams of rooms 0 and 2, publisher 1 that of room 1.
+        let topology = Topology::new(&options(3, 3, 2, 1));
+        assert_eq!(topology.streams_of(0), vec![0, 2]);
+        assert_eq!(topology.messages_per_stream(5), vec![3, 5, 2]);
+        assert_eq!(topology.messages_per_stream(0), vec![0, 0, 0]);
+    }
+
+    /// Each of the 16 shards keeps a record per message of every stream its subscribers
+    /// hear (a one-room run: every shard, every message): 8 bytes each, in a list the size
+    /// of the stream (no doubling slack), else a long rate run holds hundreds of MiB.
+    #[test]
+    fn a_shard_keeps_eight_bytes_per_message_it_saw() {
+        assert_eq!(std::mem::size_of::<Reach>(), 8);
+        let messages = 1000;
+        let mut shard = Shard::new(1, 2);
+        for seq in 0..messages {
+            shard.reached(1, seq as u64, 100 + seq as u64, messages);
+        }
+        assert_eq!(shard.reach[1].len(), messages);
+        assert_eq!(shard.reach[1].capacity(), messages);
+        assert_eq!(
+            shard.reach[0].capacity(),
+            0,
+            "a stream never heard costs nothing"
+        );
+        let message = shard.reach[1][999];
+        assert_eq!((message.first_us, message.last_us), (1099, 1099));
     }
 
     #[test]
