@@ -733,3 +733,69 @@ async fn hooks_publish_to_other_rooms_through_the_contexts_hub() {
     // The context's hub is the one serving the connection.
     assert_eq!(server.hub.stats().messages_published, 4);
 }
+
+/// A hook may publish to its own room, synchronously: `on_message` publishes a note to the
+/// room it runs for (the sender included, as any publish), `on_disconnect` tells the room who
+/// left. Neither blocks on a lock of the hub, and a published message goes to the members'
+/// queues, never through `on_message` again (which runs once per client message here).
+/// `shutdown` still completes: the contexts' hubs keep nothing waiting.
+#[tokio::test]
+async fn hooks_publish_to_their_own_room_without_recursing() {
+    let hook_runs = Arc::new(AtomicUsize::new(0));
+    let runs = Arc::clone(&hook_runs);
+    let hub = Hub::builder()
+        .shutdown_grace(Duration::from_secs(2))
+        .on_message(move |ctx, message| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let note = format!("{} got {}", ctx.room(), message.as_text().unwrap_or("?"));
+            let published =
+                futures_util::FutureExt::now_or_never(ctx.hub().publish(ctx.room(), note));
+            assert!(matches!(published, Some(Ok(2))), "{published:?}");
+            InboundAction::Forward(message)
+        })
+        .on_disconnect(|ctx| {
+            let note = format!("{} left", ctx.id());
+            let published =
+                futures_util::FutureExt::now_or_never(ctx.hub().publish(ctx.room(), note));
+            // Refused once shutdown began, never left waiting.
+            assert!(
+                matches!(
+                    published,
+                    Some(Ok(_) | Err(tower_ws_hub::PublishError::ShuttingDown))
+                ),
+                "{published:?}"
+            );
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut sender = server.connect("own").await;
+    let mut receiver = server.connect("own").await;
+    wait_members(&server.hub, "own", 2).await;
+
+    send_text(&mut sender, "hi").await;
+    // The note is published from inside the hook, before the message itself is fanned out.
+    assert_eq!(next_text(&mut receiver).await, "own got hi");
+    assert_eq!(next_text(&mut receiver).await, "hi");
+    assert_eq!(next_text(&mut sender).await, "own got hi");
+    assert_silent(&mut receiver, Duration::from_millis(100)).await;
+    assert_eq!(hook_runs.load(Ordering::SeqCst), 1);
+
+    close_client(sender).await;
+    assert!(next_text(&mut receiver).await.ends_with(" left"));
+    // Shutdown ends well within its grace period once the client answers: the hub in the
+    // last connection's context keeps nothing waiting.
+    let hub = server.hub.clone();
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    assert_eq!(close_code(&mut receiver).await, Some(1001));
+    shutdown.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.hub.connection_count(), 0);
+    assert_eq!(hook_runs.load(Ordering::SeqCst), 1);
+    // Every assertion in the hooks held (a failing one would have been caught as a panic).
+    assert_eq!(server.hub.stats().hook_panics, 0);
+}
