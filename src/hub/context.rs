@@ -184,7 +184,8 @@ impl ConnectionContext {
     /// The hub this connection belongs to: for a hook that publishes to another room (an
     /// announcement in a lobby when someone joins a room, a copy of what a client sends to an
     /// audit room), or reads the hub's rooms and counters. Hooks run with no lock of the hub
-    /// held, so anything on it may be called from them.
+    /// held, so its methods may be called from them; only waiting in a hook for
+    /// [`Hub::shutdown`] to finish would wait for the hook's own connection.
     ///
     /// [`Hub::publish`] never waits (local delivery happens before its first `.await`, and a
     /// broker that cannot take the message refuses it at once), but hooks are synchronous:
