@@ -93,6 +93,12 @@ impl RoutePattern {
                 None if part.contains(['{', '}']) => {
                     return Err(invalid("a parameter must be a whole segment"));
                 }
+                None if part == "." || part == ".." => {
+                    // Clients resolve dot segments away before sending: no request matches.
+                    return Err(invalid(&format!(
+                        "{part} is a dot segment, which clients resolve away before a request                          is sent: no request could match"
+                    )));
+                }
                 None => Segment::Literal(part.to_owned()),
             };
             segments.push(segment);
@@ -429,6 +435,8 @@ mod tests {
             ),
             ("/ws/{*room}", "catch-all"),
             ("/ws/{room}/{*rest}", "not supported"),
+            ("/ws/../{room}", ".. is a dot segment"),
+            ("/./{room}", ". is a dot segment"),
         ] {
             let error = RoutePattern::parse(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
