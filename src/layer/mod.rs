@@ -128,8 +128,9 @@ impl HubLayer {
     /// If the pattern does not start with `/`, has no `{room}` segment or more than one, or has
     /// a malformed segment: an empty one (`//`, or a trailing `/`: routes match whole segments,
     /// so `/ws/{room}` is the pattern for `/ws/lobby`), a parameter that is not a whole
-    /// segment, a catch-all (`{*rest}`), or axum 0.7's `:name` syntax (a literal segment that
-    /// starts with `:` can be served with an [`extractor`](Self::extractor)). Also if it
+    /// segment, a catch-all (`{*rest}`), axum 0.7's `:name` syntax (a literal segment that
+    /// starts with `:` can be served with an [`extractor`](Self::extractor)), or a `.` or `..`
+    /// segment (clients resolve those away: no request could match). Also if it
     /// matches exactly the same paths as a pattern added before: the same pattern again, or
     /// one that differs only in parameter names or in which parameter is `{room}`
     /// (`/t/{tenant}/{room}` and `/t/{room}/{tenant}`); the message names both. Use
