@@ -210,8 +210,10 @@ where
     }
 }
 
-/// Why a room name was refused (always answered with `400 Bad Request`).
+/// Why a room name was refused (always answered with `400 Bad Request`). New rules may add
+/// variants, as for the crate's other error enums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RoomNameError {
     /// The name is empty.
     Empty,
