@@ -565,6 +565,8 @@ mod properties {
         #[test]
         fn valid_names_survive_percent_encoding(name in "[^\\p{Cc}]{1,64}") {
             prop_assume!(name.len() <= DEFAULT_MAX_ROOM_NAME_LEN);
+            // Dot segments are refused (`RoomNameError::DotSegment`), whatever their encoding.
+            prop_assume!(name != "." && name != "..");
             let encoded = utf8_percent_encode(&name, NON_ALPHANUMERIC).to_string();
             prop_assert_eq!(decode_room_segment(&encoded, DEFAULT_MAX_ROOM_NAME_LEN), Ok(name));
         }
