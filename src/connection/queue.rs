@@ -381,18 +381,14 @@ impl OutboundQueue {
     pub(crate) fn stop_data(&self) {
         let mut state = self.lock();
         state.refuse_data = true;
-        state.writer_holding = false;
-        state.wake_past_quarter = false;
-        state.discard_queued();
+        state.discard_for_good();
     }
 
     /// Drops everything queued (taken runs are the writer's to release) and returns the close
     /// intent, if any: for a connection that may send no more data.
     pub(crate) fn discard_queued(&self) -> Option<CloseIntent> {
         let mut state = self.lock();
-        state.writer_holding = false;
-        state.wake_past_quarter = false;
-        state.discard_queued();
+        state.discard_for_good();
         state.close
     }
 
@@ -486,6 +482,14 @@ impl State {
         self.queued_messages += run.count();
         self.queued_bytes += run.len();
         self.queued.push_back(run);
+    }
+
+    /// Nothing queued will be written any more: discards it (counted), and the writer holds
+    /// nothing back for its timer or for a quarter-full queue.
+    fn discard_for_good(&mut self) {
+        self.writer_holding = false;
+        self.wake_past_quarter = false;
+        self.discard_queued();
     }
 
     /// [`clear_queued`](Self::clear_queued), counting what it clears as discarded.

@@ -1495,13 +1495,7 @@ mod tests {
     /// The panic message of `set` applied to a fresh builder, or `None` if it did not panic.
     fn refusal(set: impl FnOnce(HubBuilder) -> HubBuilder) -> Option<String> {
         let payload = catch_unwind(AssertUnwindSafe(|| drop(set(Hub::builder())))).err()?;
-        Some(
-            payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default(),
-        )
+        Some(super::hooks::panic_message(&*payload).to_owned())
     }
 
     /// A zero timeout that waits on the client is a configuration error, refused where it is

@@ -1201,10 +1201,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         publishers: opts.publishers,
         publisher_connections: stream_count,
         size: opts.size,
-        messages_per_publisher: match opts.rate {
-            Some(rate) => (rate * opts.duration.as_secs_f64()).round() as u64,
-            None => opts.messages,
-        },
+        messages_per_publisher: publisher_total(opts.rate, opts.duration, opts.messages),
         rate: opts.rate,
         connect_s: round(connect_s, 3),
         ready,

@@ -133,11 +133,7 @@ impl RedisConfig {
     /// prefix is the default: the sign of a deployment that counts on its database number to
     /// keep it apart from others on the same Redis, which it does not for pub/sub channels.
     pub(crate) fn database_with_default_prefix(&self) -> Option<i64> {
-        let db = self
-            .subscriber_client
-            .get_connection_info()
-            .redis_settings()
-            .db();
+        let db = database(&self.subscriber_client);
         (db != 0 && self.channel_prefix == DEFAULT_CHANNEL_PREFIX).then_some(db)
     }
 
@@ -165,7 +161,7 @@ impl RedisConfig {
             message: error.to_string(),
         };
         let client = deadpool_redis::redis::Client::open(url).map_err(invalid)?;
-        let db = client.get_connection_info().redis_settings().db();
+        let db = database(&client);
         if db < 0 {
             // redis-rs parses it; Redis would refuse the SELECT at every connection attempt,
             // retried for ever instead of failing here.
@@ -413,6 +409,11 @@ impl RedisConfig {
         self.operation_timeout = timeout;
         self
     }
+}
+
+/// The database number `client`'s URL selects (0 when it names none).
+fn database(client: &deadpool_redis::redis::Client) -> i64 {
+    client.get_connection_info().redis_settings().db()
 }
 
 #[cfg(test)]
