@@ -96,7 +96,8 @@ impl RoutePattern {
                 None if part == "." || part == ".." => {
                     // Clients resolve dot segments away before sending: no request matches.
                     return Err(invalid(&format!(
-                        "{part} is a dot segment, which clients resolve away before a request                          is sent: no request could match"
+                        "{part} is a dot segment, which clients resolve away before a request \
+                         is sent: no request could match"
                     )));
                 }
                 None => Segment::Literal(part.to_owned()),
@@ -141,11 +142,11 @@ impl RoutePattern {
         &self.source
     }
 
-    /// `true` when both patterns match exactly the same paths: as many segments, and at each
-    /// one either the same literal in both or a parameter (`{room}` or any `{name}`) in both.
-    /// Where one has a literal and the other a parameter, the parameter also matches paths
-    /// the literal does not, so the two only overlap.
-    pub(crate) fn matches_same_paths(&self, other: &Self) -> bool {
+    /// `true` when every path `other` matches, this pattern matches too: as many segments, and
+    /// at each one either the same literal in both or a parameter (`{room}` or any `{name}`)
+    /// in this one. Where this one has a literal and `other` a parameter, `other` also
+    /// matches paths this one does not.
+    pub(crate) fn covers(&self, other: &Self) -> bool {
         self.segments.len() == other.segments.len()
             && self
                 .segments
@@ -153,7 +154,7 @@ impl RoutePattern {
                 .zip(&other.segments)
                 .all(|pair| match pair {
                     (Segment::Literal(a), Segment::Literal(b)) => a == b,
-                    (Segment::Literal(_), _) | (_, Segment::Literal(_)) => false,
+                    (Segment::Literal(_), _) => false,
                     _ => true,
                 })
     }
@@ -326,21 +327,24 @@ impl RoomRouter {
     ///
     /// # Errors
     ///
-    /// If an added pattern matches exactly the same paths: one of the two could never decide
-    /// anything (and with `{room}` in different segments, which room a path joins would
-    /// depend on the order of the calls).
+    /// If a pattern added before matches every path this one matches: this one could never
+    /// decide anything. (Both ways round, the two match exactly the same paths; with `{room}`
+    /// in different segments, which room a path joins would then depend on the order of the
+    /// calls.)
     pub(crate) fn add_pattern(&mut self, pattern: RoutePattern) -> Result<(), InvalidRoutePattern> {
-        if let Some(added) = self
-            .patterns
-            .iter()
-            .find(|p| p.matches_same_paths(&pattern))
-        {
+        if let Some(added) = self.patterns.iter().find(|p| p.covers(&pattern)) {
             let reason = if added.source == pattern.source {
                 "it was added already".to_owned()
-            } else {
+            } else if pattern.covers(added) {
                 format!(
                     "it matches exactly the same paths as {:?}, added before (parameter names \
                      do not tell paths apart); only one of them could ever be used",
+                    added.source
+                )
+            } else {
+                format!(
+                    "every path it matches is matched first by {:?}, added before, so it would \
+                     never be used; add the more specific pattern first",
                     added.source
                 )
             };
@@ -437,7 +441,11 @@ mod tests {
             ),
             ("/ws/{*room}", "catch-all"),
             ("/ws/{room}/{*rest}", "not supported"),
-            ("/ws/../{room}", ".. is a dot segment"),
+            (
+                "/ws/../{room}",
+                ".. is a dot segment, which clients resolve away before a request is sent: \
+                 no request could match",
+            ),
             ("/./{room}", ". is a dot segment"),
         ] {
             let error = RoutePattern::parse(bad).unwrap_err().to_string();
@@ -479,15 +487,100 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_an_earlier_broader_one_always_matches_first_is_refused_naming_both() {
+        for (broader, narrower) in [
+            ("/{x}/{room}", "/ws/{room}"),
+            ("/t/{tenant}/{room}", "/t/acme/{room}"),
+            // The room from another segment changes nothing: the broader one decides.
+            ("/{room}/{x}", "/ws/{room}"),
+            ("/{a}/{b}/{room}", "/a/b/{room}"),
+        ] {
+            let error = refusal(broader, narrower)
+                .unwrap_or_else(|| panic!("{narrower} accepted after {broader}"));
+            assert!(error.contains(&format!("{narrower:?}")), "{error}");
+            assert!(error.contains(&format!("{broader:?}")), "{error}");
+            assert!(
+                error.contains("every path it matches is matched first by"),
+                "{error}"
+            );
+            assert!(
+                error.contains("add the more specific pattern first"),
+                "{error}"
+            );
+            // The more specific one first is the order that works.
+            assert_eq!(
+                refusal(narrower, broader),
+                None,
+                "{narrower} then {broader}"
+            );
+        }
+    }
+
+    /// Every pattern of up to three segments over two literals and two parameters, against
+    /// every path of up to three segments over three names: a pattern is refused after another
+    /// exactly when the other matches every path it matches, and one that is accepted decides
+    /// at least one path.
+    #[test]
+    fn a_pattern_is_refused_exactly_when_an_earlier_one_matches_all_its_paths() {
+        fn sequences(alphabet: &[&str]) -> Vec<Vec<String>> {
+            let mut all: Vec<Vec<String>> = vec![Vec::new()];
+            let mut last: Vec<Vec<String>> = vec![Vec::new()];
+            for _ in 0..3 {
+                last = last
+                    .iter()
+                    .flat_map(|prefix| {
+                        alphabet.iter().map(move |segment| {
+                            let mut next = prefix.clone();
+                            next.push((*segment).to_owned());
+                            next
+                        })
+                    })
+                    .collect();
+                all.extend(last.iter().cloned());
+            }
+            all.retain(|s| !s.is_empty());
+            all
+        }
+        let patterns: Vec<RoutePattern> = sequences(&["x", "y", "{p}", "{room}"])
+            .into_iter()
+            .filter_map(|s| RoutePattern::parse(&format!("/{}", s.join("/"))).ok())
+            .collect();
+        let paths: Vec<String> = sequences(&["x", "y", "z"])
+            .into_iter()
+            .map(|s| format!("/{}", s.join("/")))
+            .collect();
+        assert!(patterns.len() > 30, "{}", patterns.len());
+        for first in &patterns {
+            for second in &patterns {
+                let shadowed = paths
+                    .iter()
+                    .filter(|path| second.matches(path).is_some())
+                    .all(|path| first.matches(path).is_some());
+                let mut router = RoomRouter::default();
+                router.add_pattern(first.clone()).unwrap();
+                let refused = router.add_pattern(second.clone()).is_err();
+                assert_eq!(
+                    refused,
+                    shadowed,
+                    "{} then {}",
+                    first.as_str(),
+                    second.as_str()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn overlapping_and_disjoint_patterns_are_accepted() {
         for (first, second) in [
-            // A literal where the other has a parameter: they only overlap.
-            ("/ws/{room}", "/{x}/{room}"),
+            // Each has a literal where the other has a parameter: each matches paths the
+            // other does not.
             ("/lobby/{room}", "/{room}/chat"),
-            ("/t/{tenant}/{room}", "/t/acme/{room}"),
+            ("/a/{room}/{x}", "/{y}/{room}/b"),
             // Disjoint: other literals, or another number of segments.
             ("/ws/{room}", "/chat/{room}"),
             ("/ws/{room}", "/ws/{room}/{x}"),
+            ("/{x}/{room}", "/{room}"),
         ] {
             assert_eq!(refusal(first, second), None, "{first} then {second}");
             assert_eq!(refusal(second, first), None, "{second} then {first}");

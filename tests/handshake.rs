@@ -164,6 +164,36 @@ fn a_route_matching_the_same_paths_as_an_earlier_one_is_refused() {
     assert!(panicked.is_err(), "the same pattern twice was accepted");
 }
 
+/// A pattern that a broader one added before always matches first is refused, naming the
+/// broader one; added the other way round, both serve their own paths.
+#[tokio::test]
+async fn a_route_a_broader_earlier_one_shadows_is_refused_and_the_other_order_serves_both() {
+    let error = HubLayer::new(Hub::builder().build())
+        .route("/{x}/{room}")
+        .try_route("/ws/{room}")
+        .expect_err("a pattern that could never be used was accepted");
+    let message = error.to_string();
+    assert!(
+        message.contains("\"/ws/{room}\"")
+            && message.contains("\"/{x}/{room}\"")
+            && message.contains("add the more specific pattern first"),
+        "{message}"
+    );
+
+    let hub = Hub::builder().build();
+    let layer = HubLayer::new(hub.clone())
+        .route("/ws/{room}")
+        .route("/{x}/{room}");
+    let server = serve_router(router().layer(layer), hub).await;
+    let _specific = connect(&format!("ws://{}/ws/lobby", server.addr)).await;
+    let _broader = connect(&format!("ws://{}/other/chat", server.addr)).await;
+    wait_members(&server.hub, "lobby", 1).await;
+    wait_members(&server.hub, "chat", 1).await;
+    let mut rooms = server.hub.rooms();
+    rooms.sort();
+    assert_eq!(rooms, ["chat", "lobby"]);
+}
+
 fn query_room_extractor(parts: &axum::http::request::Parts) -> RoomMatch {
     if parts.uri.path() != "/chat" {
         return RoomMatch::Pass;

@@ -116,12 +116,12 @@ impl HubLayer {
     /// Patterns are tried in the order they were added, and the first that matches a path
     /// decides: its `{room}` segment names the room (or, if it is not a valid room name, the
     /// request gets `400` without trying the others). Two patterns overlap when, with as many
-    /// segments, one has a literal where the other has a parameter (and no segment has
+    /// segments, each has a literal where the other has a parameter (and no segment has
     /// different literals in each): then the one added **first** wins for the paths both
-    /// match, whichever is more specific. With `/lobby/{room}` added before `/{room}/chat`,
-    /// `/lobby/chat` joins room `chat`; added the other way round, room `lobby`. (Which
-    /// pattern wins only shows when their `{room}` segments differ; add the more specific one
-    /// first if you have such a pair.)
+    /// match. With `/lobby/{room}` added before `/{room}/chat`, `/lobby/chat` joins room
+    /// `chat`; added the other way round, room `lobby`. A pattern that one added before
+    /// matches wherever it matches (`/ws/{room}` after `/{x}/{room}`) could never decide
+    /// anything, and is refused (below): add the more specific pattern first.
     ///
     /// # Panics
     ///
@@ -130,10 +130,11 @@ impl HubLayer {
     /// so `/ws/{room}` is the pattern for `/ws/lobby`), a parameter that is not a whole
     /// segment, a catch-all (`{*rest}`), axum 0.7's `:name` syntax (a literal segment that
     /// starts with `:` can be served with an [`extractor`](Self::extractor)), or a `.` or `..`
-    /// segment (clients resolve those away: no request could match). Also if it
-    /// matches exactly the same paths as a pattern added before: the same pattern again, or
-    /// one that differs only in parameter names or in which parameter is `{room}`
-    /// (`/t/{tenant}/{room}` and `/t/{room}/{tenant}`); the message names both. Use
+    /// segment (clients resolve those away: no request could match). Also if a pattern added
+    /// before matches every path this one matches, so that this one would never be used: the
+    /// same pattern again, one that differs only in parameter names or in which parameter is
+    /// `{room}` (`/t/{tenant}/{room}` and `/t/{room}/{tenant}`), or a broader one
+    /// (`/{x}/{room}` before `/ws/{room}`); the message names both. Use
     /// [`try_route`](Self::try_route) to get the error instead.
     pub fn route(self, pattern: &str) -> Self {
         match self.try_route(pattern) {
@@ -147,8 +148,8 @@ impl HubLayer {
     ///
     /// # Errors
     ///
-    /// The reason the pattern is invalid, or that it matches exactly the same paths as a
-    /// pattern added before (naming it).
+    /// The reason the pattern is invalid, or that a pattern added before matches every path
+    /// it matches (naming it).
     pub fn try_route(mut self, pattern: &str) -> Result<Self, crate::route::InvalidRoutePattern> {
         let pattern = RoutePattern::parse(pattern)?;
         self.shared_mut().router.add_pattern(pattern)?;
