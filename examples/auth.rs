@@ -26,17 +26,33 @@
 //! curl -i http://127.0.0.1:3002/ws/lobby      # 401 Unauthorized
 //! curl -H 'Authorization: Bearer bob-token' http://127.0.0.1:3002/whoami
 //! ```
+//!
+//! The example also keeps each user's open connections (a [`ConnectionHandle`] per connection,
+//! taken in `on_connect`, dropped in `on_disconnect`), for two things a room cannot do: a
+//! private message to one user, whatever room they are in, and logging a user out of every
+//! connection at once.
+//!
+//! ```text
+//! curl -H 'Authorization: Bearer alice-token' -d 'psst' http://127.0.0.1:3002/dm/bob
+//! curl -X POST -H 'Authorization: Bearer bob-token' http://127.0.0.1:3002/logout
+//! ```
+//!
+//! Bob's connections get `alice (private): psst`; then they are closed with code 4000,
+//! "logged out".
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use axum::extract::Request;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Extension, Router};
-use tower_ws_hub::{ConnectionContext, Hub, HubLayer, InboundAction, Message};
+use tower_ws_hub::{
+    ConnectionContext, ConnectionHandle, ConnectionId, Hub, HubLayer, InboundAction, Message,
+};
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,6 +61,46 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Debug)]
 struct User {
     name: Arc<str>,
+}
+
+/// One user's open WebSocket connections.
+type Connections = HashMap<ConnectionId, ConnectionHandle>;
+
+/// Each user's open WebSocket connections on this instance.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<Arc<str>, Connections>>>);
+
+impl Sessions {
+    /// `on_connect`: remembers the connection under its user.
+    fn opened(&self, ctx: &ConnectionContext) {
+        if let Some(user) = ctx.extensions().get::<User>() {
+            let mut users = self.0.lock().unwrap();
+            let open = users.entry(Arc::clone(&user.name)).or_default();
+            open.insert(ctx.id(), ctx.handle());
+        }
+    }
+
+    /// `on_disconnect`: forgets it (and the user, with their last connection).
+    fn closed(&self, ctx: &ConnectionContext) {
+        if let Some(user) = ctx.extensions().get::<User>() {
+            let mut users = self.0.lock().unwrap();
+            if let Some(open) = users.get_mut(&user.name) {
+                open.remove(&ctx.id());
+                if open.is_empty() {
+                    users.remove(&user.name);
+                }
+            }
+        }
+    }
+
+    /// The handles of `name`'s open connections (cloned: nothing is sent under the lock).
+    fn of(&self, name: &str) -> Vec<ConnectionHandle> {
+        let users = self.0.lock().unwrap();
+        users
+            .get(name)
+            .map(|open| open.values().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The token store. A real application would ask its session store or verify a JWT here.
@@ -67,10 +123,19 @@ async fn main() -> Result<(), BoxError> {
         .init();
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3002".to_owned());
-    let hub = Hub::builder().on_message(stamp_sender).build();
+    let sessions = Sessions::default();
+    let (opened, closed) = (sessions.clone(), sessions.clone());
+    let hub = Hub::builder()
+        .on_message(stamp_sender)
+        .on_connect(move |ctx| opened.opened(ctx))
+        .on_disconnect(move |ctx| closed.closed(ctx))
+        .build();
 
     let app = Router::new()
         .route("/whoami", get(whoami))
+        .route("/dm/{name}", post(direct_message))
+        .route("/logout", post(logout))
+        .with_state(sessions)
         // The hub layer: `/ws/{room}` becomes WebSocket rooms.
         .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
         // Order matters: in axum each `.layer(..)` wraps everything above it, so the layer added
@@ -152,4 +217,35 @@ fn stamp_sender(ctx: &ConnectionContext, message: Message) -> InboundAction {
 
 async fn whoami(Extension(user): Extension<User>) -> String {
     format!("{}\n", user.name)
+}
+
+/// `POST /dm/{name}`: the body, as `<sender> (private): <body>`, to every connection `name` has
+/// open on this instance, whatever its room. `404` if they have none.
+async fn direct_message(
+    State(sessions): State<Sessions>,
+    Extension(sender): Extension<User>,
+    Path(name): Path<String>,
+    body: String,
+) -> (StatusCode, String) {
+    let text = format!("{} (private): {body}", sender.name);
+    let sent = sessions
+        .of(&name)
+        .iter()
+        .filter(|handle| handle.send(text.as_str()).is_ok())
+        .count();
+    if sent == 0 {
+        return (StatusCode::NOT_FOUND, format!("{name} is not connected\n"));
+    }
+    (StatusCode::OK, format!("sent to {sent} connection(s)\n"))
+}
+
+/// `POST /logout`: closes every connection of the caller with 4000, "logged out" (what is
+/// already queued for them is written first).
+async fn logout(State(sessions): State<Sessions>, Extension(user): Extension<User>) -> String {
+    let closed = sessions
+        .of(&user.name)
+        .iter()
+        .filter(|handle| handle.close(4000, "logged out").is_ok())
+        .count();
+    format!("closed {closed} connection(s)\n")
 }

@@ -3,6 +3,9 @@
 //! The answer to a client's close frame carries the client's own code (and none when the
 //! client's carried none), as RFC 6455 §5.5.1 suggests; a code the RFC forbids on the wire is
 //! answered with [`PROTOCOL_ERROR`].
+//!
+//! The application closes a connection with a code of its own choosing (4000–4999 are for
+//! applications to define) through [`ConnectionHandle::close`](crate::ConnectionHandle::close).
 
 /// 1000: normal closure (the idle timeout).
 pub const NORMAL: u16 = 1000;

@@ -73,9 +73,12 @@ pub use config::{
     DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPGRADE_TIMEOUT,
     DEFAULT_WRITE_INTERVAL, SlowConsumerPolicy,
 };
-pub use error::PublishError;
+pub use error::{CloseError, PublishError, SendError};
 pub use handshake::HandshakeError;
-pub use hub::{ConnectionContext, ConnectionId, Hub, HubBuilder, HubStats, InboundAction};
+pub use hub::handle::MAX_CLOSE_REASON_LEN;
+pub use hub::{
+    ConnectionContext, ConnectionHandle, ConnectionId, Hub, HubBuilder, HubStats, InboundAction,
+};
 pub use layer::{HubBody, HubLayer, HubService, ResponseFuture};
 pub use message::{Message, MessageKind};
 pub use origin::OriginPolicy;

@@ -536,3 +536,83 @@ async fn auth_refuses_upgrades_without_a_valid_token_and_stamps_names() {
     bob.send(WsMessage::text("hello alice")).await.unwrap();
     assert_eq!(next_text(&mut alice).await, "bob: hello alice");
 }
+
+/// `POST /dm/{name}` reaches every connection of one user and no one else; `POST /logout`
+/// closes the caller's connections with 4000.
+#[tokio::test]
+async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
+    let example = Example::start("auth").await;
+    let connect_as = |path: &str, token: &str| {
+        let url = format!("{}?token={token}", example.ws_url(path));
+        async move {
+            try_connect(&url, None)
+                .await
+                .unwrap_or_else(|status| panic!("{url} refused: {status:?}"))
+        }
+    };
+    let mut alice = connect_as("/ws/lobby", "alice-token").await;
+    let mut bob_lobby = connect_as("/ws/lobby", "bob-token").await;
+    let mut bob_elsewhere = connect_as("/ws/elsewhere", "bob-token").await;
+
+    // Each connection is remembered once its `on_connect` ran, just after the `101`.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (status, body) = http(
+            "POST",
+            &example.http_url("/dm/bob?token=alice-token"),
+            "psst",
+        )
+        .await;
+        if status == StatusCode::OK && body == "sent to 2 connection(s)\n" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's two connections never became reachable: {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Earlier attempts that reached one connection only may have delivered too: the last one
+    // reached both.
+    for bob in [&mut bob_lobby, &mut bob_elsewhere] {
+        let mut text = next_text(bob).await;
+        while text != "alice (private): psst" {
+            text = next_text(bob).await;
+        }
+    }
+    // Alice, in the same room as one of them, sees none of it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), next_text(&mut alice))
+            .await
+            .is_err(),
+        "a private message reached the sender's room"
+    );
+    let (status, body) = http(
+        "POST",
+        &example.http_url("/dm/carol?token=alice-token"),
+        "x",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "carol is not connected\n")
+    );
+
+    let (status, body) = http("POST", &example.http_url("/logout?token=bob-token"), "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "closed 2 connection(s)\n")
+    );
+    assert_eq!(close_code(&mut bob_lobby).await, CloseCode::from(4000));
+    assert_eq!(close_code(&mut bob_elsewhere).await, CloseCode::from(4000));
+
+    // Alice's connection is untouched: bob can still reach it.
+    let (status, _) = http(
+        "POST",
+        &example.http_url("/dm/alice?token=bob-token"),
+        "bye",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(next_text(&mut alice).await, "bob (private): bye");
+}

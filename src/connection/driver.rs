@@ -494,6 +494,16 @@ where
                     true,
                 );
             }
+            CloseIntent::Requested => {
+                // Set with the intent, under the same lock, and never taken away.
+                if let Some(requested) = self.queue.requested_close() {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(requested.code),
+                        reason: Utf8Bytes::from(String::from(requested.reason)),
+                    };
+                    self.begin_close(frame, true);
+                }
+            }
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::hub::{ConnectionContext, Hub};
 use io::{Early, Socket};
-use queue::{CloseIntent, OutboundQueue};
+use queue::CloseIntent;
 
 /// The TCP socket under hyper's `Upgraded`, with the bytes the server read past the request
 /// head, when the server is one we know: hyper-util's auto builder (`axum::serve`) wraps the
@@ -70,7 +70,7 @@ pub(crate) async fn serve<S>(hub: Hub, context: ConnectionContext, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let queue = Arc::new(OutboundQueue::new(hub.queue_limits()));
+    let queue = Arc::clone(context.queue());
     // Leaves the room, then runs `on_disconnect`, however this future ends: driven to its end,
     // or dropped on the way (the runtime shutting down with the connection open).
     let ending = Ending {

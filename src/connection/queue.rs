@@ -28,6 +28,35 @@ pub(crate) enum CloseIntent {
     InternalError,
     /// The shutdown grace period is over: drop the socket.
     Abort,
+    /// The application asked for it ([`ConnectionHandle::close`](crate::ConnectionHandle::close)):
+    /// write what is queued, then close with the code and reason it gave
+    /// ([`OutboundQueue::requested_close`]).
+    Requested,
+}
+
+impl CloseIntent {
+    /// Which intent replaces which: a stronger one replaces a weaker one, never the other way
+    /// round, and the first of two equals stays.
+    fn strength(self) -> u8 {
+        match self {
+            Self::Shutdown => 0,
+            Self::Requested => 1,
+            Self::SlowConsumer | Self::InternalError => 2,
+            Self::Abort => 3,
+        }
+    }
+
+    /// Whether what is queued is written before the close frame (otherwise it is discarded).
+    fn drains(self) -> bool {
+        matches!(self, Self::Shutdown | Self::Requested)
+    }
+}
+
+/// The close frame the application asked for ([`CloseIntent::Requested`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestedClose {
+    pub(crate) code: u16,
+    pub(crate) reason: Box<str>,
 }
 
 /// What became of a pushed message.
@@ -122,6 +151,9 @@ struct State {
     /// the room sends while the client takes its time to answer the close never fills the
     /// queue and counts as a slow consumer.
     refuse_data: bool,
+    /// The close frame of a [`CloseIntent::Requested`] (boxed: most connections never get
+    /// one, and it costs them a pointer).
+    requested: Option<Box<RequestedClose>>,
 }
 
 /// A connection's outbound queue. See the [module docs](self).
@@ -420,28 +452,53 @@ impl OutboundQueue {
         state.bytes = state.bytes.saturating_sub(bytes);
     }
 
-    /// Asks the connection to close. A stronger intent replaces a weaker one
-    /// (`Abort` > `SlowConsumer` > `Shutdown`).
+    /// Asks the connection to close. A stronger intent replaces a weaker one (`Abort` >
+    /// `SlowConsumer` = `InternalError` > `Requested` > `Shutdown`). (`Requested` comes with its
+    /// frame, through [`request_close`](Self::request_close).)
     pub(crate) fn close(&self, intent: CloseIntent) {
         let mut state = self.lock();
-        let stronger = match (state.close, intent) {
-            (None, _) => true,
-            (Some(CloseIntent::Abort), _) => false,
-            (Some(_), CloseIntent::Abort) => true,
-            (
-                Some(CloseIntent::Shutdown),
-                CloseIntent::SlowConsumer | CloseIntent::InternalError,
-            ) => true,
-            (Some(_), _) => false,
-        };
+        let stronger = state
+            .close
+            .is_none_or(|current| intent.strength() > current.strength());
         if stronger {
             state.close = Some(intent);
-            if intent != CloseIntent::Shutdown {
+            if !intent.drains() {
                 state.discard_queued();
             }
         }
         drop(state);
         self.waker.wake();
+    }
+
+    /// The application asks for the connection to close with `code` and `reason`, after what
+    /// is queued: [`CloseIntent::Requested`]. Returns `false`, changing nothing, when the
+    /// connection is already closing, for whatever reason (a close asked for before, by the
+    /// hub or the application, or the connection's own: a timeout, a protocol error, the
+    /// client's close).
+    pub(crate) fn request_close(&self, code: u16, reason: &str) -> bool {
+        let mut state = self.lock();
+        if state.close.is_some() || state.refuse_data {
+            return false;
+        }
+        state.close = Some(CloseIntent::Requested);
+        state.requested = Some(Box::new(RequestedClose {
+            code,
+            reason: reason.into(),
+        }));
+        drop(state);
+        self.waker.wake();
+        true
+    }
+
+    /// The close frame of a [`CloseIntent::Requested`], if one was asked for.
+    pub(crate) fn requested_close(&self) -> Option<RequestedClose> {
+        self.lock().requested.as_deref().cloned()
+    }
+
+    /// Whether the connection still takes data: it is not closing, for any reason.
+    pub(crate) fn is_open(&self) -> bool {
+        let state = self.lock();
+        state.close.is_none() && !state.refuse_data
     }
 
     /// What is queued, at a glance.
@@ -951,6 +1008,65 @@ mod tests {
         q.close(CloseIntent::Shutdown);
         assert_eq!(q.close_intent(), Some(CloseIntent::Abort));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_requested_close_keeps_what_is_queued_and_refuses_what_comes_after() {
+        let q = queue(4, 1024, SlowConsumerPolicy::Disconnect);
+        q.push(text("last words"));
+        assert!(q.is_open());
+        assert!(q.request_close(4001, "banned"));
+        assert!(!q.is_open());
+        assert_eq!(q.close_intent(), Some(CloseIntent::Requested));
+        assert_eq!(
+            q.requested_close(),
+            Some(RequestedClose {
+                code: 4001,
+                reason: "banned".into()
+            })
+        );
+        assert_eq!(q.push(text("too late")), PushOutcome::Closed);
+        assert_eq!(drain(&q), ["last words"]);
+        // A connection asked to close once keeps that close.
+        assert!(!q.request_close(4002, "again"));
+        assert_eq!(q.requested_close().unwrap().code, 4001);
+    }
+
+    #[test]
+    fn a_requested_close_ranks_above_shutdown_and_below_the_hubs_own_closes() {
+        // Shutdown first: the connection is closing already, with 1001.
+        let q = queue(4, 1024, SlowConsumerPolicy::Disconnect);
+        q.close(CloseIntent::Shutdown);
+        assert!(!q.request_close(4000, "mine"));
+        assert_eq!(q.close_intent(), Some(CloseIntent::Shutdown));
+        assert_eq!(q.requested_close(), None);
+        // Asked first: a shutdown leaves it (and what is queued) as it is.
+        let q = queue(4, 1024, SlowConsumerPolicy::Disconnect);
+        q.push(text("a"));
+        assert!(q.request_close(4000, "mine"));
+        q.close(CloseIntent::Shutdown);
+        assert_eq!(q.close_intent(), Some(CloseIntent::Requested));
+        assert!(!q.is_empty());
+        // A panicking hook, a slow consumer or the end of the grace period replace it, and
+        // discard what is queued.
+        for stronger in [
+            CloseIntent::InternalError,
+            CloseIntent::SlowConsumer,
+            CloseIntent::Abort,
+        ] {
+            let q = queue(4, 1024, SlowConsumerPolicy::Disconnect);
+            q.push(text("a"));
+            assert!(q.request_close(4000, "mine"));
+            q.close(stronger);
+            assert_eq!(q.close_intent(), Some(stronger));
+            assert!(q.is_empty());
+        }
+        // A connection closing on its own (it sends no more data) is not asked again.
+        let q = queue(4, 1024, SlowConsumerPolicy::Disconnect);
+        q.stop_data();
+        assert!(!q.is_open());
+        assert!(!q.request_close(4000, "mine"));
+        assert_eq!(q.close_intent(), None);
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Version, request::Parts};
 
 use super::Hub;
+use super::handle::ConnectionHandle;
+use crate::connection::queue::OutboundQueue;
 
 /// Identifies one connection for the lifetime of its hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,6 +119,8 @@ pub struct ConnectionContext {
     hub: Hub,
     id: ConnectionId,
     room: Arc<str>,
+    /// The connection's outbound queue, for [`handle`](Self::handle).
+    queue: Arc<OutboundQueue>,
     headers: HeaderMap,
     extensions: Extensions,
     protocol: Option<HeaderValue>,
@@ -169,6 +173,7 @@ impl ConnectionContext {
         };
         compact_extensions(&mut extensions);
         Self {
+            queue: Arc::new(OutboundQueue::new(hub.queue_limits())),
             hub,
             id,
             room,
@@ -258,5 +263,62 @@ impl ConnectionContext {
     /// When the connection was accepted.
     pub fn connected_at(&self) -> SystemTime {
         self.connected_at
+    }
+
+    /// A handle to this connection, to keep after the hook returns: the application sends
+    /// it messages of its own, or closes it, from anywhere (a handler, a background task),
+    /// for as long as it is open. See [`ConnectionHandle`].
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::{Arc, Mutex};
+    /// use tower_ws_hub::{ConnectionHandle, ConnectionId, Hub};
+    ///
+    /// // Each user's open connections, by the name its auth middleware put in the request.
+    /// #[derive(Clone)]
+    /// struct User(String);
+    /// type Sessions = Arc<Mutex<HashMap<String, HashMap<ConnectionId, ConnectionHandle>>>>;
+    /// let sessions = Sessions::default();
+    ///
+    /// let (joined, left) = (sessions.clone(), sessions.clone());
+    /// let hub = Hub::builder()
+    ///     .keep_extension::<User>()
+    ///     .on_connect(move |ctx| {
+    ///         if let Some(User(name)) = ctx.extensions().get::<User>() {
+    ///             let mut sessions = joined.lock().unwrap();
+    ///             sessions.entry(name.clone()).or_default().insert(ctx.id(), ctx.handle());
+    ///         }
+    ///     })
+    ///     .on_disconnect(move |ctx| {
+    ///         if let Some(User(name)) = ctx.extensions().get::<User>() {
+    ///             let mut sessions = left.lock().unwrap();
+    ///             if let Some(open) = sessions.get_mut(name) {
+    ///                 open.remove(&ctx.id());
+    ///                 if open.is_empty() {
+    ///                     sessions.remove(name);
+    ///                 }
+    ///             }
+    ///         }
+    ///     })
+    ///     .build();
+    ///
+    /// // Later, anywhere: a private notice to every connection of one user.
+    /// for handle in sessions.lock().unwrap().get("ada").into_iter().flat_map(|open| open.values()) {
+    ///     let _ = handle.send("you have a new invitation");
+    /// }
+    /// # drop(hub);
+    /// ```
+    pub fn handle(&self) -> ConnectionHandle {
+        ConnectionHandle::new(
+            self.hub.clone(),
+            self.id,
+            Arc::clone(&self.room),
+            &self.queue,
+        )
+    }
+
+    /// The connection's outbound queue.
+    pub(crate) fn queue(&self) -> &Arc<OutboundQueue> {
+        &self.queue
     }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod backlog;
 pub(crate) mod context;
+pub(crate) mod handle;
 pub(crate) mod hooks;
 pub(crate) mod registry;
 pub(crate) mod stats;
@@ -33,6 +34,7 @@ use crate::route::validate_room_name;
 use crate::sync::lock;
 
 pub use context::{ConnectionContext, ConnectionId};
+pub use handle::ConnectionHandle;
 pub use hooks::InboundAction;
 pub use stats::HubStats;
 
