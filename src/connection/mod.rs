@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::hub::{ConnectionContext, Hub};
 use io::{Early, Socket};
-use queue::CloseIntent;
+use queue::{CloseIntent, OutboundQueue};
 
 /// The TCP socket under hyper's `Upgraded`, with the bytes the server read past the request
 /// head, when the server is one we know: hyper-util's auto builder (`axum::serve`) wraps the
@@ -66,11 +66,12 @@ pub(crate) fn serve_upgraded(
 
 /// Serves one upgraded connection until it closes: join the room, run the hooks, drive the
 /// socket, leave the room.
-pub(crate) async fn serve<S>(hub: Hub, context: ConnectionContext, io: S)
+pub(crate) async fn serve<S>(hub: Hub, mut context: ConnectionContext, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let queue = Arc::clone(context.queue());
+    let queue = Arc::new(OutboundQueue::new(hub.queue_limits()));
+    context.attach_queue(&queue);
     // Leaves the room, then runs `on_disconnect`, however this future ends: driven to its end,
     // or dropped on the way (the runtime shutting down with the connection open).
     let ending = Ending {

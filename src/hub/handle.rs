@@ -55,13 +55,13 @@ impl ConnectionHandle {
         hub: Hub,
         id: ConnectionId,
         room: Arc<str>,
-        queue: &Arc<OutboundQueue>,
+        queue: Weak<OutboundQueue>,
     ) -> Self {
         Self {
             hub,
             id,
             room,
-            queue: Arc::downgrade(queue),
+            queue,
         }
     }
 
