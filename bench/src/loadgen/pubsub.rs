@@ -230,7 +230,8 @@ pub struct Report {
     pub duplicated: u64,
     /// Out-of-order deliveries.
     pub out_of_order: u64,
-    /// Messages subscribers received that were not benchmark payloads of their room.
+    /// Messages subscribers received that were not benchmark payloads of their room, or that
+    /// carried a sequence number their publisher never sends.
     pub foreign_messages: u64,
     /// Messages publishers received (other publishers in their room) and discarded.
     pub publisher_received: u64,
@@ -613,6 +614,14 @@ impl Track {
     }
 }
 
+/// Whether a data message's sequence number is one its publisher sends: below `expected`, what
+/// each stream sends in all.
+fn sent_by_its_publisher(header: &Header, expected: &[usize]) -> bool {
+    expected
+        .get(header.stream as usize)
+        .is_some_and(|&sent| header.seq < sent as u64)
+}
+
 /// Subscriber `index`, in `room`: connects to `url` (its URL in `Options::urls`, at
 /// `url_index`, with the room filled in; its latencies go to that URL's histogram).
 async fn subscriber(
@@ -652,7 +661,10 @@ async fn subscriber(
     loop {
         let read = client
             .read_batch(now_ns, |payload, now| {
+                // A sequence number past what its publisher sends is no message of this run
+                // (and would make the tracks grow with whatever number arrived).
                 let Some((header, slot)) = Header::decode(payload)
+                    .filter(|h| h.kind == Kind::Probe || sent_by_its_publisher(h, expected))
                     .and_then(|h| Some((h, topology.slot_in_room(h.stream, room)?)))
                 else {
                     shared.foreign.fetch_add(1, Ordering::Relaxed);
@@ -1469,6 +1481,22 @@ mod tests {
         total.merge(other);
         assert!(total.reached());
         assert_eq!((total.first_us, total.last_us), (100, 700));
+    }
+
+    #[test]
+    fn a_sequence_number_its_publisher_never_sends_is_no_message_of_the_run() {
+        let header = |stream, seq| Header {
+            kind: Kind::Data,
+            stream,
+            seq,
+            sent_ns: 0,
+        };
+        let expected = [3, 5];
+        assert!(sent_by_its_publisher(&header(0, 2), &expected));
+        assert!(!sent_by_its_publisher(&header(0, 3), &expected));
+        assert!(sent_by_its_publisher(&header(1, 4), &expected));
+        assert!(!sent_by_its_publisher(&header(1, u64::MAX), &expected));
+        assert!(!sent_by_its_publisher(&header(2, 0), &expected));
     }
 
     #[test]
