@@ -242,3 +242,35 @@ async fn sends_past_the_queue_bound_follow_the_slow_consumer_policy() {
     assert_eq!(next_text(&mut client).await, "small");
     assert_eq!(server.hub.stats().dropped_messages, 1);
 }
+
+/// The application keeps handles after their connections end (here in the very map its
+/// `on_connect` fills, as one that forgets to empty it in `on_disconnect` would): they must
+/// not keep the hub alive, with its hooks, rooms and broker tasks.
+#[tokio::test]
+async fn a_handle_kept_after_its_connection_ended_does_not_keep_the_hub_alive() {
+    // Dropped with the hub's hooks.
+    let alive = Arc::new(());
+    let hub_dropped = Arc::downgrade(&alive);
+    let (hub, handles) = keeping_handles(Hub::builder().on_disconnect(move |_| {
+        let _ = &alive;
+    }));
+    let server = serve_hub(hub).await;
+    let mut client = server.connect(ROOM).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    client.close(None).await.unwrap();
+    eventually("the connection to end", || {
+        server.hub.stats().connections == 0
+    })
+    .await;
+    let target = handle(&handles, 0);
+    server.hub.shutdown().await;
+    let Server { hub, task, .. } = server;
+    task.await.unwrap();
+    drop(hub);
+    eventually("the hub to be dropped", || hub_dropped.strong_count() == 0).await;
+    // The handle outlives it, and says so.
+    assert!(!target.is_open());
+    assert_eq!(target.send("anyone?"), Err(SendError::Closed));
+    assert_eq!(target.close(1000, ""), Err(CloseError::Closed));
+    assert!(format!("{target:?}").contains("open: false"));
+}

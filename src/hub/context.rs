@@ -313,7 +313,7 @@ impl ConnectionContext {
     /// ```
     pub fn handle(&self) -> ConnectionHandle {
         ConnectionHandle::new(
-            self.hub.clone(),
+            &self.hub,
             self.id,
             Arc::clone(&self.room),
             self.queue.clone(),

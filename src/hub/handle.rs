@@ -4,9 +4,9 @@ use std::sync::{Arc, Weak};
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::Hub;
 use super::context::ConnectionId;
 use super::registry::FanOut;
+use super::{Hub, HubInner};
 use crate::connection::queue::{OutboundQueue, PushOutcome};
 use crate::error::{CloseError, SendError};
 use crate::message::Message;
@@ -21,9 +21,9 @@ pub const MAX_CLOSE_REASON_LEN: usize = 123;
 /// Get one from [`ConnectionContext::handle`](crate::ConnectionContext::handle) in a hook,
 /// typically `on_connect`, and keep it where the application finds it again (a map from a user
 /// or a session to its connections, emptied in `on_disconnect`). Cloning it is cheap. A handle
-/// does not keep its connection open, nor anything of it but a small allocation: once the
-/// connection has ended, [`send`](Self::send) and [`close`](Self::close) say
-/// [`Closed`](SendError::Closed).
+/// does not keep its connection open, nor anything of it but a small allocation, nor its hub
+/// (the hooks, the rooms, the broker's tasks): once the connection has ended, or the hub has
+/// gone, [`send`](Self::send) and [`close`](Self::close) say [`Closed`](SendError::Closed).
 ///
 /// A message sent through a handle is a delivery like any other to that connection: it goes
 /// through the connection's outbound queue, after what is already queued for it, under the
@@ -33,7 +33,9 @@ pub const MAX_CLOSE_REASON_LEN: usize = 123;
 /// another instance, publish to a room it is in.)
 #[derive(Clone)]
 pub struct ConnectionHandle {
-    hub: Hub,
+    /// Weak, as the queue: a handle the application keeps (in a map its own hooks hold, say)
+    /// must not keep the hub alive, nor its broker's tasks running.
+    hub: Weak<HubInner>,
     id: ConnectionId,
     room: Arc<str>,
     queue: Weak<OutboundQueue>,
@@ -52,13 +54,13 @@ impl std::fmt::Debug for ConnectionHandle {
 
 impl ConnectionHandle {
     pub(crate) fn new(
-        hub: Hub,
+        hub: &Hub,
         id: ConnectionId,
         room: Arc<str>,
         queue: Weak<OutboundQueue>,
     ) -> Self {
         Self {
-            hub,
+            hub: Arc::downgrade(&hub.inner),
             id,
             room,
             queue,
@@ -111,9 +113,12 @@ impl ConnectionHandle {
             return Err(SendError::Closed);
         };
         let outcome = queue.push(message.into().encode_frame());
-        let mut result = FanOut::default();
-        result.record(outcome, 1);
-        self.hub.inner().record_pushes(&self.room, result);
+        // Alive with the queue: the connection that holds the queue holds the hub.
+        if let Some(hub) = self.hub.upgrade() {
+            let mut result = FanOut::default();
+            result.record(outcome, 1);
+            hub.record_pushes(&self.room, result);
+        }
         match outcome {
             PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => Ok(()),
             PushOutcome::Dropped => Err(SendError::QueueFull),
