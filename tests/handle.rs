@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use support::raw::{MASK, Upgrade, encode_frame, opcode};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower_ws_hub::{
-    CloseError, ConnectionHandle, Hub, HubBuilder, MAX_CLOSE_REASON_LEN, Message, SendError,
-    SlowConsumerPolicy, close_code,
+    CloseError, ConnectionHandle, Hub, HubBuilder, InboundAction, MAX_CLOSE_REASON_LEN, Message,
+    SendError, SlowConsumerPolicy, close_code,
 };
 
 const ROOM: &str = "desk";
@@ -273,4 +274,45 @@ async fn a_handle_kept_after_its_connection_ended_does_not_keep_the_hub_alive() 
     assert_eq!(target.send("anyone?"), Err(SendError::Closed));
     assert_eq!(target.close(1000, ""), Err(CloseError::Closed));
     assert!(format!("{target:?}").contains("open: false"));
+}
+
+/// A message hook that closes its own connection (a moderation hook banning the sender of what
+/// it just read): what the client sent after that message is neither run through the hook nor
+/// delivered to the room, even when it was read at once with the message that closed it.
+#[tokio::test]
+async fn what_a_client_sent_after_its_message_hook_closed_it_does_not_reach_the_room() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let hub = Hub::builder()
+        .on_message(move |ctx, message| {
+            let text = message.as_text().unwrap_or_default().to_owned();
+            log.lock().unwrap().push(text.clone());
+            if text == "spam" {
+                ctx.handle().close(4001, "banned").unwrap();
+                return InboundAction::Drop;
+            }
+            InboundAction::Forward(message)
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut listener = server.connect(ROOM).await;
+    let mut spammer = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    wait_members(&server.hub, ROOM, 2).await;
+    // One write: the server reads the three frames in one go.
+    let mut bytes = Vec::new();
+    for text in ["hello", "spam", "more spam"] {
+        bytes.extend(encode_frame(
+            true,
+            0,
+            opcode::TEXT,
+            Some(MASK),
+            text.as_bytes(),
+        ));
+    }
+    spammer.send_bytes(&bytes).await;
+    assert_eq!(spammer.close_code().await, Some(4001));
+    assert_eq!(next_text(&mut listener).await, "hello");
+    assert_silent(&mut listener, Duration::from_millis(200)).await;
+    assert_eq!(*seen.lock().unwrap(), ["hello", "spam"]);
+    assert_eq!(server.hub.stats().messages_published, 1);
 }

@@ -692,6 +692,7 @@ where
                 }
             }
         }
+        let hooked = hub.hooks.on_message.is_some();
         let Ok(action) = hub.inbound(self.context, message) else {
             // Messages read before this one were accepted and still go out (`flush_forward`).
             self.on_close_intent(CloseIntent::InternalError);
@@ -712,6 +713,13 @@ where
                 self.membership.hub().inner().record_pushes(room, result);
             }
             InboundAction::Drop => {}
+        }
+        // The hook may have closed its own connection (`ConnectionHandle::close`): the close
+        // starts now, as after a panic, not at the next poll, so that what the client sent
+        // after this message (read in this same loop, maybe) is neither run through the hook
+        // nor delivered. (Without a hook, nothing in this task can have asked for it.)
+        if hooked && self.queue.close_intent() == Some(CloseIntent::Requested) {
+            self.on_close_intent(CloseIntent::Requested);
         }
     }
 

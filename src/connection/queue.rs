@@ -512,7 +512,6 @@ impl OutboundQueue {
     }
 
     /// The close intent, if any.
-    #[cfg(test)]
     pub(crate) fn close_intent(&self) -> Option<CloseIntent> {
         self.lock().close
     }
