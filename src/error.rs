@@ -60,8 +60,11 @@ pub enum SendError {
     /// has run, for it).
     Closed,
     /// The connection's outbound queue is full and the policy is
-    /// [`SlowConsumerPolicy::DropNewest`](crate::SlowConsumerPolicy::DropNewest): this message
-    /// was dropped. The client reads more slowly than it is sent to; later messages may fit.
+    /// [`SlowConsumerPolicy::DropNewest`](crate::SlowConsumerPolicy::DropNewest), or it is
+    /// [`SlowConsumerPolicy::DropOldest`](crate::SlowConsumerPolicy::DropOldest) and even an
+    /// emptied queue could not take this message (the connection's writer holds the rest of
+    /// the bounds): this message was dropped. The client reads more slowly than it is sent
+    /// to; later messages may fit.
     QueueFull,
     /// The connection's outbound queue overflowed under
     /// [`SlowConsumerPolicy::Disconnect`](crate::SlowConsumerPolicy::Disconnect): the

@@ -316,3 +316,40 @@ async fn what_a_client_sent_after_its_message_hook_closed_it_does_not_reach_the_
     assert_eq!(*seen.lock().unwrap(), ["hello", "spam"]);
     assert_eq!(server.hub.stats().messages_published, 1);
 }
+
+/// Under `DropOldest`, a send that even an emptied queue could not take (the connection's
+/// writer holds the rest of the byte bound, on its way to a client that does not read) is
+/// refused as `QueueFull`, as under `DropNewest`, and counted as dropped.
+#[tokio::test]
+async fn under_drop_oldest_a_send_no_emptied_queue_could_take_is_queue_full() {
+    const KIB: usize = 1024;
+    let (hub, handles) = keeping_handles(
+        Hub::builder()
+            .outbound_queue(8, 100 * KIB)
+            .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
+            .write_interval(Duration::ZERO),
+    );
+    let server = serve_hub(hub).await;
+    let _stalled = Upgrade::new(&format!("/ws/{ROOM}"))
+        .open_on(support::raw::tcp_with_small_receive_buffer(server.addr).await)
+        .await;
+    wait_members(&server.hub, ROOM, 1).await;
+    let target = handle(&handles, 0);
+    // Fill the client's socket until the writer holds a frame it cannot finish.
+    let result = loop {
+        target.send("x".repeat(40 * KIB)).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match target.send("y".repeat(70 * KIB)) {
+            Ok(()) => {}
+            other => break other,
+        }
+        assert!(
+            server.hub.stats().deliveries < 1000,
+            "the writer never held bytes"
+        );
+    };
+    assert_eq!(result, Err(SendError::QueueFull));
+    let stats = server.hub.stats();
+    assert!(stats.dropped_messages > 0, "{stats:?}");
+    assert_eq!(stats.slow_consumer_disconnects, 0, "{stats:?}");
+}

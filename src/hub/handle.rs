@@ -98,7 +98,10 @@ impl ConnectionHandle {
     /// - [`SendError::Closed`]: the connection has ended, or is closing (nothing more is
     ///   written to it but what was queued before).
     /// - [`SendError::QueueFull`]: its outbound queue is full and the policy is
-    ///   [`DropNewest`](crate::SlowConsumerPolicy::DropNewest); the message is dropped.
+    ///   [`DropNewest`](crate::SlowConsumerPolicy::DropNewest), or it is
+    ///   [`DropOldest`](crate::SlowConsumerPolicy::DropOldest) and even an emptied queue could
+    ///   not take the message (the connection's writer holds the rest of the bounds, on its
+    ///   way to the socket); the message is dropped.
     /// - [`SendError::SlowConsumer`]: its outbound queue is full and the policy is
     ///   [`Disconnect`](crate::SlowConsumerPolicy::Disconnect) (the default): the connection
     ///   is being closed with 1013, the message dropped with what was queued.
