@@ -128,7 +128,8 @@ impl std::fmt::Display for CloseError {
             ),
             Self::ReasonTooLong { len } => write!(
                 f,
-                "not closed: the reason is {len} bytes; a close frame carries at most {}",
+                "not closed: the reason is {len} bytes; a close frame carries at most {} bytes \
+                 of reason",
                 crate::MAX_CLOSE_REASON_LEN
             ),
         }

@@ -162,6 +162,10 @@ async fn close_codes_no_endpoint_may_send_and_overlong_reasons_change_nothing() 
     );
     let message = CloseError::InvalidCode(1005).to_string();
     assert!(message.contains("3000-4999"), "{message}");
+    assert_eq!(
+        CloseError::ReasonTooLong { len: 124 }.to_string(),
+        "not closed: the reason is 124 bytes; a close frame carries at most 123 bytes of reason"
+    );
     assert!(target.is_open());
     target.send("still open").unwrap();
     assert_eq!(next_text(&mut client).await, "still open");
