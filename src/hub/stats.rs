@@ -72,6 +72,7 @@ pub struct HubStats {
     /// instances counts each message a hub published once.
     pub messages_published: u64,
     /// Messages queued for local receivers (one per receiver), replies of the message hook
+    /// and messages sent with [`ConnectionHandle::send`](crate::ConnectionHandle::send)
     /// included.
     pub deliveries: u64,
     /// Messages dropped because a receiver's outbound queue was full: the newest or the oldest
