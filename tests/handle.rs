@@ -34,6 +34,16 @@ fn handle(handles: &Handles, n: usize) -> ConnectionHandle {
     handles.lock().unwrap()[n].clone()
 }
 
+/// A hub from `builder` served at `/ws/{room}`, one client in [`ROOM`], and its handle.
+async fn one_client(builder: HubBuilder) -> (Server, Client, ConnectionHandle) {
+    let (hub, handles) = keeping_handles(builder);
+    let server = serve_hub(hub).await;
+    let client = server.connect(ROOM).await;
+    wait_members(&server.hub, ROOM, 1).await;
+    let target = handle(&handles, 0);
+    (server, client, target)
+}
+
 /// Reads up to the close frame; returns its code and reason.
 async fn close_frame(client: &mut Client) -> (u16, String) {
     loop {
@@ -142,11 +152,7 @@ async fn close_writes_what_is_queued_then_the_code_and_reason_and_the_handle_goe
 
 #[tokio::test]
 async fn close_codes_no_endpoint_may_send_and_overlong_reasons_change_nothing() {
-    let (hub, handles) = keeping_handles(Hub::builder());
-    let server = serve_hub(hub).await;
-    let mut client = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let target = handle(&handles, 0);
+    let (_server, mut client, target) = one_client(Hub::builder()).await;
 
     for code in [0, 999, 1004, 1005, 1006, 1014, 1015, 2999, 5000, u16::MAX] {
         assert_eq!(
@@ -179,11 +185,7 @@ async fn close_codes_no_endpoint_may_send_and_overlong_reasons_change_nothing() 
 
 #[tokio::test]
 async fn during_a_shutdown_a_handle_neither_sends_nor_closes() {
-    let (hub, handles) = keeping_handles(Hub::builder());
-    let server = serve_hub(hub).await;
-    let mut client = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let target = handle(&handles, 0);
+    let (server, mut client, target) = one_client(Hub::builder()).await;
 
     let shutdown = tokio::spawn({
         let hub = server.hub.clone();
@@ -204,15 +206,12 @@ async fn during_a_shutdown_a_handle_neither_sends_nor_closes() {
 #[tokio::test]
 async fn sends_past_the_queue_bound_follow_the_slow_consumer_policy() {
     // Drop the newest: the send that does not fit is refused, the rest arrive.
-    let (hub, handles) = keeping_handles(
+    let (server, mut client, target) = one_client(
         Hub::builder()
             .outbound_queue(2, 64 * 1024)
             .slow_consumer_policy(SlowConsumerPolicy::DropNewest),
-    );
-    let server = serve_hub(hub).await;
-    let mut client = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let target = handle(&handles, 0);
+    )
+    .await;
     target.send("1").unwrap();
     target.send("2").unwrap();
     assert_eq!(target.send("3"), Err(SendError::QueueFull));
@@ -222,11 +221,8 @@ async fn sends_past_the_queue_bound_follow_the_slow_consumer_policy() {
     assert_eq!(server.hub.stats().dropped_messages, 1);
 
     // Disconnect (the default): the send that overflows closes the connection with 1013.
-    let (hub, handles) = keeping_handles(Hub::builder().outbound_queue(2, 64 * 1024));
-    let server = serve_hub(hub).await;
-    let mut client = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let target = handle(&handles, 0);
+    let (server, mut client, target) =
+        one_client(Hub::builder().outbound_queue(2, 64 * 1024)).await;
     target.send("1").unwrap();
     target.send("2").unwrap();
     assert_eq!(target.send("3"), Err(SendError::SlowConsumer));
@@ -237,11 +233,7 @@ async fn sends_past_the_queue_bound_follow_the_slow_consumer_policy() {
     assert_eq!(server.hub.stats().slow_consumer_disconnects, 1);
 
     // Larger than the whole byte bound: refused, and the connection stays.
-    let (hub, handles) = keeping_handles(Hub::builder().outbound_queue(8, 100));
-    let server = serve_hub(hub).await;
-    let mut client = server.connect(ROOM).await;
-    wait_members(&server.hub, ROOM, 1).await;
-    let target = handle(&handles, 0);
+    let (server, mut client, target) = one_client(Hub::builder().outbound_queue(8, 100)).await;
     assert_eq!(target.send("x".repeat(200)), Err(SendError::TooLarge));
     target.send("small").unwrap();
     assert_eq!(next_text(&mut client).await, "small");
