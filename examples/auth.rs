@@ -52,6 +52,7 @@ use axum::serve::ListenerExt;
 use axum::{Extension, Router};
 use tower_ws_hub::{
     ConnectionContext, ConnectionHandle, ConnectionId, Hub, HubLayer, InboundAction, Message,
+    SendError,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -220,7 +221,8 @@ async fn whoami(Extension(user): Extension<User>) -> String {
 }
 
 /// `POST /dm/{name}`: the body, as `<sender> (private): <body>`, to every connection `name` has
-/// open on this instance, whatever its room. `404` if they have none.
+/// open on this instance, whatever its room. `404` if they have none; `503` if none of them
+/// took it (their outbound queues are full: those clients are not keeping up).
 async fn direct_message(
     State(sessions): State<Sessions>,
     Extension(sender): Extension<User>,
@@ -228,15 +230,23 @@ async fn direct_message(
     body: String,
 ) -> (StatusCode, String) {
     let text = format!("{} (private): {body}", sender.name);
-    let sent = sessions
-        .of(&name)
-        .iter()
-        .filter(|handle| handle.send(text.as_str()).is_ok())
-        .count();
-    if sent == 0 {
-        return (StatusCode::NOT_FOUND, format!("{name} is not connected\n"));
+    let (mut sent, mut refused) = (0, 0);
+    for handle in sessions.of(&name) {
+        match handle.send(text.as_str()) {
+            Ok(()) => sent += 1,
+            // Closing: about to leave the sessions.
+            Err(SendError::Closed) => {}
+            Err(_) => refused += 1,
+        }
     }
-    (StatusCode::OK, format!("sent to {sent} connection(s)\n"))
+    match (sent, refused) {
+        (0, 0) => (StatusCode::NOT_FOUND, format!("{name} is not connected\n")),
+        (0, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{name}'s connections are not keeping up; try again later\n"),
+        ),
+        _ => (StatusCode::OK, format!("sent to {sent} connection(s)\n")),
+    }
 }
 
 /// `POST /logout`: closes every connection of the caller with 4000, "logged out" (what is
