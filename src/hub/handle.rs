@@ -168,3 +168,19 @@ impl ConnectionHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle goes wherever the application keeps it (a map behind a mutex, another task),
+    /// and its errors box into `Box<dyn Error + Send + Sync>`: checked at compile time.
+    #[test]
+    fn handles_and_their_errors_cross_threads() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        fn boxable<E: std::error::Error + Send + Sync + 'static>() {}
+        shareable::<ConnectionHandle>();
+        boxable::<SendError>();
+        boxable::<CloseError>();
+    }
+}
