@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn a_pattern_is_refused_exactly_when_an_earlier_one_matches_all_its_paths() {
         fn sequences(alphabet: &[&str]) -> Vec<Vec<String>> {
-            let mut all: Vec<Vec<String>> = vec![Vec::new()];
+            let mut all: Vec<Vec<String>> = Vec::new();
             let mut last: Vec<Vec<String>> = vec![Vec::new()];
             for _ in 0..3 {
                 last = last
@@ -538,7 +538,6 @@ mod tests {
                     .collect();
                 all.extend(last.iter().cloned());
             }
-            all.retain(|s| !s.is_empty());
             all
         }
         let patterns: Vec<RoutePattern> = sequences(&["x", "y", "{p}", "{room}"])

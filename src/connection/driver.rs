@@ -61,7 +61,6 @@ use super::queue::{CloseIntent, OutboundQueue, Taken};
 use super::wire::{Wire, Written};
 use crate::close_code;
 use crate::config::{HubConfig, RateLimit};
-use crate::hub::registry::FanOut;
 use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
 use crate::message::Message;
@@ -706,11 +705,11 @@ where
                 // sees its own messages and the reply in the order it sent them. (Any the
                 // broker cannot take yet hold the read loop back: `forward_delivered`.)
                 let _ = self.flush_forward();
-                // Queued, dropped or disconnected like any other delivery to this connection.
-                let mut result = FanOut::default();
-                result.record(self.queue.push(message.encode_frame()), 1);
                 let room = self.membership.room().name();
-                self.membership.hub().inner().record_pushes(room, result);
+                self.membership
+                    .hub()
+                    .inner()
+                    .push_to_one(&self.queue, room, &message);
             }
             InboundAction::Drop => {}
         }

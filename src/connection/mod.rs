@@ -46,13 +46,12 @@ fn tcp_socket(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded>
 /// Not an `async fn`: that would store its arguments a second time beside the [`serve`]
 /// future it awaits, in every connection task (about 0.6 KiB measured).
 pub(crate) fn serve_upgraded(
-    hub: Hub,
     context: ConnectionContext,
     upgraded: Upgraded,
 ) -> impl Future<Output = ()> {
     let socket = match tcp_socket(upgraded) {
         Ok((tcp, early)) => {
-            if hub.inner().config.tcp_nodelay
+            if context.hub().inner().config.tcp_nodelay
                 && let Err(error) = tcp.set_nodelay(true)
             {
                 tracing::debug!(id = %context.id(), %error, "tower-ws-hub: could not set TCP_NODELAY");
@@ -61,36 +60,38 @@ pub(crate) fn serve_upgraded(
         }
         Err(upgraded) => Socket::Upgraded(TokioIo::new(upgraded)),
     };
-    serve(hub, context, socket)
+    serve(context, socket)
 }
 
 /// Serves one upgraded connection until it closes: join the room, run the hooks, drive the
 /// socket, leave the room.
-pub(crate) async fn serve<S>(hub: Hub, mut context: ConnectionContext, io: S)
+pub(crate) async fn serve<S>(mut context: ConnectionContext, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let queue = Arc::new(OutboundQueue::new(hub.queue_limits()));
+    let queue = Arc::new(OutboundQueue::new(context.hub().queue_limits()));
     context.attach_queue(&queue);
+    let context = &context;
+    let hub = context.hub();
     // Leaves the room, then runs `on_disconnect`, however this future ends: driven to its end,
     // or dropped on the way (the runtime shutting down with the connection open).
     let ending = Ending {
-        membership: Some(hub.join(&context, Arc::clone(&queue))),
-        hub: &hub,
-        context: &context,
+        membership: Some(hub.join(context, Arc::clone(&queue))),
+        hub,
+        context,
     };
     let membership = ending.membership.as_ref().expect("joined");
     // A panicking hook closes its connection with 1011; `on_disconnect` still runs.
     if let Some(hook) = &hub.inner().hooks.on_connect
         && hub
             .inner()
-            .guard_hook("on_connect", &context, || hook(&context))
+            .guard_hook("on_connect", context, || hook(context))
             .is_err()
     {
         queue.close(CloseIntent::InternalError);
     }
     tracing::debug!(id = %context.id(), room = context.room(), "tower-ws-hub: connection open");
-    let end = driver::Driver::new(io, queue, membership, &context).await;
+    let end = driver::Driver::new(io, queue, membership, context).await;
     tracing::debug!(id = %context.id(), room = context.room(), ?end, "tower-ws-hub: connection closed");
     drop(ending);
 }

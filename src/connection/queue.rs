@@ -477,7 +477,7 @@ impl OutboundQueue {
     /// client's close).
     pub(crate) fn request_close(&self, code: u16, reason: &str) -> bool {
         let mut state = self.lock();
-        if state.close.is_some() || state.refuse_data {
+        if !state.is_open() {
             return false;
         }
         state.close = Some(CloseIntent::Requested);
@@ -497,8 +497,7 @@ impl OutboundQueue {
 
     /// Whether the connection still takes data: it is not closing, for any reason.
     pub(crate) fn is_open(&self) -> bool {
-        let state = self.lock();
-        state.close.is_none() && !state.refuse_data
+        self.lock().is_open()
     }
 
     /// What is queued, at a glance.
@@ -524,6 +523,11 @@ impl OutboundQueue {
 }
 
 impl State {
+    /// Not closing, for any reason: no close asked for, and not closing on its own.
+    fn is_open(&self) -> bool {
+        self.close.is_none() && !self.refuse_data
+    }
+
     /// Messages and bytes the writer has taken and not released yet.
     fn in_flight(&self) -> (usize, usize) {
         (

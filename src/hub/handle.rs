@@ -5,7 +5,6 @@ use std::sync::{Arc, Weak};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::context::ConnectionId;
-use super::registry::FanOut;
 use super::{Hub, HubInner};
 use crate::connection::queue::{OutboundQueue, PushOutcome};
 use crate::error::{CloseError, SendError};
@@ -115,14 +114,11 @@ impl ConnectionHandle {
         let Some(queue) = self.queue.upgrade() else {
             return Err(SendError::Closed);
         };
-        let outcome = queue.push(message.into().encode_frame());
         // Alive with the queue: the connection that holds the queue holds the hub.
-        if let Some(hub) = self.hub.upgrade() {
-            let mut result = FanOut::default();
-            result.record(outcome, 1);
-            hub.record_pushes(&self.room, result);
-        }
-        match outcome {
+        let Some(hub) = self.hub.upgrade() else {
+            return Err(SendError::Closed);
+        };
+        match hub.push_to_one(&queue, &self.room, &message.into()) {
             PushOutcome::Queued | PushOutcome::QueuedDroppingOldest(_) => Ok(()),
             PushOutcome::Dropped => Err(SendError::QueueFull),
             PushOutcome::TooLarge => Err(SendError::TooLarge),

@@ -24,7 +24,7 @@ use crate::broker::{Broker, BrokerConfig, BrokerConnectError, BrokerStatus};
 use crate::config::{HubConfig, SlowConsumerPolicy};
 use crate::connection;
 use crate::connection::frames::{Frames, RunBuilder};
-use crate::connection::queue::{CloseIntent, OutboundQueue, QueueLimits};
+use crate::connection::queue::{CloseIntent, OutboundQueue, PushOutcome, QueueLimits};
 use crate::error::PublishError;
 use crate::handshake::Handshake;
 use crate::log_throttle::LogThrottle;
@@ -445,10 +445,10 @@ impl Hub {
             remote_addr,
             &self.inner.config.retention,
         );
-        let hub = self.clone();
         let upgrade_timeout = self.inner.config.upgrade_timeout;
         self.inner.tasks.spawn(async move {
             let _reservation = reservation;
+            let hub = context.hub();
             let upgraded = tokio::select! {
                 biased;
                 // A shutdown that is over does not wait for sockets still to come: nothing may
@@ -462,7 +462,7 @@ impl Hub {
                 upgraded = tokio::time::timeout(upgrade_timeout, on_upgrade) => upgraded,
             };
             match upgraded {
-                Ok(Ok(upgraded)) => connection::serve_upgraded(hub, context, upgraded).await,
+                Ok(Ok(upgraded)) => connection::serve_upgraded(context, upgraded).await,
                 Ok(Err(error)) => hub.inner.upgrade_failed(context.id(), &error),
                 Err(_) => {
                     Counters::incr(&hub.inner.counters.handshakes_rejected);
@@ -678,7 +678,23 @@ impl HubInner {
         result
     }
 
-    /// Counts what a fan-out (or a reply to its sender) queued, dropped and disconnected in
+    /// Queues `message` for one connection of `room` (its `queue`): a reply of the message hook,
+    /// or a [`ConnectionHandle::send`]. Counted, dropped or disconnected like any other
+    /// delivery to that connection ([`record_pushes`](Self::record_pushes)).
+    pub(crate) fn push_to_one(
+        &self,
+        queue: &OutboundQueue,
+        room: &str,
+        message: &Message,
+    ) -> PushOutcome {
+        let outcome = queue.push(message.encode_frame());
+        let mut result = FanOut::default();
+        result.record(outcome, 1);
+        self.record_pushes(room, result);
+        outcome
+    }
+
+    /// Counts what a fan-out (or a push to one connection) queued, dropped and disconnected in
     /// `room`, and logs the drops at most once a second.
     pub(crate) fn record_pushes(&self, room: &str, result: FanOut) {
         let counters = &self.counters;

@@ -60,8 +60,8 @@ pub struct HubStats {
     /// Connections closed since start.
     pub connections_closed: u64,
     /// Upgrade requests refused (bad handshake, limits, shutting down, unsupported server, a
-    /// layer callback that panicked, an authorizer too slow to decide), and accepted ones whose socket never came (upgrade
-    /// timeout, or the shutdown grace period over first).
+    /// layer callback that panicked, an authorizer too slow to decide), and accepted ones
+    /// whose socket never came (upgrade timeout, or the shutdown grace period over first).
     pub handshakes_rejected: u64,
     /// Data messages received from clients.
     pub messages_received: u64,

@@ -523,19 +523,17 @@ impl Shard {
         }
     }
 
-    /// Message `seq` of `stream` (which sends `expected` messages) reached one of this shard's
-    /// subscribers after `latency_us`. The stream's list is sized for all its messages at the
-    /// first one: no doubling slack, and no copy of it under the shard's lock as it grows.
+    /// Message `seq` of `stream` (which sends `expected` messages; `seq` is below that, see
+    /// [`sent_by_its_publisher`]) reached one of this shard's subscribers after `latency_us`.
+    /// The stream's list is sized for all its messages at the first one: no doubling slack,
+    /// and no copy of it under the shard's lock as it grows.
     fn reached(&mut self, stream: usize, seq: u64, latency_us: u64, expected: usize) {
-        if let Ok(seq) = usize::try_from(seq) {
-            let reach = &mut self.reach[stream];
-            if seq >= reach.len() {
-                if reach.capacity() == 0 {
-                    reach.reserve_exact(expected.max(seq + 1));
-                }
-                reach.resize(seq + 1, Reach::default());
-            }
-            reach[seq].add(latency_us);
+        let reach = &mut self.reach[stream];
+        if reach.is_empty() {
+            reach.resize(expected, Reach::default());
+        }
+        if let Some(message) = usize::try_from(seq).ok().and_then(|seq| reach.get_mut(seq)) {
+            message.add(latency_us);
         }
     }
 }
