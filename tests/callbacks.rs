@@ -323,3 +323,63 @@ async fn an_authorizer_future_that_panics_when_dropped_undecided_is_still_answer
     let _ws = Upgrade::new("/ws/good").open_on(stream).await;
     wait_members(&server.hub, "good", 1).await;
 }
+
+/// The same future, dropped undecided because its client hung up: the HTTP server drops the
+/// response future, and with it the authorizer's. That panic is caught, counted and logged
+/// too, instead of unwinding through the HTTP server's task (where the default panic hook
+/// would print whatever the application put in its message, uncounted), and the place it
+/// held is free for the next client.
+#[tokio::test]
+async fn an_authorizer_future_dropped_because_its_client_hung_up_is_guarded_too() {
+    /// Panics when dropped (unless already unwinding).
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("authorizer guard dropped by a hang-up ({SECRET})");
+            }
+        }
+    }
+    let (called, mut was_called) = tokio::sync::watch::channel(false);
+    let authorizer = move |_: &Parts, room: &str| {
+        let hangs = room == "hang";
+        called.send_replace(true);
+        async move {
+            if hangs {
+                let _guard = Guard;
+                std::future::pending::<()>().await;
+            }
+            true
+        }
+    };
+    let (_guard, logs) = capture_logs(tracing::Level::ERROR);
+    let server =
+        serve_one_place(|hub| HubLayer::new(hub).route("/ws/{room}").authorize(authorizer)).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &Upgrade::new("/ws/hang").to_bytes())
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        was_called.wait_for(|called| *called),
+    )
+    .await
+    .expect("the authorizer was never called")
+    .unwrap();
+    drop(stream);
+
+    eventually("the hang-up's panic is counted", || {
+        server.hub.stats().callback_panics == 1
+    })
+    .await;
+    let stats = server.hub.stats();
+    assert_eq!(stats.authorize_timeouts, 0, "{stats:?}");
+    let logged = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("HubLayer::authorize (dropping its future)") && logged.contains(SECRET),
+        "the log does not name the authorizer and the panic:\n{logged}"
+    );
+    // The one place is free again.
+    let _ws = Upgrade::new("/ws/good").open(server.addr).await;
+    wait_members(&server.hub, "good", 1).await;
+}

@@ -461,31 +461,27 @@ fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> Res
             return ResponseFuture::ready(shared.reject(rejection));
         }
     };
-    let hub = shared.hub.clone();
     let timeout = shared.authorize_timeout;
+    let mut authorizing = Authorizing {
+        hub: shared.hub.clone(),
+        pending: Some(pending),
+        decision: Some(AssertUnwindSafe(decision).catch_unwind()),
+    };
     ResponseFuture::authorizing(Box::pin(async move {
-        let mut decision = AssertUnwindSafe(decision).catch_unwind();
+        let decision = authorizing
+            .decision
+            .as_mut()
+            .expect("dropped only when done with");
         let decided = tokio::select! {
             // A decision that is ready wins; `start` refuses an `Allow` once shutdown began.
             biased;
-            decided = decide(&mut decision, timeout) => decided,
+            decided = decide(decision, timeout) => decided,
             // Shutdown does not wait for authorizations, and would refuse whatever they
             // decide: answer now, rather than hold the HTTP connection (and a graceful
             // shutdown of the HTTP server, which waits for it) until the authorizer decides.
-            () = hub.shutdown_started() => Decided::ShuttingDown,
+            () = authorizing.hub.shutdown_started() => Decided::ShuttingDown,
         };
-        // Dropping a future that has not decided (timed out, or shutdown began) runs the
-        // application's code too (the drops of what it holds): a panic there is caught and
-        // counted like one in its poll, and the request gets the answer it was due, instead
-        // of the panic unwinding through the HTTP server's connection task.
-        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(decision))) {
-            let _ = hub.callback_panicked(
-                "HubLayer::authorize (dropping its future)",
-                &pending.parts,
-                Some(&pending.room),
-                &*payload,
-            );
-        }
+        let (hub, pending) = authorizing.into_parts();
         let rejection = match decided {
             Decided::Answer(Authorization::Allow) => {
                 return hub
@@ -508,6 +504,55 @@ fn upgrade<F, B>(shared: &Arc<Shared>, request: Request<B>, room: String) -> Res
         drop(pending);
         reject(&hub, rejection)
     }))
+}
+
+/// An upgrade request waiting for the authorizer, and the authorizer's future.
+///
+/// Dropping a future that has not decided runs the application's code too (the drops of what
+/// it holds), whether the hub drops it (it timed out, or shutdown began) or the HTTP server
+/// does (the client hung up, and the response future went with its connection): a panic there
+/// is caught and counted like one in its poll, instead of unwinding through the HTTP server's
+/// task, uncounted, with the default panic hook printing whatever the application put in its
+/// message.
+struct Authorizing {
+    hub: Hub,
+    /// `Some` until [`into_parts`](Self::into_parts).
+    pending: Option<PendingConnection>,
+    /// `Some` until [`drop_decision`](Self::drop_decision), which only `into_parts` and `drop`
+    /// call.
+    decision: Option<GuardedDecision>,
+}
+
+impl Authorizing {
+    /// Drops the authorizer's future (once), catching a panic in its drop.
+    fn drop_decision(&mut self) {
+        let Some(decision) = self.decision.take() else {
+            return;
+        };
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(decision)))
+            && let Some(pending) = &self.pending
+        {
+            let _ = self.hub.callback_panicked(
+                "HubLayer::authorize (dropping its future)",
+                &pending.parts,
+                Some(&pending.room),
+                &*payload,
+            );
+        }
+    }
+
+    /// Once decided (or given up on): drops the future and hands back the hub and the request.
+    fn into_parts(mut self) -> (Hub, PendingConnection) {
+        self.drop_decision();
+        let pending = self.pending.take().expect("taken only here, by value");
+        (self.hub.clone(), pending)
+    }
+}
+
+impl Drop for Authorizing {
+    fn drop(&mut self) {
+        self.drop_decision();
+    }
 }
 
 /// What became of an authorization.
