@@ -22,7 +22,7 @@ use axum::routing::get;
 use support::raw::{RawWs, Upgrade};
 use support::*;
 use tokio::net::TcpStream;
-use tower_ws_hub::{Hub, HubLayer, OriginPolicy, RoomMatch};
+use tower_ws_hub::{Hub, HubLayer, OriginPolicy, RoomAuthorizer, RoomMatch};
 
 /// In every panic message; must never reach the client.
 const SECRET: &str = "s3cr3t-in-the-panic";
@@ -272,31 +272,44 @@ async fn an_authorizer_slower_than_the_timeout_is_answered_503_and_gives_back_it
     assert_eq!(server.hub.stats().authorize_timeouts, 1);
 }
 
+/// Panics when dropped (unless already unwinding), saying what dropped it and [`SECRET`].
+struct PanicsOnDrop(&'static str);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("authorizer guard {} ({SECRET})", self.0);
+        }
+    }
+}
+
+/// An authorizer that lets every room in but `hang`, whose future never decides and holds a
+/// [`PanicsOnDrop`] saying `dropped`; each call is reported on `called`.
+fn hangs_on_room_hang(
+    dropped: &'static str,
+    called: tokio::sync::watch::Sender<bool>,
+) -> impl RoomAuthorizer {
+    move |_: &Parts, room: &str| {
+        let hangs = room == "hang";
+        called.send_replace(true);
+        async move {
+            if hangs {
+                let _guard = PanicsOnDrop(dropped);
+                std::future::pending::<()>().await;
+            }
+            true
+        }
+    }
+}
+
 /// An authorizer's future that panics when it is dropped undecided (a guard of the
 /// application's, say): `authorize_timeout` drops it, and that panic must not unwind through
 /// the HTTP server's connection task either. The request is still answered `503`, the panic is
 /// counted and logged, and the keep-alive connection serves the next request.
 #[tokio::test]
 async fn an_authorizer_future_that_panics_when_dropped_undecided_is_still_answered() {
-    /// Panics when dropped (unless already unwinding).
-    struct Guard;
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                panic!("authorizer guard dropped undecided ({SECRET})");
-            }
-        }
-    }
-    let authorizer = |_: &Parts, room: &str| {
-        let hangs = room == "hang";
-        async move {
-            if hangs {
-                let _guard = Guard;
-                std::future::pending::<()>().await;
-            }
-            true
-        }
-    };
+    let (called, _) = tokio::sync::watch::channel(false);
+    let authorizer = hangs_on_room_hang("dropped undecided", called);
     let (_guard, logs) = capture_logs(tracing::Level::ERROR);
     let server = serve_one_place(|hub| {
         HubLayer::new(hub)
@@ -331,27 +344,8 @@ async fn an_authorizer_future_that_panics_when_dropped_undecided_is_still_answer
 /// held is free for the next client.
 #[tokio::test]
 async fn an_authorizer_future_dropped_because_its_client_hung_up_is_guarded_too() {
-    /// Panics when dropped (unless already unwinding).
-    struct Guard;
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                panic!("authorizer guard dropped by a hang-up ({SECRET})");
-            }
-        }
-    }
     let (called, mut was_called) = tokio::sync::watch::channel(false);
-    let authorizer = move |_: &Parts, room: &str| {
-        let hangs = room == "hang";
-        called.send_replace(true);
-        async move {
-            if hangs {
-                let _guard = Guard;
-                std::future::pending::<()>().await;
-            }
-            true
-        }
-    };
+    let authorizer = hangs_on_room_hang("dropped by a hang-up", called);
     let (_guard, logs) = capture_logs(tracing::Level::ERROR);
     let server =
         serve_one_place(|hub| HubLayer::new(hub).route("/ws/{room}").authorize(authorizer)).await;
