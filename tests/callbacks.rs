@@ -331,6 +331,11 @@ async fn an_authorizer_future_that_panics_when_dropped_undecided_is_still_answer
         logged.contains("HubLayer::authorize") && logged.contains(SECRET),
         "the log does not name the authorizer and the panic:\n{logged}"
     );
+    // The request was answered 503, not 500: the log must not say otherwise.
+    assert!(
+        !logged.contains("answered 500"),
+        "the log gives the request another answer than its 503:\n{logged}"
+    );
 
     // The place is free again, and the same connection serves the next request.
     let _ws = Upgrade::new("/ws/good").open_on(stream).await;
@@ -372,6 +377,11 @@ async fn an_authorizer_future_dropped_because_its_client_hung_up_is_guarded_too(
     assert!(
         logged.contains("HubLayer::authorize (dropping its future)") && logged.contains(SECRET),
         "the log does not name the authorizer and the panic:\n{logged}"
+    );
+    // Nobody was answered: the log must not say the request got a 500.
+    assert!(
+        !logged.contains("answered 500"),
+        "the log gives the vanished client an answer:\n{logged}"
     );
     // The one place is free again.
     let _ws = Upgrade::new("/ws/good").open(server.addr).await;

@@ -532,6 +532,43 @@ impl Hub {
         room: Option<&str>,
         payload: &(dyn std::any::Any + Send),
     ) -> Rejection {
+        self.note_callback_panic(callback, parts, room, payload, "answered 500");
+        Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error while checking the upgrade request",
+        )
+    }
+
+    /// Counts and logs, as [`callback_panicked`](Self::callback_panicked) does, a panic in the
+    /// drop of a layer callback's future (an authorizer's, dropped undecided), which changes
+    /// nothing for its request: that keeps the answer it was due (a `503` past
+    /// `authorize_timeout` or at shutdown), or has none, its client having gone.
+    pub(crate) fn callback_drop_panicked(
+        &self,
+        callback: &'static str,
+        parts: &http::request::Parts,
+        room: Option<&str>,
+        payload: &(dyn std::any::Any + Send),
+    ) {
+        self.note_callback_panic(
+            callback,
+            parts,
+            room,
+            payload,
+            "its request keeps the answer it was due",
+        );
+    }
+
+    /// Counts a layer callback's panic in `callback_panics` and logs it (at most once a
+    /// second), saying what became of the request (`outcome`).
+    fn note_callback_panic(
+        &self,
+        callback: &'static str,
+        parts: &http::request::Parts,
+        room: Option<&str>,
+        payload: &(dyn std::any::Any + Send),
+        outcome: &'static str,
+    ) {
         let inner = &self.inner;
         let total = inner
             .counters
@@ -547,13 +584,9 @@ impl Hub {
                 similar_events_suppressed = suppressed,
                 total_callback_panics = total,
                 "tower-ws-hub: a layer callback panicked while answering an upgrade request; \
-                 answered 500"
+                 {outcome}"
             );
         }
-        Rejection::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error while checking the upgrade request",
-        )
     }
 
     /// Counts and logs (at most once a second) an authorizer that did not decide within

@@ -113,8 +113,9 @@ pub struct HubStats {
     /// `500` (also counted in `handshakes_rejected`), gives back the place the request held,
     /// and is logged at most once a second with the callback's name and the panic message.
     /// An authorizer's future that panics as it is dropped undecided (past
-    /// [`authorize_timeout`](crate::HubLayer::authorize_timeout), or at shutdown) is counted
-    /// and logged too; its request keeps its `503`.
+    /// [`authorize_timeout`](crate::HubLayer::authorize_timeout), at shutdown, or because its
+    /// client hung up) is counted and logged too; its request keeps its `503` (or, its client
+    /// gone, has no answer).
     /// Kept apart from `hook_panics`: these are the layer's configuration, run before any
     /// connection exists, and a panic costs a request, not a connection.
     pub callback_panics: u64,

@@ -532,7 +532,7 @@ impl Authorizing {
         if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(decision)))
             && let Some(pending) = &self.pending
         {
-            let _ = self.hub.callback_panicked(
+            self.hub.callback_drop_panicked(
                 "HubLayer::authorize (dropping its future)",
                 &pending.parts,
                 Some(&pending.room),
