@@ -573,6 +573,57 @@ async fn a_server_without_upgrade_support_gets_an_actionable_error() {
     );
 }
 
+/// A server that hands the layer upgrade requests without hyper's upgrade handle (not hyper, or
+/// a harness calling the service itself): each is answered `500` with a reason and counted, and
+/// the error that says how to serve instead is logged at most once a second, not once per
+/// request.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_without_an_upgrade_handle_are_answered_500_and_logged_at_a_sane_rate() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let hub = Hub::builder().build();
+    let layer = HubLayer::new(hub.clone()).route("/ws/{room}");
+    let inner = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"inner"))))
+    });
+    let service = tower::Layer::layer(&layer, inner);
+    for _ in 0..10 {
+        let request = Request::get("/ws/lobby")
+            .header("host", "localhost")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tower::ServiceExt::oneshot(service.clone(), request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("cannot upgrade connections"),
+            "{body:?}"
+        );
+    }
+    assert_eq!(hub.stats().handshakes_rejected, 10);
+    assert_eq!(hub.stats().connections, 0);
+    let logged = logs.text();
+    let lines = logged.matches("carries no upgrade handle").count();
+    // Ten requests in process take far less than a second, two at most if one straddles it.
+    assert!((1..=2).contains(&lines), "{lines} log lines:\n{logged}");
+    assert!(
+        logged.contains("axum::serve"),
+        "the error says what to do: {logged}"
+    );
+}
+
 /// Over HTTP/2 too, a close for an oversized message ends the client's stream cleanly (our
 /// half shut down with END_STREAM after the 1009), and once the client lets go the server frees
 /// the connection at once: `close_timeout` is far longer than any wait here. Another WebSocket

@@ -480,6 +480,27 @@ impl Hub {
         Counters::incr(&self.inner.counters.handshakes_rejected);
     }
 
+    /// Logs (at most once a second, sharing the throttle of the failed hand-overs after a
+    /// `101`: the same misconfiguration) an upgrade request that reached the layer without
+    /// hyper's upgrade handle, and returns the answer for it: `500`. The server cannot hand
+    /// connections over (it is not hyper, or not with upgrades): every such request would
+    /// otherwise log its own error line.
+    pub(crate) fn no_upgrade_handle(&self) -> Rejection {
+        if let Some(suppressed) = self.inner.upgrade_failure_log.allow() {
+            tracing::error!(
+                similar_events_suppressed = suppressed,
+                "tower-ws-hub: the request carries no upgrade handle: this server cannot hand \
+                 over connections. Serve with axum::serve or hyper-util's \
+                 serve_connection_with_upgrades (for HTTP/2, enable the extended CONNECT \
+                 protocol)"
+            );
+        }
+        Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this server cannot upgrade connections to WebSocket",
+        )
+    }
+
     /// Logs (at most once a second) an upgrade refused for its `Origin`, with what was
     /// compared: the usual cause is a misconfiguration (a proxy rewriting `Host`, a page served
     /// from another origin), not an attack, and the 403 itself tells the browser nothing it

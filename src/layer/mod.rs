@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use hyper::upgrade::OnUpgrade;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -394,7 +394,7 @@ impl Shared {
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
-            .ok_or_else(no_upgrade_support)?;
+            .ok_or_else(|| self.hub.no_upgrade_handle())?;
         let remote_addr = self.guard("HubLayer::remote_addr", &parts, Some(&room), || {
             self.remote_addr(&parts)
         })?;
@@ -420,18 +420,6 @@ fn reject(hub: &Hub, rejection: Rejection) -> Response<Bytes> {
     tracing::debug!(status = %rejection.status(), reason = rejection.reason(),
         "tower-ws-hub: upgrade refused");
     rejection.into_response()
-}
-
-fn no_upgrade_support() -> Rejection {
-    tracing::error!(
-        "tower-ws-hub: the request carries no upgrade handle: this server cannot hand over \
-         connections. Serve with axum::serve or hyper-util's serve_connection_with_upgrades \
-         (for HTTP/2, enable the extended CONNECT protocol)"
-    );
-    Rejection::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "this server cannot upgrade connections to WebSocket",
-    )
 }
 
 /// Validates and answers a hub request (with a boxed future only when authorizing).
