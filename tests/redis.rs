@@ -2696,3 +2696,43 @@ async fn hundreds_of_rooms_per_subscriber_connection_are_subscribed_resubscribed
 async fn connect_owned(url: String) -> Client {
     connect(&url).await
 }
+
+/// `Duration::MAX` for the probe interval or timeout (no probe, or no deadline on it: "never",
+/// as for the hub's own durations) must not end a subscriber connection's task: it panicked
+/// adding the duration to the clock right after subscribing, the connection went with it
+/// (Redis dropped its subscriptions), and the hub kept reporting it connected while it never
+/// received anything again.
+#[tokio::test]
+async fn a_probe_interval_or_timeout_of_duration_max_means_never() {
+    let redis = RedisServer::start().await;
+    let second = Duration::from_secs(1);
+    let short = Duration::from_millis(50);
+    for (n, (interval, timeout)) in [(short, Duration::MAX), (Duration::MAX, second)]
+        .into_iter()
+        .enumerate()
+    {
+        let room = format!("forever-{n}");
+        let a = instance(
+            Hub::builder(),
+            RedisConfig::from_url(&redis.url())
+                .unwrap()
+                .probe(interval, timeout),
+        )
+        .await;
+        let b = instance(Hub::builder(), config(&redis.url())).await;
+        let (mut ca, mut cb) = one_client_each(&a, &b, &room).await;
+        // Long enough for a few probes (and their replies) with the short interval.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send_text(&mut cb, "still here").await;
+        assert_eq!(
+            next_text(&mut ca).await,
+            "still here",
+            "probe({interval:?}, {timeout:?})"
+        );
+        let mut plain = redis.connection().await;
+        assert_eq!(numsub(&mut plain, &format!("tower-ws-hub:{room}")).await, 2);
+        drop((ca, cb));
+        a.hub.shutdown().await;
+        b.hub.shutdown().await;
+    }
+}

@@ -33,6 +33,10 @@ pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_millis(500);
 /// 1 s.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a probe duration too long to add to the clock is capped at (see [`RedisConfig::probe`]):
+/// a year, "never" in practice.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Why a [`RedisConfig`] could not be made from a URL.
 #[derive(Debug)]
 pub struct RedisConfigError {
@@ -316,6 +320,9 @@ impl RedisConfig {
     /// more than `timeout` behind Redis, the probe would be late and the backlog dropped with the
     /// connection, rather than memory and latency growing without end. Default: [`DEFAULT_PROBE_INTERVAL`] (1 s) and [`DEFAULT_PROBE_TIMEOUT`] (2 s).
     ///
+    /// A duration too long to add to the clock (`Duration::MAX`) means "never", as for the
+    /// hub's own timeouts: either is capped at a year.
+    ///
     /// # Panics
     ///
     /// If either duration is zero.
@@ -324,8 +331,10 @@ impl RedisConfig {
             !interval.is_zero() && !timeout.is_zero(),
             "probe interval and timeout must be positive"
         );
-        self.probe_interval = interval;
-        self.probe_timeout = timeout;
+        // Both are added to the clock (the probe's tick, its deadline): `Duration::MAX` would
+        // overflow there and end the subscriber connection's task.
+        self.probe_interval = interval.min(FAR_FUTURE);
+        self.probe_timeout = timeout.min(FAR_FUTURE);
         self
     }
 
