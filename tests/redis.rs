@@ -2736,3 +2736,28 @@ async fn a_probe_interval_or_timeout_of_duration_max_means_never() {
         b.hub.shutdown().await;
     }
 }
+
+/// `build_connected(Duration::MAX)`, "wait for Redis however long it takes", waits: it used to
+/// panic adding the timeout to the clock before looking at the broker once.
+#[tokio::test]
+async fn build_connected_with_duration_max_waits_for_redis_without_a_deadline() {
+    let mut redis = RedisServer::unused().await;
+    let url = redis.url();
+    let building = tokio::spawn(async move {
+        Hub::builder()
+            .redis(config(&url))
+            .build_connected(Duration::MAX)
+            .await
+    });
+    // Redis is absent for a while: the build waits (and does not fail).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!building.is_finished(), "{:?}", building.await);
+    redis.restart().await;
+    let hub = tokio::time::timeout(PROMPTLY, building)
+        .await
+        .expect("connects once Redis is up")
+        .expect("the build did not panic")
+        .expect("connected");
+    assert!(hub.broker_status().connected);
+    hub.shutdown().await;
+}

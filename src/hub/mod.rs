@@ -1527,7 +1527,7 @@ impl HubBuilder {
     ///
     /// `Duration::ZERO` does not wait: the hub is returned only if its broker is connected
     /// already, which an in-process hub always is and a Redis hub, which starts connecting
-    /// here, practically never.
+    /// here, practically never. `Duration::MAX` waits for as long as it takes.
     ///
     /// # Errors
     ///
@@ -1539,13 +1539,14 @@ impl HubBuilder {
     /// As [`build`](Self::build).
     pub async fn build_connected(self, timeout: Duration) -> Result<Hub, BrokerConnectError> {
         let hub = self.build();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // `None`: a timeout too long to add to the clock (`Duration::MAX`), i.e. no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             let status = hub.broker_status();
             if status.connected {
                 return Ok(hub);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
                 hub.inner.broker.shutdown().await;
                 return Err(BrokerConnectError {
                     waited: timeout,
