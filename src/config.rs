@@ -43,6 +43,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// timeouts (60 s in nginx and AWS load balancers) answer a bare `504`. It is the same as
 /// [`DEFAULT_UPGRADE_TIMEOUT`] and [`DEFAULT_SHUTDOWN_GRACE`].
 pub const DEFAULT_AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stands in for "never", and caps every configured duration that is added to the clock: a
+/// configured `Duration::MAX` means "never", not an overflow. A year.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default shortest time between two writes of data to one connection: 4 ms
 /// ([`HubBuilder::write_interval`](crate::HubBuilder::write_interval)).
 pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_millis(4);

@@ -60,7 +60,7 @@ use super::io::PollIo;
 use super::queue::{CloseIntent, OutboundQueue, Taken};
 use super::wire::{Wire, Written};
 use crate::close_code;
-use crate::config::{HubConfig, RateLimit};
+use crate::config::{FAR_FUTURE, HubConfig, RateLimit};
 use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
 use crate::message::Message;
@@ -76,8 +76,6 @@ const MAX_PENDING_CONTROL: usize = 4 * 1024;
 /// How soon a pong or idle deadline that passed with bytes from the client still unread is
 /// looked at again (at most the configured timeout).
 const UNREAD_RECHECK: Duration = Duration::from_millis(100);
-/// Stands in for "never" when pings are disabled, and caps every configured duration.
-const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `at + by`, with `by` capped at [`FAR_FUTURE`]: a configured `Duration::MAX` means "never",
 /// not an overflow.

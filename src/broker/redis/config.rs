@@ -7,6 +7,7 @@ use deadpool_redis::redis::AsyncConnectionConfig;
 use deadpool_redis::{Manager, Pool, Runtime};
 
 use super::envelope::EnvelopeKey;
+use crate::config::FAR_FUTURE;
 
 /// Default channel prefix: room `R` is published on channel `tower-ws-hub:R`.
 pub const DEFAULT_CHANNEL_PREFIX: &str = "tower-ws-hub";
@@ -32,10 +33,6 @@ pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_millis(500);
 /// Default time limit for one Redis operation (connect, pool checkout, pipeline, subscribe):
 /// 1 s.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What a probe duration too long to add to the clock is capped at (see [`RedisConfig::probe`]):
-/// a year, "never" in practice.
-const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why a [`RedisConfig`] could not be made from a URL.
 #[derive(Debug)]
@@ -318,7 +315,8 @@ impl RedisConfig {
     /// `timeout` (or that Redis says nobody is subscribed to) gets the connection replaced.
     /// This also bounds how far behind a subscriber connection may fall: if its task were ever
     /// more than `timeout` behind Redis, the probe would be late and the backlog dropped with the
-    /// connection, rather than memory and latency growing without end. Default: [`DEFAULT_PROBE_INTERVAL`] (1 s) and [`DEFAULT_PROBE_TIMEOUT`] (2 s).
+    /// connection, rather than memory and latency growing without end. Default:
+    /// [`DEFAULT_PROBE_INTERVAL`] (1 s) and [`DEFAULT_PROBE_TIMEOUT`] (2 s).
     ///
     /// A duration too long to add to the clock (`Duration::MAX`) means "never", as for the
     /// hub's own timeouts: either is capped at a year.
