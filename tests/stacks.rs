@@ -499,39 +499,12 @@ async fn a_bare_hyper_server_with_extended_connect_serves_http2_websockets() {
     assert_eq!(h2_next_text(&mut over_h2).await, "hello h2");
 }
 
-/// A `tracing` writer that keeps everything logged, for asserting on log lines.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLogs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// A server that cannot hand connections over (hyper's HTTP/1 server without `with_upgrades`,
 /// like tonic's own server): the client gets its 101, then nothing; the hub counts the failure
 /// and logs one error that says how to serve instead.
 #[tokio::test(flavor = "current_thread")]
 async fn a_server_without_upgrade_support_gets_an_actionable_error() {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (_guard, logs) = capture_logs(tracing::Level::ERROR);
 
     let hub = Hub::builder().build();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -562,7 +535,7 @@ async fn a_server_without_upgrade_support_gets_an_actionable_error() {
     .await;
     assert_eq!(hub.stats().connections, 0);
     assert!(hub.rooms().is_empty());
-    let logged = logs.text();
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
         logged.contains("ERROR") && logged.contains("does not support upgrades"),
         "{logged}"
@@ -579,13 +552,7 @@ async fn a_server_without_upgrade_support_gets_an_actionable_error() {
 /// request.
 #[tokio::test(flavor = "current_thread")]
 async fn requests_without_an_upgrade_handle_are_answered_500_and_logged_at_a_sane_rate() {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (_guard, logs) = capture_logs(tracing::Level::ERROR);
 
     let hub = Hub::builder().build();
     let layer = HubLayer::new(hub.clone()).route("/ws/{room}");
@@ -614,7 +581,7 @@ async fn requests_without_an_upgrade_handle_are_answered_500_and_logged_at_a_san
     }
     assert_eq!(hub.stats().handshakes_rejected, 10);
     assert_eq!(hub.stats().connections, 0);
-    let logged = logs.text();
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     let lines = logged.matches("carries no upgrade handle").count();
     // Ten requests in process take far less than a second, two at most if one straddles it.
     assert!((1..=2).contains(&lines), "{lines} log lines:\n{logged}");
