@@ -229,10 +229,11 @@ async fn direct_message(
     Path(name): Path<String>,
     body: String,
 ) -> (StatusCode, String) {
-    let text = format!("{} (private): {body}", sender.name);
+    // Made once: each connection's copy shares its bytes.
+    let message = Message::text(format!("{} (private): {body}", sender.name));
     let (mut sent, mut refused) = (0, 0);
     for handle in sessions.of(&name) {
-        match handle.send(text.as_str()) {
+        match handle.send(message.clone()) {
             Ok(()) => sent += 1,
             // Closing: about to leave the sessions.
             Err(SendError::Closed) => {}

@@ -275,7 +275,7 @@ impl ConnectionContext {
     /// ```
     /// use std::collections::HashMap;
     /// use std::sync::{Arc, Mutex};
-    /// use tower_ws_hub::{ConnectionHandle, ConnectionId, Hub};
+    /// use tower_ws_hub::{ConnectionHandle, ConnectionId, Hub, Message};
     ///
     /// // Each user's open connections, by the name its auth middleware put in the request.
     /// #[derive(Clone)]
@@ -305,9 +305,11 @@ impl ConnectionContext {
     ///     })
     ///     .build();
     ///
-    /// // Later, anywhere: a private notice to every connection of one user.
+    /// // Later, anywhere: a private notice to every connection of one user (made once: each
+    /// // connection's copy shares its bytes).
+    /// let notice = Message::text("you have a new invitation");
     /// for handle in sessions.lock().unwrap().get("ada").into_iter().flat_map(|open| open.values()) {
-    ///     let _ = handle.send("you have a new invitation");
+    ///     let _ = handle.send(notice.clone());
     /// }
     /// # drop(hub);
     /// ```
