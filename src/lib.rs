@@ -42,6 +42,11 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+// Unit tests that reuse the integration tests' support code (`tests/support`) name the crate
+// the way that code does.
+#[cfg(all(test, feature = "redis"))]
+extern crate self as tower_ws_hub;
+
 mod authorize;
 mod broker;
 pub mod close_code;

@@ -76,6 +76,13 @@ pub struct BrokerStatus {
     pub reconnects: u64,
     /// Times a subscriber connection looked open but missed its probe, and was replaced.
     pub starvations: u64,
+    /// Panics caught in the broker's background tasks (a publisher or a subscriber
+    /// connection's task). Always 0 unless tower-ws-hub or one of its dependencies has a bug:
+    /// please report it with the error log line, which carries the panic's message. The task
+    /// is not lost: its connection is dropped and replaced as after a connection loss
+    /// (counted in [`reconnects`](Self::reconnects) for a subscriber), and a publisher's batch
+    /// that was being sent is counted in [`publish_failures`](Self::publish_failures).
+    pub task_panics: u64,
     /// The most recent Redis error, if any happened since start.
     pub last_error: Option<String>,
 }
@@ -98,6 +105,7 @@ impl BrokerStatus {
             received: 0,
             invalid_envelopes: 0,
             reconnects: 0,
+            task_panics: 0,
             starvations: 0,
             last_error: None,
         }

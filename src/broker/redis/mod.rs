@@ -115,8 +115,11 @@ mod emitter;
 pub(crate) mod envelope;
 mod parked;
 mod publisher;
+#[cfg(test)]
+mod recovery_tests;
 mod subscriber;
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -129,6 +132,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::status::{BrokerBackend, BrokerStatus};
+use crate::hub::hooks::panic_message;
 use crate::hub::{HubBuilder, HubInner};
 use crate::log_throttle::LogThrottle;
 use crate::message::Message;
@@ -187,14 +191,40 @@ pub(crate) struct Shared {
     pub(crate) invalid_envelopes: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     pub(crate) starvations: AtomicU64,
+    /// Panics caught in the publisher and subscriber tasks (see `BrokerStatus::task_panics`).
+    pub(crate) task_panics: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) refused_log: LogThrottle,
     pub(crate) invalid_log: LogThrottle,
+    pub(crate) panic_log: LogThrottle,
 }
 
 impl Shared {
     pub(crate) fn record_error(&self, error: &dyn std::fmt::Display) {
         *lock(&self.last_error) = Some(error.to_string());
+    }
+
+    /// A panic caught in a broker task (`task`: "publisher" or "subscriber", `index` its
+    /// number): counted, kept as the last error, logged at most once a second. The caller
+    /// replaces the task's connection.
+    pub(crate) fn task_panicked(&self, task: &str, index: usize, payload: &(dyn Any + Send)) {
+        let message = panic_message(payload);
+        let total = self.task_panics.fetch_add(1, Ordering::Relaxed) + 1;
+        self.record_error(&format_args!(
+            "Redis {task} task {index} panicked: {message}"
+        ));
+        if let Some(suppressed) = self.panic_log.allow() {
+            tracing::error!(
+                task,
+                index,
+                panic = message,
+                similar_events_suppressed = suppressed,
+                total_task_panics = total,
+                "tower-ws-hub: a Redis broker task panicked, a bug in tower-ws-hub or a \
+                 dependency (please report it with this line); its connection is dropped and \
+                 replaced"
+            );
+        }
     }
 
     pub(crate) fn room_channel(&self, room: &str) -> String {
@@ -369,9 +399,11 @@ impl RedisBroker {
             invalid_envelopes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             starvations: AtomicU64::new(0),
+            task_panics: AtomicU64::new(0),
             last_error: Mutex::new(None),
             refused_log: LogThrottle::per_second(),
             invalid_log: LogThrottle::per_second(),
+            panic_log: LogThrottle::per_second(),
         });
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -676,6 +708,7 @@ impl RedisBroker {
             invalid_envelopes: get(&shared.invalid_envelopes),
             reconnects: get(&shared.reconnects),
             starvations: get(&shared.starvations),
+            task_panics: get(&shared.task_panics),
             last_error: lock(&shared.last_error).clone(),
         }
     }

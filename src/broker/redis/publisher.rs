@@ -5,11 +5,13 @@
 //! dropped, never retried: Redis may have published part of it, and a retry could deliver a
 //! message twice (at most once is the promise across an outage).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, RedisWrite, ToRedisArgs};
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -138,6 +140,13 @@ impl Publisher {
         connection: &mut deadpool_redis::Connection,
         batch: &[Outgoing],
     ) -> Result<(), String> {
+        #[cfg(test)]
+        assert!(
+            batch
+                .iter()
+                .all(|item| &*item.room != super::recovery_tests::PANICKING_ROOM),
+            "test: a panic in the publisher"
+        );
         let mut pipeline = redis::pipe();
         for item in batch {
             pipeline
@@ -195,6 +204,78 @@ impl Publisher {
                 "tower-ws-hub: Redis publishing down; messages that were queued for Redis are \
                  delivered locally only"
             );
+        }
+    }
+
+    /// Publishes what comes through the queue until shutdown (or the queue's senders are
+    /// gone), reconnecting with `backoff` while Redis is down. `connection` is the one kept
+    /// between batches.
+    async fn serve(
+        &mut self,
+        connection: &mut Option<deadpool_redis::Connection>,
+        backoff: &mut Backoff,
+    ) {
+        loop {
+            if self.state.get() == PublisherState::DOWN {
+                self.fail_queued();
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    // What raced in since `fail_queued` is failed (and counted) on the way out.
+                    () = self.cancel.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match self.checkout().await {
+                    Ok(fresh) => {
+                        *connection = Some(fresh);
+                        self.state.set(PublisherState::UP);
+                        tracing::info!(
+                            publisher = self.index,
+                            attempts = backoff.failures(),
+                            "tower-ws-hub: Redis publishing back up"
+                        );
+                        backoff.reset();
+                    }
+                    Err(error) => self.went_down(&error, 0),
+                }
+                continue;
+            }
+            let first = tokio::select! {
+                biased;
+                first = self.queue.recv() => first,
+                () = self.cancel.cancelled() => None,
+                // Idle for a while: give the connection back to the (possibly shared) pool.
+                () = tokio::time::sleep(IDLE_RELEASE), if connection.is_some() => {
+                    *connection = None;
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let batch = self.batch(first);
+            let mut held = match connection.take() {
+                Some(held) => held,
+                None => match self.checkout().await {
+                    Ok(fresh) => fresh,
+                    Err(error) => {
+                        self.batch_failed();
+                        self.went_down(&error, batch.len());
+                        continue;
+                    }
+                },
+            };
+            match self.send(&mut held, &batch).await {
+                Ok(()) => {
+                    self.batch_published();
+                    self.state.set(PublisherState::UP);
+                    // Keep the connection for the next batch (no checkout, no PING).
+                    *connection = Some(held);
+                }
+                Err(error) => {
+                    // Out of the pool for good: its state is unknown.
+                    drop(deadpool_redis::Connection::take(held));
+                    self.batch_failed();
+                    self.went_down(&error, batch.len());
+                }
+            }
         }
     }
 
@@ -257,67 +338,25 @@ pub(crate) async fn run(mut publisher: Publisher) {
             None
         }
     };
-    loop {
-        if publisher.state.get() == PublisherState::DOWN {
-            publisher.fail_queued();
-            let delay = backoff.next_delay();
-            tokio::select! {
-                // What raced in since `fail_queued` is failed (and counted) on the way out.
-                () = publisher.cancel.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
-            }
-            match publisher.checkout().await {
-                Ok(fresh) => {
-                    connection = Some(fresh);
-                    publisher.state.set(PublisherState::UP);
-                    tracing::info!(
-                        publisher = publisher.index,
-                        attempts = backoff.failures(),
-                        "tower-ws-hub: Redis publishing back up"
-                    );
-                    backoff.reset();
-                }
-                Err(error) => publisher.went_down(&error, 0),
-            }
-            continue;
+    // A panic (a bug) costs the batch being sent and the connection, not the task: without
+    // this the queue would close for good while the status still said connected.
+    while let Err(payload) = AssertUnwindSafe(publisher.serve(&mut connection, &mut backoff))
+        .catch_unwind()
+        .await
+    {
+        // Out of the pool for good: its state is unknown. (A connection that was in the
+        // middle of a pipeline went back to the pool as the panic unwound; the pool's
+        // recycling check, a PING that must echo its own argument, weeds it out.)
+        if let Some(held) = connection.take() {
+            drop(deadpool_redis::Connection::take(held));
         }
-        let first = tokio::select! {
-            biased;
-            first = publisher.queue.recv() => first,
-            () = publisher.cancel.cancelled() => None,
-            // Idle for a while: give the connection back to the (possibly shared) pool.
-            () = tokio::time::sleep(IDLE_RELEASE), if connection.is_some() => {
-                connection = None;
-                continue;
-            }
-        };
-        let Some(first) = first else { break };
-        let batch = publisher.batch(first);
-        let mut held = match connection.take() {
-            Some(held) => held,
-            None => match publisher.checkout().await {
-                Ok(fresh) => fresh,
-                Err(error) => {
-                    publisher.batch_failed();
-                    publisher.went_down(&error, batch.len());
-                    continue;
-                }
-            },
-        };
-        match publisher.send(&mut held, &batch).await {
-            Ok(()) => {
-                publisher.batch_published();
-                publisher.state.set(PublisherState::UP);
-                // Keep the connection for the next batch (no checkout, no PING).
-                connection = Some(held);
-            }
-            Err(error) => {
-                // Out of the pool for good: its state is unknown.
-                drop(deadpool_redis::Connection::take(held));
-                publisher.batch_failed();
-                publisher.went_down(&error, batch.len());
-            }
-        }
+        let lost = publisher.in_flight;
+        publisher.batch_failed();
+        publisher.went_down("the publisher task panicked", lost);
+        // Last, so that the status's `last_error` carries the panic's message.
+        publisher
+            .shared
+            .task_panicked("publisher", publisher.index, &*payload);
     }
     flush_on_shutdown(publisher, connection).await;
 }

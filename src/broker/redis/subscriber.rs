@@ -8,8 +8,10 @@
 //! When the connection ends (a RESP2 stream just stops when Redis dies) or a probe does not
 //! come back, it starts over.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -84,6 +86,8 @@ enum Ended {
     Lost(String),
     /// The connection looked open but a probe did not come through.
     Starved(String),
+    /// The session panicked (a bug), with the panic's payload.
+    Panicked(Box<dyn Any + Send>),
 }
 
 type ProbeFuture = Pin<Box<dyn Future<Output = Result<i64, String>> + Send>>;
@@ -242,6 +246,11 @@ impl Subscriber {
             return;
         };
         let payload = message.get_payload_bytes();
+        #[cfg(test)]
+        assert!(
+            payload != super::recovery_tests::PANICKING_PAYLOAD,
+            "test: a panic in the subscriber"
+        );
         let key = self.config.signing_key.as_ref().map(|key| (channel, key));
         // Our own message, back from Redis: local members already have it. With a key, only
         // once the signature says it is ours: the instance id is no secret (it is in the probe
@@ -490,7 +499,16 @@ pub(crate) async fn run(subscriber: Subscriber) {
     );
     let mut ever_connected = false;
     loop {
-        let ended = subscriber.session(&probe_channel, &mut backoff).await;
+        // A panic ends the session like a lost connection: the slot is marked down below and
+        // the connection replaced, instead of the task ending with the slot still marked
+        // connected and its rooms never received again.
+        let ended = match AssertUnwindSafe(subscriber.session(&probe_channel, &mut backoff))
+            .catch_unwind()
+            .await
+        {
+            Ok(ended) => ended,
+            Err(payload) => Ended::Panicked(payload),
+        };
         let slot = &subscriber.slot;
         {
             let mut rooms = lock(&slot.rooms);
@@ -515,6 +533,9 @@ pub(crate) async fn run(subscriber: Subscriber) {
                     tracing::debug!(subscriber = subscriber.index, %error,
                         "tower-ws-hub: Redis still unreachable");
                 }
+            }
+            Ended::Panicked(payload) => {
+                shared.task_panicked("subscriber", subscriber.index, &*payload);
             }
             Ended::Starved(why) => {
                 shared.starvations.fetch_add(1, Ordering::Relaxed);
