@@ -6,7 +6,8 @@ use crate::route::RoomNameError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PublishError {
-    /// The room name is not valid (empty, too long, or with control characters).
+    /// The room name is not valid (empty, too long, with control characters, or `.` or `..`:
+    /// see [`RoomNameError`]).
     InvalidRoom(RoomNameError),
     /// The hub is shutting down and takes no more messages.
     ShuttingDown,
