@@ -59,9 +59,11 @@ pub struct HubStats {
     pub connections_opened: u64,
     /// Connections closed since start.
     pub connections_closed: u64,
-    /// Upgrade requests refused (bad handshake, limits, shutting down, unsupported server, a
-    /// layer callback that panicked, an authorizer too slow to decide), and accepted ones
-    /// whose socket never came (upgrade timeout, or the shutdown grace period over first).
+    /// Upgrade requests refused (bad handshake or room name, an `Origin` the policy refused, a
+    /// missing required subprotocol, an authorizer's denial, limits, shutting down,
+    /// unsupported server, a layer callback that panicked, an authorizer too slow to decide),
+    /// and accepted ones whose socket never came (upgrade timeout, or the shutdown grace
+    /// period over first).
     pub handshakes_rejected: u64,
     /// Data messages received from clients.
     pub messages_received: u64,
