@@ -1013,9 +1013,12 @@ async fn a_client_whose_reads_wait_for_room_is_not_closed_for_a_pong_or_idleness
 /// The pong for a ping the hub sent while Redis stalled sits behind everything the client
 /// sent before it, which the hub could not read during the stall. Once Redis is back the hub
 /// reads that backlog a read budget (64 frames) at a time, between waits for room; the pong
-/// verdict must not land on a poll that merely follows a spent read budget, 100 ms after the
-/// wait ended: the client gets its pong timeout (1 s here) to have its backlog read, as it
-/// would have without the stall (the whole backlog takes well under that to read).
+/// verdict must not land on a poll that merely follows a spent read budget while the backlog
+/// is still being read: not 100 ms after the wait ended (the first version), nor one pong
+/// timeout after it (the second, which closed the client whenever reading the backlog took
+/// longer than that: on a loaded machine, or with a short timeout). The backlog here takes
+/// about twice the pong timeout to read on an idle machine, and is read in full without a
+/// pong timeout however long that takes (up to the stall's length again).
 #[tokio::test]
 async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read() {
     use futures_util::{SinkExt, StreamExt};
@@ -1023,10 +1026,10 @@ async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read
     let redis = RedisServer::start().await;
     let strict = Hub::builder()
         .ping_interval(Some(Duration::from_millis(100)))
-        .pong_timeout(Duration::from_secs(1));
+        .pong_timeout(Duration::from_millis(250));
     // A publish queue of 4096 taken 4096 at a time: after the stall, reading goes on a budget
     // at a time for most of each wait's worth.
-    let stall = Duration::from_secs(2);
+    let stall = Duration::from_secs(4);
     let publisher = one_publisher(&redis.url(), 4096, stall * 5, stall * 5).max_pipeline(4096);
     let a = instance(strict, publisher).await;
     let sender = a.connect("r").await;
@@ -1036,13 +1039,15 @@ async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read
     // The client answers every ping at once (reading is what makes tungstenite send the pong).
     let reader = answer_pings(stream);
 
-    // A burst the hub reads in well under the pong timeout when Redis keeps up, sent while
-    // Redis sleeps for twice the pong timeout: every pong is behind it.
-    let sleeper = stall_redis_confirmed(&redis, 2).await;
+    // A burst sent while Redis sleeps: every pong the client sends from then on is behind it.
+    let sleeper = stall_redis_confirmed(&redis, stall.as_secs()).await;
     for i in 0..N {
         sink.feed(WsMessage::text(i.to_string())).await.unwrap();
     }
     sink.flush().await.unwrap();
+    // All of it waits in the sockets' buffers: the client is done sending (a client still
+    // sending when Redis wakes would be one that sends faster than it is read).
+    assert!(!sleeper.is_finished(), "the burst outlasted the stall");
     sleeper.await.unwrap();
     let woke = Instant::now();
     eventually("the backlog read, or a pong timeout", || {
@@ -1060,6 +1065,58 @@ async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read
     );
     assert!(!reader.is_finished(), "closed: {:?}", reader.await);
     reader.abort();
+}
+
+/// What waits on the broker earn a client (time to have the backlog they left read) is
+/// bounded by how long they lasted: a client whose reading waited through a stall and which
+/// then floods pings and never reads (so never answers the hub's) is closed for its pong
+/// timeout a little after the stall's length again, not kept open for as long as it floods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_pings_after_a_stall_does_not_escape_the_pong_timeout() {
+    use support::raw::{MASK, Upgrade, encode_frame, opcode, tcp_with_small_receive_buffer};
+    let redis = RedisServer::start().await;
+    let strict = Hub::builder()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .pong_timeout(Duration::from_millis(250))
+        .close_timeout(Duration::from_millis(300));
+    let stall = Duration::from_secs(1);
+    let a = instance(
+        strict,
+        one_publisher(&redis.url(), 16, stall * 5, stall * 5),
+    )
+    .await;
+    let socket = tcp_with_small_receive_buffer(a.addr).await;
+    let mut flooder = Upgrade::new("/ws/r").open_on(socket).await;
+    wait_members(&a.hub, "r", 1).await;
+    wait_subscribed(&a.hub, 1).await;
+
+    // More messages than the publish queue takes while Redis sleeps: reading the client waits
+    // for the whole stall. Then pings, faster than they are read, for as long as it is open.
+    let sleeper = stall_redis_confirmed(&redis, stall.as_secs()).await;
+    let messages: Vec<u8> = (0..100)
+        .flat_map(|i: u32| {
+            encode_frame(true, 0, opcode::TEXT, Some(MASK), i.to_string().as_bytes())
+        })
+        .collect();
+    let pings: Vec<u8> = (0..100)
+        .flat_map(|_| encode_frame(true, 0, opcode::PING, Some(MASK), &[b'p'; 125]))
+        .collect();
+    let flood = tokio::spawn(async move {
+        if flooder.try_send_bytes(&messages).await {
+            while flooder.try_send_bytes(&pings).await {}
+        }
+    });
+    eventually("the hub reading the client waits on Redis", || {
+        a.hub.broker_status().client_reads_paused >= 1
+    })
+    .await;
+    sleeper.await.unwrap();
+    // Closed about the stall's length again, the pong timeout and the close timeout after
+    // Redis woke (one that escaped would stay open for as long as it floods: `wait_members`
+    // gives up after 10 s).
+    wait_members(&a.hub, "r", 0).await;
+    assert_eq!(a.hub.stats().pong_timeouts, 1, "{:?}", a.hub.stats());
+    flood.abort();
 }
 
 #[tokio::test]

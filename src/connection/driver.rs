@@ -67,6 +67,8 @@ use crate::message::Message;
 
 /// Frames read per poll before yielding to other tasks.
 const READ_BUDGET: usize = 64;
+// `forward_delivered` (a `u8`) counts up to a read budget's worth.
+const _: () = assert!(READ_BUDGET <= u8::MAX as usize);
 
 /// Bytes read at a time (on the stack) while draining what a misbehaving client still sends.
 const DISCARD_CHUNK: usize = 4096;
@@ -76,6 +78,10 @@ const MAX_PENDING_CONTROL: usize = 4 * 1024;
 /// How soon a pong or idle deadline that passed with bytes from the client still unread is
 /// looked at again (at most the configured timeout).
 const UNREAD_RECHECK: Duration = Duration::from_millis(100);
+/// Most looks (`UNREAD_RECHECK` apart) a client's backlog left by waits on the broker may take
+/// to read before a deadline is judged again while the read budget runs out: 25 s' worth (a
+/// `u8`, beside `forward_delivered`: the driver's size is watched, see `size`).
+const MAX_CATCH_UP: u8 = 250;
 
 /// `at + by`, with `by` capped at [`FAR_FUTURE`]: a configured `Duration::MAX` means "never",
 /// not an overflow.
@@ -198,6 +204,10 @@ pub(crate) struct Driver<'a, S> {
     read_waker: Waker,
     /// The last read attempt found nothing; skip reading until `readiness` says otherwise.
     read_blocked: bool,
+    /// Looks at a passed deadline that found reading waiting on the broker, not yet spent on
+    /// looks that found the backlog the waits left still being read (the read budget ran out,
+    /// the socket not drained): see `unread`. Zero once a read drains the socket.
+    catch_up: u8,
     ws: WebSocketContext,
     /// Where the client's frames end in what `ws` was given: tells when `ws` holds nothing
     /// and may be replaced, to let go of a read buffer grown by a large frame.
@@ -212,7 +222,7 @@ pub(crate) struct Driver<'a, S> {
     forward: Vec<Message>,
     /// How many messages at the front of `forward` reached the local members already and wait
     /// for room in the broker's queue (at most `READ_BUDGET`).
-    forward_delivered: u16,
+    forward_delivered: u8,
     /// The queue still held messages after the last take (it hands over half its budget at a
     /// time): take again once the wire is written.
     more_queued: bool,
@@ -356,6 +366,7 @@ where
             read_waker: waker(Arc::clone(&readiness)),
             readiness,
             read_blocked: false,
+            catch_up: 0,
             ws: WebSocketContext::new(Role::Server, Some(config.websocket_config())),
             boundary: FrameBoundary::default(),
             control: BytesMut::new(),
@@ -746,19 +757,23 @@ where
                 return Poll::Ready(End::CloseTimeout);
             }
             let now = Instant::now();
+            // Whether bytes from the client wait unread, once looked at (see `unread`).
+            let mut looked = None;
             if now >= self.heartbeat_at {
-                match self.heartbeat {
+                let heartbeat = self.heartbeat;
+                match heartbeat {
                     Heartbeat::Idle => {
                         self.wire.push_control(ping_frame());
                         self.heartbeat = Heartbeat::AwaitingPong(now);
                         self.heartbeat_at = later(now, self.config().pong_timeout);
                     }
-                    Heartbeat::AwaitingPong(_) if self.unread() => {
+                    Heartbeat::AwaitingPong(_) if self.unread(&mut looked) => {
                         // The pong may be among what the client sent and this task has not
-                        // read yet, reading waiting for room in the broker's queue: judge once
-                        // that is read. The wait counts from now: once reading goes on, the
-                        // client has a whole pong timeout for what it sent meanwhile to be
-                        // read (read a budget at a time, not in one go), as without the wait.
+                        // read yet, reading waiting for room in the broker's queue (or still
+                        // reading the backlog such waits left): judge once that is read. The
+                        // wait counts from now: once reading goes on, the client has a whole
+                        // pong timeout for what it sent meanwhile to be read, as without the
+                        // wait.
                         let recheck = UNREAD_RECHECK.min(self.config().pong_timeout);
                         self.heartbeat = Heartbeat::AwaitingPong(now);
                         self.heartbeat_at = later(now, recheck);
@@ -785,7 +800,7 @@ where
             if let Some(idle) = self.config().idle_timeout
                 && now >= later(self.last_data, idle)
             {
-                if self.unread() {
+                if self.unread(&mut looked) {
                     // A data message may be among what is still unread: judge once that is
                     // read (the deadline moves to `recheck` from now).
                     let recheck = UNREAD_RECHECK.min(idle);
@@ -814,16 +829,36 @@ where
         Poll::Pending
     }
 
-    /// Bytes from the client may be waiting unread through no doing of its own: reading it
-    /// waits for room in the broker's queue (the task is parked with the broker, or holds
-    /// messages for it), or a wake to read (the socket's, or the broker's) has not been acted
-    /// on yet. Not when the read budget ran out: a client that sends faster than it is read
-    /// (a ping flood, say) is judged like any other.
-    fn unread(&self) -> bool {
-        matches!(self.input, Input::Frames)
-            && (self.readiness.parked.load(Ordering::Acquire)
-                || self.forward_delivered > 0
-                || self.readiness.ready.load(Ordering::Acquire))
+    /// Whether bytes from the client may be waiting unread through no doing of its own, for a
+    /// deadline that passed (looked at once per timer firing: `looked` keeps the answer).
+    ///
+    /// They may while reading waits for room in the broker's queue (the task is parked with
+    /// the broker, or holds messages for it), or a wake to read (the socket's, or the
+    /// broker's) has not been acted on yet. After such waits the task reads what the client
+    /// sent meanwhile a read budget at a time, which under load can take longer than the
+    /// deadline: the backlog counts as unread while the read budget runs out without
+    /// draining the socket, for as many looks as found reading waiting (`catch_up`, at most
+    /// `MAX_CATCH_UP`). Otherwise a spent read budget does not count: a client that sends
+    /// faster than it is read (a ping flood, say) is judged like any other.
+    fn unread(&mut self, looked: &mut Option<bool>) -> bool {
+        if let Some(unread) = *looked {
+            return unread;
+        }
+        let unread = if !matches!(self.input, Input::Frames) {
+            false
+        } else if self.readiness.parked.load(Ordering::Acquire) || self.forward_delivered > 0 {
+            self.catch_up = self.catch_up.saturating_add(1).min(MAX_CATCH_UP);
+            true
+        } else if self.readiness.ready.load(Ordering::Acquire) {
+            true
+        } else if !self.read_blocked && self.catch_up > 0 {
+            self.catch_up -= 1;
+            true
+        } else {
+            false
+        };
+        *looked = Some(unread);
+        unread
     }
 
     /// Points the timer at the next heartbeat event, idle deadline or held-back take,
@@ -1169,7 +1204,7 @@ impl<S> Driver<'_, S> {
         self.forward.drain(..taken);
         // Every message left has reached the local members; `forward` holds at most
         // READ_BUDGET (the read loop stops there).
-        self.forward_delivered = u16::try_from(self.forward.len()).unwrap_or(u16::MAX);
+        self.forward_delivered = u8::try_from(self.forward.len()).unwrap_or(u8::MAX);
         if !self.forward.is_empty() {
             return true;
         }

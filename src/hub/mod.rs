@@ -1091,9 +1091,10 @@ impl HubBuilder {
 
     /// How long a client has to answer a ping before it is closed with 1008. Default: 20 s.
     /// Durations over a year count as a year. While reading the client waits for room in a
-    /// full Redis publish queue, the verdict waits until what the client sent has been read,
-    /// the timeout counting again from the end of the wait: a pong behind messages the hub
-    /// could not read yet still counts.
+    /// full Redis publish queue, the verdict waits until what the client sent has been read:
+    /// a pong behind messages the hub could not read yet still counts. Reading the backlog
+    /// such waits left may take as long again as they lasted (at most 25 s); the timeout
+    /// then counts again from the last look.
     ///
     /// # Panics
     ///
