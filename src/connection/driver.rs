@@ -206,7 +206,11 @@ pub(crate) struct Driver<'a, S> {
     read_blocked: bool,
     /// Looks at a passed deadline that found reading waiting on the broker, not yet spent on
     /// looks that found the backlog the waits left still being read (the read budget ran out,
-    /// the socket not drained): see `unread`. Zero once a read drains the socket.
+    /// the socket not drained): see `unread`. Not reset when a read finds the socket empty:
+    /// while a backlog is read it runs dry for a moment whenever the client's kernel has not
+    /// passed on more yet (its send buffer holds what ours could not), which cut the
+    /// allowance short in tests. What is left waits for the next passed deadline, at most
+    /// `MAX_CATCH_UP`.
     catch_up: u8,
     ws: WebSocketContext,
     /// Where the client's frames end in what `ws` was given: tells when `ws` holds nothing
