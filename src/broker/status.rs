@@ -28,10 +28,13 @@ pub struct BrokerStatus {
     /// (having subscribed, when it connected, to every room it had then) and not overdue on its
     /// probe: a probe Redis accepted has not been out longer than the probe timeout.
     pub connected: bool,
-    /// `false` after a publish to Redis failed, until a reconnect succeeds. While it is `false`,
+    /// `true` when every publisher task has a working connection to Redis: `false` until each
+    /// has connected once, and after a publisher task's connection attempt or publish failed,
+    /// until it reconnects. While a publisher task is down (its attempt or a publish failed),
     /// [`Hub::publish`](crate::Hub::publish) and
     /// [`Hub::publish_with_backpressure`](crate::Hub::publish_with_backpressure) fail fast with
-    /// [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable).
+    /// [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable) for the rooms
+    /// it owns; before its first attempt has failed, what is published is queued.
     pub publisher_connected: bool,
     /// Subscriber connections configured.
     pub subscriber_connections: usize,
