@@ -189,8 +189,9 @@ impl RedisConfig {
     /// subscriber connections from `subscriber_client`, which must point at the same Redis (a
     /// pooled connection cannot subscribe).
     ///
-    /// The hub holds at most one pooled connection per publisher task while it has messages to
-    /// send, and briefly one per probe.
+    /// The hub holds at most one pooled connection per publisher task, which keeps it between
+    /// batches and gives it back after a second without messages to send, and briefly one per
+    /// probe.
     ///
     /// The pool's own connection settings apply on top of
     /// [`operation_timeout`](Self::operation_timeout), whichever is shorter: a pool made with
