@@ -127,10 +127,11 @@ impl Hub {
     /// the room's members on every other instance.
     ///
     /// Returns how many local members it was queued for. Never waits: local delivery never
-    /// waits on the broker, and a broker that cannot take the message now (Redis down, or its
-    /// publish queue full because Redis is slower than you publish; see
-    /// `RedisConfig::publish_queue`) refuses it at once, counted in [`BrokerStatus`]. To wait
-    /// for room in the queue instead, use
+    /// waits on the broker, and a broker that cannot take the message now (Redis known to be
+    /// down, because a connection attempt or a publish failed, or its publish queue full
+    /// because Redis is slower than you publish; see `RedisConfig::publish_queue`) refuses it
+    /// at once, counted in [`BrokerStatus`]. Before the first connection attempt has failed,
+    /// the message is queued. To wait for room in the queue instead, use
     /// [`publish_with_backpressure`](Self::publish_with_backpressure).
     ///
     /// Calling it again after [`PublishError::BrokerUnavailable`] delivers the message to the
