@@ -14,7 +14,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use futures_util::{SinkExt, StreamExt};
 use support::bystanders::Bystanders;
-use support::raw::{MASK, Upgrade, encode_frame, opcode, tcp_with_small_receive_buffer};
+use support::raw::{
+    MASK, Upgrade, encode_frame, opcode, ping_flood, tcp_with_small_receive_buffer,
+};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -742,9 +744,7 @@ async fn flood_pings_without_reading(server: &Server, room: &str) -> tokio::task
     let socket = tcp_with_small_receive_buffer(server.addr).await;
     let mut flooder = Upgrade::new(&format!("/ws/{room}")).open_on(socket).await;
     wait_members(&server.hub, room, 1).await;
-    let batch: Vec<u8> = (0..100)
-        .flat_map(|_| encode_frame(true, 0, opcode::PING, Some(MASK), &[b'p'; 125]))
-        .collect();
+    let batch = ping_flood();
     tokio::spawn(async move { while flooder.try_send_bytes(&batch).await {} })
 }
 

@@ -1073,7 +1073,9 @@ async fn a_pong_behind_a_backlog_left_by_a_stall_is_not_judged_before_it_is_read
 /// timeout a little after the stall's length again, not kept open for as long as it floods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_pings_after_a_stall_does_not_escape_the_pong_timeout() {
-    use support::raw::{MASK, Upgrade, encode_frame, opcode, tcp_with_small_receive_buffer};
+    use support::raw::{
+        MASK, Upgrade, encode_frame, opcode, ping_flood, tcp_with_small_receive_buffer,
+    };
     let redis = RedisServer::start().await;
     let strict = Hub::builder()
         .ping_interval(Some(Duration::from_millis(100)))
@@ -1098,9 +1100,7 @@ async fn a_client_flooding_pings_after_a_stall_does_not_escape_the_pong_timeout(
             encode_frame(true, 0, opcode::TEXT, Some(MASK), i.to_string().as_bytes())
         })
         .collect();
-    let pings: Vec<u8> = (0..100)
-        .flat_map(|_| encode_frame(true, 0, opcode::PING, Some(MASK), &[b'p'; 125]))
-        .collect();
+    let pings = ping_flood();
     let flood = tokio::spawn(async move {
         if flooder.try_send_bytes(&messages).await {
             while flooder.try_send_bytes(&pings).await {}

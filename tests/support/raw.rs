@@ -359,6 +359,14 @@ pub fn encode_frame(
 /// The masking key this module's clients use.
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
+/// One write's worth of a ping flood: 100 masked pings of 125 bytes (the largest a control
+/// frame may carry), more than the server reads in one poll.
+pub fn ping_flood() -> Vec<u8> {
+    (0..100)
+        .flat_map(|_| encode_frame(true, 0, opcode::PING, Some(MASK), &[b'p'; 125]))
+        .collect()
+}
+
 /// A WebSocket client over a raw socket: sends exactly the bytes it is told to.
 #[derive(Debug)]
 pub struct RawWs {
