@@ -991,6 +991,18 @@ async fn a_close_frame_with_an_invalid_code_counts_as_a_protocol_close() {
 }
 
 #[tokio::test]
+async fn a_client_closing_with_1002_itself_counts_as_a_protocol_close() {
+    // HubStats::protocol_closes: "or by a client that closed with 1002 (protocol error)
+    // itself". The code is valid on the wire: echoed, as any other.
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut raw = open_bad(&server).await;
+    let answer = answer_to_close(&mut raw, &close_payload(1002, b"")).await;
+    assert_eq!(answer, Some(close_code::PROTOCOL_ERROR));
+    eventually("closed", || server.hub.stats().connections == 0).await;
+    assert_eq!(server.hub.stats().protocol_closes, 1);
+}
+
+#[tokio::test]
 async fn a_close_frame_with_an_invalid_utf8_reason_is_answered_with_1007() {
     // RFC 6455 §5.5.1: a close reason is UTF-8; §8.1: data that must be UTF-8 and is not fails
     // the connection. The RFC names no code for the close reason specifically; 1007 ("data

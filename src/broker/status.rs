@@ -75,9 +75,17 @@ pub struct BrokerStatus {
     pub received: u64,
     /// Payloads on room channels that were not valid envelopes, dropped.
     pub invalid_envelopes: u64,
-    /// Subscriber reconnects (after a lost connection or a missed probe).
+    /// Times a subscriber connection that was up (connected, its rooms subscribed) went down
+    /// and was sent back to reconnecting: the connection was lost, it was found starved (see
+    /// [`starvations`](Self::starvations)), or its task panicked. Connection attempts that fail
+    /// while Redis stays unreachable are not counted again, nor is whether the reconnect has
+    /// succeeded yet: [`subscribers_connected`](Self::subscribers_connected) says that.
     pub reconnects: u64,
-    /// Times a subscriber connection looked open but missed its probe, and was replaced.
+    /// Times a subscriber connection looked open but was found not to receive, and was
+    /// replaced: a probe Redis accepted did not come back within the probe timeout, or Redis
+    /// answered the probe's `PUBLISH` with 0 subscribers (the connection is dead on Redis's
+    /// side, or the pool and the subscriber client point at different servers; a connection
+    /// found so at every attempt is retried with the growing backoff).
     pub starvations: u64,
     /// Panics caught in the broker's background tasks (a publisher or a subscriber
     /// connection's task). Always 0 unless tower-ws-hub or one of its dependencies has a bug:

@@ -95,7 +95,10 @@ pub struct HubStats {
     /// So for each connection, what it was queued (`deliveries`) is written to its socket,
     /// dropped, or counted here.
     pub discarded_on_close: u64,
-    /// Connections closed for a protocol error, an oversized message or invalid UTF-8.
+    /// Connections closed for a protocol error, an oversized message or invalid UTF-8: by the
+    /// hub (with 1002, 1009 or 1007), or by a client that closed with 1002 (protocol error)
+    /// itself, or with a close code the RFC forbids on the wire (tungstenite reports those as
+    /// 1002).
     pub protocol_closes: u64,
     /// Connections closed because they did not answer a ping in time.
     pub pong_timeouts: u64,
