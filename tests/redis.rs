@@ -409,6 +409,40 @@ async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_re
     assert_eq!(a.hub.connection_count(), 2, "clients stayed connected");
 }
 
+/// A Redis restart quicker than a publisher's idle release (it keeps its connection 1 s after
+/// its last batch), with nothing published meanwhile: the connection it kept is dead. Once the
+/// hub says it is connected again, the next message must not be sent on that connection and
+/// lost (counted in `publish_failures`, and the publisher down for a backoff after it).
+#[tokio::test]
+async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    send_text(&mut sender, "before").await;
+    assert_eq!(next_text(&mut remote).await, "before");
+    let last_batch = Instant::now();
+
+    redis.kill();
+    eventually("A sees Redis gone", || !a.hub.broker_status().connected).await;
+    redis.restart().await;
+    wait_subscribed(&a.hub, 1).await;
+    wait_subscribed(&b.hub, 1).await;
+    let status = a.hub.broker_status();
+    assert!(
+        last_batch.elapsed() < Duration::from_millis(800),
+        "the test needs the restart done well within the publisher's 1 s idle release, took \
+         {:?}",
+        last_batch.elapsed()
+    );
+    assert!(status.publisher_connected, "{status:?}");
+
+    send_text(&mut sender, "after").await;
+    assert_eq!(next_text(&mut remote).await, "after");
+    let after = a.hub.broker_status();
+    assert_eq!(after.publish_failures, status.publish_failures, "{after:?}");
+    assert!(after.publisher_connected, "{after:?}");
+}
+
 /// One publisher task with a queue of `queue` messages, giving up on a Redis operation after
 /// `operation`, and probes every 200 ms that give up after `probe`.
 fn one_publisher(url: &str, queue: usize, operation: Duration, probe: Duration) -> RedisConfig {

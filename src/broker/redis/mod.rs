@@ -37,7 +37,9 @@
 //! - **Publishing** goes through a deadpool-redis pool, batched: each publisher task owns the
 //!   rooms that hash to it and sends what is queued as one pipeline (up to
 //!   [`max_pipeline`](RedisConfig::max_pipeline) PUBLISHes per round trip), keeping a pooled
-//!   connection while it has work. A room's messages therefore never race each other.
+//!   connection while it has work (given back after 1 s without any, and not trusted further
+//!   once a subscriber connection of its instance has seen Redis go: the next batch goes on a
+//!   connection the pool has just PINGed). A room's messages therefore never race each other.
 //! - **Subscribing** uses a few dedicated connections
 //!   ([`subscriber_connections`](RedisConfig::subscriber_connections)), rooms spread over them
 //!   by hash, each read by its own task that hands messages straight to the local members'
@@ -440,6 +442,7 @@ impl RedisBroker {
                     config: Arc::clone(&config),
                     cancel: cancel.clone(),
                     in_flight: 0,
+                    checked_out_at: 0,
                 }));
                 PublisherHandle {
                     queue,

@@ -41,6 +41,9 @@ pub(crate) struct Publisher {
     /// Messages of the last batch taken off `queue` and not counted yet (published or failed):
     /// counted as failed if the task is dropped before it knows (the runtime went away).
     pub(crate) in_flight: usize,
+    /// `Shared::reconnects` when the connection kept between batches was checked out: see
+    /// [`kept`](Self::kept).
+    pub(crate) checked_out_at: u64,
 }
 
 /// `{prefix}:{room}` written straight into the command buffer.
@@ -85,7 +88,11 @@ impl ToRedisArgs for EnvelopeArg<'_> {
 }
 
 impl Publisher {
-    async fn checkout(&self) -> Result<deadpool_redis::Connection, String> {
+    /// A connection from the pool, which PINGs it first (a fresh one if that fails).
+    async fn checkout(&mut self) -> Result<deadpool_redis::Connection, String> {
+        // Read before the checkout: a subscriber connection lost while it runs makes the next
+        // batch check out again, rather than trust a connection that may predate the loss.
+        self.checked_out_at = self.shared.reconnects.load(Ordering::Relaxed);
         match tokio::time::timeout(self.config.operation_timeout, self.config.pool.get()).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(format!("cannot get a Redis connection: {error}")),
@@ -94,6 +101,25 @@ impl Publisher {
                 self.config.operation_timeout
             )),
         }
+    }
+
+    /// The connection kept from the last batch, unless a subscriber connection that was up has
+    /// gone down since it was checked out (`Shared::reconnects` moved): Redis may have gone
+    /// away meanwhile (restarted, failed over, a proxy in front of it cut its clients), and a
+    /// kept connection, unlike a checkout, is not PINGed first. A pipeline sent on a dead
+    /// connection fails, and its messages with it: a restart quicker than `IDLE_RELEASE`, with
+    /// nothing published during it, would cost the first messages after it. Dropped for good
+    /// then (not back into the pool), and the caller checks out a fresh one.
+    fn kept(
+        &self,
+        connection: &mut Option<deadpool_redis::Connection>,
+    ) -> Option<deadpool_redis::Connection> {
+        let held = connection.take()?;
+        if self.shared.reconnects.load(Ordering::Relaxed) == self.checked_out_at {
+            return Some(held);
+        }
+        drop(deadpool_redis::Connection::take(held));
+        None
     }
 
     /// Takes what is queued after `first`, up to the pipeline limits.
@@ -251,7 +277,7 @@ impl Publisher {
             };
             let Some(first) = first else { break };
             let batch = self.batch(first);
-            let mut held = match connection.take() {
+            let mut held = match self.kept(connection) {
                 Some(held) => held,
                 None => match self.checkout().await {
                     Ok(fresh) => fresh,
@@ -375,7 +401,7 @@ async fn flush_on_shutdown(
     }
     while let Ok(first) = publisher.queue.try_recv() {
         let batch = publisher.batch(first);
-        let mut held = match connection.take() {
+        let mut held = match publisher.kept(&mut connection) {
             Some(held) => held,
             None => match publisher.checkout().await {
                 Ok(fresh) => fresh,
