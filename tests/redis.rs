@@ -443,6 +443,54 @@ async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
     assert!(after.publisher_connected, "{after:?}");
 }
 
+/// `RedisConfig::from_url`'s pool holds what the hub's publisher tasks and probes use at once,
+/// however many CPUs the machine has: deadpool's own default (twice the CPU count) left every
+/// publisher task past it without a connection under load (here: more tasks than that, all
+/// kept busy for longer than their idle release), their rooms' messages failing as if Redis
+/// were down.
+#[tokio::test]
+async fn more_publisher_tasks_than_cpus_all_get_a_connection_from_from_urls_pool() {
+    let redis = RedisServer::start().await;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let tasks = 2 * cpus + 2;
+    let config = || {
+        config(&redis.url())
+            .publisher_tasks(tasks)
+            .operation_timeout(Duration::from_millis(300))
+    };
+    let a = instance(Hub::builder(), config()).await;
+    let b = instance(Hub::builder(), config()).await;
+    // Enough rooms that every publisher task owns some (rooms are spread by hash).
+    let rooms: Vec<String> = (0..16 * tasks).map(|i| format!("room-{i}")).collect();
+    let mut members = Vec::new();
+    for room in &rooms {
+        members.push(b.connect(room).await);
+    }
+    wait_subscribed(&b.hub, rooms.len()).await;
+    // Every task busy for 1.5 s, past the 1 s after which an idle one gives its connection
+    // back: each keeps the one it got.
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for room in &rooms {
+            a.hub
+                .publish(room, Message::text("m"))
+                .await
+                .expect("published");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually("everything published", || {
+        a.hub.broker_status().published == sent
+    })
+    .await;
+    let status = a.hub.broker_status();
+    assert_eq!(status.publish_failures, 0, "{status:?}");
+    assert!(status.publisher_connected, "{status:?}");
+    drop(members);
+}
+
 /// One publisher task with a queue of `queue` messages, giving up on a Redis operation after
 /// `operation`, and probes every 200 ms that give up after `probe`.
 fn one_publisher(url: &str, queue: usize, operation: Duration, probe: Duration) -> RedisConfig {
@@ -2129,6 +2177,53 @@ async fn a_database_number_with_the_default_prefix_is_warned_about_at_start() {
     assert_eq!(warnings.len(), 1, "{logs}");
     assert!(warnings[0].contains("database 3"), "{logs}");
     assert!(warnings[0].contains("channel_prefix"), "{logs}");
+    warned.shutdown().await;
+    for hub in quiet {
+        hub.shutdown().await;
+    }
+}
+
+/// A pool of the caller's too small for what the hub uses at once (one connection per
+/// publisher task, one per subscriber connection's probe) is warned about at start; one large
+/// enough, and `from_url`'s own (which each hub sizes), are not.
+#[tokio::test]
+async fn a_pool_too_small_for_the_hub_is_warned_about_at_start() {
+    fn pool(max_size: usize) -> deadpool_redis::Pool {
+        deadpool_redis::Config::from_url("redis://127.0.0.1:1")
+            .builder()
+            .unwrap()
+            .max_size(max_size)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .unwrap()
+    }
+    let client = || redis::Client::open("redis://127.0.0.1:1").unwrap();
+    let (guard, logs) = capture_logs(tracing::Level::WARN);
+    // Defaults: 2 publisher tasks and 2 subscriber connections.
+    let warned = Hub::builder()
+        .redis(RedisConfig::from_pool(pool(3), client()))
+        .build();
+    let quiet = [
+        Hub::builder()
+            .redis(RedisConfig::from_pool(pool(4), client()))
+            .build(),
+        Hub::builder()
+            .redis(
+                RedisConfig::from_url("redis://127.0.0.1:1")
+                    .unwrap()
+                    .publisher_tasks(64),
+            )
+            .build(),
+    ];
+    drop(guard);
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("RedisConfig::from_pool holds at most"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains("at most 3 connections"), "{logs}");
+    assert!(warnings[0].contains("max_size"), "{logs}");
     warned.shutdown().await;
     for hub in quiet {
         hub.shutdown().await;

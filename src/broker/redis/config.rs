@@ -1,6 +1,7 @@
 //! [`RedisConfig`]: where Redis is and how the hub uses it, with every default.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_redis::redis::AsyncConnectionConfig;
@@ -94,6 +95,10 @@ pub struct RedisConfig {
     pub(crate) operation_timeout: Duration,
     pub(crate) signing_key: Option<EnvelopeKey>,
     pub(crate) client_backpressure: bool,
+    /// `Some` when the pool is [`from_url`](RedisConfig::from_url)'s own: the sum of what the
+    /// hubs started with this config (and its clones, which share the pool) can use at once;
+    /// see [`reserve_pool`](RedisConfig::reserve_pool).
+    pub(crate) pool_reserved: Option<Arc<Mutex<usize>>>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -139,8 +144,14 @@ impl RedisConfig {
     }
 
     /// Uses the Redis at `url` (e.g. `redis://127.0.0.1:6379`, `redis://:password@host/0`) for
-    /// everything: a new pool for publishing (deadpool-redis's default size) and dedicated
-    /// subscriber connections. Nothing connects yet.
+    /// everything: a new pool for publishing and dedicated subscriber connections. Nothing
+    /// connects yet.
+    ///
+    /// The pool holds what the hub uses at once, whatever the machine: one connection per
+    /// [publisher task](Self::publisher_tasks) and one per
+    /// [subscriber connection](Self::subscriber_connections) (for its probes), made room for
+    /// by each hub as it starts (clones of this config share the pool, and each hub built with
+    /// one adds its share), not by deadpool's default of twice the CPU count.
     ///
     /// The pool's connections have no time limits of their own (redis-rs would otherwise give
     /// up on a reply after 500 ms and on connecting after 1 s), so that
@@ -176,13 +187,39 @@ impl RedisConfig {
             .set_response_timeout(None)
             .set_connection_timeout(None);
         let manager = Manager::new_with_config(url, unlimited).map_err(invalid)?;
+        // Sized by each hub at start (`reserve_pool`), not by deadpool's default of twice the
+        // CPU count, which has nothing to do with what the hub uses.
         let pool = Pool::builder(manager)
             .runtime(Runtime::Tokio1)
+            .max_size(0)
             .build()
             .map_err(|error| RedisConfigError {
                 message: error.to_string(),
             })?;
-        Ok(Self::from_pool(pool, client))
+        Ok(Self {
+            pool_reserved: Some(Arc::default()),
+            ..Self::from_pool(pool, client)
+        })
+    }
+
+    /// The most pooled connections a hub with this config uses at once: one per publisher
+    /// task (kept while it has messages to send) and one per subscriber connection (for its
+    /// probe's `PUBLISH`, briefly).
+    pub(crate) fn pool_connections_used(&self) -> usize {
+        self.publisher_tasks + self.subscriber_connections
+    }
+
+    /// Makes room in `from_url`'s pool for one more hub started with this config: its
+    /// [`pool_connections_used`](Self::pool_connections_used) on top of what earlier hubs took.
+    /// `false` for a pool of the caller's ([`from_pool`](Self::from_pool)), sized by them.
+    pub(crate) fn reserve_pool(&self) -> bool {
+        let Some(reserved) = &self.pool_reserved else {
+            return false;
+        };
+        let mut reserved = reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        *reserved += self.pool_connections_used();
+        self.pool.resize(*reserved);
+        true
     }
 
     /// Publishes through an existing pool (shared with the application, if you like) and opens
@@ -191,7 +228,11 @@ impl RedisConfig {
     ///
     /// The hub holds at most one pooled connection per publisher task, which keeps it between
     /// batches and gives it back after a second without messages to send, and briefly one per
-    /// probe.
+    /// probe. Size the pool for that (`publisher_tasks + subscriber_connections`) plus what
+    /// the application takes from it: a publisher task that gets no connection within
+    /// [`operation_timeout`](Self::operation_timeout) counts as down, and its rooms' messages
+    /// fail, until it gets one. A hub whose pool's `max_size` is below
+    /// `publisher_tasks + subscriber_connections` logs a warning at start.
     ///
     /// The pool's own connection settings apply on top of
     /// [`operation_timeout`](Self::operation_timeout), whichever is shorter: a pool made with
@@ -215,6 +256,7 @@ impl RedisConfig {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             signing_key: None,
             client_backpressure: true,
+            pool_reserved: None,
         }
     }
 
@@ -427,6 +469,37 @@ fn database(client: &deadpool_redis::redis::Client) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::RedisConfig;
+
+    #[test]
+    fn from_urls_pool_holds_what_every_hub_started_with_the_config_uses() {
+        let config = RedisConfig::from_url("redis://127.0.0.1:1")
+            .unwrap()
+            .publisher_tasks(7)
+            .subscriber_connections(3);
+        assert_eq!(
+            config.pool.status().max_size,
+            0,
+            "sized by the hubs, not by the CPUs"
+        );
+        // Clones share the pool: each hub adds its own share.
+        let other = config.clone().publisher_tasks(1);
+        assert!(config.reserve_pool());
+        assert_eq!(config.pool.status().max_size, 10);
+        assert!(other.reserve_pool());
+        assert_eq!(config.pool.status().max_size, 14);
+        // A pool of the caller's is theirs to size.
+        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1")
+            .builder()
+            .unwrap()
+            .max_size(2)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .unwrap();
+        let client = deadpool_redis::redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let theirs = RedisConfig::from_pool(pool, client);
+        assert!(!theirs.reserve_pool());
+        assert_eq!(theirs.pool.status().max_size, 2);
+    }
 
     #[test]
     fn a_negative_database_number_is_refused_at_once() {

@@ -417,6 +417,24 @@ impl RedisBroker {
             publisher_tasks = config.publisher_tasks,
             "tower-ws-hub: Redis broker starting"
         );
+        if !config.reserve_pool() {
+            let max_size = config.pool.status().max_size;
+            let needed = config.pool_connections_used();
+            if max_size < needed {
+                tracing::warn!(
+                    max_size,
+                    needed,
+                    publisher_tasks = config.publisher_tasks,
+                    subscriber_connections = config.subscriber_connections,
+                    "tower-ws-hub: the pool given to RedisConfig::from_pool holds at most \
+                     {max_size} connections, fewer than this hub uses at once ({needed}: one per \
+                     publisher task while it has messages to send, one per subscriber \
+                     connection's probe); a publisher task that gets none within \
+                     operation_timeout counts as down and its rooms' messages fail. Raise the \
+                     pool's max_size, counting what the application itself takes from it"
+                );
+            }
+        }
         if let Some(db) = config.database_with_default_prefix() {
             tracing::warn!(
                 db,
