@@ -47,6 +47,14 @@ struct Args {
     #[arg(long, requires = "redis",
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     publish_queue: Option<usize>,
+    /// Override `RedisConfig::publisher_tasks` (for experiments; default: the hub's default).
+    #[arg(long, requires = "redis",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    publisher_tasks: Option<usize>,
+    /// Override `RedisConfig::max_pipeline` (for experiments; default: the hub's default).
+    #[arg(long, requires = "redis",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pipeline: Option<usize>,
     /// `RedisConfig::client_backpressure(false)`: refuse clients' messages the full publish
     /// queue cannot take instead of reading the clients more slowly (for experiments).
     #[arg(long, requires = "redis")]
@@ -89,6 +97,12 @@ fn main() -> ExitCode {
         Ok(redis) => redis.map(|mut redis| {
             if let Some(messages) = args.publish_queue {
                 redis = redis.publish_queue(messages);
+            }
+            if let Some(tasks) = args.publisher_tasks {
+                redis = redis.publisher_tasks(tasks);
+            }
+            if let Some(commands) = args.max_pipeline {
+                redis = redis.max_pipeline(commands);
             }
             redis.client_backpressure(!args.no_client_backpressure)
         }),
