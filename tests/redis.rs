@@ -416,7 +416,13 @@ async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_re
 #[tokio::test]
 async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
     let mut redis = RedisServer::start().await;
-    let (a, b) = pair(&redis).await;
+    // Reconnecting at once, so that the restart is over well within the idle release even on
+    // a loaded machine (the default backoff alone can take 750 ms).
+    let quick = || {
+        config(&redis.url()).reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
+    };
+    let a = instance(Hub::builder(), quick()).await;
+    let b = instance(Hub::builder(), quick()).await;
     let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
     send_text(&mut sender, "before").await;
     assert_eq!(next_text(&mut remote).await, "before");
@@ -453,13 +459,13 @@ async fn more_publisher_tasks_than_cpus_all_get_a_connection_from_from_urls_pool
     let redis = RedisServer::start().await;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let tasks = 2 * cpus + 2;
-    let config = || {
-        config(&redis.url())
-            .publisher_tasks(tasks)
-            .operation_timeout(Duration::from_millis(300))
-    };
+    let config = || config(&redis.url()).publisher_tasks(tasks);
     let a = instance(Hub::builder(), config()).await;
     let b = instance(Hub::builder(), config()).await;
+    eventually("A's publisher tasks up", || {
+        a.hub.broker_status().publisher_connected
+    })
+    .await;
     // Enough rooms that every publisher task owns some (rooms are spread by hash).
     let rooms: Vec<String> = (0..16 * tasks).map(|i| format!("room-{i}")).collect();
     let mut members = Vec::new();
@@ -468,7 +474,8 @@ async fn more_publisher_tasks_than_cpus_all_get_a_connection_from_from_urls_pool
     }
     wait_subscribed(&b.hub, rooms.len()).await;
     // Every task busy for 1.5 s, past the 1 s after which an idle one gives its connection
-    // back: each keeps the one it got.
+    // back: each keeps the one it got, and one left without waits the 1 s operation timeout
+    // and counts as down. The probes (every 200 ms here) need a connection of their own.
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_millis(1500) {
@@ -488,6 +495,8 @@ async fn more_publisher_tasks_than_cpus_all_get_a_connection_from_from_urls_pool
     let status = a.hub.broker_status();
     assert_eq!(status.publish_failures, 0, "{status:?}");
     assert!(status.publisher_connected, "{status:?}");
+    // A probe that finds no connection in the pool is only recorded here.
+    assert_eq!(status.last_error, None, "{status:?}");
     drop(members);
 }
 

@@ -147,11 +147,12 @@ impl RedisConfig {
     /// everything: a new pool for publishing and dedicated subscriber connections. Nothing
     /// connects yet.
     ///
-    /// The pool holds what the hub uses at once, whatever the machine: one connection per
-    /// [publisher task](Self::publisher_tasks) and one per
-    /// [subscriber connection](Self::subscriber_connections) (for its probes), made room for
-    /// by each hub as it starts (clones of this config share the pool, and each hub built with
-    /// one adds its share), not by deadpool's default of twice the CPU count.
+    /// The pool has room for what the hub uses at once, whatever the machine: one connection
+    /// per [publisher task](Self::publisher_tasks) and one per
+    /// [subscriber connection](Self::subscriber_connections) (for its probes), made by each
+    /// hub as it starts rather than by deadpool's default of twice the CPU count. Clones of
+    /// this config share the pool, and each hub built with one adds its share and keeps it
+    /// (connections are only opened when used).
     ///
     /// The pool's connections have no time limits of their own (redis-rs would otherwise give
     /// up on a reply after 500 ms and on connecting after 1 s), so that
@@ -231,8 +232,9 @@ impl RedisConfig {
     /// probe. Size the pool for that (`publisher_tasks + subscriber_connections`) plus what
     /// the application takes from it: a publisher task that gets no connection within
     /// [`operation_timeout`](Self::operation_timeout) counts as down, and its rooms' messages
-    /// fail, until it gets one. A hub whose pool's `max_size` is below
-    /// `publisher_tasks + subscriber_connections` logs a warning at start.
+    /// fail, until it gets one. Count every hub that shares the pool. A hub whose pool's
+    /// `max_size` is below its own `publisher_tasks + subscriber_connections` logs a warning
+    /// at start.
     ///
     /// The pool's own connection settings apply on top of
     /// [`operation_timeout`](Self::operation_timeout), whichever is shorter: a pool made with

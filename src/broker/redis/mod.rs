@@ -38,7 +38,7 @@
 //!   rooms that hash to it and sends what is queued as one pipeline (up to
 //!   [`max_pipeline`](RedisConfig::max_pipeline) PUBLISHes per round trip), keeping a pooled
 //!   connection while it has work (given back after 1 s without any, and not trusted further
-//!   once a subscriber connection of its instance has seen Redis go: the next batch goes on a
+//!   once a subscriber session of its instance has ended: the next batch goes on a
 //!   connection the pool has just PINGed). A room's messages therefore never race each other.
 //! - **Subscribing** uses a few dedicated connections
 //!   ([`subscriber_connections`](RedisConfig::subscriber_connections)), rooms spread over them
@@ -192,6 +192,11 @@ pub(crate) struct Shared {
     pub(crate) received: AtomicU64,
     pub(crate) invalid_envelopes: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    /// Subscriber sessions that ended other than by shutdown (lost, found starved, failed to
+    /// connect or subscribe, panicked), up or not: the sign that Redis may have gone away,
+    /// which tells the publisher tasks not to trust the connections they kept (see
+    /// `publisher::Publisher::kept`). Internal; `reconnects` is the documented figure.
+    pub(crate) sessions_ended: AtomicU64,
     pub(crate) starvations: AtomicU64,
     /// Panics caught in the publisher and subscriber tasks (see `BrokerStatus::task_panics`).
     pub(crate) task_panics: AtomicU64,
@@ -400,6 +405,7 @@ impl RedisBroker {
             received: AtomicU64::new(0),
             invalid_envelopes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            sessions_ended: AtomicU64::new(0),
             starvations: AtomicU64::new(0),
             task_panics: AtomicU64::new(0),
             last_error: Mutex::new(None),

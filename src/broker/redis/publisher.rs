@@ -41,7 +41,7 @@ pub(crate) struct Publisher {
     /// Messages of the last batch taken off `queue` and not counted yet (published or failed):
     /// counted as failed if the task is dropped before it knows (the runtime went away).
     pub(crate) in_flight: usize,
-    /// `Shared::reconnects` when the connection kept between batches was checked out: see
+    /// `Shared::sessions_ended` when the connection kept between batches was checked out: see
     /// [`kept`](Self::kept).
     pub(crate) checked_out_at: u64,
 }
@@ -92,7 +92,7 @@ impl Publisher {
     async fn checkout(&mut self) -> Result<deadpool_redis::Connection, String> {
         // Read before the checkout: a subscriber connection lost while it runs makes the next
         // batch check out again, rather than trust a connection that may predate the loss.
-        self.checked_out_at = self.shared.reconnects.load(Ordering::Relaxed);
+        self.checked_out_at = self.shared.sessions_ended.load(Ordering::Relaxed);
         match tokio::time::timeout(self.config.operation_timeout, self.config.pool.get()).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(format!("cannot get a Redis connection: {error}")),
@@ -103,8 +103,9 @@ impl Publisher {
         }
     }
 
-    /// The connection kept from the last batch, unless a subscriber connection that was up has
-    /// gone down since it was checked out (`Shared::reconnects` moved): Redis may have gone
+    /// The connection kept from the last batch, unless a subscriber session has ended since it
+    /// was checked out (`Shared::sessions_ended` moved; a session that was still subscribing
+    /// counts, so that a second restart right after a first is not missed): Redis may have gone
     /// away meanwhile (restarted, failed over, a proxy in front of it cut its clients), and a
     /// kept connection, unlike a checkout, is not PINGed first. A pipeline sent on a dead
     /// connection fails, and its messages with it: a restart quicker than `IDLE_RELEASE`, with
@@ -115,7 +116,7 @@ impl Publisher {
         connection: &mut Option<deadpool_redis::Connection>,
     ) -> Option<deadpool_redis::Connection> {
         let held = connection.take()?;
-        if self.shared.reconnects.load(Ordering::Relaxed) == self.checked_out_at {
+        if self.shared.sessions_ended.load(Ordering::Relaxed) == self.checked_out_at {
             return Some(held);
         }
         drop(deadpool_redis::Connection::take(held));

@@ -519,6 +519,9 @@ pub(crate) async fn run(subscriber: Subscriber) {
         slot.subscribed.store(0, Ordering::Relaxed);
         *lock(&slot.last_probe_ok) = None;
         *lock(&slot.probe_due) = None;
+        if !matches!(ended, Ended::Cancelled) {
+            shared.sessions_ended.fetch_add(1, Ordering::Relaxed);
+        }
         match ended {
             Ended::Cancelled => return,
             Ended::Lost(error) => {
