@@ -2160,36 +2160,46 @@ async fn different_channel_prefixes_keep_applications_apart() {
 /// the warning comes from `build`, before anything connects.)
 #[tokio::test]
 async fn a_database_number_with_the_default_prefix_is_warned_about_at_start() {
-    let (guard, logs) = capture_logs(tracing::Level::WARN);
     let unreachable = "redis://127.0.0.1:1";
-    let warned = Hub::builder()
-        .redis(RedisConfig::from_url(&format!("{unreachable}/3")).unwrap())
-        .build();
-    let quiet = [
-        Hub::builder()
-            .redis(RedisConfig::from_url(&format!("{unreachable}/0")).unwrap())
-            .build(),
-        Hub::builder()
-            .redis(
-                RedisConfig::from_url(&format!("{unreachable}/3"))
-                    .unwrap()
-                    .channel_prefix("chat-staging"),
-            )
-            .build(),
-    ];
-    drop(guard);
-    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-    let warnings: Vec<&str> = logs
-        .lines()
-        .filter(|line| line.contains("pub/sub channels are shared"))
-        .collect();
+    let (warnings, logs) = warnings_at_start("pub/sub channels are shared", || {
+        vec![
+            // Warned.
+            RedisConfig::from_url(&format!("{unreachable}/3")).unwrap(),
+            // Quiet.
+            RedisConfig::from_url(&format!("{unreachable}/0")).unwrap(),
+            RedisConfig::from_url(&format!("{unreachable}/3"))
+                .unwrap()
+                .channel_prefix("chat-staging"),
+        ]
+    })
+    .await;
     assert_eq!(warnings.len(), 1, "{logs}");
     assert!(warnings[0].contains("database 3"), "{logs}");
     assert!(warnings[0].contains("channel_prefix"), "{logs}");
-    warned.shutdown().await;
-    for hub in quiet {
+}
+
+/// Builds a hub with each config (`build` never waits for Redis), WARN logs captured, shuts
+/// them down, and returns the captured lines that contain `needle`, and the whole log.
+async fn warnings_at_start(
+    needle: &str,
+    configs: impl FnOnce() -> Vec<RedisConfig>,
+) -> (Vec<String>, String) {
+    let (guard, logs) = capture_logs(tracing::Level::WARN);
+    let hubs: Vec<Hub> = configs()
+        .into_iter()
+        .map(|config| Hub::builder().redis(config).build())
+        .collect();
+    drop(guard);
+    for hub in hubs {
         hub.shutdown().await;
     }
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warnings = logs
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect();
+    (warnings, logs)
 }
 
 /// A pool of the caller's too small for what the hub uses at once (one connection per
@@ -2207,36 +2217,21 @@ async fn a_pool_too_small_for_the_hub_is_warned_about_at_start() {
             .unwrap()
     }
     let client = || redis::Client::open("redis://127.0.0.1:1").unwrap();
-    let (guard, logs) = capture_logs(tracing::Level::WARN);
-    // Defaults: 2 publisher tasks and 2 subscriber connections.
-    let warned = Hub::builder()
-        .redis(RedisConfig::from_pool(pool(3), client()))
-        .build();
-    let quiet = [
-        Hub::builder()
-            .redis(RedisConfig::from_pool(pool(4), client()))
-            .build(),
-        Hub::builder()
-            .redis(
-                RedisConfig::from_url("redis://127.0.0.1:1")
-                    .unwrap()
-                    .publisher_tasks(64),
-            )
-            .build(),
-    ];
-    drop(guard);
-    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-    let warnings: Vec<&str> = logs
-        .lines()
-        .filter(|line| line.contains("RedisConfig::from_pool holds at most"))
-        .collect();
+    let (warnings, logs) = warnings_at_start("RedisConfig::from_pool holds at most", || {
+        vec![
+            // Warned: the defaults are 2 publisher tasks and 2 subscriber connections.
+            RedisConfig::from_pool(pool(3), client()),
+            // Quiet.
+            RedisConfig::from_pool(pool(4), client()),
+            RedisConfig::from_url("redis://127.0.0.1:1")
+                .unwrap()
+                .publisher_tasks(64),
+        ]
+    })
+    .await;
     assert_eq!(warnings.len(), 1, "{logs}");
     assert!(warnings[0].contains("at most 3 connections"), "{logs}");
     assert!(warnings[0].contains("max_size"), "{logs}");
-    warned.shutdown().await;
-    for hub in quiet {
-        hub.shutdown().await;
-    }
 }
 
 /// A `publish_queue` above what a tokio channel can hold is refused where it is set, with a
