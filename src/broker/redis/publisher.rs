@@ -90,8 +90,8 @@ impl ToRedisArgs for EnvelopeArg<'_> {
 impl Publisher {
     /// A connection from the pool, which PINGs it first (a fresh one if that fails).
     async fn checkout(&mut self) -> Result<deadpool_redis::Connection, String> {
-        // Read before the checkout: a subscriber connection lost while it runs makes the next
-        // batch check out again, rather than trust a connection that may predate the loss.
+        // Read before the checkout: a subscriber session that ends while it runs makes the
+        // next batch check out again, rather than trust a connection that may predate the end.
         self.checked_out_at = self.shared.sessions_ended.load(Ordering::Relaxed);
         match tokio::time::timeout(self.config.operation_timeout, self.config.pool.get()).await {
             Ok(Ok(connection)) => Ok(connection),
