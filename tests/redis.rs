@@ -449,6 +449,52 @@ async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
     assert!(after.publisher_connected, "{after:?}");
 }
 
+/// A publisher connection that breaks while Redis itself is fine (here `CLIENT KILL TYPE
+/// normal`, which leaves the subscriber connections alone, as a proxy or a failover might):
+/// the pipeline sent on it fails and is counted (never retried: Redis may have run part of
+/// it), but the publisher goes on at once on a fresh connection instead of counting as down
+/// and refusing what comes next for a reconnect backoff (2 s here, so that the difference
+/// cannot hide in the timing).
+#[tokio::test]
+async fn a_broken_publisher_connection_costs_one_pipeline_not_a_backoff() {
+    let redis = RedisServer::start().await;
+    let slow_reconnect =
+        || config(&redis.url()).reconnect_backoff(Duration::from_secs(2), Duration::from_secs(2));
+    let a = instance(Hub::builder(), slow_reconnect()).await;
+    let b = instance(Hub::builder(), slow_reconnect()).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    send_text(&mut sender, "before").await;
+    assert_eq!(next_text(&mut remote).await, "before");
+
+    let mut plain = redis.connection().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no publisher connection to kill");
+    let reconnects = a.hub.broker_status().reconnects;
+
+    // Sent on the dead connection: lost, counted.
+    send_text(&mut sender, "on the dead one").await;
+    eventually("the broken pipeline counted", || {
+        a.hub.broker_status().publish_failures == 1
+    })
+    .await;
+    // The next one goes through, well within the 2 s backoff.
+    send_text(&mut sender, "after").await;
+    assert_eq!(next_text(&mut remote).await, "after");
+    let status = a.hub.broker_status();
+    assert_eq!(status.publish_failures, 1, "{status:?}");
+    assert!(status.publisher_connected, "{status:?}");
+    assert_eq!(
+        status.reconnects, reconnects,
+        "subscribers untouched: {status:?}"
+    );
+}
+
 /// `RedisConfig::from_url`'s pool holds what the hub's publisher tasks and probes use at once,
 /// however many CPUs the machine has: deadpool's own default (twice the CPU count) left every
 /// publisher task past it without a connection under load (here: more tasks than that, all

@@ -30,7 +30,9 @@ pub struct BrokerStatus {
     pub connected: bool,
     /// `true` when every publisher task has a working connection to Redis: `false` until each
     /// has connected once, and after a publisher task's connection attempt or publish failed,
-    /// until it reconnects. While a publisher task is down (its attempt or a publish failed),
+    /// until it reconnects (a publish that failed because a connection that had worked broke,
+    /// while Redis answers a new one at once, does not count: the task goes on with the new
+    /// one). While a publisher task is down (its attempt or a publish failed),
     /// [`Hub::publish`](crate::Hub::publish) and
     /// [`Hub::publish_with_backpressure`](crate::Hub::publish_with_backpressure) fail fast with
     /// [`PublishError::BrokerUnavailable`](crate::PublishError::BrokerUnavailable) for the rooms

@@ -467,6 +467,7 @@ impl RedisBroker {
                     cancel: cancel.clone(),
                     in_flight: 0,
                     checked_out_at: 0,
+                    proven: false,
                 }));
                 PublisherHandle {
                     queue,

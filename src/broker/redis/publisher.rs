@@ -44,6 +44,9 @@ pub(crate) struct Publisher {
     /// `Shared::sessions_ended` when the connection kept between batches was checked out: see
     /// [`kept`](Self::kept).
     pub(crate) checked_out_at: u64,
+    /// The connection checked out last has carried a pipeline: when it breaks, a fresh one is
+    /// tried at once (see `serve`), but not again for one that broke before proving itself.
+    pub(crate) proven: bool,
 }
 
 /// `{prefix}:{room}` written straight into the command buffer.
@@ -87,12 +90,21 @@ impl ToRedisArgs for EnvelopeArg<'_> {
     }
 }
 
+/// Why a pipeline failed.
+struct SendFailure {
+    message: String,
+    /// The connection broke (closed, reset) rather than Redis answering with an error or not
+    /// in time: a fresh connection may well work.
+    connection_dropped: bool,
+}
+
 impl Publisher {
     /// A connection from the pool, which PINGs it first (a fresh one if that fails).
     async fn checkout(&mut self) -> Result<deadpool_redis::Connection, String> {
         // Read before the checkout: a subscriber session that ends while it runs makes the
         // next batch check out again, rather than trust a connection that may predate the end.
         self.checked_out_at = self.shared.sessions_ended.load(Ordering::Relaxed);
+        self.proven = false;
         match tokio::time::timeout(self.config.operation_timeout, self.config.pool.get()).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) => Err(format!("cannot get a Redis connection: {error}")),
@@ -143,6 +155,7 @@ impl Publisher {
 
     /// The batch taken last was accepted by Redis.
     fn batch_published(&mut self) {
+        self.proven = true;
         let n = std::mem::take(&mut self.in_flight);
         self.shared.published.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -166,7 +179,7 @@ impl Publisher {
         &self,
         connection: &mut deadpool_redis::Connection,
         batch: &[Outgoing],
-    ) -> Result<(), String> {
+    ) -> Result<(), SendFailure> {
         #[cfg(test)]
         assert!(
             batch
@@ -201,11 +214,17 @@ impl Publisher {
         .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("PUBLISH pipeline failed: {error}")),
-            Err(_) => Err(format!(
-                "PUBLISH pipeline got no reply within {:?}",
-                self.config.operation_timeout
-            )),
+            Ok(Err(error)) => Err(SendFailure {
+                message: format!("PUBLISH pipeline failed: {error}"),
+                connection_dropped: error.is_connection_dropped(),
+            }),
+            Err(_) => Err(SendFailure {
+                message: format!(
+                    "PUBLISH pipeline got no reply within {:?}",
+                    self.config.operation_timeout
+                ),
+                connection_dropped: false,
+            }),
         }
     }
 
@@ -296,11 +315,31 @@ impl Publisher {
                     // Keep the connection for the next batch (no checkout, no PING).
                     *connection = Some(held);
                 }
-                Err(error) => {
+                Err(failure) => {
                     // Out of the pool for good: its state is unknown.
                     drop(deadpool_redis::Connection::take(held));
                     self.batch_failed();
-                    self.went_down(&error, batch.len());
+                    // A connection that had worked and broke (killed, cut by a proxy, stale
+                    // after a restart nobody here saw): if Redis answers a fresh one's PING, it
+                    // was the connection, not Redis. Only the pipeline sent on it is lost; what
+                    // is queued behind it goes out on the fresh one. (One that breaks before
+                    // carrying anything counts as down, as before: no loop of fresh failures.)
+                    if failure.connection_dropped
+                        && self.proven
+                        && let Ok(fresh) = self.checkout().await
+                    {
+                        self.shared.record_error(&failure.message);
+                        tracing::warn!(
+                            publisher = self.index,
+                            error = %failure.message,
+                            messages_lost = batch.len(),
+                            "tower-ws-hub: Redis publish connection broke; its pipeline is lost, \
+                             publishing goes on with a new connection"
+                        );
+                        *connection = Some(fresh);
+                        continue;
+                    }
+                    self.went_down(&failure.message, batch.len());
                 }
             }
         }
