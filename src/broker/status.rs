@@ -50,10 +50,11 @@ pub struct BrokerStatus {
     pub last_probe_age: Option<Duration>,
     /// Messages Redis accepted (PUBLISH replied).
     pub published: u64,
-    /// Messages not known to be forwarded because Redis was unreachable or too slow: refused
-    /// at once while the publisher was down (or, for `publish_with_backpressure`, when it went
-    /// down during the wait), queued and then failed with a pipeline that failed or timed out
-    /// (or with the queue behind it), refused once the broker stopped at shutdown, or still
+    /// Messages not known to be forwarded because Redis was unreachable or too slow, or the
+    /// connection they were sent on broke: refused at once while the publisher was down (or,
+    /// for `publish_with_backpressure`, when it went down during the wait), queued and then
+    /// failed with a pipeline that failed or timed out (or with the queue behind it, when no
+    /// new connection could be had at once), refused once the broker stopped at shutdown, or still
     /// queued or being sent when the runtime was dropped without [`Hub::shutdown`]. They are
     /// never retried, so never delivered twice; a pipeline whose reply came too late (or that
     /// was being sent when the runtime went away) may still have been run by Redis, so some of

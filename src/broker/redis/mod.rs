@@ -202,6 +202,9 @@ pub(crate) struct Shared {
     pub(crate) task_panics: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) refused_log: LogThrottle,
+    /// Publisher connections that broke and were replaced at once (see
+    /// `publisher::Publisher::serve`).
+    pub(crate) broken_log: LogThrottle,
     pub(crate) invalid_log: LogThrottle,
     pub(crate) panic_log: LogThrottle,
 }
@@ -410,6 +413,7 @@ impl RedisBroker {
             task_panics: AtomicU64::new(0),
             last_error: Mutex::new(None),
             refused_log: LogThrottle::per_second(),
+            broken_log: LogThrottle::per_second(),
             invalid_log: LogThrottle::per_second(),
             panic_log: LogThrottle::per_second(),
         });

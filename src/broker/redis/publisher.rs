@@ -324,22 +324,29 @@ impl Publisher {
                     // was the connection, not Redis. Only the pipeline sent on it is lost; what
                     // is queued behind it goes out on the fresh one. (One that breaks before
                     // carrying anything counts as down, as before: no loop of fresh failures.)
-                    if failure.connection_dropped
-                        && self.proven
-                        && let Ok(fresh) = self.checkout().await
-                    {
-                        self.shared.record_error(&failure.message);
-                        tracing::warn!(
-                            publisher = self.index,
-                            error = %failure.message,
-                            messages_lost = batch.len(),
-                            "tower-ws-hub: Redis publish connection broke; its pipeline is lost, \
-                             publishing goes on with a new connection"
-                        );
-                        *connection = Some(fresh);
-                        continue;
+                    let mut error = failure.message;
+                    if failure.connection_dropped && self.proven {
+                        match self.checkout().await {
+                            Ok(fresh) => {
+                                self.shared.record_error(&error);
+                                if let Some(suppressed) = self.shared.broken_log.allow() {
+                                    tracing::warn!(
+                                        publisher = self.index,
+                                        %error,
+                                        messages_lost = batch.len(),
+                                        similar_events_suppressed = suppressed,
+                                        "tower-ws-hub: Redis publish connection broke; its \
+                                         pipeline is lost, publishing goes on with a new \
+                                         connection"
+                                    );
+                                }
+                                *connection = Some(fresh);
+                                continue;
+                            }
+                            Err(again) => error = format!("{error}; then {again}"),
+                        }
                     }
-                    self.went_down(&failure.message, batch.len());
+                    self.went_down(&error, batch.len());
                 }
             }
         }
