@@ -203,7 +203,7 @@ pub(crate) struct Shared {
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) refused_log: LogThrottle,
     /// Publisher connections that broke and were replaced at once (see
-    /// `publisher::Publisher::serve`).
+    /// `publisher::Publisher::replace_broken`).
     pub(crate) broken_log: LogThrottle,
     pub(crate) invalid_log: LogThrottle,
     pub(crate) panic_log: LogThrottle,

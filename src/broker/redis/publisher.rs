@@ -319,36 +319,47 @@ impl Publisher {
                     // Out of the pool for good: its state is unknown.
                     drop(deadpool_redis::Connection::take(held));
                     self.batch_failed();
-                    // A connection that had worked and broke (killed, cut by a proxy, stale
-                    // after a restart nobody here saw): if Redis answers a fresh one's PING, it
-                    // was the connection, not Redis. Only the pipeline sent on it is lost; what
-                    // is queued behind it goes out on the fresh one. (One that breaks before
-                    // carrying anything counts as down, as before: no loop of fresh failures.)
-                    let mut error = failure.message;
-                    if failure.connection_dropped && self.proven {
-                        match self.checkout().await {
-                            Ok(fresh) => {
-                                self.shared.record_error(&error);
-                                if let Some(suppressed) = self.shared.broken_log.allow() {
-                                    tracing::warn!(
-                                        publisher = self.index,
-                                        %error,
-                                        messages_lost = batch.len(),
-                                        similar_events_suppressed = suppressed,
-                                        "tower-ws-hub: Redis publish connection broke; its \
-                                         pipeline is lost, publishing goes on with a new \
-                                         connection"
-                                    );
-                                }
-                                *connection = Some(fresh);
-                                continue;
-                            }
-                            Err(again) => error = format!("{error}; then {again}"),
-                        }
+                    match self.replace_broken(failure, batch.len()).await {
+                        Ok(fresh) => *connection = Some(fresh),
+                        Err(error) => self.went_down(&error, batch.len()),
                     }
-                    self.went_down(&error, batch.len());
                 }
             }
+        }
+    }
+
+    /// After a pipeline of `lost` messages failed: a new connection at once, if the one that
+    /// failed had carried a pipeline and then broke (killed, cut by a proxy, stale after a
+    /// restart nobody here saw) and Redis answers a fresh one's PING. It was the connection,
+    /// not Redis: only that pipeline is lost, and what is queued behind it goes out on the new
+    /// one. Otherwise (Redis too slow or answering with an error, a connection that broke
+    /// before carrying anything, so no loop of fresh failures; no new connection) the error
+    /// to go down with.
+    async fn replace_broken(
+        &mut self,
+        failure: SendFailure,
+        lost: usize,
+    ) -> Result<deadpool_redis::Connection, String> {
+        let error = failure.message;
+        if !(failure.connection_dropped && self.proven) {
+            return Err(error);
+        }
+        match self.checkout().await {
+            Ok(fresh) => {
+                self.shared.record_error(&error);
+                if let Some(suppressed) = self.shared.broken_log.allow() {
+                    tracing::warn!(
+                        publisher = self.index,
+                        %error,
+                        messages_lost = lost,
+                        similar_events_suppressed = suppressed,
+                        "tower-ws-hub: Redis publish connection broke; its pipeline is lost, \
+                         publishing goes on with a new connection"
+                    );
+                }
+                Ok(fresh)
+            }
+            Err(again) => Err(format!("{error}; then {again}")),
         }
     }
 
