@@ -409,6 +409,24 @@ async fn delivery_survives_a_redis_kill_and_resumes_within_two_seconds_of_its_re
     assert_eq!(a.hub.connection_count(), 2, "clients stayed connected");
 }
 
+/// Instances A and B on `redis`, reconnecting with `backoff_min`..`backoff_max`, a client on
+/// each in room `r`, and one message from A's client received on B's: A's publisher task for
+/// `r` now keeps a connection that has carried a pipeline. Returns them with when that
+/// message arrived.
+async fn pair_after_one_delivery(
+    redis: &RedisServer,
+    backoff_min: Duration,
+    backoff_max: Duration,
+) -> (Server, Server, Client, Client, Instant) {
+    let config = || config(&redis.url()).reconnect_backoff(backoff_min, backoff_max);
+    let a = instance(Hub::builder(), config()).await;
+    let b = instance(Hub::builder(), config()).await;
+    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
+    send_text(&mut sender, "before").await;
+    assert_eq!(next_text(&mut remote).await, "before");
+    (a, b, sender, remote, Instant::now())
+}
+
 /// A Redis restart quicker than a publisher's idle release (it keeps its connection 1 s after
 /// its last batch), with nothing published meanwhile: the connection it kept is dead. Once the
 /// hub says it is connected again, the next message must not be sent on that connection and
@@ -418,15 +436,8 @@ async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
     let mut redis = RedisServer::start().await;
     // Reconnecting at once, so that the restart is over well within the idle release even on
     // a loaded machine (the default backoff alone can take 750 ms).
-    let quick = || {
-        config(&redis.url()).reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
-    };
-    let a = instance(Hub::builder(), quick()).await;
-    let b = instance(Hub::builder(), quick()).await;
-    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
-    send_text(&mut sender, "before").await;
-    assert_eq!(next_text(&mut remote).await, "before");
-    let last_batch = Instant::now();
+    let (a, b, mut sender, mut remote, last_batch) =
+        pair_after_one_delivery(&redis, Duration::from_millis(10), Duration::from_millis(20)).await;
 
     redis.kill();
     eventually("A sees Redis gone", || !a.hub.broker_status().connected).await;
@@ -458,14 +469,8 @@ async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
 #[tokio::test]
 async fn a_broken_publisher_connection_costs_one_pipeline_not_a_backoff() {
     let redis = RedisServer::start().await;
-    let slow_reconnect =
-        || config(&redis.url()).reconnect_backoff(Duration::from_secs(2), Duration::from_secs(2));
-    let a = instance(Hub::builder(), slow_reconnect()).await;
-    let b = instance(Hub::builder(), slow_reconnect()).await;
-    let (mut sender, mut remote) = one_client_each(&a, &b, "r").await;
-    send_text(&mut sender, "before").await;
-    assert_eq!(next_text(&mut remote).await, "before");
-    let last_batch = Instant::now();
+    let (a, _b, mut sender, mut remote, last_batch) =
+        pair_after_one_delivery(&redis, Duration::from_secs(2), Duration::from_secs(2)).await;
 
     let mut plain = redis.patient_connection().await;
     let killed: i64 = redis::cmd("CLIENT")
