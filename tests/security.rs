@@ -978,28 +978,32 @@ async fn a_close_frame_with_a_code_a_client_may_not_send_is_answered_with_1002()
     assert_eq!(stats.connections_closed, 10);
 }
 
-#[tokio::test]
-async fn a_close_frame_with_an_invalid_code_counts_as_a_protocol_close() {
+/// A client that closes with `code` (no reason): the hub's answer, and `protocol_closes` once
+/// the connection is gone.
+async fn close_with_code(code: u16) -> (Option<u16>, u64) {
     let server = serve_hub(Hub::builder().build()).await;
     let mut raw = open_bad(&server).await;
-    let answer = answer_to_close(&mut raw, &close_payload(1005, b"")).await;
-    assert_eq!(answer, Some(close_code::PROTOCOL_ERROR));
+    let answer = answer_to_close(&mut raw, &close_payload(code, b"")).await;
     eventually("closed", || server.hub.stats().connections == 0).await;
+    (answer, server.hub.stats().protocol_closes)
+}
+
+#[tokio::test]
+async fn a_close_frame_with_an_invalid_code_counts_as_a_protocol_close() {
+    let (answer, protocol_closes) = close_with_code(1005).await;
+    assert_eq!(answer, Some(close_code::PROTOCOL_ERROR));
     // README: `stats()` counts protocol closes; HubStats::protocol_closes: "Connections closed
     // for a protocol error". A forbidden close code is a protocol error answered with 1002.
-    assert_eq!(server.hub.stats().protocol_closes, 1);
+    assert_eq!(protocol_closes, 1);
 }
 
 #[tokio::test]
 async fn a_client_closing_with_1002_itself_counts_as_a_protocol_close() {
     // HubStats::protocol_closes: "or by a client that closed with 1002 (protocol error)
     // itself". The code is valid on the wire: echoed, as any other.
-    let server = serve_hub(Hub::builder().build()).await;
-    let mut raw = open_bad(&server).await;
-    let answer = answer_to_close(&mut raw, &close_payload(1002, b"")).await;
+    let (answer, protocol_closes) = close_with_code(1002).await;
     assert_eq!(answer, Some(close_code::PROTOCOL_ERROR));
-    eventually("closed", || server.hub.stats().connections == 0).await;
-    assert_eq!(server.hub.stats().protocol_closes, 1);
+    assert_eq!(protocol_closes, 1);
 }
 
 #[tokio::test]

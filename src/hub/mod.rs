@@ -129,9 +129,9 @@ impl Hub {
     /// Returns how many local members it was queued for. Never waits: local delivery never
     /// waits on the broker, and a broker that cannot take the message now (Redis known to be
     /// down, because a connection attempt failed, or a publish failed and no new connection
-    /// could be had at once, or its publish queue full
-    /// because Redis is slower than you publish; see `RedisConfig::publish_queue`) refuses it
-    /// at once, counted in [`BrokerStatus`]. Before the first connection attempt has failed,
+    /// could be had at once; or its publish queue full because Redis is slower than you
+    /// publish, see `RedisConfig::publish_queue`) refuses it at once, counted in
+    /// [`BrokerStatus`]. Before the first connection attempt has failed,
     /// the message is queued. To wait for room in the queue instead, use
     /// [`publish_with_backpressure`](Self::publish_with_backpressure).
     ///

@@ -1,7 +1,7 @@
 //! [`RedisConfig`]: where Redis is and how the hub uses it, with every default.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::redis::AsyncConnectionConfig;
@@ -9,6 +9,7 @@ use deadpool_redis::{Manager, Pool, Runtime};
 
 use super::envelope::EnvelopeKey;
 use crate::config::FAR_FUTURE;
+use crate::sync::lock;
 
 /// Default channel prefix: room `R` is published on channel `tower-ws-hub:R`.
 pub const DEFAULT_CHANNEL_PREFIX: &str = "tower-ws-hub";
@@ -217,7 +218,7 @@ impl RedisConfig {
         let Some(reserved) = &self.pool_reserved else {
             return false;
         };
-        let mut reserved = reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reserved = lock(reserved);
         *reserved += self.pool_connections_used();
         self.pool.resize(*reserved);
         true
