@@ -13,6 +13,7 @@
 //! and holds the results.
 
 pub mod clock;
+pub mod cpustat;
 pub mod loadgen;
 pub mod netstat;
 pub mod payload;

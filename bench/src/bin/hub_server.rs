@@ -51,6 +51,11 @@ struct Args {
     #[arg(long, requires = "redis",
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     publisher_tasks: Option<usize>,
+    /// Override `RedisConfig::subscriber_connections` (for experiments; default: the hub's
+    /// default).
+    #[arg(long, requires = "redis",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    subscriber_connections: Option<usize>,
     /// Override `RedisConfig::max_pipeline` (for experiments; default: the hub's default).
     #[arg(long, requires = "redis",
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -100,6 +105,9 @@ fn main() -> ExitCode {
             }
             if let Some(tasks) = args.publisher_tasks {
                 redis = redis.publisher_tasks(tasks);
+            }
+            if let Some(connections) = args.subscriber_connections {
+                redis = redis.subscriber_connections(connections);
             }
             if let Some(commands) = args.max_pipeline {
                 redis = redis.max_pipeline(commands);

@@ -38,6 +38,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::receiver::Receiver;
 use super::{Client, connect, room_name, room_url};
 use crate::clock::{now_ns, ns_at};
+use crate::cpustat::MachineCpu;
 use crate::netstat::TcpSegments;
 use crate::payload::{Header, Kind};
 use crate::report::{Figures, round};
@@ -259,6 +260,10 @@ pub struct Report {
     /// TCP segments the whole machine sent over the same span (see [`crate::netstat`]):
     /// servers, load generator and Redis together; `None` off Linux.
     pub tcp_segments: Option<TcpSegments>,
+    /// The machine's idle and steal time over the same span (see [`crate::cpustat`]): idle
+    /// cores say the run was not limited by CPU, steal that the hypervisor took some of it;
+    /// `None` off Linux.
+    pub machine_cpu: Option<MachineCpu>,
     /// Growth of the servers' peak RSS (VmHWM) over the load, KiB: the transient memory of the
     /// load, which samples of the current RSS can miss.
     pub server_hwm_growth_kib: Option<u64>,
@@ -333,6 +338,12 @@ impl Report {
             line += &format!(
                 "; {:.2} data segments per delivery",
                 segments.data as f64 / self.delivered as f64
+            );
+        }
+        if let Some(cpu) = self.machine_cpu {
+            line += &format!(
+                "; machine idle {} ms, steal {} ms",
+                cpu.idle_ms, cpu.steal_ms
             );
         }
         if let Some(watch) = &self.rss_watch {
@@ -1055,6 +1066,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     // 5. Load.
     let loadgen_cpu_before = crate::sys::cpu_time();
     let segments_before = TcpSegments::read();
+    let machine_cpu_before = MachineCpu::read();
     let _ = phase_tx.send(Phase::Go);
     let mut outcomes = Vec::with_capacity(publishers.len());
     for handle in publishers {
@@ -1087,6 +1099,9 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     let loadgen_cpu_ms = (crate::sys::cpu_time() - loadgen_cpu_before).as_millis() as u64;
     let tcp_segments = segments_before
         .zip(TcpSegments::read())
+        .map(|(before, after)| after.since(before));
+    let machine_cpu = machine_cpu_before
+        .zip(MachineCpu::read())
         .map(|(before, after)| after.since(before));
     let stats_after = if want_stats {
         Some(server_stats::fetch_all(&opts.urls).await?)
@@ -1243,6 +1258,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             .filter(|&ms| ms > 0)
             .map(|ms| round(delivered as f64 / (ms as f64 / 1000.0), 0)),
         tcp_segments,
+        machine_cpu,
         server_hwm_growth_kib,
         latency_ms: latency,
         latency_ms_by_url: latency_by_url.iter().map(Latency::of).collect(),
@@ -1319,6 +1335,10 @@ fn figures(report: &Report) -> Figures {
         let per = |n: u64| round(n as f64 / report.delivered as f64, 3);
         f.push("data_segments_per_delivery", per(segments.data));
         f.push("segments_per_delivery", per(segments.all));
+    }
+    if let Some(cpu) = report.machine_cpu {
+        f.push("machine_idle_ms", cpu.idle_ms as f64);
+        f.push("steal_ms", cpu.steal_ms as f64);
     }
     if let Some(growth) = report.server_hwm_growth_kib {
         f.push("hwm_growth_mib", round(mib(growth), 1));
