@@ -6,13 +6,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use support::raw::{MASK, Upgrade, encode_frame, opcode};
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower_ws_hub::{
-    CloseError, ConnectionHandle, Hub, HubBuilder, InboundAction, MAX_CLOSE_REASON_LEN, Message,
-    SendError, SlowConsumerPolicy, close_code,
+    CloseError, ConnectionHandle, DEFAULT_WRITE_INTERVAL, Hub, HubBuilder, InboundAction,
+    MAX_CLOSE_REASON_LEN, Message, SendError, SlowConsumerPolicy, close_code,
 };
 
 const ROOM: &str = "desk";
@@ -311,6 +311,34 @@ async fn what_a_client_sent_after_its_message_hook_closed_it_does_not_reach_the_
     assert_silent(&mut listener, Duration::from_millis(200)).await;
     assert_eq!(*seen.lock().unwrap(), ["hello", "spam"]);
     assert_eq!(server.hub.stats().messages_published, 1);
+}
+
+/// A message hook that sends its client a last word and then closes it: the word goes out
+/// before the close frame, as from any other caller of the handle, whether or not a write
+/// interval happens to hold the connection's queue at that moment.
+#[tokio::test]
+async fn a_message_sent_by_the_message_hook_just_before_it_closes_goes_out_first() {
+    for write_interval in [Duration::ZERO, DEFAULT_WRITE_INTERVAL] {
+        let hub = Hub::builder()
+            .write_interval(write_interval)
+            .on_message(|ctx, _| {
+                ctx.handle().send("bye").unwrap();
+                ctx.handle().close(4001, "banned").unwrap();
+                InboundAction::Drop
+            })
+            .build();
+        let server = serve_hub(hub).await;
+        let mut client = server.connect(ROOM).await;
+        wait_members(&server.hub, ROOM, 1).await;
+        client.send(WsMessage::text("hi")).await.unwrap();
+        assert_eq!(next_text(&mut client).await, "bye", "{write_interval:?}");
+        assert_eq!(close_frame(&mut client).await, (4001, "banned".to_owned()));
+        assert_eq!(
+            server.hub.stats().discarded_on_close,
+            0,
+            "{write_interval:?}"
+        );
+    }
 }
 
 /// Under `DropOldest`, a send that even an emptied queue could not take (the connection's

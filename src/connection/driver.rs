@@ -1073,8 +1073,17 @@ where
         let Phase::Closing { frame, drain } = &self.phase else {
             return;
         };
-        if *drain && (self.wire.has_data() || self.more_queued) {
-            return;
+        if *drain {
+            // What was queued after this poll's take goes out first too: the last word of a
+            // message hook that then closed its own connection, or a room message pushed
+            // before the close was asked for. The end of `poll` comes back for it. (A queue
+            // with a close intent takes no more data, so this wait ends.)
+            if !self.more_queued && self.queue.peek().queued > 0 {
+                self.more_queued = true;
+            }
+            if self.wire.has_data() || self.more_queued {
+                return;
+            }
         }
         let frame = frame.clone();
         let mut io = PollIo {
