@@ -678,6 +678,8 @@ impl RedisBroker {
             publisher.parked.wake_all();
             return Err(self.refused_down());
         }
+        #[cfg(test)]
+        recovery_tests::pause_before_filling_a_place(room, &publisher.queue);
         place.send(Outgoing {
             room: Arc::clone(room),
             message: message.clone(),

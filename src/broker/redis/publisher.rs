@@ -234,6 +234,20 @@ impl Publisher {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Once the queue is closed and drained: messages that went in through places reserved
+    /// before it closed (a publish between reserving its place and filling it) are counted
+    /// as failed, not dropped with the queue. `recv` returns `None` only once every such
+    /// place has been filled or given back, which a publish does right after reserving it.
+    async fn fail_late_arrivals(&mut self) {
+        let mut n = 0;
+        while self.queue.recv().await.is_some() {
+            n += 1;
+        }
+        if n > 0 {
+            self.count_failed(n);
+        }
+    }
+
     /// Fails whatever is queued now (it was queued behind a pipeline that failed, or raced
     /// the switch to DOWN), counted and logged: only the failed pipeline itself is in the log
     /// line that said publishing went down.
@@ -455,9 +469,13 @@ async fn flush_on_shutdown(
     publisher.parked.wake_all();
     if publisher.state.get() == PublisherState::DOWN {
         publisher.fail_queued();
+        publisher.fail_late_arrivals().await;
         return;
     }
-    while let Ok(first) = publisher.queue.try_recv() {
+    // `recv`, not `try_recv`: a publish that reserved its place before the close and had not
+    // filled it yet is still coming (`try_recv` would say empty), and must be sent or counted,
+    // not dropped with the queue.
+    while let Some(first) = publisher.queue.recv().await {
         let batch = publisher.batch(first);
         let mut held = match publisher.kept(&mut connection) {
             Some(held) => held,
@@ -466,6 +484,7 @@ async fn flush_on_shutdown(
                 Err(_) => {
                     publisher.batch_failed();
                     publisher.fail_queued();
+                    publisher.fail_late_arrivals().await;
                     return;
                 }
             },
@@ -476,6 +495,7 @@ async fn flush_on_shutdown(
         } else {
             publisher.batch_failed();
             publisher.fail_queued();
+            publisher.fail_late_arrivals().await;
             return;
         }
     }

@@ -1,11 +1,16 @@
-//! A panic in a broker task (a bug, which no input is known to trigger) costs its connection,
-//! not the task: these tests make one panic on purpose, through triggers compiled into test
-//! builds only, against a real Redis and real WebSocket clients.
+//! What no input can make happen on purpose, made to happen through triggers compiled into
+//! test builds only, against a real Redis and real WebSocket clients: a panic in a broker task
+//! (a bug, which no input is known to trigger) costs its connection, not the task; and a
+//! publish caught between reserving its place in a publish queue and filling it when shutdown
+//! closes the queue is still published.
 //!
 //! The tests use the integration tests' support code (`tests/support`), which names the crate
 //! `tower_ws_hub` (see the `extern crate self` in `lib.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 #[path = "../../../tests/support/redis.rs"]
 mod redis_support;
@@ -22,6 +27,27 @@ use crate::{BrokerStatus, Hub};
 pub(super) const PANICKING_PAYLOAD: &[u8] = b"tower-ws-hub test: panic in the subscriber";
 /// A room whose messages make the publisher sending them panic.
 pub(super) const PANICKING_ROOM: &str = "tower-ws-hub-test-panic-in-the-publisher";
+
+/// A room whose waiting publishes, once they hold their place in the publish queue, stop
+/// (blocking their thread) until that queue is closed, and fill the place a moment later.
+const LATE_ROOM: &str = "tower-ws-hub-test-late-publish";
+
+/// Set once a publish to [`LATE_ROOM`] holds its place.
+static LATE_PLACE_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Test builds only: called between reserving a place in a publish queue and filling it.
+pub(super) fn pause_before_filling_a_place(room: &str, queue: &mpsc::Sender<super::Outgoing>) {
+    if room != LATE_ROOM {
+        return;
+    }
+    LATE_PLACE_HELD.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    while !queue.is_closed() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Long enough for the publisher task to look at its closed queue and finish.
+    std::thread::sleep(Duration::from_millis(100));
+}
 
 const PREFIX: &str = "recovery";
 
@@ -108,4 +134,37 @@ async fn a_publisher_task_that_panics_counts_its_batch_failed_and_publishes_agai
     a.hub.publish("lobby", "published on A").await.unwrap();
     assert_eq!(next_text(&mut cb).await, "published on A");
     assert_eq!(a.hub.broker_status().task_panics, 1);
+}
+
+/// A waiting publish that holds its place in the publish queue when shutdown closes the queue
+/// (its thread was descheduled between reserving the place and filling it, say) was told it
+/// succeeded: its message is published during the shutdown's flush, or at least counted as
+/// failed, never dropped with the queue unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_held_its_place_when_the_queue_closed_is_published_not_lost() {
+    let redis = RedisServer::start().await;
+    let server = instance(&redis).await;
+    eventually("the publisher to connect", || {
+        server.hub.broker_status().publisher_connected
+    })
+    .await;
+    // On a thread of its own: it blocks that thread, which must not be one the hub's tasks
+    // need to shut down.
+    let hub = server.hub.clone();
+    let late = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(hub.publish_with_backpressure(LATE_ROOM, "late"))
+    });
+    eventually("the publish to hold its place", || {
+        LATE_PLACE_HELD.load(Ordering::SeqCst)
+    })
+    .await;
+    server.hub.shutdown().await;
+    assert_eq!(late.join().unwrap(), Ok(0), "accepted (no local members)");
+    let status = server.hub.broker_status();
+    assert_eq!(status.published, 1, "{status:?}");
+    assert_eq!(status.publish_failures, 0, "{status:?}");
 }
