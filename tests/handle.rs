@@ -313,6 +313,48 @@ async fn what_a_client_sent_after_its_message_hook_closed_it_does_not_reach_the_
     assert_eq!(server.hub.stats().messages_published, 1);
 }
 
+/// A message hook whose reply overflows its own client's queue makes that client a slow
+/// consumer there and then: what the client sent after that message is neither run through the
+/// hook nor delivered, as when the hook closes the connection itself.
+#[tokio::test]
+async fn what_a_client_sent_after_its_hooks_reply_overflowed_its_queue_does_not_reach_the_room() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let hub = Hub::builder()
+        .outbound_queue(1, 1 << 20)
+        .slow_consumer_policy(SlowConsumerPolicy::Disconnect)
+        .on_message(move |_, message| {
+            let text = message.as_text().unwrap_or_default().to_owned();
+            log.lock().unwrap().push(text.clone());
+            if text.starts_with('?') {
+                return InboundAction::Reply(Message::text("ack"));
+            }
+            InboundAction::Forward(message)
+        })
+        .build();
+    let server = serve_hub(hub).await;
+    let mut listener = server.connect(ROOM).await;
+    let mut asker = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
+    wait_members(&server.hub, ROOM, 2).await;
+    // One write: the server reads the three frames in one go, and nothing takes the first
+    // reply off the queue before the second one overflows it.
+    let mut bytes = Vec::new();
+    for text in ["?a", "?b", "later"] {
+        bytes.extend(encode_frame(
+            true,
+            0,
+            opcode::TEXT,
+            Some(MASK),
+            text.as_bytes(),
+        ));
+    }
+    asker.send_bytes(&bytes).await;
+    assert_eq!(asker.close_code().await, Some(close_code::SLOW_CONSUMER));
+    assert_silent(&mut listener, Duration::from_millis(200)).await;
+    assert_eq!(*seen.lock().unwrap(), ["?a", "?b"]);
+    assert_eq!(server.hub.stats().messages_published, 0);
+}
+
 /// A message hook that sends its client a last word and then closes it: the word goes out
 /// before the close frame, as from any other caller of the handle, whether or not a write
 /// interval happens to hold the connection's queue at that moment.

@@ -726,12 +726,16 @@ where
             }
             InboundAction::Drop => {}
         }
-        // The hook may have closed its own connection (`ConnectionHandle::close`): the close
-        // starts now, as after a panic, not at the next poll, so that what the client sent
-        // after this message (read in this same loop, maybe) is neither run through the hook
-        // nor delivered. (Without a hook, nothing in this task can have asked for it.)
-        if hooked && self.queue.close_intent() == Some(CloseIntent::Requested) {
-            self.on_close_intent(CloseIntent::Requested);
+        // The hook may have closed its own connection (`ConnectionHandle::close`), or made it
+        // a slow consumer (its reply, or a `send` to its own handle, overflowed the queue): the
+        // close starts now, as after a panic, not at the next poll, so that what the client
+        // sent after this message (read in this same loop, maybe) is neither run through the
+        // hook nor delivered. (Without a hook, nothing in this task can have asked for either.)
+        if hooked
+            && let Some(intent @ (CloseIntent::Requested | CloseIntent::SlowConsumer)) =
+                self.queue.close_intent()
+        {
+            self.on_close_intent(intent);
         }
     }
 
