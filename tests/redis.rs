@@ -789,7 +789,10 @@ async fn a_bulk_publisher_waiting_for_room_leaves_room_for_clients_messages() {
         a.hub.broker_status().published > 300
     })
     .await;
-    // A client chats meanwhile: its messages go through the same queue, never waiting.
+    // A client chats meanwhile: its messages go through the same queue, never waiting (were
+    // the bulk publisher's waits allowed to fill the queue, its reads would pause, at each
+    // batch, and its messages still arrive).
+    let paused_before = a.hub.broker_status().client_reads_paused;
     for i in 0..CHAT {
         send_text(&mut sender, &i.to_string()).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -801,6 +804,7 @@ async fn a_bulk_publisher_waiting_for_room_leaves_room_for_clients_messages() {
     let bulk_sent = bulk.await.unwrap();
     let status = a.hub.broker_status();
     assert_eq!(status.publish_dropped, 0, "{status:?}");
+    assert_eq!(status.client_reads_paused, paused_before, "{status:?}");
     assert!(
         bulk_sent > 300,
         "the bulk publisher made progress: {bulk_sent}"
@@ -2197,19 +2201,45 @@ async fn different_channel_prefixes_keep_applications_apart() {
         config(&redis.url()).channel_prefix("chat-staging"),
     )
     .await;
+    // The same room name under both prefixes, and a room name that looks like the other
+    // prefix; a second production instance shows that production's messages do go out.
+    let production_too =
+        instance(Hub::builder(), config(&redis.url()).channel_prefix("chat")).await;
     let mut in_production = production.connect("staging:lobby").await;
+    let mut production_lobby = production.connect("lobby").await;
+    let mut production_too_lobby = production_too.connect("lobby").await;
     let mut in_staging = staging.connect("lobby").await;
     wait_members(&production.hub, "staging:lobby", 1).await;
+    wait_members(&production.hub, "lobby", 1).await;
+    wait_members(&production_too.hub, "lobby", 1).await;
     wait_members(&staging.hub, "lobby", 1).await;
-    wait_subscribed(&production.hub, 1).await;
+    wait_subscribed(&production.hub, 2).await;
+    wait_subscribed(&production_too.hub, 1).await;
     wait_subscribed(&staging.hub, 1).await;
+    let mut plain = redis.connection().await;
+    let mut channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("chat*")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    // Room channels only (each subscriber connection also listens on a probe channel).
+    channels.retain(|channel| !channel.contains("#probe:"));
+    channels.sort();
+    assert_eq!(
+        channels,
+        ["chat-staging:lobby", "chat:lobby", "chat:staging:lobby"]
+    );
     send_text(&mut in_staging, "staging only").await;
     staging
         .hub
         .publish("lobby", Message::text("staging, from the app"))
         .await
         .unwrap();
+    send_text(&mut production_too_lobby, "production").await;
+    assert_eq!(next_text(&mut production_lobby).await, "production");
     assert_silent(&mut in_production, Duration::from_millis(500)).await;
+    assert_silent(&mut production_lobby, Duration::from_millis(100)).await;
 }
 
 /// Database numbers do not separate pub/sub channels (README, `RedisConfig::channel_prefix`):

@@ -226,12 +226,18 @@ impl Clone for ShutdownOnClone {
     fn clone(&self) -> Self {
         let probe = &self.0;
         if probe.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            let probe = std::sync::Arc::clone(probe);
+            let shutting = std::sync::Arc::clone(probe);
             std::thread::spawn(move || {
-                probe.runtime.block_on(probe.hub.shutdown());
-                *probe.at_return.lock().unwrap() = Some(probe.hub.stats());
+                shutting.runtime.block_on(shutting.hub.shutdown());
+                *shutting.at_return.lock().unwrap() = Some(shutting.hub.stats());
             });
-            // Let the shutdown raise its flag, close the connections it knows of and wait.
+            // Let the shutdown raise its flag (waited for: on a busy machine the thread may
+            // start late, and the upgrade would then simply finish before the shutdown), then
+            // close the connections it knows of and wait.
+            let started = std::time::Instant::now();
+            while !probe.hub.is_shutting_down() && started.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         Self(std::sync::Arc::clone(&self.0))
