@@ -1516,6 +1516,60 @@ async fn a_waiter_handed_its_place_just_before_shutdown_is_refused_not_lost() {
     );
 }
 
+/// A waiting publish handed its place (a plain publish's, freed as the publisher took it) and
+/// then never polled again before shutdown (a `select!` that went on to shut down, say) does
+/// not hold the shutdown up for the Redis tasks' whole time limit: it is refused and counted
+/// when it is polled.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_place_handed_to_a_publish_nobody_polls() {
+    let redis = RedisServer::start().await;
+    let config = one_publisher(
+        &redis.url(),
+        1,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    let hub = Hub::builder().redis(config).build();
+    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    hub.publish("r", Message::text("a")).await.unwrap();
+    // Once the publisher took "a" (and stalled on Redis), "b" fills the queue, taking no
+    // share of it for waiters. (Refused, and counted as dropped, while "a" still fills it.)
+    let mut refused = 0;
+    while hub.publish("r", Message::text("b")).await.is_err() {
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiter = hub.publish_with_backpressure("r", Message::text("w"));
+    tokio::pin!(waiter);
+    assert!(
+        futures_util::poll!(&mut waiter).is_pending(),
+        "queue full: must wait"
+    );
+    sleeper.await.unwrap();
+    // Taking "b" hands its place to the (unpolled) waiter.
+    eventually("a and b published", || hub.broker_status().published == 2).await;
+    // Far below the Redis tasks' limit (3 operation timeouts: 30 s).
+    tokio::time::timeout(Duration::from_secs(5), hub.shutdown())
+        .await
+        .expect("shutdown waited for a place held by a publish nobody polls");
+    let result = waiter.await;
+    let status = hub.broker_status();
+    assert!(
+        matches!(result, Err(PublishError::BrokerUnavailable { .. })),
+        "{result:?} {status:?}"
+    );
+    assert_eq!(
+        (
+            status.published,
+            status.publish_failures,
+            status.publish_dropped
+        ),
+        (2, 1, refused),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn when_redis_is_too_slow_publishes_fail_fast_and_are_counted() {
     let redis = RedisServer::start().await;

@@ -28,6 +28,12 @@ const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
 /// A publisher keeps its pooled connection between batches (a checkout costs a PING round
 /// trip) and gives it back after this long without messages.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// How long shutdown's flush, once the closed queue is empty, waits for places reserved
+/// before the close to be filled. A publish fills its place right after reserving it, so
+/// this is only ever reached when a place was handed to a waiting publish whose future
+/// nobody polls any more (kept in a `select!` that went on to shut down, say): that one is
+/// refused and counted when it is polled, or dropped with it, and is not waited for.
+const LATE_PLACE_WAIT: Duration = Duration::from_millis(100);
 
 pub(crate) struct Publisher {
     pub(crate) index: usize,
@@ -236,15 +242,32 @@ impl Publisher {
 
     /// Once the queue is closed and drained: messages that went in through places reserved
     /// before it closed (a publish between reserving its place and filling it) are counted
-    /// as failed, not dropped with the queue. `recv` returns `None` only once every such
-    /// place has been filled or given back, which a publish does right after reserving it.
+    /// as failed, not dropped with the queue (see [`next_late`](Self::next_late)).
     async fn fail_late_arrivals(&mut self) {
         let mut n = 0;
-        while self.queue.recv().await.is_some() {
+        while self.next_late().await.is_some() {
             n += 1;
         }
         if n > 0 {
             self.count_failed(n);
+        }
+    }
+
+    /// From the closed queue: the next message, if one is queued or comes through a place
+    /// reserved before the close within [`LATE_PLACE_WAIT`]; `None` once none is left (or
+    /// the one left is held by a publish nobody polls).
+    async fn next_late(&mut self) -> Option<Outgoing> {
+        match self.queue.try_recv() {
+            Ok(message) => Some(message),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            // `recv` returns `None` only once every place reserved before the close has been
+            // filled or given back.
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::timeout(LATE_PLACE_WAIT, self.queue.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            }
         }
     }
 
@@ -472,10 +495,10 @@ async fn flush_on_shutdown(
         publisher.fail_late_arrivals().await;
         return;
     }
-    // `recv`, not `try_recv`: a publish that reserved its place before the close and had not
+    // Not `try_recv` alone: a publish that reserved its place before the close and had not
     // filled it yet is still coming (`try_recv` would say empty), and must be sent or counted,
     // not dropped with the queue.
-    while let Some(first) = publisher.queue.recv().await {
+    while let Some(first) = publisher.next_late().await {
         let batch = publisher.batch(first);
         let mut held = match publisher.kept(&mut connection) {
             Some(held) => held,

@@ -45,8 +45,9 @@ pub(super) fn pause_before_filling_a_place(room: &str, queue: &mpsc::Sender<supe
     while !queue.is_closed() && started.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Long enough for the publisher task to look at its closed queue and finish.
-    std::thread::sleep(Duration::from_millis(100));
+    // Long enough for a publisher task that does not wait for late places to find its
+    // closed queue empty and finish; well within the wait of one that does.
+    std::thread::sleep(Duration::from_millis(20));
 }
 
 const PREFIX: &str = "recovery";
