@@ -192,9 +192,17 @@ async fn a_room_limit_of_zero_admits_nobody() {
 #[tokio::test]
 async fn a_room_limit_holds_while_an_authorizer_is_deciding() {
     let hub = Hub::builder().max_room_connections(Some(1)).build();
-    let slow = |_: &axum::http::request::Parts, _: &str| async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        true
+    // The place is taken before the authorizer runs: the others are refused without asking
+    // it (were it taken after, each would be authorized and then refused, and one admitted
+    // all the same).
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let slow = move |_: &axum::http::request::Parts, _: &str| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            true
+        }
     };
     let app = axum::Router::new().layer(
         tower_ws_hub::HubLayer::new(hub.clone())
@@ -206,6 +214,7 @@ async fn a_room_limit_holds_while_an_authorizer_is_deciding() {
     let admitted = statuses.iter().filter(|&&s| s == 101).count();
     assert_eq!(admitted, 1, "{statuses:?}");
     assert_eq!(server.hub.room_size("solo"), 1);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// A request refused because its room is full never holds an instance slot, not even for a
