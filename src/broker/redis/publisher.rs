@@ -28,12 +28,6 @@ const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
 /// A publisher keeps its pooled connection between batches (a checkout costs a PING round
 /// trip) and gives it back after this long without messages.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
-/// How long shutdown's flush, once the closed queue is empty, waits for places reserved
-/// before the close to be filled. A publish fills its place right after reserving it, so
-/// this is only ever reached when a place was handed to a waiting publish whose future
-/// nobody polls any more (kept in a `select!` that went on to shut down, say): that one is
-/// refused and counted when it is polled, or dropped with it, and is not waited for.
-const LATE_PLACE_WAIT: Duration = Duration::from_millis(100);
 
 pub(crate) struct Publisher {
     pub(crate) index: usize,
@@ -250,12 +244,25 @@ impl Publisher {
         }
         if n > 0 {
             self.count_failed(n);
+            tracing::warn!(
+                publisher = self.index,
+                messages_lost = n,
+                "tower-ws-hub: Redis publisher stopping without Redis; messages that were on \
+                 their way into its queue are delivered locally only"
+            );
         }
     }
 
-    /// From the closed queue: the next message, if one is queued or comes through a place
-    /// reserved before the close within [`LATE_PLACE_WAIT`]; `None` once none is left (or
-    /// the one left is held by a publish nobody polls).
+    /// From the closed queue: the next message, if one is queued, or comes through a place
+    /// reserved before the close within `operation_timeout`; `None` once none is left.
+    ///
+    /// A place is filled right after it is reserved (`publish_waiting`, and `publish_reserved`
+    /// for clients' messages), so the wait runs out only for a place held longer than that:
+    /// one the channel handed to a waiting publish whose future nobody polls any more (kept
+    /// in a `select!` that went on to shut down, say), which is refused and counted when it
+    /// is polled, or dropped with it; or, the one case left uncounted, a publish whose thread
+    /// was descheduled for longer than an operation may take between the two steps. Waiting
+    /// any longer would hold the shutdown up for the Redis tasks' whole limit.
     async fn next_late(&mut self) -> Option<Outgoing> {
         match self.queue.try_recv() {
             Ok(message) => Some(message),
@@ -263,7 +270,7 @@ impl Publisher {
             // `recv` returns `None` only once every place reserved before the close has been
             // filled or given back.
             Err(mpsc::error::TryRecvError::Empty) => {
-                tokio::time::timeout(LATE_PLACE_WAIT, self.queue.recv())
+                tokio::time::timeout(self.config.operation_timeout, self.queue.recv())
                     .await
                     .ok()
                     .flatten()

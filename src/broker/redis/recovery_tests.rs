@@ -46,8 +46,9 @@ pub(super) fn pause_before_filling_a_place(room: &str, queue: &mpsc::Sender<supe
         std::thread::sleep(Duration::from_millis(1));
     }
     // Long enough for a publisher task that does not wait for late places to find its
-    // closed queue empty and finish; well within the wait of one that does.
-    std::thread::sleep(Duration::from_millis(20));
+    // closed queue empty and finish; well within the wait of one that does (an operation
+    // timeout, 1 s here).
+    std::thread::sleep(Duration::from_millis(50));
 }
 
 const PREFIX: &str = "recovery";
