@@ -17,6 +17,15 @@ use tower_ws_hub::{
 
 const ROOM: &str = "desk";
 
+/// Masked text frames, one per text, back to back: sent in one write, the server reads them
+/// in one go.
+fn masked_texts(texts: &[&str]) -> Vec<u8> {
+    texts
+        .iter()
+        .flat_map(|text| encode_frame(true, 0, opcode::TEXT, Some(MASK), text.as_bytes()))
+        .collect()
+}
+
 /// Handles of the connections opened so far, in the order they opened.
 type Handles = Arc<Mutex<Vec<ConnectionHandle>>>;
 
@@ -295,16 +304,7 @@ async fn what_a_client_sent_after_its_message_hook_closed_it_does_not_reach_the_
     let mut spammer = Upgrade::new(&format!("/ws/{ROOM}")).open(server.addr).await;
     wait_members(&server.hub, ROOM, 2).await;
     // One write: the server reads the three frames in one go.
-    let mut bytes = Vec::new();
-    for text in ["hello", "spam", "more spam"] {
-        bytes.extend(encode_frame(
-            true,
-            0,
-            opcode::TEXT,
-            Some(MASK),
-            text.as_bytes(),
-        ));
-    }
+    let bytes = masked_texts(&["hello", "spam", "more spam"]);
     spammer.send_bytes(&bytes).await;
     assert_eq!(spammer.close_code().await, Some(4001));
     assert_eq!(next_text(&mut listener).await, "hello");
@@ -338,16 +338,7 @@ async fn what_a_client_sent_after_its_hooks_reply_overflowed_its_queue_does_not_
     wait_members(&server.hub, ROOM, 2).await;
     // One write: the server reads the three frames in one go, and nothing takes the first
     // reply off the queue before the second one overflows it.
-    let mut bytes = Vec::new();
-    for text in ["?a", "?b", "later"] {
-        bytes.extend(encode_frame(
-            true,
-            0,
-            opcode::TEXT,
-            Some(MASK),
-            text.as_bytes(),
-        ));
-    }
+    let bytes = masked_texts(&["?a", "?b", "later"]);
     asker.send_bytes(&bytes).await;
     assert_eq!(asker.close_code().await, Some(close_code::SLOW_CONSUMER));
     assert_silent(&mut listener, Duration::from_millis(200)).await;

@@ -18,7 +18,7 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower_ws_hub::redis::deadpool_redis::{self, redis};
 use tower_ws_hub::redis::{DEFAULT_OPERATION_TIMEOUT, RedisConfig};
-use tower_ws_hub::{Hub, HubBuilder, Message, PublishError, SlowConsumerPolicy};
+use tower_ws_hub::{BrokerStatus, Hub, HubBuilder, Message, PublishError, SlowConsumerPolicy};
 
 /// Probes fast enough that a test sees their effect quickly.
 fn config(url: &str) -> RedisConfig {
@@ -567,6 +567,25 @@ fn one_publisher(url: &str, queue: usize, operation: Duration, probe: Duration) 
         .operation_timeout(operation)
         .publisher_tasks(1)
         .publish_queue(queue)
+}
+
+/// An in-process hub (no server) publishing through `redis` with [`one_publisher`]'s config
+/// (probes that outlast any stall here), once its publisher is connected.
+async fn hub_with_one_publisher(redis: &RedisServer, queue: usize, operation: Duration) -> Hub {
+    let config = one_publisher(&redis.url(), queue, operation, Duration::from_secs(10));
+    let hub = Hub::builder().redis(config).build();
+    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    hub
+}
+
+/// `(published, publish_failures, publish_dropped)`: where each message the broker was handed
+/// ended up.
+fn outcomes(status: &BrokerStatus) -> (u64, u64, u64) {
+    (
+        status.published,
+        status.publish_failures,
+        status.publish_dropped,
+    )
 }
 
 /// A config whose operations and probes outlast `stall` (so a stall that long is a slow
@@ -1418,28 +1437,13 @@ async fn with_redis_absent_at_start_up_waits_end_and_every_message_is_counted_on
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = hub.broker_status();
-    assert_eq!(
-        (
-            status.published,
-            status.publish_failures,
-            status.publish_dropped
-        ),
-        (0, 6, 0),
-        "{status:?}"
-    );
+    assert_eq!(outcomes(&status), (0, 6, 0), "{status:?}");
 }
 
 #[tokio::test]
 async fn shutdown_ends_waits_for_room_and_counts_every_message_once() {
     let redis = RedisServer::start().await;
-    let config = one_publisher(
-        &redis.url(),
-        2,
-        Duration::from_secs(1),
-        Duration::from_secs(10),
-    );
-    let hub = Hub::builder().redis(config).build();
-    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    let hub = hub_with_one_publisher(&redis, 2, Duration::from_secs(1)).await;
     let sleeper = stall_redis_confirmed(&redis, 4).await;
     let tasks: Vec<_> = (0..10)
         .map(|i| {
@@ -1474,14 +1478,7 @@ async fn shutdown_ends_waits_for_room_and_counts_every_message_once() {
 #[tokio::test]
 async fn a_waiter_handed_its_place_just_before_shutdown_is_refused_not_lost() {
     let redis = RedisServer::start().await;
-    let config = one_publisher(
-        &redis.url(),
-        1,
-        Duration::from_secs(10),
-        Duration::from_secs(10),
-    );
-    let hub = Hub::builder().redis(config).build();
-    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    let hub = hub_with_one_publisher(&redis, 1, Duration::from_secs(10)).await;
     let sleeper = stall_redis_confirmed(&redis, 1).await;
     hub.publish_with_backpressure("r", Message::text("0"))
         .await
@@ -1507,15 +1504,7 @@ async fn a_waiter_handed_its_place_just_before_shutdown_is_refused_not_lost() {
         matches!(result, Err(PublishError::BrokerUnavailable { .. })),
         "{result:?} {status:?}"
     );
-    assert_eq!(
-        (
-            status.published,
-            status.publish_failures,
-            status.publish_dropped
-        ),
-        (2, 1, 0),
-        "{status:?}"
-    );
+    assert_eq!(outcomes(&status), (2, 1, 0), "{status:?}");
 }
 
 /// A waiting publish handed its place (a plain publish's, freed as the publisher took it) and
@@ -1527,14 +1516,7 @@ async fn shutdown_does_not_wait_for_a_place_handed_to_a_publish_nobody_polls() {
     let redis = RedisServer::start().await;
     // Operations may take 2 s (the 1 s stall below is no timeout); the flush waits that long
     // at most for places reserved before the close, the Redis tasks' limit is three times it.
-    let config = one_publisher(
-        &redis.url(),
-        1,
-        Duration::from_secs(2),
-        Duration::from_secs(10),
-    );
-    let hub = Hub::builder().redis(config).build();
-    eventually("publisher up", || hub.broker_status().publisher_connected).await;
+    let hub = hub_with_one_publisher(&redis, 1, Duration::from_secs(2)).await;
     let sleeper = stall_redis_confirmed(&redis, 1).await;
     hub.publish("r", Message::text("a")).await.unwrap();
     // Once the publisher took "a" (and stalled on Redis), "b" fills the queue, taking no
@@ -1563,15 +1545,7 @@ async fn shutdown_does_not_wait_for_a_place_handed_to_a_publish_nobody_polls() {
         matches!(result, Err(PublishError::BrokerUnavailable { .. })),
         "{result:?} {status:?}"
     );
-    assert_eq!(
-        (
-            status.published,
-            status.publish_failures,
-            status.publish_dropped
-        ),
-        (2, 1, refused),
-        "{status:?}"
-    );
+    assert_eq!(outcomes(&status), (2, 1, refused), "{status:?}");
 }
 
 #[tokio::test]
