@@ -104,7 +104,10 @@ impl Sessions {
     }
 }
 
-/// The token store. A real application would ask its session store or verify a JWT here.
+/// The token store. A real application would ask its session store or verify a JWT here,
+/// and compare secrets in constant time (the `subtle` crate, or a lookup by the token's hash):
+/// `==` stops at the first differing byte, and how long it takes says how much of a guess was
+/// right.
 fn user_for_token(token: &str) -> Option<User> {
     const TOKENS: &[(&str, &str)] = &[("alice-token", "alice"), ("bob-token", "bob")];
     TOKENS
@@ -145,7 +148,9 @@ async fn main() -> Result<(), BoxError> {
         // WebSockets without ever asking for a token.
         .layer(middleware::from_fn(authenticate));
 
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|error| format!("cannot listen on $ADDR ({addr}): {error}"))?;
 
     let local_addr = listener.local_addr()?;
 

@@ -58,6 +58,9 @@ async fn main() -> Result<(), BoxError> {
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        // Anyone who can reach the server may publish here, a form on another site included
+        // (`SameOrigin` guards the WebSocket upgrade only): put it behind your authentication
+        // (see examples/auth.rs) or on an internal listener before you copy it.
         .route("/rooms/{room}/messages", post(publish))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE_SIZE))
         .with_state(hub.clone())
@@ -74,7 +77,9 @@ async fn main() -> Result<(), BoxError> {
                 .origin(OriginPolicy::SameOrigin),
         );
 
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|error| format!("cannot listen on $ADDR ({addr}): {error}"))?;
 
     let local_addr = listener.local_addr()?;
 
@@ -113,7 +118,9 @@ async fn build_hub() -> Result<Hub, BoxError> {
         });
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
-            let config = RedisConfig::from_url(&url)?;
+            // Not the URL itself in the message: it may carry a password.
+            let config =
+                RedisConfig::from_url(&url).map_err(|error| format!("$REDIS_URL: {error}"))?;
             tracing::info!(redis = ?config, "fanning out across instances through Redis");
             Ok(builder.redis(config).build())
         }

@@ -71,7 +71,9 @@ async fn main() -> Result<(), BoxError> {
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|error| format!("cannot listen on $ADDR ({addr}): {error}"))?;
 
     let local_addr = listener.local_addr()?;
 

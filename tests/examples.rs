@@ -616,3 +616,27 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(next_text(&mut alice).await, "bob (private): bye");
 }
+
+/// A configuration mistake is named: the example exits with an error that says which
+/// variable is wrong, and does not print the Redis URL (it may carry a password).
+#[tokio::test]
+async fn chat_names_the_variable_it_cannot_use() {
+    let binary = example_binary("chat");
+    for (env, wanted) in [
+        (("ADDR", "not-an-address"), "$ADDR (not-an-address)"),
+        (("REDIS_URL", "nosuch://secret@x"), "$REDIS_URL: "),
+    ] {
+        let output = tokio::process::Command::new(&binary)
+            .env("ADDR", "127.0.0.1:0")
+            .env_remove("REDIS_URL")
+            .env(env.0, env.1)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run the chat example");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{env:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "{env:?}: {stderr}");
+    }
+}
