@@ -26,6 +26,9 @@ pub(crate) struct Frames {
     bytes: Bytes,
     /// Number of frames (messages) in `bytes`; at least one.
     count: u32,
+    /// Frames were split off the front ([`split_first`](Self::split_first)): `bytes` is the
+    /// tail of a buffer it keeps alive whole.
+    trimmed: bool,
 }
 
 impl Frames {
@@ -34,6 +37,7 @@ impl Frames {
         Self {
             bytes: frame,
             count: 1,
+            trimmed: false,
         }
     }
 
@@ -60,7 +64,16 @@ impl Frames {
         }
         let len = first_frame_len(&self.bytes);
         self.count -= 1;
+        self.trimmed = true;
         self.bytes.split_to(len)
+    }
+
+    /// When frames were split off the front, moves the rest into a buffer of its own, so that
+    /// it no longer keeps the whole run's buffer alive while only its own bytes are counted.
+    pub(crate) fn unshare_if_trimmed(&mut self) {
+        if std::mem::take(&mut self.trimmed) {
+            self.bytes = Bytes::copy_from_slice(&self.bytes);
+        }
     }
 
     /// The frames one by one (sharing this run's buffer).
@@ -132,6 +145,7 @@ impl RunBuilder {
             self.runs.push(Frames {
                 bytes: Bytes::from(bytes),
                 count: self.count,
+                trimmed: false,
             });
             self.count = 0;
         }

@@ -396,6 +396,12 @@ impl OutboundQueue {
                 batch.push_back(run);
             }
         }
+        // Only the front run can have been trimmed (`pop_oldest`): the writer may hold what it
+        // takes for long, behind a blocked socket, and a queue pins at most one run's buffer
+        // beyond its byte bound, so what was trimmed leaves with a buffer of its own.
+        for run in batch.iter_mut() {
+            run.unshare_if_trimmed();
+        }
         let messages = queued_messages - state.queued_messages;
         state.writer_holding = hold && messages > 0;
         Taken {
@@ -567,8 +573,8 @@ impl State {
     }
 
     /// Drops the oldest queued frame, if any. When it came from a run, the rest of the run
-    /// keeps sharing its buffer until written: a queue pins at most that one run (16 KiB)
-    /// beyond its byte bound.
+    /// keeps sharing its buffer while queued, and gets one of its own when the writer takes it
+    /// (`take`): a queue pins at most that one run (16 KiB) beyond its byte bound.
     fn pop_oldest(&mut self) {
         let Some(front) = self.queued.front_mut() else {
             return;
@@ -769,6 +775,29 @@ mod tests {
             "the queued frame still shares the run's buffer"
         );
         assert_eq!(drain(&q), ["x", "a"]);
+    }
+
+    #[test]
+    fn a_run_trimmed_by_drop_oldest_leaves_with_a_buffer_of_its_own() {
+        let q = queue(100, 1024, SlowConsumerPolicy::DropOldest);
+        let big_run = run(&["a"; 100]);
+        let handle = big_run.bytes().clone();
+        q.push_all(std::slice::from_ref(&big_run), |_, _| {});
+        drop(big_run);
+        // The 101st message pushes out the run's first frame: the rest of the run stays.
+        assert_eq!(q.push(text("b")), PushOutcome::QueuedDroppingOldest(1));
+        let mut taken = VecDeque::new();
+        // The trimmed run, alone (it is more than half the budget): "b" stays queued.
+        let handed = q.take(&mut taken, false);
+        assert_eq!((handed.messages, handed.more), (99, true));
+        // Only our handle is left on the run's buffer: the writer holds a copy of the rest,
+        // however long its socket keeps it waiting.
+        assert!(
+            handle.is_unique(),
+            "the trimmed run still shares the run's buffer"
+        );
+        let frames: Vec<Bytes> = taken.into_iter().flat_map(Frames::into_each).collect();
+        assert_eq!(frames, vec![text("a"); 99]);
     }
 
     /// A waker that counts its wake-ups.
