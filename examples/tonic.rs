@@ -22,7 +22,8 @@
 //! ```
 //!
 //! On Ctrl-C or SIGTERM the health status turns to NOT_SERVING while WebSocket clients are
-//! closed with 1001, then the server stops.
+//! closed with 1001, then the server stops; gRPC streams still open 5 s after that (a health
+//! `Watch` never ends on its own) do not keep it running.
 
 use axum::serve::ListenerExt;
 use tonic::service::Routes;
@@ -87,10 +88,26 @@ async fn main() -> Result<(), BoxError> {
         "gRPC (grpc.health.v1.Health) and WebSockets (ws://{local_addr}/ws/<room>) listening"
     );
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(hub.shutdown_signal())
-        .await?;
+    // A graceful stop waits for every HTTP/2 stream to end, and a streaming RPC may never end
+    // on its own (a health `Watch` lasts as long as its client): once the hub has shut down,
+    // the other streams get `STREAMS_GRACE`, then the server stops anyway.
+    let (hub_done, hub_done_rx) = tokio::sync::oneshot::channel();
+    let signal = hub.shutdown_signal();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        signal.await;
+        let _ = hub_done.send(());
+    });
+    tokio::select! {
+        result = serve => result?,
+        Ok(()) = hub_done_rx => {
+            tokio::time::sleep(STREAMS_GRACE).await;
+            tracing::warn!("gRPC streams still open {STREAMS_GRACE:?} after shutdown: stopping");
+        }
+    }
 
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long streams other than WebSockets may go on once the hub has shut down.
+const STREAMS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

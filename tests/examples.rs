@@ -495,6 +495,47 @@ async fn tonic_serves_grpc_and_websockets_on_one_port() {
     assert!(status.success(), "tonic example exited with {status}");
 }
 
+/// A gRPC stream that never ends (a health `Watch`) hears NOT_SERVING when shutdown starts,
+/// and does not keep the process running past the streams' grace (5 s) after the hub stopped.
+#[tokio::test]
+async fn tonic_stops_on_sigterm_even_with_a_health_watch_open() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let mut example = Example::start("tonic").await;
+    let channel = tonic::transport::Endpoint::from_shared(example.http_url(""))
+        .expect("a valid endpoint")
+        .connect_timeout(PROMPTLY)
+        .connect()
+        .await
+        .expect("connect the gRPC channel");
+    let mut health = HealthClient::new(channel);
+    let mut watch = tokio::time::timeout(
+        PROMPTLY,
+        health.watch(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("gRPC watch timed out")
+    .expect("gRPC watch failed")
+    .into_inner();
+    let first = watch.message().await.expect("a status").expect("a status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    example.terminate();
+    let next = tokio::time::timeout(PROMPTLY, watch.message())
+        .await
+        .expect("no status after SIGTERM")
+        .expect("the watch stream failed")
+        .expect("the watch stream ended before NOT_SERVING");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    // `wait` allows 15 s: the 5 s grace fits, a server waiting for the stream would not.
+    let status = example.wait().await;
+    assert!(status.success(), "tonic example exited with {status}");
+    drop(watch);
+}
+
 // ---------------------------------------------------------------------------------------------
 // auth
 // ---------------------------------------------------------------------------------------------
