@@ -4,8 +4,9 @@
 //! `ConnectionContext::extensions()` and stamps its name on every message (`"alice: hello"`).
 //!
 //! Browsers cannot set headers on a WebSocket request, so the token is taken from
-//! `Authorization: Bearer <token>` or, failing that, from a `?token=<token>` query parameter.
-//! (Query strings end up in access logs: prefer short-lived tokens for them in production.)
+//! `Authorization: Bearer <token>` or, failing that and on WebSocket upgrades only, from a
+//! `?token=<token>` query parameter. (Query strings end up in access logs: prefer short-lived
+//! tokens for them in production.)
 //!
 //! Run it:
 //!
@@ -168,10 +169,19 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Middleware: finds the token, looks it up, and either inserts the `User` or answers `401`.
+/// The query parameter counts on WebSocket upgrades only, which browsers cannot send headers
+/// with: anywhere else a token in the URL would only end up in more access logs.
 async fn authenticate(mut request: Request, next: Next) -> Response {
-    let token = bearer_token(request.headers()).or_else(|| query_token(request.uri()));
+    let token = bearer_token(request.headers()).or_else(|| {
+        is_websocket_upgrade(&request)
+            .then(|| query_token(request.uri()))
+            .flatten()
+    });
     let Some(token) = token else {
-        return unauthorized("missing token: send `Authorization: Bearer <token>` or `?token=`");
+        return unauthorized(
+            "missing token: send `Authorization: Bearer <token>` (or `?token=` on a WebSocket \
+             upgrade)",
+        );
     };
     let Some(user) = user_for_token(token) else {
         tracing::info!(path = request.uri().path(), "refused an invalid token");
@@ -179,6 +189,17 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
     };
     request.extensions_mut().insert(user);
     next.run(request).await
+}
+
+/// A WebSocket upgrade: `Upgrade: websocket` (HTTP/1.1), or an extended CONNECT (HTTP/2,
+/// RFC 8441; the hub checks the rest).
+fn is_websocket_upgrade(request: &Request) -> bool {
+    request.method() == axum::http::Method::CONNECT
+        || request
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.eq_ignore_ascii_case("websocket"))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

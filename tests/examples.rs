@@ -205,11 +205,18 @@ fn free_port() -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 
 async fn http(method: &str, url: &str, body: &str) -> (StatusCode, String) {
+    http_as(method, url, None, body).await
+}
+
+/// [`http`] with `Authorization: Bearer <token>` when a token is given.
+async fn http_as(method: &str, url: &str, token: Option<&str>, body: &str) -> (StatusCode, String) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(url)
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("a valid request");
     let response = tokio::time::timeout(PROMPTLY, client.request(request))
@@ -598,9 +605,10 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
     // Each connection is remembered once its `on_connect` ran, just after the `101`.
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
-        let (status, body) = http(
+        let (status, body) = http_as(
             "POST",
-            &example.http_url("/dm/bob?token=alice-token"),
+            &example.http_url("/dm/bob"),
+            Some("alice-token"),
             "psst",
         )
         .await;
@@ -628,9 +636,10 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
             .is_err(),
         "a private message reached the sender's room"
     );
-    let (status, body) = http(
+    let (status, body) = http_as(
         "POST",
-        &example.http_url("/dm/carol?token=alice-token"),
+        &example.http_url("/dm/carol"),
+        Some("alice-token"),
         "x",
     )
     .await;
@@ -639,7 +648,10 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
         (StatusCode::NOT_FOUND, "carol is not connected\n")
     );
 
-    let (status, body) = http("POST", &example.http_url("/logout?token=bob-token"), "").await;
+    // A token in the URL counts on WebSocket upgrades only.
+    let (status, _) = http("POST", &example.http_url("/logout?token=bob-token"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = http_as("POST", &example.http_url("/logout"), Some("bob-token"), "").await;
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::OK, "closed 2 connection(s)\n")
@@ -648,9 +660,10 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
     assert_eq!(close_code(&mut bob_elsewhere).await, CloseCode::from(4000));
 
     // Alice's connection is untouched: bob can still reach it.
-    let (status, _) = http(
+    let (status, _) = http_as(
         "POST",
-        &example.http_url("/dm/alice?token=bob-token"),
+        &example.http_url("/dm/alice"),
+        Some("bob-token"),
         "bye",
     )
     .await;
