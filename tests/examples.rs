@@ -463,20 +463,27 @@ async fn wait_ready(example: &Example) {
 // tonic
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn tonic_serves_grpc_and_websockets_on_one_port() {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-    let mut example = Example::start("tonic").await;
-
+/// A gRPC health client connected to `example`.
+async fn health_client(
+    example: &Example,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(example.http_url(""))
         .expect("a valid endpoint")
         .connect_timeout(PROMPTLY)
         .connect()
         .await
         .expect("connect the gRPC channel");
-    let mut health = HealthClient::new(channel);
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+#[tokio::test]
+async fn tonic_serves_grpc_and_websockets_on_one_port() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let mut example = Example::start("tonic").await;
+
+    let mut health = health_client(&example).await;
     let response = tokio::time::timeout(
         PROMPTLY,
         health.check(HealthCheckRequest {
@@ -506,17 +513,11 @@ async fn tonic_serves_grpc_and_websockets_on_one_port() {
 /// and does not keep the process running past the streams' grace (5 s) after the hub stopped.
 #[tokio::test]
 async fn tonic_stops_on_sigterm_even_with_a_health_watch_open() {
+    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let mut example = Example::start("tonic").await;
-    let channel = tonic::transport::Endpoint::from_shared(example.http_url(""))
-        .expect("a valid endpoint")
-        .connect_timeout(PROMPTLY)
-        .connect()
-        .await
-        .expect("connect the gRPC channel");
-    let mut health = HealthClient::new(channel);
+    let mut health = health_client(&example).await;
     let mut watch = tokio::time::timeout(
         PROMPTLY,
         health.watch(HealthCheckRequest {
