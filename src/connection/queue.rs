@@ -367,6 +367,12 @@ impl OutboundQueue {
     pub(crate) fn take(&self, batch: &mut VecDeque<Frames>, hold: bool) -> Taken {
         let mut state = self.lock();
         state.wake_past_quarter = false;
+        // Only the front run can have been trimmed (`pop_oldest`): the writer may hold what it
+        // takes for long, behind a blocked socket, and a queue pins at most one run's buffer
+        // beyond its byte bound, so what was trimmed leaves with a buffer of its own.
+        if let Some(front) = state.queued.front_mut() {
+            front.unshare_if_trimmed();
+        }
         let (queued_messages, queued_bytes) = (state.queued_messages, state.queued_bytes);
         let half_messages = (self.limits.max_messages / 2).max(1);
         let half_bytes = (self.limits.max_bytes / 2).max(1);
@@ -395,12 +401,6 @@ impl OutboundQueue {
                 state.queued_bytes -= run.len();
                 batch.push_back(run);
             }
-        }
-        // Only the front run can have been trimmed (`pop_oldest`): the writer may hold what it
-        // takes for long, behind a blocked socket, and a queue pins at most one run's buffer
-        // beyond its byte bound, so what was trimmed leaves with a buffer of its own.
-        for run in batch.iter_mut() {
-            run.unshare_if_trimmed();
         }
         let messages = queued_messages - state.queued_messages;
         state.writer_holding = hold && messages > 0;

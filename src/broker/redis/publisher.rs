@@ -234,10 +234,10 @@ impl Publisher {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Once the queue is closed and drained: messages that went in through places reserved
-    /// before it closed (a publish between reserving its place and filling it) are counted
-    /// as failed, not dropped with the queue (see [`next_late`](Self::next_late)).
-    async fn fail_late_arrivals(&mut self) {
+    /// Once the queue is closed, without Redis: fails what is queued and what still comes
+    /// through places reserved before the close (see [`next_late`](Self::next_late)), counted
+    /// and logged once, not dropped with the queue.
+    async fn fail_remaining(&mut self) {
         let mut n = 0;
         while self.next_late().await.is_some() {
             n += 1;
@@ -247,8 +247,8 @@ impl Publisher {
             tracing::warn!(
                 publisher = self.index,
                 messages_lost = n,
-                "tower-ws-hub: Redis publisher stopping without Redis; messages that were on \
-                 their way into its queue are delivered locally only"
+                "tower-ws-hub: Redis publisher stopping without Redis; messages that were \
+                 queued for Redis are delivered locally only"
             );
         }
     }
@@ -498,8 +498,7 @@ async fn flush_on_shutdown(
     // A closed queue refuses everything: nobody waits for room in it any more.
     publisher.parked.wake_all();
     if publisher.state.get() == PublisherState::DOWN {
-        publisher.fail_queued();
-        publisher.fail_late_arrivals().await;
+        publisher.fail_remaining().await;
         return;
     }
     // Not `try_recv` alone: a publish that reserved its place before the close and had not
@@ -513,8 +512,7 @@ async fn flush_on_shutdown(
                 Ok(fresh) => fresh,
                 Err(_) => {
                     publisher.batch_failed();
-                    publisher.fail_queued();
-                    publisher.fail_late_arrivals().await;
+                    publisher.fail_remaining().await;
                     return;
                 }
             },
@@ -524,8 +522,7 @@ async fn flush_on_shutdown(
             connection = Some(held);
         } else {
             publisher.batch_failed();
-            publisher.fail_queued();
-            publisher.fail_late_arrivals().await;
+            publisher.fail_remaining().await;
             return;
         }
     }
