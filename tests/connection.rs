@@ -399,7 +399,12 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
 
 #[tokio::test]
 async fn no_pings_are_sent_when_the_interval_is_disabled() {
-    let hub = Hub::builder().ping_interval(None).build();
+    // `None` overrides an interval set before it: were it ignored, pings would come every
+    // 100 ms here and the read below would see one.
+    let hub = Hub::builder()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .ping_interval(None)
+        .build();
     let server = serve_hub(hub).await;
     let mut raw = open_raw(&server, "quiet").await;
     wait_members(&server.hub, "quiet", 1).await;

@@ -410,6 +410,36 @@ async fn pings_count_against_the_inbound_rate_limit() {
 }
 
 #[tokio::test]
+async fn unsolicited_pongs_count_against_the_inbound_rate_limit() {
+    // RFC 6455 lets a client send pongs nobody asked for (a heartbeat); a flood of them costs
+    // the server a read each, like pings, and takes a token each.
+    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
+    let mut ponger = server.connect("pongs").await;
+    let mut calm = server.connect("pongs").await;
+    wait_members(&server.hub, "pongs", 2).await;
+    for i in 0..50u8 {
+        ponger.feed(WsMessage::Pong(vec![i].into())).await.unwrap();
+    }
+    ponger.flush().await.unwrap();
+    let frame = close_frame(&mut ponger).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), close_code::POLICY_VIOLATION);
+    assert_eq!(frame.reason.as_str(), "rate limit exceeded");
+    eventually("the ponger is gone", || server.hub.stats().connections == 1).await;
+    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+    // A few pongs within the burst close nobody: `calm` still talks.
+    for i in 0..3u8 {
+        calm.send(WsMessage::Pong(vec![i].into())).await.unwrap();
+    }
+    calm.send(WsMessage::text("still here")).await.unwrap();
+    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+    eventually("calm's message was read", || {
+        server.hub.stats().messages_received >= 1
+    })
+    .await;
+    assert_eq!(server.hub.room_size("pongs"), 1);
+}
+
+#[tokio::test]
 async fn the_rate_limit_is_per_connection() {
     // Five clients each spend their whole burst at once: nobody is over its own limit.
     let server = serve_hub(Hub::builder().inbound_rate_limit(1.0, 5).build()).await;

@@ -786,14 +786,10 @@ async fn an_authorizer_that_awaits_still_works() {
 #[tokio::test]
 async fn the_authorizer_only_sees_requests_that_passed_the_origin_and_handshake_checks() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let counting = {
-        let calls = Arc::clone(&calls);
-        move |_: &Parts, _: &str| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async { true }
-        }
-    };
-    let server = serve_with(Hub::builder().build(), |l| l.authorize(counting)).await;
+    let server = serve_with(Hub::builder().build(), |l| {
+        l.authorize(counting_authorizer(&calls))
+    })
+    .await;
     upgrade(&server, "r")
         .header("Origin", "http://evil.example")
         .send(server.addr)
@@ -1230,15 +1226,21 @@ async fn next_pong(client: &mut Client) -> bytes::Bytes {
 
 #[tokio::test]
 async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot() {
-    let server = serve_hub(Hub::builder().max_connections(Some(1)).build()).await;
-    // Each sends a complete upgrade request and resets the connection before reading the 101.
-    for _ in 0..20 {
-        let stream = TcpStream::connect(server.addr).await.unwrap();
-        let mut stream = stream;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hub = Hub::builder().max_connections(Some(1)).build();
+    let server = serve_with(hub, |l| l.authorize(counting_authorizer(&calls))).await;
+    // Each sends a complete upgrade request and resets the connection before reading the 101,
+    // once the layer has its request (the authorizer runs after the slot is taken).
+    for i in 1..=20 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
         stream
             .write_all(&upgrade(&server, "gone").to_bytes())
             .await
             .unwrap();
+        eventually("the request reached the layer", || {
+            calls.load(Ordering::SeqCst) == i
+        })
+        .await;
         stream.set_zero_linger().unwrap();
         drop(stream);
     }
@@ -1255,6 +1257,18 @@ async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot(
         .assert_rejection(503, "connection limit");
 }
 
+/// An authorizer that lets everyone in and counts its calls in `calls`: a test sees from it
+/// that a request reached the layer.
+fn counting_authorizer(
+    calls: &Arc<AtomicUsize>,
+) -> impl Fn(&Parts, &str) -> std::future::Ready<bool> + Clone + Send + Sync + 'static {
+    let calls = Arc::clone(calls);
+    move |_, _| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(true)
+    }
+}
+
 /// Collects what is logged at ERROR on this thread (the test's current-thread runtime runs the
 /// hub's tasks on it too) while the guard lives.
 fn capture_error_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
@@ -1264,13 +1278,22 @@ fn capture_error_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>
 #[tokio::test]
 async fn a_client_that_hangs_up_before_the_101_is_not_logged_as_a_server_without_upgrades() {
     let (_guard, logs) = capture_error_logs();
-    let server = serve_hub(Hub::builder().build()).await;
-    for _ in 0..20 {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = serve_with(Hub::builder().build(), |l| {
+        l.authorize(counting_authorizer(&calls))
+    })
+    .await;
+    for i in 1..=20 {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         stream
             .write_all(&upgrade(&server, "gone").to_bytes())
             .await
             .unwrap();
+        // The layer has the request and is about to answer it with a 101.
+        eventually("the request reached the layer", || {
+            calls.load(Ordering::SeqCst) == i
+        })
+        .await;
         stream.set_zero_linger().unwrap();
         drop(stream);
     }

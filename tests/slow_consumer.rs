@@ -190,6 +190,69 @@ async fn drop_newest_keeps_the_slow_client_connected_and_counts_the_drops() {
     );
 }
 
+/// The `slow consumers` lines of `logs`, in order, with what each says was suppressed.
+fn drop_lines(logs: &std::sync::Mutex<Vec<u8>>) -> Vec<(String, u64)> {
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    logs.lines()
+        .filter(|line| line.contains("slow consumers: outbound queues full"))
+        .map(|line| {
+            let suppressed = line
+                .split("similar_events_suppressed=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no suppressed count in {line}"));
+            (line.to_owned(), suppressed)
+        })
+        .collect()
+}
+
+/// A client that stays slow makes every publish drop for it: the operator gets one warning a
+/// second, and the next one says how many were left out in between.
+#[tokio::test]
+async fn drops_are_logged_at_most_once_a_second_and_the_next_line_counts_the_rest() {
+    let (_guard, logs) = capture_logs(tracing::Level::WARN);
+    let mut setup = setup(SlowConsumerPolicy::DropNewest).await;
+    let started = std::time::Instant::now();
+    flood_until(&mut setup, |s| s.dropped_messages >= 1).await;
+    // Twenty more publishes, each dropped for the slow client.
+    let first_drops = setup.server.hub.stats().dropped_messages;
+    for seq in MAX_FLOOD..MAX_FLOOD + 20 {
+        publish_to_all(&mut setup, seq).await;
+    }
+    let dropped = setup.server.hub.stats().dropped_messages;
+    assert!(dropped > first_drops + 10, "{first_drops} then {dropped}");
+    let lines = drop_lines(&logs);
+    let most = 1 + started.elapsed().as_secs() as usize;
+    assert!(
+        !lines.is_empty() && lines.len() <= most,
+        "{} lines in {:?}: {lines:?}",
+        lines.len(),
+        started.elapsed()
+    );
+    assert_eq!(lines[0].1, 0, "the first line suppressed nothing");
+    assert!(lines[0].0.contains(ROOM), "{}", lines[0].0);
+
+    // A second later, one more drop: logged, with the publishes left out since the last line.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = drop_lines(&logs).len();
+    publish_to_all(&mut setup, MAX_FLOOD + 20).await;
+    let lines = drop_lines(&logs);
+    assert_eq!(lines.len(), before + 1, "{lines:?}");
+    let (last, suppressed) = lines.last().unwrap();
+    assert!(*suppressed >= 1, "{last}");
+    // Each publish dropped for the slow client once: what was suppressed is at most the drops
+    // that did not get a line.
+    assert!(
+        *suppressed <= dropped - before as u64,
+        "{suppressed} suppressed, {dropped} dropped in {before} lines: {last}"
+    );
+    assert!(
+        last.contains(&format!("total_dropped={}", dropped + 1)),
+        "{last}"
+    );
+}
+
 #[tokio::test]
 async fn drop_oldest_keeps_the_slow_client_connected_and_counts_the_drops() {
     let mut setup = setup(SlowConsumerPolicy::DropOldest).await;

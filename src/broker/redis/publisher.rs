@@ -98,6 +98,27 @@ struct SendFailure {
     connection_dropped: bool,
 }
 
+/// A pipeline: `first`, then what `next` hands out while the pipeline holds fewer than
+/// `max_items` items and fewer than `max_bytes` bytes (by `len`). The item that reaches
+/// `max_bytes` still goes in (a message larger than the bound goes alone), so a pipeline ends
+/// at most one message past the bound; `next` is not called once a bound is reached.
+fn fill_pipeline<T>(
+    first: T,
+    len: impl Fn(&T) -> usize,
+    max_items: usize,
+    max_bytes: usize,
+    mut next: impl FnMut() -> Option<T>,
+) -> Vec<T> {
+    let mut bytes = len(&first);
+    let mut pipeline = vec![first];
+    while pipeline.len() < max_items && bytes < max_bytes {
+        let Some(item) = next() else { break };
+        bytes += len(&item);
+        pipeline.push(item);
+    }
+    pipeline
+}
+
 impl Publisher {
     /// A connection from the pool, which PINGs it first (a fresh one if that fails).
     async fn checkout(&mut self) -> Result<deadpool_redis::Connection, String> {
@@ -137,17 +158,14 @@ impl Publisher {
 
     /// Takes what is queued after `first`, up to the pipeline limits.
     fn batch(&mut self, first: Outgoing) -> Vec<Outgoing> {
-        let mut bytes = first.message.len();
-        let mut batch = vec![first];
-        while batch.len() < self.config.max_pipeline && bytes < MAX_PIPELINE_BYTES {
-            match self.queue.try_recv() {
-                Ok(next) => {
-                    bytes += next.message.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let queue = &mut self.queue;
+        let batch = fill_pipeline(
+            first,
+            |item| item.message.len(),
+            self.config.max_pipeline,
+            MAX_PIPELINE_BYTES,
+            || queue.try_recv().ok(),
+        );
         self.in_flight = batch.len();
         self.parked.wake_all();
         batch
@@ -525,5 +543,67 @@ async fn flush_on_shutdown(
             publisher.fail_remaining().await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PIPELINE_BYTES, fill_pipeline};
+
+    /// Fills a pipeline from `sizes` (the queued messages' sizes, the first is `first`); says
+    /// the sizes it took and how many queued messages it left.
+    fn fill(sizes: &[usize], max_items: usize) -> (Vec<usize>, usize) {
+        let mut queued = sizes[1..].iter().copied();
+        let pipeline = fill_pipeline(
+            sizes[0],
+            |n| *n,
+            max_items,
+            MAX_PIPELINE_BYTES,
+            || queued.next(),
+        );
+        (pipeline, queued.len())
+    }
+
+    #[test]
+    fn a_pipeline_stops_at_max_items() {
+        let (pipeline, left) = fill(&[10; 300], 256);
+        assert_eq!(pipeline.len(), 256);
+        assert_eq!(left, 44);
+    }
+
+    #[test]
+    fn a_pipeline_is_cut_once_its_payloads_reach_1_mib() {
+        // 64 KiB messages: the sixteenth reaches 1 MiB and ends the pipeline.
+        let (pipeline, left) = fill(&[64 * 1024; 40], 256);
+        assert_eq!(pipeline.len(), 16);
+        assert_eq!(pipeline.iter().sum::<usize>(), MAX_PIPELINE_BYTES);
+        assert_eq!(left, 24, "nothing taken past the cut");
+        // Just under the bound, one more message goes in.
+        let mut sizes = vec![64 * 1024; 15];
+        sizes.push(64 * 1024 - 1);
+        sizes.extend([10, 10, 10]);
+        let (pipeline, left) = fill(&sizes, 256);
+        assert_eq!(pipeline.len(), 17);
+        assert_eq!(left, 2);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_bound_goes_alone() {
+        let (pipeline, left) = fill(&[2 * MAX_PIPELINE_BYTES, 10, 10], 256);
+        assert_eq!(pipeline, [2 * MAX_PIPELINE_BYTES]);
+        assert_eq!(left, 2);
+        // And one that follows small ones ends their pipeline.
+        let (pipeline, left) = fill(&[10, 10, 2 * MAX_PIPELINE_BYTES, 10], 256);
+        assert_eq!(pipeline, [10, 10, 2 * MAX_PIPELINE_BYTES]);
+        assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn a_pipeline_takes_what_is_queued_and_no_more() {
+        let (pipeline, left) = fill(&[1, 2, 3], 256);
+        assert_eq!(pipeline, [1, 2, 3]);
+        assert_eq!(left, 0);
+        let (pipeline, _) = fill(&[1, 2, 3], 1);
+        assert_eq!(pipeline, [1]);
     }
 }
