@@ -30,16 +30,22 @@
 //!
 //! The example also keeps each user's open connections (a [`ConnectionHandle`] per connection,
 //! taken in `on_connect`, dropped in `on_disconnect`), for two things a room cannot do: a
-//! private message to one user, whatever room they are in, and logging a user out of every
-//! connection at once.
+//! private message to one user, whatever room they are in, and closing every connection of one
+//! user at once.
 //!
 //! ```text
 //! curl -H 'Authorization: Bearer alice-token' -d 'psst' http://127.0.0.1:3002/dm/bob
-//! curl -X POST -H 'Authorization: Bearer bob-token' http://127.0.0.1:3002/logout
+//! curl -X POST -H 'Authorization: Bearer bob-token' http://127.0.0.1:3002/disconnect
 //! ```
 //!
 //! Bob's connections get `alice (private): psst`; then they are closed with code 4000,
-//! "logged out".
+//! "disconnected".
+//!
+//! `/disconnect` is not a logout: bob's token stays valid, and his clients may reconnect at
+//! once. Revoking a token belongs to the auth system that issued it (its session store, or a
+//! deny-list checked where `user_for_token` is). The token is checked once, at the upgrade: when
+//! that system revokes a session, have it close the session's connections the way `disconnect`
+//! does, or they stay open with the revoked credentials.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -139,7 +145,7 @@ async fn main() -> Result<(), BoxError> {
     let app = Router::new()
         .route("/whoami", get(whoami))
         .route("/dm/{name}", post(direct_message))
-        .route("/logout", post(logout))
+        .route("/disconnect", post(disconnect))
         .with_state(sessions)
         // The hub layer: `/ws/{room}` becomes WebSocket rooms.
         .layer(HubLayer::new(hub.clone()).route("/ws/{room}"))
@@ -276,13 +282,14 @@ async fn direct_message(
     }
 }
 
-/// `POST /logout`: closes every connection of the caller with 4000, "logged out" (what is
-/// already queued for them is written first).
-async fn logout(State(sessions): State<Sessions>, Extension(user): Extension<User>) -> String {
+/// `POST /disconnect`: closes every connection of the caller on this instance with 4000,
+/// "disconnected" (what is already queued for them is written first). The token stays valid:
+/// see the module docs.
+async fn disconnect(State(sessions): State<Sessions>, Extension(user): Extension<User>) -> String {
     let closed = sessions
         .of(&user.name)
         .iter()
-        .filter(|handle| handle.close(4000, "logged out").is_ok())
+        .filter(|handle| handle.close(4000, "disconnected").is_ok())
         .count();
     format!("closed {closed} connection(s)\n")
 }

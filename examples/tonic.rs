@@ -2,14 +2,16 @@
 //! `HubLayer` in front, served by `axum::serve`.
 //!
 //! The gRPC service here is the standard health service (`grpc.health.v1.Health`, from
-//! tonic-health); your own services are added the same way with `Routes::add_service`. gRPC
-//! clients speak HTTP/2, WebSocket clients HTTP/1.1 (or HTTP/2 extended CONNECT): `axum::serve`
-//! (with axum's `http2` feature) tells them apart on the same port.
+//! tonic-health); your own services are added the same way with `Routes::add_service`, and
+//! their names to [`SERVED`]. gRPC clients speak HTTP/2, WebSocket clients HTTP/1.1 (or HTTP/2
+//! extended CONNECT): `axum::serve` (with axum's `http2` feature) tells them apart on the same
+//! port.
 //!
 //! Run it:
 //!
 //! ```text
 //! cargo run --example tonic                   # listens on 127.0.0.1:3001 ($ADDR to change)
+//! SHUTDOWN_DRAIN_MS=10000 cargo run --example tonic   # 10 s for load balancers at shutdown
 //! ```
 //!
 //! Try it with [grpcurl](https://github.com/fullstorydev/grpcurl) (the health service has no
@@ -21,17 +23,75 @@
 //! websocat ws://127.0.0.1:3001/ws/lobby
 //! ```
 //!
-//! On Ctrl-C or SIGTERM the health status turns to NOT_SERVING while WebSocket clients are
-//! closed with 1001, then the server stops; gRPC streams still open 5 s after that (a health
-//! `Watch` never ends on its own) do not keep it running.
+//! # Shutdown, in order
+//!
+//! On Ctrl-C or SIGTERM (or a call to `Hub::shutdown`, which skips step 2):
+//!
+//! 1. every service in [`SERVED`] (`""`, the server as a whole, and `grpc.health.v1.Health`)
+//!    reports NOT_SERVING, to `Check` and to every open `Watch`;
+//! 2. for `$SHUTDOWN_DRAIN_MS` milliseconds (default 0) nothing else changes: WebSockets stay
+//!    open and new ones are accepted, so that load balancers checking health have time to take
+//!    this instance out of rotation (set it to their check interval times their unhealthy
+//!    threshold). With 0, one that has not noticed yet may send it upgrades, answered `503`.
+//!    Keep this delay plus steps 3 and 4 within your orchestrator's deadline before it kills
+//!    the process (Kubernetes: `terminationGracePeriodSeconds`, 30 s by default);
+//! 3. the hub closes every WebSocket with 1001 ("going away") once what is queued for it is
+//!    written, and answers new upgrades with `503`, for up to its `shutdown_grace` (10 s);
+//! 4. the server stops accepting connections and stops as soon as the requests in flight have
+//!    finished; gRPC streams still open [`STREAMS_GRACE`] (5 s) later (a health `Watch` never
+//!    ends on its own) do not keep it running.
+//!
+//! # What `axum::serve` does not configure
+//!
+//! `axum::serve` takes no settings ("intentionally simple", say its docs: "use hyper or
+//! hyper-util if you need configuration"). Each connection gets hyper-util's
+//! `server::conn::auto::Builder` with its defaults, plus extended CONNECT for HTTP/2
+//! WebSockets. So none of what `tonic::transport::Server` would let you set is here: HTTP/2
+//! keepalive pings (`http2_keepalive_interval`, `http2_keepalive_timeout`: the idle connection
+//! of a gRPC client that vanished stays open; the hub pings WebSockets itself),
+//! `max_concurrent_streams`, flow-control windows, `max_frame_size`, `max_connection_age`, nor
+//! its per-request `timeout`, `concurrency_limit_per_connection` and `load_shed`. TCP options
+//! are the exception: set them on each accepted socket with `ListenerExt::tap_io`, as
+//! `TCP_NODELAY` is below (TCP keepalive through socket2's `SockRef`).
+//!
+//! The same goes for `grpc-timeout`: tonic enforces a client's deadline in a layer that only
+//! `transport::Server` adds (the generated service code and `Routes::into_axum_router` do not
+//! read the header; tonic 0.14). Served this way, a call is not ended with DEADLINE_EXCEEDED at
+//! its deadline; it ends when the client gives up on it (tonic's and grpc-go's clients enforce
+//! their deadlines themselves), which resets its HTTP/2 stream, and hyper then drops the
+//! handler's future.
+//!
+//! If you need any of these, serve each accepted connection yourself:
+//! `hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())`, configured through
+//! `.http2()` (`keep_alive_interval`, `max_concurrent_streams`, ... and
+//! `enable_connect_protocol()` for HTTP/2 WebSockets), then
+//! `.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app))`: the
+//! `_with_upgrades` is what hands WebSocket connections over to the hub (without it the hub
+//! answers `101` and the socket is dropped). Graceful shutdown is then yours too
+//! (hyper-util's `server::graceful::GracefulShutdown`, feature `server-graceful`, watches the
+//! connections). Server-side deadlines need a layer of your own that reads `grpc-timeout`.
+
+use std::future::IntoFuture;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tower_ws_hub::{Hub, HubLayer};
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The names health checks ask about: `""` for the server as a whole, then every gRPC service it
+/// serves. Each is SERVING from the start and NOT_SERVING once shutdown starts. Add your own
+/// service's name here when you add the service to the routes below
+/// (`<MyServiceServer<MyService> as tonic::server::NamedService>::NAME`, or the generated
+/// `my_service_server::SERVICE_NAME`).
+const SERVED: &[&str] = &["", tonic_health::pb::health_server::SERVICE_NAME];
+
+/// How long streams other than WebSockets may go on once the hub has shut down.
+const STREAMS_GRACE: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -42,10 +102,16 @@ async fn main() -> Result<(), BoxError> {
         .init();
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3001".to_owned());
+    let drain = match std::env::var("SHUTDOWN_DRAIN_MS") {
+        Ok(ms) if !ms.is_empty() => Duration::from_millis(ms.parse().map_err(|error| {
+            format!("$SHUTDOWN_DRAIN_MS ({ms}): {error} (milliseconds expected)")
+        })?),
+        _ => Duration::ZERO,
+    };
     let hub = Hub::builder().build();
 
-    // The overall health (service "") starts as SERVING.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    report(&health_reporter, ServingStatus::Serving).await;
 
     // Why not `tonic::transport::Server`? It serves each connection without upgrade support:
     // it would let the hub answer `101 Switching Protocols` and then drop the socket, because
@@ -53,24 +119,11 @@ async fn main() -> Result<(), BoxError> {
     // serve that with `axum::serve`, which does support upgrades (HTTP/1.1 `Upgrade`, and
     // HTTP/2 extended CONNECT with axum's `http2` feature).
     let app = Routes::new(health_service)
-        // .add_service(MyServiceServer::new(my_service))
+        // .add_service(MyServiceServer::new(my_service)) // and its name to `SERVED`
         .prepare()
         .into_axum_router()
         // Wraps the gRPC routes and their fallback: `/ws/{room}` is answered before routing.
         .layer(HubLayer::new(hub.clone()).route("/ws/{room}"));
-
-    // Report NOT_SERVING as soon as shutdown starts, so load balancers stop sending traffic
-    // while the WebSocket clients are being closed.
-    tokio::spawn({
-        let hub = hub.clone();
-        let health_reporter = health_reporter.clone();
-        async move {
-            hub.shutdown_started().await;
-            health_reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-        }
-    });
 
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -85,29 +138,87 @@ async fn main() -> Result<(), BoxError> {
     });
     tracing::info!(
         %local_addr,
-        "gRPC (grpc.health.v1.Health) and WebSockets (ws://{local_addr}/ws/<room>) listening"
+        "gRPC ({}) and WebSockets (ws://{local_addr}/ws/<room>) listening",
+        SERVED[1..].join(", ")
     );
+
+    // Steps 1 to 3 of the shutdown (module docs). `Hub::shutdown_signal` would close the
+    // WebSockets as soon as the signal comes: the health status has to change first.
+    let stop = {
+        let hub = hub.clone();
+        async move {
+            tokio::select! {
+                () = termination_signal() => {}
+                () = hub.shutdown_started() => {}
+            }
+            report(&health_reporter, ServingStatus::NotServing).await;
+            if !drain.is_zero() && !hub.is_shutting_down() {
+                tracing::info!(
+                    ?drain,
+                    "NOT_SERVING: closing WebSockets after the drain delay"
+                );
+                tokio::time::sleep(drain).await;
+            }
+            hub.shutdown().await;
+        }
+    };
 
     // A graceful stop waits for every HTTP/2 stream to end, and a streaming RPC may never end
     // on its own (a health `Watch` lasts as long as its client): once the hub has shut down,
     // the other streams get `STREAMS_GRACE`, then the server stops anyway.
     let (hub_done, hub_done_rx) = tokio::sync::oneshot::channel();
-    let signal = hub.shutdown_signal();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        signal.await;
-        let _ = hub_done.send(());
-    });
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.await;
+            let _ = hub_done.send(());
+        })
+        .into_future();
+    let mut serve = std::pin::pin!(serve);
     tokio::select! {
-        result = serve => result?,
-        Ok(()) = hub_done_rx => {
-            tokio::time::sleep(STREAMS_GRACE).await;
-            tracing::warn!("gRPC streams still open {STREAMS_GRACE:?} after shutdown: stopping");
-        }
+        result = &mut serve => result?,
+        // The server is still draining: it stops as soon as its last stream ends, or after the
+        // grace, whichever comes first.
+        Ok(()) = hub_done_rx => match tokio::time::timeout(STREAMS_GRACE, serve).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                "gRPC streams still open {STREAMS_GRACE:?} after shutdown: stopping"
+            ),
+        },
     }
 
     tracing::info!("stopped");
     Ok(())
 }
 
-/// How long streams other than WebSockets may go on once the hub has shut down.
-const STREAMS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Sets every name in [`SERVED`] to `status`, which open `Watch` streams hear at once.
+async fn report(health: &HealthReporter, status: ServingStatus) {
+    for name in SERVED {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Ctrl-C or SIGTERM, as `Hub::shutdown_signal` waits for them. A signal that cannot be
+/// listened for never comes (the other still works) rather than stopping the server at once.
+async fn termination_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -112,12 +112,26 @@ impl Example {
 
     /// Sends SIGTERM.
     fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the example is still running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed: {status}");
+        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+    }
+
+    /// What the example logged so far.
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read the example's log")
     }
 
     /// Waits for the process to exit.
@@ -302,6 +316,35 @@ async fn send_until_received(sender: &mut Client, receiver: &mut Client, text: &
     }
 }
 
+/// Sends `text` from `sender` until `receiver` gets `seen` (`text` as the server passes it on);
+/// what else it gets meanwhile is skipped (earlier messages that were held up, copies of ones
+/// resent).
+async fn send_until_seen(sender: &mut Client, receiver: &mut Client, text: &str, seen: &str) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        sender
+            .send(WsMessage::text(text))
+            .await
+            .expect("send a message");
+        let received = skip_until(receiver, seen);
+        if tokio::time::timeout(Duration::from_millis(250), received)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{text:?} never reached the other client as {seen:?}"
+        );
+    }
+}
+
+/// Reads until `client` gets `text`, skipping other messages (copies from earlier attempts).
+async fn skip_until(client: &mut Client, text: &str) {
+    while next_text(client).await != text {}
+}
+
 /// Reads until the server's close frame and returns its code, after completing the closing
 /// handshake (the client's reply goes out on the next read, which then sees the end).
 async fn close_code(client: &mut Client) -> CloseCode {
@@ -388,10 +431,30 @@ async fn chat_serves_the_page_rooms_publishing_and_shuts_down_gracefully() {
     assert!(status.success(), "chat exited with {status}");
 }
 
+/// Ctrl-C (SIGINT) stops the chat as SIGTERM does: clients are told "going away", the process
+/// exits with status 0.
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn two_chat_processes_on_one_redis_behave_as_one_hub() {
-    let redis = redis_support::RedisServer::start().await;
+async fn chat_shuts_down_gracefully_on_ctrl_c() {
+    let mut chat = Example::start("chat").await;
+    let mut a = connect(&chat.ws_url("/ws/lobby")).await;
+    let mut b = connect(&chat.ws_url("/ws/lobby")).await;
+    assert_eq!(send_until_received(&mut a, &mut b, "hi").await, "hi");
+
+    chat.interrupt();
+    for client in [&mut a, &mut b] {
+        assert_eq!(close_code(client).await, CloseCode::Away);
+    }
+    let status = chat.wait().await;
+    assert!(status.success(), "chat exited with {status}");
+}
+
+/// Two processes on one Redis are one hub; while Redis is gone each serves its own members, and
+/// once it is back (restarted empty, on the same port) messages cross between them again.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn two_chat_processes_on_one_redis_behave_as_one_hub_across_a_redis_restart() {
+    let mut redis = redis_support::RedisServer::start().await;
     let env = [("REDIS_URL", redis.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut one = Example::start_with("chat", &env).await;
@@ -416,7 +479,7 @@ async fn two_chat_processes_on_one_redis_behave_as_one_hub() {
     assert_eq!(next_text(&mut b).await, "posted");
 
     // Redis gone: /readyz says so, local delivery keeps working.
-    drop(redis);
+    redis.kill();
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
         let (status, _) = http("GET", &one.http_url("/readyz"), "").await;
@@ -431,6 +494,36 @@ async fn two_chat_processes_on_one_redis_behave_as_one_hub() {
     }
     let mut a2 = connect(&one.ws_url("/ws/lobby")).await;
     assert_eq!(send_until_received(&mut a, &mut a2, "local").await, "local");
+
+    // Redis back: both processes reconnect and subscribe again, and messages cross both ways.
+    redis.restart().await;
+    for chat in [&one, &two] {
+        wait_ready(chat).await;
+    }
+    send_until_seen(
+        &mut a,
+        &mut b,
+        "one, after the restart",
+        "one, after the restart",
+    )
+    .await;
+    send_until_seen(
+        &mut b,
+        &mut a,
+        "two, after the restart",
+        "two, after the restart",
+    )
+    .await;
+    let (status, body) = http(
+        "POST",
+        &two.http_url("/rooms/lobby/messages"),
+        "posted again",
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    for client in [&mut a, &mut a2] {
+        skip_until(client, "posted again").await;
+    }
 
     for chat in [&one, &two] {
         chat.terminate();
@@ -474,6 +567,43 @@ async fn health_client(
         .await
         .expect("connect the gRPC channel");
     tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+/// A health `Watch` of `service`, after checking that its first status is SERVING.
+async fn watch_serving(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let mut watch = tokio::time::timeout(PROMPTLY, health.watch(request))
+        .await
+        .unwrap_or_else(|_| panic!("gRPC watch of {service:?} timed out"))
+        .unwrap_or_else(|status| panic!("gRPC watch of {service:?} failed: {status}"))
+        .into_inner();
+    let first = tokio::time::timeout(PROMPTLY, watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("no first status for {service:?}"))
+        .expect("the watch stream failed")
+        .expect("the watch stream ended before its first status");
+    assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+    watch
+}
+
+/// The next status a health `Watch` reports.
+async fn next_status(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    tokio::time::timeout(PROMPTLY, watch.message())
+        .await
+        .expect("no status within the timeout")
+        .expect("the watch stream failed")
+        .expect("the watch stream ended")
+        .status()
 }
 
 #[tokio::test]
@@ -541,7 +671,89 @@ async fn tonic_stops_on_sigterm_even_with_a_health_watch_open() {
     // `wait` allows 15 s: the 5 s grace fits, a server waiting for the stream would not.
     let status = example.wait().await;
     assert!(status.success(), "tonic example exited with {status}");
+    assert!(example.output().contains("gRPC streams still open"));
     drop(watch);
+}
+
+/// SIGTERM turns every name the server answers health checks for, the server as a whole (`""`)
+/// and each service, to NOT_SERVING, closes the WebSockets with 1001 and exits 0.
+#[tokio::test]
+async fn tonic_reports_every_served_service_not_serving_and_closes_websockets_on_sigterm() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let mut example = Example::start("tonic").await;
+    let mut health = health_client(&example).await;
+    let mut server = watch_serving(&mut health, "").await;
+    let mut service = watch_serving(&mut health, "grpc.health.v1.Health").await;
+    let mut a = connect(&example.ws_url("/ws/lobby")).await;
+    let mut b = connect(&example.ws_url("/ws/lobby")).await;
+    assert_eq!(send_until_received(&mut a, &mut b, "hi").await, "hi");
+
+    example.terminate();
+    assert_eq!(next_status(&mut server).await, ServingStatus::NotServing);
+    assert_eq!(next_status(&mut service).await, ServingStatus::NotServing);
+    for client in [&mut a, &mut b] {
+        assert_eq!(close_code(client).await, CloseCode::Away);
+    }
+    // The watches end only now, as the hub finishes shutting down: the server stops as soon as
+    // they have ended, without waiting out the streams' grace.
+    drop((server, service, health));
+    let status = example.wait().await;
+    assert!(status.success(), "tonic example exited with {status}");
+    assert!(
+        !example.output().contains("gRPC streams still open"),
+        "waited for streams that had ended"
+    );
+}
+
+/// With `$SHUTDOWN_DRAIN_MS`, SIGTERM reports NOT_SERVING at once and the WebSockets go on
+/// working (new ones are accepted) for that long; then they are closed with 1001 as usual.
+#[tokio::test]
+async fn tonic_keeps_websockets_open_for_the_drain_delay_after_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    // Long enough for the checks below on a busy machine; the test takes about this long.
+    let mut example = Example::start_with("tonic", &[("SHUTDOWN_DRAIN_MS", "8000")]).await;
+    let mut health = health_client(&example).await;
+    let mut watch = watch_serving(&mut health, "").await;
+    let mut a = connect(&example.ws_url("/ws/lobby")).await;
+    let mut b = connect(&example.ws_url("/ws/lobby")).await;
+    assert_eq!(send_until_received(&mut a, &mut b, "hi").await, "hi");
+
+    example.terminate();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing);
+    // Load balancers are told; the instance still serves what they send meanwhile.
+    send_until_seen(&mut a, &mut b, "still open", "still open").await;
+    let mut late = connect(&example.ws_url("/ws/lobby")).await;
+    send_until_seen(
+        &mut late,
+        &mut a,
+        "joined during the drain",
+        "joined during the drain",
+    )
+    .await;
+
+    drop((watch, health));
+    for client in [&mut a, &mut b, &mut late] {
+        assert_eq!(close_code(client).await, CloseCode::Away);
+    }
+    let status = example.wait().await;
+    assert!(status.success(), "tonic example exited with {status}");
+}
+
+/// An unusable `$SHUTDOWN_DRAIN_MS` stops the example at start, naming the variable.
+#[tokio::test]
+async fn tonic_names_an_invalid_drain_delay() {
+    let output = tokio::process::Command::new(example_binary("tonic"))
+        .env("ADDR", "127.0.0.1:0")
+        .env("SHUTDOWN_DRAIN_MS", "5s")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run the tonic example");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("$SHUTDOWN_DRAIN_MS (5s)"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,49 +798,68 @@ async fn auth_refuses_upgrades_without_a_valid_token_and_stamps_names() {
     assert_eq!(next_text(&mut alice).await, "bob: hello alice");
 }
 
-/// `POST /dm/{name}` reaches every connection of one user and no one else; `POST /logout`
-/// closes the caller's connections with 4000.
-#[tokio::test]
-async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
-    let example = Example::start("auth").await;
-    let connect_as = |path: &str, token: &str| {
-        let url = format!("{}?token={token}", example.ws_url(path));
-        async move {
-            try_connect(&url, None)
-                .await
-                .unwrap_or_else(|status| panic!("{url} refused: {status:?}"))
-        }
-    };
-    let mut alice = connect_as("/ws/lobby", "alice-token").await;
-    let mut bob_lobby = connect_as("/ws/lobby", "bob-token").await;
-    let mut bob_elsewhere = connect_as("/ws/elsewhere", "bob-token").await;
+/// A WebSocket client of the auth example, authenticated by `?token=`.
+async fn connect_as(example: &Example, path: &str, token: &str) -> Client {
+    let url = format!("{}?token={token}", example.ws_url(path));
+    try_connect(&url, None)
+        .await
+        .unwrap_or_else(|status| panic!("{url} refused: {status:?}"))
+}
 
-    // Each connection is remembered once its `on_connect` ran, just after the `101`.
+/// Sends `body` from `from` to `to` with `POST /dm/{to}` until it reaches `connections` of their
+/// connections: each is known once its `on_connect` ran, just after the `101`. Earlier attempts
+/// may have reached some of them too.
+async fn dm_until_reached(example: &Example, from: &str, to: &str, connections: usize, body: &str) {
+    let url = example.http_url(&format!("/dm/{to}"));
+    let wanted = format!("sent to {connections} connection(s)\n");
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
-        let (status, body) = http_as(
-            "POST",
-            &example.http_url("/dm/bob"),
-            Some("alice-token"),
-            "psst",
-        )
-        .await;
-        if status == StatusCode::OK && body == "sent to 2 connection(s)\n" {
-            break;
+        let (status, answer) = http_as("POST", &url, Some(&format!("{from}-token")), body).await;
+        if status == StatusCode::OK && answer == wanted {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "bob's two connections never became reachable: {status} {body:?}"
+            "{to}'s {connections} connection(s) never became reachable: {status} {answer:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Earlier attempts that reached one connection only may have delivered too: the last one
-    // reached both.
+}
+
+/// `/whoami` answers with the user a Bearer token stands for, and `401` without a valid one (a
+/// `?token=` counts on WebSocket upgrades only).
+#[tokio::test]
+async fn auth_whoami_names_the_bearer_and_refuses_without_a_token() {
+    let example = Example::start("auth").await;
+    let url = example.http_url("/whoami");
+
+    for (token, name) in [("alice-token", "alice\n"), ("bob-token", "bob\n")] {
+        let (status, body) = http_as("GET", &url, Some(token), "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, name));
+    }
+    let (status, _) = http("GET", &url, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no token");
+    let (status, _) = http_as("GET", &url, Some("mallory-token"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "invalid token");
+    let (status, _) = http("GET", &format!("{url}?token=alice-token"), "").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "token in the query string"
+    );
+}
+
+/// `POST /dm/{name}` reaches every connection of one user and no one else.
+#[tokio::test]
+async fn auth_sends_a_private_message_to_every_connection_of_one_user() {
+    let example = Example::start("auth").await;
+    let mut alice = connect_as(&example, "/ws/lobby", "alice-token").await;
+    let mut bob_lobby = connect_as(&example, "/ws/lobby", "bob-token").await;
+    let mut bob_elsewhere = connect_as(&example, "/ws/elsewhere", "bob-token").await;
+
+    dm_until_reached(&example, "alice", "bob", 2, "psst").await;
     for bob in [&mut bob_lobby, &mut bob_elsewhere] {
-        let mut text = next_text(bob).await;
-        while text != "alice (private): psst" {
-            text = next_text(bob).await;
-        }
+        skip_until(bob, "alice (private): psst").await;
     }
     // Alice, in the same room as one of them, sees none of it.
     assert!(
@@ -648,11 +879,24 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
         (status, body.as_str()),
         (StatusCode::NOT_FOUND, "carol is not connected\n")
     );
+}
+
+/// `POST /disconnect` closes every connection of the caller with 4000 and no one else's; it is
+/// not a logout: the same token opens a new connection at once.
+#[tokio::test]
+async fn auth_disconnect_closes_the_callers_connections_and_the_token_stays_valid() {
+    let example = Example::start("auth").await;
+    let mut alice = connect_as(&example, "/ws/lobby", "alice-token").await;
+    let mut bob_lobby = connect_as(&example, "/ws/lobby", "bob-token").await;
+    let mut bob_elsewhere = connect_as(&example, "/ws/elsewhere", "bob-token").await;
+    dm_until_reached(&example, "alice", "bob", 2, "psst").await;
+    dm_until_reached(&example, "bob", "alice", 1, "hi").await;
 
     // A token in the URL counts on WebSocket upgrades only.
-    let (status, _) = http("POST", &example.http_url("/logout?token=bob-token"), "").await;
+    let url = example.http_url("/disconnect");
+    let (status, _) = http("POST", &format!("{url}?token=bob-token"), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = http_as("POST", &example.http_url("/logout"), Some("bob-token"), "").await;
+    let (status, body) = http_as("POST", &url, Some("bob-token"), "").await;
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::OK, "closed 2 connection(s)\n")
@@ -669,7 +913,15 @@ async fn auth_sends_a_private_message_to_one_user_and_logs_them_out() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(next_text(&mut alice).await, "bob (private): bye");
+    skip_until(&mut alice, "bob (private): bye").await;
+
+    // Bob's token still opens connections, by header or query string, and they work.
+    let mut bob_again = try_connect(&example.ws_url("/ws/lobby"), Some("Bearer bob-token"))
+        .await
+        .unwrap_or_else(|status| panic!("bob refused after /disconnect: {status:?}"));
+    send_until_seen(&mut bob_again, &mut alice, "back", "bob: back").await;
+    let _bob_query = connect_as(&example, "/ws/elsewhere", "bob-token").await;
+    dm_until_reached(&example, "alice", "bob", 2, "welcome back").await;
 }
 
 /// A configuration mistake is named: the example exits with an error that says which
