@@ -45,7 +45,9 @@
 //! once. Revoking a token belongs to the auth system that issued it (its session store, or a
 //! deny-list checked where `user_for_token` is). The token is checked once, at the upgrade: when
 //! that system revokes a session, have it close the session's connections the way `disconnect`
-//! does, or they stay open with the revoked credentials.
+//! does, or they stay open with the revoked credentials. Mind an upgrade authenticated just
+//! before the revocation whose `on_connect` registers its handle just after the sweep: check
+//! the session again in `on_connect`, once the handle is registered, and close it if revoked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

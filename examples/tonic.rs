@@ -25,7 +25,8 @@
 //!
 //! # Shutdown, in order
 //!
-//! On Ctrl-C or SIGTERM (or a call to `Hub::shutdown`, which skips step 2):
+//! On Ctrl-C or SIGTERM (a call to `Hub::shutdown` starts at step 3, with step 1 at the same
+//! time; one during step 2 ends it):
 //!
 //! 1. every service in [`SERVED`] (`""`, the server as a whole, and `grpc.health.v1.Health`)
 //!    reports NOT_SERVING, to `Check` and to every open `Watch`;
@@ -40,6 +41,8 @@
 //! 4. the server stops accepting connections and stops as soon as the requests in flight have
 //!    finished; gRPC streams still open [`STREAMS_GRACE`] (5 s) later (a health `Watch` never
 //!    ends on its own) do not keep it running.
+//!
+//! A second Ctrl-C or SIGTERM, at any step, exits at once (status 1) without waiting.
 //!
 //! # What `axum::serve` does not configure
 //!
@@ -64,7 +67,8 @@
 //! If you need any of these, serve each accepted connection yourself:
 //! `hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())`, configured through
 //! `.http2()` (`keep_alive_interval`, `max_concurrent_streams`, ... and
-//! `enable_connect_protocol()` for HTTP/2 WebSockets), then
+//! `enable_connect_protocol()` for HTTP/2 WebSockets; keepalive and other timeouts need
+//! `.timer(TokioTimer::new())` too, or hyper panics with "You must supply a timer"), then
 //! `.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app))`: the
 //! `_with_upgrades` is what hands WebSocket connections over to the hub (without it the hub
 //! answers `101` and the socket is dropped). Graceful shutdown is then yours too
@@ -108,6 +112,9 @@ async fn main() -> Result<(), BoxError> {
         })?),
         _ => Duration::ZERO,
     };
+    // Listening for Ctrl-C and SIGTERM starts here, before the port opens: a signal that
+    // comes while the server starts up still stops it gracefully.
+    let mut signals = Termination::listen()?;
     let hub = Hub::builder().build();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -148,16 +155,26 @@ async fn main() -> Result<(), BoxError> {
         let hub = hub.clone();
         async move {
             tokio::select! {
-                () = termination_signal() => {}
+                () = signals.recv() => {}
                 () = hub.shutdown_started() => {}
             }
+            // From now on a second Ctrl-C or SIGTERM stops the process at once.
+            tokio::spawn(async move {
+                signals.recv().await;
+                tracing::warn!("second termination signal: exiting without waiting");
+                std::process::exit(1);
+            });
             report(&health_reporter, ServingStatus::NotServing).await;
             if !drain.is_zero() && !hub.is_shutting_down() {
                 tracing::info!(
                     ?drain,
                     "NOT_SERVING: closing WebSockets after the drain delay"
                 );
-                tokio::time::sleep(drain).await;
+                tokio::select! {
+                    () = tokio::time::sleep(drain) => {}
+                    // `Hub::shutdown` called meanwhile: no point serving on.
+                    () = hub.shutdown_started() => {}
+                }
             }
             hub.shutdown().await;
         }
@@ -197,28 +214,40 @@ async fn report(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Ctrl-C or SIGTERM, as `Hub::shutdown_signal` waits for them. A signal that cannot be
-/// listened for never comes (the other still works) rather than stopping the server at once.
-async fn termination_signal() {
-    let ctrl_c = async {
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from [`listen`](Self::listen) on: unlike
+/// `tokio::signal::ctrl_c()`, which starts listening when first polled, a signal that comes
+/// before the server is polled is not lost (the process would die of it).
+struct Termination {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next Ctrl-C or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

@@ -742,14 +742,49 @@ async fn tonic_keeps_websockets_open_for_the_drain_delay_after_not_serving() {
 }
 
 /// An unusable `$SHUTDOWN_DRAIN_MS` stops the example at start, naming the variable.
+/// A second Ctrl-C (or SIGTERM) while the first one's shutdown is under way exits at once, drain
+/// delay or not; the first alone would have kept the server up for a minute.
+#[tokio::test]
+async fn tonic_exits_at_once_on_a_second_signal() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let mut example = Example::start_with("tonic", &[("SHUTDOWN_DRAIN_MS", "60000")]).await;
+    let mut health = health_client(&example).await;
+    let mut watch = watch_serving(&mut health, "").await;
+    let mut client = connect(&example.ws_url("/ws/lobby")).await;
+
+    example.interrupt();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing);
+    example.interrupt();
+    let status = example.wait().await;
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        example
+            .output()
+            .contains("second termination signal: exiting without waiting"),
+        "{}",
+        example.output()
+    );
+    // Gone without a close handshake: the socket just ends.
+    let end = tokio::time::timeout(PROMPTLY, client.next())
+        .await
+        .expect("the socket ends with the process");
+    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
+}
+
 #[tokio::test]
 async fn tonic_names_an_invalid_drain_delay() {
+    // A regression that served anyway would never exit: the timeout fails it, and the child is
+    // killed when its future is dropped.
     let output = tokio::process::Command::new(example_binary("tonic"))
         .env("ADDR", "127.0.0.1:0")
         .env("SHUTDOWN_DRAIN_MS", "5s")
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PROMPTLY, output)
         .await
+        .expect("the example exits on a bad $SHUTDOWN_DRAIN_MS")
         .expect("run the tonic example");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");

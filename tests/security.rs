@@ -1224,41 +1224,7 @@ async fn next_pong(client: &mut Client) -> bytes::Bytes {
     }
 }
 
-#[tokio::test]
-async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let hub = Hub::builder().max_connections(Some(1)).build();
-    let server = serve_with(hub, |l| l.authorize(counting_authorizer(&calls))).await;
-    // Each sends a complete upgrade request and resets the connection before reading the 101,
-    // once the layer has its request (the authorizer runs after the slot is taken).
-    for i in 1..=20 {
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(&upgrade(&server, "gone").to_bytes())
-            .await
-            .unwrap();
-        eventually("the request reached the layer", || {
-            calls.load(Ordering::SeqCst) == i
-        })
-        .await;
-        stream.set_zero_linger().unwrap();
-        drop(stream);
-    }
-    let mut client = connect_when_admitted(&server, "room").await;
-    eventually("the hung-up clients are gone", || {
-        server.hub.stats().connections == 1
-    })
-    .await;
-    assert_eq!(server.hub.room_size("gone"), 0);
-    send_text(&mut client, "in").await;
-    upgrade(&server, "room")
-        .send(server.addr)
-        .await
-        .assert_rejection(503, "connection limit");
-}
-
-/// An authorizer that lets everyone in and counts its calls in `calls`: a test sees from it
-/// that a request reached the layer.
+/// An authorizer that lets everyone in and counts its calls in `calls`.
 fn counting_authorizer(
     calls: &Arc<AtomicUsize>,
 ) -> impl Fn(&Parts, &str) -> std::future::Ready<bool> + Clone + Send + Sync + 'static {
@@ -1269,42 +1235,114 @@ fn counting_authorizer(
     }
 }
 
-/// Collects what is logged at ERROR on this thread (the test's current-thread runtime runs the
-/// hub's tasks on it too) while the guard lives.
-fn capture_error_logs() -> (tracing::subscriber::DefaultGuard, Arc<Mutex<Vec<u8>>>) {
-    capture_logs(tracing::Level::ERROR)
+/// An authorizer that counts its calls in `calls`, then lets the client in once `gate` gives it
+/// a permit: a test sees from it that a request reached the layer, and decides when the layer
+/// answers it.
+fn gated_authorizer(
+    calls: &Arc<AtomicUsize>,
+    gate: &Arc<tokio::sync::Semaphore>,
+) -> impl Fn(&Parts, &str) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let (calls, gate) = (Arc::clone(calls), Arc::clone(gate));
+    move |_, _| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let gate = Arc::clone(&gate);
+        Box::pin(async move {
+            gate.acquire().await.expect("the gate stays open").forget();
+            true
+        })
+    }
 }
 
-#[tokio::test]
-async fn a_client_that_hangs_up_before_the_101_is_not_logged_as_a_server_without_upgrades() {
-    let (_guard, logs) = capture_error_logs();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let server = serve_with(Hub::builder().build(), |l| {
-        l.authorize(counting_authorizer(&calls))
-    })
-    .await;
-    for i in 1..=20 {
+/// What the hub logs when the server never hands over a socket it answered with `101`.
+const GONE_BEFORE_UPGRADE: &str = "client gone before the upgrade completed";
+
+/// `count` clients each send a complete upgrade request to `room` and reset the connection
+/// before reading anything; the layer answers each (`101`) only after the reset, so the
+/// hand-over fails. Waits until the hub has logged each failed hand-over, one at a time.
+async fn hang_up_before_the_101(
+    server: &Server,
+    room: &str,
+    count: usize,
+    calls: &AtomicUsize,
+    gate: &tokio::sync::Semaphore,
+    logs: &Mutex<Vec<u8>>,
+) {
+    let gone = || {
+        String::from_utf8_lossy(&logs.lock().unwrap())
+            .matches(GONE_BEFORE_UPGRADE)
+            .count()
+    };
+    for i in 1..=count {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         stream
-            .write_all(&upgrade(&server, "gone").to_bytes())
+            .write_all(&upgrade(server, room).to_bytes())
             .await
             .unwrap();
-        // The layer has the request and is about to answer it with a 101.
         eventually("the request reached the layer", || {
             calls.load(Ordering::SeqCst) == i
         })
         .await;
         stream.set_zero_linger().unwrap();
         drop(stream);
+        // The reset is out; now the layer answers.
+        gate.add_permits(1);
+        eventually("the failed hand-over was noticed", || gone() == i).await;
     }
+}
+
+#[tokio::test]
+async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot() {
+    let (_guard, logs) = capture_logs(tracing::Level::DEBUG);
+    let (calls, gate) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let hub = Hub::builder().max_connections(Some(1)).build();
+    let server = serve_with(hub, |l| l.authorize(gated_authorizer(&calls, &gate))).await;
+    // With one slot, each of these would find the slot of the one before taken, were it kept.
+    hang_up_before_the_101(&server, "gone", 20, &calls, &gate, &logs).await;
+    assert_eq!(server.hub.stats().connections_opened, 0);
+    gate.add_permits(usize::MAX >> 4);
+    let mut client = connect_when_admitted(&server, "room").await;
+    eventually("the client is in", || server.hub.stats().connections == 1).await;
+    assert_eq!(server.hub.room_size("gone"), 0);
+    send_text(&mut client, "in").await;
+    upgrade(&server, "room")
+        .send(server.addr)
+        .await
+        .assert_rejection(503, "connection limit");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_101_is_not_logged_as_a_server_without_upgrades() {
+    let (_guard, logs) = capture_logs(tracing::Level::DEBUG);
+    let (calls, gate) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let server = serve_with(Hub::builder().build(), |l| {
+        l.authorize(gated_authorizer(&calls, &gate))
+    })
+    .await;
+    hang_up_before_the_101(&server, "gone", 5, &calls, &gate, &logs).await;
     // A connection that works, so the server is known to be able to upgrade.
+    gate.add_permits(1);
     let client = server.connect("here").await;
     wait_members(&server.hub, "here", 1).await;
     drop(client);
-    // Shutdown waits for every pending upgrade task: they have all run when it returns.
     server.hub.shutdown().await;
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-    // A client going away is routine (debug level at most), not an error in the server setup.
+    // A client going away is routine (debug level), not an error in the server setup.
+    let gone: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(GONE_BEFORE_UPGRADE))
+        .collect();
+    assert_eq!(gone.len(), 5, "{logs}");
+    assert!(gone.iter().all(|line| line.contains("DEBUG")), "{gone:?}");
     assert!(
         !logs.contains("does not support upgrades"),
         "a client hang-up was logged as a server misconfiguration:\n{logs}"

@@ -100,8 +100,9 @@ struct SendFailure {
 
 /// A pipeline: `first`, then what `next` hands out while the pipeline holds fewer than
 /// `max_items` items and fewer than `max_bytes` bytes (by `len`). The item that reaches
-/// `max_bytes` still goes in (a message larger than the bound goes alone), so a pipeline ends
-/// at most one message past the bound; `next` is not called once a bound is reached.
+/// `max_bytes` still goes in, so a pipeline ends at most one message past the bound (a message
+/// larger than the bound ends the pipeline it joins, or goes alone if it comes first); `next`
+/// is not called once a bound is reached.
 fn fill_pipeline<T>(
     first: T,
     len: impl Fn(&T) -> usize,
