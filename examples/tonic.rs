@@ -42,7 +42,9 @@
 //!    finished; gRPC streams still open [`STREAMS_GRACE`] (5 s) later (a health `Watch` never
 //!    ends on its own) do not keep it running.
 //!
-//! A second Ctrl-C or SIGTERM, at any step, exits at once (status 1) without waiting.
+//! Once a shutdown is under way (from a signal or from `Hub::shutdown`), a Ctrl-C or SIGTERM
+//! exits at once (status 1) without waiting for the rest. Two signals that come before the
+//! first is handled count as one.
 //!
 //! # What `axum::serve` does not configure
 //!
@@ -151,6 +153,7 @@ async fn main() -> Result<(), BoxError> {
 
     // Steps 1 to 3 of the shutdown (module docs). `Hub::shutdown_signal` would close the
     // WebSockets as soon as the signal comes: the health status has to change first.
+    let (force, forced) = tokio::sync::oneshot::channel();
     let stop = {
         let hub = hub.clone();
         async move {
@@ -158,11 +161,10 @@ async fn main() -> Result<(), BoxError> {
                 () = signals.recv() => {}
                 () = hub.shutdown_started() => {}
             }
-            // From now on a second Ctrl-C or SIGTERM stops the process at once.
+            // From now on a Ctrl-C or SIGTERM stops the process at once (`main` returns).
             tokio::spawn(async move {
                 signals.recv().await;
-                tracing::warn!("second termination signal: exiting without waiting");
-                std::process::exit(1);
+                let _ = force.send(());
             });
             report(&health_reporter, ServingStatus::NotServing).await;
             if !drain.is_zero() && !hub.is_shutting_down() {
@@ -191,16 +193,29 @@ async fn main() -> Result<(), BoxError> {
         })
         .into_future();
     let mut serve = std::pin::pin!(serve);
+    let run = async {
+        tokio::select! {
+            result = &mut serve => result,
+            // The server is still draining: it stops as soon as its last stream ends, or after
+            // the grace, whichever comes first.
+            Ok(()) = hub_done_rx => match tokio::time::timeout(STREAMS_GRACE, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        "gRPC streams still open {STREAMS_GRACE:?} after shutdown: stopping"
+                    );
+                    Ok(())
+                }
+            },
+        }
+    };
     tokio::select! {
-        result = &mut serve => result?,
-        // The server is still draining: it stops as soon as its last stream ends, or after the
-        // grace, whichever comes first.
-        Ok(()) = hub_done_rx => match tokio::time::timeout(STREAMS_GRACE, serve).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!(
-                "gRPC streams still open {STREAMS_GRACE:?} after shutdown: stopping"
-            ),
-        },
+        result = run => result?,
+        Ok(()) = forced => {
+            // Returning drops the server, the hub and every connection, unannounced.
+            tracing::warn!("second termination signal: exiting without waiting");
+            return Err("stopped by a second termination signal".into());
+        }
     }
 
     tracing::info!("stopped");
@@ -222,6 +237,8 @@ struct Termination {
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
 }
 
 impl Termination {
@@ -234,20 +251,26 @@ impl Termination {
                 terminate: signal(SignalKind::terminate())?,
             })
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            Ok(Self {
+                ctrl_c: tokio::signal::windows::ctrl_c()?,
+            })
+        }
+        #[cfg(not(any(unix, windows)))]
         Ok(Self {})
     }
 
-    /// The next Ctrl-C or SIGTERM.
+    /// The next Ctrl-C or SIGTERM (never, where the platform has neither).
     async fn recv(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
-        #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        #[cfg(windows)]
+        self.ctrl_c.recv().await;
+        #[cfg(not(any(unix, windows)))]
+        std::future::pending::<()>().await;
     }
 }

@@ -741,7 +741,6 @@ async fn tonic_keeps_websockets_open_for_the_drain_delay_after_not_serving() {
     assert!(status.success(), "tonic example exited with {status}");
 }
 
-/// An unusable `$SHUTDOWN_DRAIN_MS` stops the example at start, naming the variable.
 /// A second Ctrl-C (or SIGTERM) while the first one's shutdown is under way exits at once, drain
 /// delay or not; the first alone would have kept the server up for a minute.
 #[tokio::test]
@@ -772,6 +771,7 @@ async fn tonic_exits_at_once_on_a_second_signal() {
     assert!(matches!(end, None | Some(Err(_))), "{end:?}");
 }
 
+/// An unusable `$SHUTDOWN_DRAIN_MS` stops the example at start, naming the variable.
 #[tokio::test]
 async fn tonic_names_an_invalid_drain_delay() {
     // A regression that served anyway would never exit: the timeout fails it, and the child is
