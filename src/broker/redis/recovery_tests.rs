@@ -1,8 +1,9 @@
 //! What no input can make happen on purpose, made to happen through triggers compiled into
 //! test builds only, against a real Redis and real WebSocket clients: a panic in a broker task
-//! (a bug, which no input is known to trigger) costs its connection, not the task; and a
-//! publish caught between reserving its place in a publish queue and filling it when shutdown
-//! closes the queue is still published.
+//! (a bug, which no input is known to trigger) costs its connection, not the task; a publish
+//! caught between reserving its place in a publish queue and filling it when shutdown closes
+//! the queue is still published; and a runtime that stalls right after a probe is published
+//! does not take its subscriber connection for starved.
 //!
 //! The tests use the integration tests' support code (`tests/support`), which names the crate
 //! `tower_ws_hub` (see the `extern crate self` in `lib.rs`).
@@ -49,6 +50,21 @@ pub(super) fn pause_before_filling_a_place(room: &str, queue: &mpsc::Sender<supe
     // closed queue empty and finish; well within the wait of one that does (an operation
     // timeout, 1 s here).
     std::thread::sleep(Duration::from_millis(50));
+}
+
+/// The channel prefix of the instance whose subscriber stops its thread, once, right after
+/// Redis accepted one of its probes: a runtime that does not run for longer than the probe
+/// timeout (a paused VM or process, a starved CPU quota).
+const STALLED_PREFIX: &str = "recovery-stalled";
+
+/// Set once the stall has happened.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
+/// Test builds only: called when Redis has accepted a subscriber's probe.
+pub(super) fn stall_after_a_probe_is_accepted(channel_prefix: &str, probe_timeout: Duration) {
+    if channel_prefix == STALLED_PREFIX && !STALLED.swap(true, Ordering::SeqCst) {
+        std::thread::sleep(probe_timeout + Duration::from_millis(500));
+    }
 }
 
 const PREFIX: &str = "recovery";
@@ -169,4 +185,39 @@ async fn a_publish_that_held_its_place_when_the_queue_closed_is_published_not_lo
     let status = server.hub.broker_status();
     assert_eq!(status.published, 1, "{status:?}");
     assert_eq!(status.publish_failures, 0, "{status:?}");
+}
+
+/// A runtime that stops for longer than the probe timeout right after a probe was published
+/// (here the only thread of this test's runtime sleeps): the probe's message is waiting in the
+/// socket when it runs again, not yet read by the connection's task. That is no starvation,
+/// and the subscriber connection must not be replaced for it (its rooms would miss what is
+/// published while it resubscribes). What keeps it so: on waking, tokio polls the sockets
+/// before it fires timers, so the connection's task has the probe's message in before the
+/// probe clock ticks, and the tick reads what has arrived before it looks at the deadline.
+#[tokio::test]
+async fn a_runtime_stalled_past_the_probe_timeout_is_not_taken_for_a_starved_connection() {
+    let redis = RedisServer::start().await;
+    let config = RedisConfig::from_url(&redis.url())
+        .unwrap()
+        .channel_prefix(STALLED_PREFIX)
+        .subscriber_connections(1)
+        .probe(Duration::from_millis(200), Duration::from_secs(1));
+    let server = serve_hub(Hub::builder().redis(config).build()).await;
+    let mut client = server.connect("lobby").await;
+    wait_members(&server.hub, "lobby", 1).await;
+    eventually("the stall happened", || STALLED.load(Ordering::SeqCst)).await;
+    // A few probe rounds after it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = server.hub.broker_status();
+    assert_eq!(status.starvations, 0, "{status:?}");
+    assert_eq!(status.reconnects, 0, "{status:?}");
+    assert!(status.connected, "{status:?}");
+    let mut plain = redis.connection().await;
+    let envelope = crate::redis::Envelope::new(
+        crate::redis::InstanceId::EXTERNAL,
+        crate::Message::text("after the stall"),
+    )
+    .encode();
+    publish_raw(&mut plain, &format!("{STALLED_PREFIX}:lobby"), &envelope).await;
+    assert_eq!(next_text(&mut client).await, "after the stall");
 }

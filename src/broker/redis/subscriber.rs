@@ -393,6 +393,11 @@ impl Subscriber {
                             let now = Instant::now();
                             probe.outstanding = Some((probe.sent, now));
                             *lock(&self.slot.probe_due) = Some(now + self.config.probe_timeout);
+                            #[cfg(test)]
+                            super::recovery_tests::stall_after_a_probe_is_accepted(
+                                &self.shared.channel_prefix,
+                                self.config.probe_timeout,
+                            );
                             self.probe_came_back(&mut probe);
                         }
                         // Publishing is down; the publisher reports it. Nothing learned here.
