@@ -1257,6 +1257,14 @@ fn gated_authorizer(
     }
 }
 
+/// A call counter and a closed gate for [`gated_authorizer`].
+fn closed_gate() -> (Arc<AtomicUsize>, Arc<tokio::sync::Semaphore>) {
+    (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    )
+}
+
 /// What the hub logs when the server never hands over a socket it answered with `101`.
 const GONE_BEFORE_UPGRADE: &str = "client gone before the upgrade completed";
 
@@ -1302,10 +1310,7 @@ async fn hang_up_before_the_101(
 #[tokio::test]
 async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot() {
     let (_guard, logs) = capture_logs(tracing::Level::DEBUG);
-    let (calls, gate) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(tokio::sync::Semaphore::new(0)),
-    );
+    let (calls, gate) = closed_gate();
     let hub = Hub::builder().max_connections(Some(1)).build();
     let server = serve_with(hub, |l| l.authorize(gated_authorizer(&calls, &gate))).await;
     // With one slot, each of these would find the slot of the one before taken, were it kept.
@@ -1325,10 +1330,7 @@ async fn clients_that_hang_up_right_after_their_upgrade_request_free_their_slot(
 #[tokio::test]
 async fn a_client_that_hangs_up_before_the_101_is_not_logged_as_a_server_without_upgrades() {
     let (_guard, logs) = capture_logs(tracing::Level::DEBUG);
-    let (calls, gate) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(tokio::sync::Semaphore::new(0)),
-    );
+    let (calls, gate) = closed_gate();
     let server = serve_with(Hub::builder().build(), |l| {
         l.authorize(gated_authorizer(&calls, &gate))
     })

@@ -340,6 +340,18 @@ mod tests {
         format!("ws://{addr}/ws/test")
     }
 
+    /// Connects to `url` and reads until the server closes: every message's payload, in order.
+    async fn read_to_the_end(url: &str) -> (Vec<Vec<u8>>, Receiver) {
+        let mut receiver = Receiver::connect(url).await.unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while receiver
+            .read_batch(|| 1, |payload, _| got.push(payload.to_vec()))
+            .await
+            .unwrap()
+        {}
+        (got, receiver)
+    }
+
     fn frame(frame: Frame) -> Vec<u8> {
         let mut out = Vec::new();
         frame.format(&mut out).unwrap();
@@ -373,13 +385,7 @@ mod tests {
         )));
         bytes.extend(frame(Frame::close(None)));
         let url = serve_frames(bytes).await;
-        let mut receiver = Receiver::connect(&url).await.unwrap();
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        while receiver
-            .read_batch(|| 1, |payload, _| got.push(payload.to_vec()))
-            .await
-            .unwrap()
-        {}
+        let (got, receiver) = read_to_the_end(&url).await;
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), large]);
         assert!(receiver.buf.len() <= READ_SIZE, "the buffer shrinks back");
     }
@@ -446,13 +452,7 @@ mod tests {
             size = size % 13 + 1;
         }
         let url = serve_chunks(chunks).await;
-        let mut receiver = Receiver::connect(&url).await.unwrap();
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        while receiver
-            .read_batch(|| 1, |payload, _| got.push(payload.to_vec()))
-            .await
-            .unwrap()
-        {}
+        let (got, _) = read_to_the_end(&url).await;
         assert_eq!(got, expected);
     }
 }
