@@ -1455,13 +1455,18 @@ impl HubBuilder {
 
     /// Called once per connection after it joined its room. If it panics, the connection is
     /// closed with 1011 and [`on_disconnect`](Self::on_disconnect) still runs.
+    ///
+    /// Runs on the connection's task, before it reads or writes anything, so it must not
+    /// block: spawn a task for slow work (a database lookup, a call to another service). A
+    /// hook that blocks holds up a runtime worker, and [`Hub::shutdown`] does not wait for it
+    /// past its grace period and one more second.
     pub fn on_connect(mut self, hook: impl Fn(&ConnectionContext) + Send + Sync + 'static) -> Self {
         self.hooks.on_connect = Some(Arc::new(hook));
         self
     }
 
     /// Called once per connection after it left its room, however it ended (a panicking hook
-    /// included).
+    /// included). Like [`on_connect`](Self::on_connect), it must not block.
     pub fn on_disconnect(
         mut self,
         hook: impl Fn(&ConnectionContext) + Send + Sync + 'static,
