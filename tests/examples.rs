@@ -298,44 +298,42 @@ async fn next_text(client: &mut Client) -> String {
 /// The example runs in another process, so the test cannot ask its hub whether the receiver has
 /// joined its room yet (joining finishes just after the `101`); resending covers that gap.
 async fn send_until_received(sender: &mut Client, receiver: &mut Client, text: &str) -> String {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        sender
-            .send(WsMessage::text(text))
-            .await
-            .expect("send a message");
-        if let Ok(message) =
-            tokio::time::timeout(Duration::from_millis(250), next_text(receiver)).await
-        {
-            return message;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{text:?} never reached the other client"
-        );
-    }
+    resend_until(sender, receiver, text, async |receiver| {
+        next_text(receiver).await
+    })
+    .await
 }
 
 /// Sends `text` from `sender` until `receiver` gets `seen` (`text` as the server passes it on);
 /// what else it gets meanwhile is skipped (earlier messages that were held up, copies of ones
 /// resent).
 async fn send_until_seen(sender: &mut Client, receiver: &mut Client, text: &str, seen: &str) {
+    resend_until(sender, receiver, text, async |receiver| {
+        skip_until(receiver, seen).await;
+    })
+    .await;
+}
+
+/// Sends `text` from `sender` every 250 ms until `read` of `receiver` completes, within
+/// [`PROMPTLY`]; returns what `read` returned.
+async fn resend_until<T>(
+    sender: &mut Client,
+    receiver: &mut Client,
+    text: &str,
+    mut read: impl AsyncFnMut(&mut Client) -> T,
+) -> T {
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
         sender
             .send(WsMessage::text(text))
             .await
             .expect("send a message");
-        let received = skip_until(receiver, seen);
-        if tokio::time::timeout(Duration::from_millis(250), received)
-            .await
-            .is_ok()
-        {
-            return;
+        if let Ok(got) = tokio::time::timeout(Duration::from_millis(250), read(receiver)).await {
+            return got;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{text:?} never reached the other client as {seen:?}"
+            "{text:?} never reached the other client"
         );
     }
 }
@@ -606,6 +604,21 @@ async fn next_status(
         .status()
 }
 
+/// The tonic example started with `env`, a health client of it, and a `Watch` of the server
+/// as a whole (`""`), SERVING so far.
+async fn tonic_watched(
+    env: &[(&str, &str)],
+) -> (
+    Example,
+    tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) {
+    let example = Example::start_with("tonic", env).await;
+    let mut health = health_client(&example).await;
+    let watch = watch_serving(&mut health, "").await;
+    (example, health, watch)
+}
+
 #[tokio::test]
 async fn tonic_serves_grpc_and_websockets_on_one_port() {
     use tonic_health::pb::HealthCheckRequest;
@@ -681,9 +694,7 @@ async fn tonic_stops_on_sigterm_even_with_a_health_watch_open() {
 async fn tonic_reports_every_served_service_not_serving_and_closes_websockets_on_sigterm() {
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let mut example = Example::start("tonic").await;
-    let mut health = health_client(&example).await;
-    let mut server = watch_serving(&mut health, "").await;
+    let (mut example, mut health, mut server) = tonic_watched(&[]).await;
     let mut service = watch_serving(&mut health, "grpc.health.v1.Health").await;
     let mut a = connect(&example.ws_url("/ws/lobby")).await;
     let mut b = connect(&example.ws_url("/ws/lobby")).await;
@@ -713,9 +724,7 @@ async fn tonic_keeps_websockets_open_for_the_drain_delay_after_not_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
 
     // Long enough for the checks below on a busy machine; the test takes about this long.
-    let mut example = Example::start_with("tonic", &[("SHUTDOWN_DRAIN_MS", "8000")]).await;
-    let mut health = health_client(&example).await;
-    let mut watch = watch_serving(&mut health, "").await;
+    let (mut example, health, mut watch) = tonic_watched(&[("SHUTDOWN_DRAIN_MS", "8000")]).await;
     let mut a = connect(&example.ws_url("/ws/lobby")).await;
     let mut b = connect(&example.ws_url("/ws/lobby")).await;
     assert_eq!(send_until_received(&mut a, &mut b, "hi").await, "hi");
@@ -747,9 +756,7 @@ async fn tonic_keeps_websockets_open_for_the_drain_delay_after_not_serving() {
 async fn tonic_exits_at_once_on_a_second_signal() {
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let mut example = Example::start_with("tonic", &[("SHUTDOWN_DRAIN_MS", "60000")]).await;
-    let mut health = health_client(&example).await;
-    let mut watch = watch_serving(&mut health, "").await;
+    let (mut example, _health, mut watch) = tonic_watched(&[("SHUTDOWN_DRAIN_MS", "60000")]).await;
     let mut client = connect(&example.ws_url("/ws/lobby")).await;
 
     example.interrupt();

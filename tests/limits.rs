@@ -380,22 +380,34 @@ async fn a_client_over_the_inbound_rate_limit_is_closed_with_1008_while_a_slow_s
     assert_eq!(server.hub.room_size("calm"), 2);
 }
 
+/// On a hub limited to 10 messages a second (burst 5), one of two clients in `room` sends 50
+/// control frames (`frame(i)`) at once: it is closed with 1008 "rate limit exceeded" and
+/// counted, the other stays. Returns the server and the other client.
+async fn control_flood_is_rate_limited(room: &str, frame: fn(u8) -> WsMessage) -> (Server, Client) {
+    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
+    let mut flooder = server.connect(room).await;
+    let calm = server.connect(room).await;
+    wait_members(&server.hub, room, 2).await;
+    for i in 0..50u8 {
+        flooder.feed(frame(i)).await.unwrap();
+    }
+    flooder.flush().await.unwrap();
+    let close = close_frame(&mut flooder).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), close_code::POLICY_VIOLATION);
+    assert_eq!(close.reason.as_str(), "rate limit exceeded");
+    eventually("the flooder is gone", || {
+        server.hub.stats().connections == 1
+    })
+    .await;
+    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+    (server, calm)
+}
+
 #[tokio::test]
 async fn pings_count_against_the_inbound_rate_limit() {
     // A ping flood costs the server a read and a pong each: the limit covers it like data.
-    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
-    let mut pinger = server.connect("pings").await;
-    let mut calm = server.connect("pings").await;
-    wait_members(&server.hub, "pings", 2).await;
-    for i in 0..50u8 {
-        pinger.feed(WsMessage::Ping(vec![i].into())).await.unwrap();
-    }
-    pinger.flush().await.unwrap();
-    let frame = close_frame(&mut pinger).await.expect("a close frame");
-    assert_eq!(u16::from(frame.code), close_code::POLICY_VIOLATION);
-    assert_eq!(frame.reason.as_str(), "rate limit exceeded");
-    eventually("the pinger is gone", || server.hub.stats().connections == 1).await;
-    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+    let (server, mut calm) =
+        control_flood_is_rate_limited("pings", |i| WsMessage::Ping(vec![i].into())).await;
     // Within the limit, pings are answered and nobody is closed.
     for i in 0..3u8 {
         calm.send(WsMessage::Ping(vec![i].into())).await.unwrap();
@@ -413,19 +425,8 @@ async fn pings_count_against_the_inbound_rate_limit() {
 async fn unsolicited_pongs_count_against_the_inbound_rate_limit() {
     // RFC 6455 lets a client send pongs nobody asked for (a heartbeat); a flood of them costs
     // the server a read each, like pings, and takes a token each.
-    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
-    let mut ponger = server.connect("pongs").await;
-    let mut calm = server.connect("pongs").await;
-    wait_members(&server.hub, "pongs", 2).await;
-    for i in 0..50u8 {
-        ponger.feed(WsMessage::Pong(vec![i].into())).await.unwrap();
-    }
-    ponger.flush().await.unwrap();
-    let frame = close_frame(&mut ponger).await.expect("a close frame");
-    assert_eq!(u16::from(frame.code), close_code::POLICY_VIOLATION);
-    assert_eq!(frame.reason.as_str(), "rate limit exceeded");
-    eventually("the ponger is gone", || server.hub.stats().connections == 1).await;
-    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+    let (server, mut calm) =
+        control_flood_is_rate_limited("pongs", |i| WsMessage::Pong(vec![i].into())).await;
     // A few pongs within the burst close nobody: `calm` still talks.
     for i in 0..3u8 {
         calm.send(WsMessage::Pong(vec![i].into())).await.unwrap();

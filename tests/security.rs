@@ -786,10 +786,14 @@ async fn an_authorizer_that_awaits_still_works() {
 #[tokio::test]
 async fn the_authorizer_only_sees_requests_that_passed_the_origin_and_handshake_checks() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let server = serve_with(Hub::builder().build(), |l| {
-        l.authorize(counting_authorizer(&calls))
-    })
-    .await;
+    let counting = {
+        let calls = Arc::clone(&calls);
+        move |_: &Parts, _: &str| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { true }
+        }
+    };
+    let server = serve_with(Hub::builder().build(), |l| l.authorize(counting)).await;
     upgrade(&server, "r")
         .header("Origin", "http://evil.example")
         .send(server.addr)
@@ -1221,17 +1225,6 @@ async fn next_pong(client: &mut Client) -> bytes::Bytes {
             WsMessage::Ping(_) => continue,
             other => panic!("expected a pong, got {other:?}"),
         }
-    }
-}
-
-/// An authorizer that lets everyone in and counts its calls in `calls`.
-fn counting_authorizer(
-    calls: &Arc<AtomicUsize>,
-) -> impl Fn(&Parts, &str) -> std::future::Ready<bool> + Clone + Send + Sync + 'static {
-    let calls = Arc::clone(calls);
-    move |_, _| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(true)
     }
 }
 

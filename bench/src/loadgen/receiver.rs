@@ -395,19 +395,8 @@ mod tests {
     /// follows it and the socket stays open. An empty one too.
     #[tokio::test]
     async fn a_small_frame_at_the_end_of_a_read_is_delivered_at_once() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/ws/test", listener.local_addr().unwrap());
-        let (hold, held) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            ws.get_mut()
-                .write_all(&[0x81, 0x02, b'h', b'i', 0x82, 0x00])
-                .await
-                .unwrap();
-            ws.get_mut().flush().await.unwrap();
-            let _ = held.await; // open until the test is done
-        });
+        // The server keeps the socket open after writing (it waits for the client).
+        let url = serve_frames(vec![0x81, 0x02, b'h', b'i', 0x82, 0x00]).await;
         let mut receiver = Receiver::connect(&url).await.unwrap();
         let mut got: Vec<Vec<u8>> = Vec::new();
         while got.len() < 2 {
@@ -419,7 +408,6 @@ mod tests {
             assert!(open);
         }
         assert_eq!(got, [b"hi".to_vec(), Vec::new()]);
-        drop(hold);
     }
 
     /// Small frames (the 2-byte-header fast path) cut anywhere between reads, next to one the
