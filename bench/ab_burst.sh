@@ -37,8 +37,8 @@ for _ in $(seq "$REPS"); do
         python3 - "$name" "$TMP/report.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[2]))
-print(f"{sys.argv[1]:10s} {d['deliveries_per_s'] / 1e6:6.2f} M/s  server CPU {d['server_cpu_ms']:5d} ms"
-      f"  loadgen CPU {d['loadgen_cpu_ms']:5d} ms  {d['duration_s'] * 1000:7.1f} ms"
+print(f"{sys.argv[1]:10s} {d['deliveries_per_s'] / 1e6:6.2f} M/s  server CPU {d['server_cpu_ms']:7.1f} ms"
+      f"  loadgen CPU {d['loadgen_cpu_ms']:7.1f} ms  {d['duration_s'] * 1000:7.1f} ms"
       f"  per server CPU-s {d['deliveries_per_server_cpu_s'] / 1e6:6.2f} M"
       f"  p99 {d['latency_ms']['p99']:.1f} ms  lost {d['lost']} dup {d['duplicated']} ooo {d['out_of_order']}")
 PY

@@ -13,9 +13,9 @@ pub struct ServerStats {
     pub vm_hwm_kib: u64,
     /// WebSocket connections open now.
     pub connections: u64,
-    /// CPU time (user + system) the process used since it started, ms (0 if unknown).
+    /// CPU time (user + system) the process used since it started, µs (0 if unknown).
     #[serde(default)]
-    pub cpu_ms: u64,
+    pub cpu_us: u64,
 }
 
 impl ServerStats {
@@ -34,7 +34,7 @@ impl ServerStats {
             vm_rss_kib: field("VmRSS:"),
             vm_hwm_kib: field("VmHWM:"),
             connections,
-            cpu_ms: crate::sys::cpu_time().as_millis() as u64,
+            cpu_us: crate::sys::cpu_time().as_micros() as u64,
         }
     }
 }

@@ -4,12 +4,15 @@
 //! - [`pubsub`]: subscribers and publishers; burst or fixed-rate; throughput, latency, loss,
 //!   duplicates, reordering, and optionally the servers' memory before, during and after.
 //! - [`idle`]: many idle connections; the servers' resident memory per connection.
+//! - [`deadline`]: the rate-mode publishers' timer, precise to microseconds where tokio's
+//!   rounds to milliseconds.
 //!
 //! Publishers and idle connections are tokio-tungstenite clients with small buffers, so that tens
 //! of thousands of them fit in one process next to the server on a small machine. Subscribers use
 //! [`receiver::Receiver`] (tungstenite's handshake and frame-header parser, then reads parsed in
 //! place), so that the load generator's cost per received message stays well below a server's.
 
+pub mod deadline;
 pub mod idle;
 pub mod pubsub;
 pub mod receiver;

@@ -35,6 +35,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::deadline::DeadlineTimer;
 use super::receiver::Receiver;
 use super::{Client, connect, room_name, room_url};
 use crate::clock::{now_ns, ns_at};
@@ -249,11 +250,16 @@ pub struct Report {
     /// Rate mode: furthest a publisher fell behind its schedule, ms (latency counts from the
     /// schedule, so this lag is inside the latency figures).
     pub max_publisher_lag_ms: f64,
-    /// CPU time the load generator used from the start of the load to the end of the drain, ms.
-    /// Close to `duration_s` means the load generator, not the server, was the bottleneck.
-    pub loadgen_cpu_ms: u64,
-    /// CPU time the servers used over the same span, ms (with `/stats`).
-    pub server_cpu_ms: Option<u64>,
+    /// Rate mode: how far behind its schedule a message was sent on average, ms. With
+    /// tokio's millisecond timer this was about 1 ms; [`DeadlineTimer`] makes it microseconds.
+    pub mean_publisher_lag_ms: f64,
+    /// CPU time the load generator used from the start of the load to the end of the drain, ms
+    /// (to the microsecond). Close to `duration_s` means the load generator, not the server,
+    /// was the bottleneck.
+    pub loadgen_cpu_ms: f64,
+    /// CPU time the servers used over the same span, ms to the microsecond (with `/stats`;
+    /// a local burst takes the hub 15–30 ms, so whole milliseconds would be a coarse figure).
+    pub server_cpu_ms: Option<f64>,
     /// `delivered / server CPU seconds`: throughput per unit of server work, which a machine
     /// shared with other work disturbs less than wall-clock throughput.
     pub deliveries_per_server_cpu_s: Option<f64>,
@@ -741,6 +747,8 @@ struct PublisherOutcome {
     first_send_ns: Option<u64>,
     last_send_ns: Option<u64>,
     max_lag_ns: u64,
+    /// Sum of every message's lag behind its schedule (rate mode), for the mean.
+    lag_sum_ns: u64,
     error: Option<String>,
     /// Kept open until the run ends: closing early would be a (small) event of its own.
     sinks: Vec<Sink>,
@@ -826,23 +834,35 @@ async fn publisher(
     }
     let total = publisher_total(plan.rate, plan.duration, plan.messages);
     let period = plan.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let mut timer = match period.map(|_| DeadlineTimer::new()).transpose() {
+        Ok(timer) => timer,
+        Err(error) => {
+            outcome.error = Some(format!("publisher {}: timer: {error}", plan.publisher));
+            return outcome;
+        }
+    };
     let start = Instant::now();
     let streams = outcome.sinks.len();
     for i in 0..total {
         // Rate mode measures from when each message was due, not from when this task got round
         // to sending it: a publisher woken late (the load generator is busy reading) must not
-        // hide that wait from the latency (coordinated omission).
-        let sent_ns = match period {
-            Some(period) => {
+        // hide that wait from the latency (coordinated omission). So the wait itself must be
+        // precise: tokio's millisecond timer sent each message about 1 ms late, in both
+        // servers' latency (`DeadlineTimer`).
+        let sent_ns = match (period, timer.as_mut()) {
+            (Some(period), Some(timer)) => {
                 let due = start + period.mul_f64(i as f64);
-                if due > Instant::now() {
-                    tokio::time::sleep_until(due.into()).await;
+                if let Err(error) = timer.sleep_until(due).await {
+                    outcome.error = Some(format!("publisher {}: timer: {error}", plan.publisher));
+                    break;
                 }
                 let due_ns = ns_at(due);
-                outcome.max_lag_ns = outcome.max_lag_ns.max(now_ns().saturating_sub(due_ns));
+                let lag_ns = now_ns().saturating_sub(due_ns);
+                outcome.max_lag_ns = outcome.max_lag_ns.max(lag_ns);
+                outcome.lag_sum_ns += lag_ns;
                 due_ns
             }
-            None => now_ns(),
+            _ => now_ns(),
         };
         let k = (i % streams as u64) as usize;
         let (stream, seq) = outcome.sent[k];
@@ -1096,7 +1116,10 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let loadgen_cpu_ms = (crate::sys::cpu_time() - loadgen_cpu_before).as_millis() as u64;
+    let loadgen_cpu_ms = round(
+        (crate::sys::cpu_time() - loadgen_cpu_before).as_secs_f64() * 1000.0,
+        3,
+    );
     let tcp_segments = segments_before
         .zip(TcpSegments::read())
         .map(|(before, after)| after.since(before));
@@ -1201,8 +1224,11 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     };
     let server_cpu_ms = match (&stats_before, &stats_after) {
         (Some(before), Some(after)) => {
-            let cpu = |stats: &[ServerStats]| stats.iter().map(|s| s.cpu_ms).sum::<u64>();
-            Some(cpu(after).saturating_sub(cpu(before)))
+            let cpu = |stats: &[ServerStats]| stats.iter().map(|s| s.cpu_us).sum::<u64>();
+            Some(round(
+                cpu(after).saturating_sub(cpu(before)) as f64 / 1000.0,
+                3,
+            ))
         }
         _ => None,
     };
@@ -1252,11 +1278,15 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             outcomes.iter().map(|o| o.max_lag_ns).max().unwrap_or(0) as f64 / 1e6,
             3,
         ),
+        mean_publisher_lag_ms: round(
+            outcomes.iter().map(|o| o.lag_sum_ns).sum::<u64>() as f64 / 1e6 / (sent.max(1) as f64),
+            3,
+        ),
         loadgen_cpu_ms,
         server_cpu_ms,
         deliveries_per_server_cpu_s: server_cpu_ms
-            .filter(|&ms| ms > 0)
-            .map(|ms| round(delivered as f64 / (ms as f64 / 1000.0), 0)),
+            .filter(|&ms| ms > 0.0)
+            .map(|ms| round(delivered as f64 / (ms / 1000.0), 0)),
         tcp_segments,
         machine_cpu,
         server_hwm_growth_kib,
@@ -1287,16 +1317,21 @@ fn figures(report: &Report) -> Figures {
     let mut f = Figures::default();
     let l = &report.latency_ms;
     f.push("deliveries_per_s", report.deliveries_per_s);
-    f.push("p50_ms", l.p50);
-    f.push("p90_ms", l.p90);
-    f.push("p99_ms", l.p99);
-    f.push("p999_ms", l.p999);
-    f.push("max_ms", l.max);
+    // No deliveries, no latency: a 0 here would be the table's best figure (`lost` shows why).
+    if l.count > 0 {
+        f.push("p50_ms", l.p50);
+        f.push("p90_ms", l.p90);
+        f.push("p99_ms", l.p99);
+        f.push("p999_ms", l.p999);
+        f.push("max_ms", l.max);
+    }
     if report.latency_ms_by_url.len() > 1 {
         // Instance by instance: with `--publish-via first` and Redis, the other instances'
         // subscribers get every message through the first instance, Redis and their own.
         for (i, url) in report.latency_ms_by_url.iter().enumerate() {
-            f.push(&format!("p99_ms_url{}", i + 1), url.p99);
+            if url.count > 0 {
+                f.push(&format!("p99_ms_url{}", i + 1), url.p99);
+            }
         }
     }
     f.push("message_first_p50_ms", report.message_first_ms.p50);
@@ -1321,14 +1356,15 @@ fn figures(report: &Report) -> Figures {
     );
     if report.rate.is_some() {
         f.push("max_publisher_lag_ms", report.max_publisher_lag_ms);
+        f.push("mean_publisher_lag_ms", report.mean_publisher_lag_ms);
     }
     if let Some(cpu) = report.server_cpu_ms {
-        f.push("server_cpu_ms", cpu as f64);
+        f.push("server_cpu_ms", cpu);
     }
     if let Some(rate) = report.deliveries_per_server_cpu_s {
         f.push("deliveries_per_server_cpu_s", rate);
     }
-    f.push("loadgen_cpu_ms", report.loadgen_cpu_ms as f64);
+    f.push("loadgen_cpu_ms", report.loadgen_cpu_ms);
     if let Some(segments) = report.tcp_segments.filter(|_| report.delivered > 0) {
         // Per delivery, so that runs of different lengths compare: 1.0 data segments per
         // delivery is one segment for every message to every subscriber.
