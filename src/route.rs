@@ -13,6 +13,22 @@ use percent_encoding::percent_decode_str;
 
 use crate::rejection::Rejection;
 
+/// What browsers percent-encode in a path segment (the URL Standard's path percent-encode set,
+/// plus `/` for a segment; `?`, `#`, `{` and `}` are refused in patterns before this applies).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'/');
+
+/// Whether a client sends `c` percent-encoded in a path: non-ASCII, controls, and the path
+/// percent-encode set.
+fn sent_percent_encoded(c: char) -> bool {
+    !c.is_ascii() || c.is_ascii_control() || matches!(c, ' ' | '"' | '<' | '>' | '`')
+}
+
 /// Default longest room name, in bytes (after percent-decoding).
 pub const DEFAULT_MAX_ROOM_NAME_LEN: usize = 256;
 
@@ -98,6 +114,21 @@ impl RoutePattern {
                     return Err(invalid(&format!(
                         "{part} is a dot segment, which clients resolve away before a request \
                          is sent: no request could match"
+                    )));
+                }
+                None if part.contains(['?', '#']) => {
+                    return Err(invalid(&format!(
+                        "{part:?} contains '?' or '#', which end a URL's path (the query and \
+                         the fragment follow them): no request path could match"
+                    )));
+                }
+                None if part.chars().any(sent_percent_encoded) => {
+                    let encoded: String =
+                        percent_encoding::utf8_percent_encode(part, PATH_SEGMENT).collect();
+                    return Err(invalid(&format!(
+                        "{part:?} has characters that clients send percent-encoded, and \
+                         literal segments are compared with the path as sent: write \
+                         {encoded:?}"
                     )));
                 }
                 None => Segment::Literal(part.to_owned()),
@@ -228,9 +259,18 @@ pub enum RoomNameError {
     /// The name contains a control character.
     ControlCharacter,
     /// The name is `.` or `..`: a dot segment, which browsers and HTTP clients resolve away
-    /// before a request is sent (`/ws/..` is `/`), so only a hand-made request can name it,
-    /// and a room name that could end up in a path must never mean "this" or "the parent".
+    /// before a request is sent (`/ws/..` is `/`), so only a hand-made request can name it.
+    /// (A `/` sent as `%2F` is kept: `../admin` is a valid room name. Room names are opaque
+    /// strings; do not build file paths from them unchecked.)
     DotSegment,
+    /// The name contains a character that changes how text around it is shown without being
+    /// seen itself: a bidirectional control (U+061C, U+200E, U+200F, U+202A–U+202E,
+    /// U+2066–U+2069), a line or paragraph separator (U+2028, U+2029), a zero-width space
+    /// (U+200B) or a byte-order mark (U+FEFF). Names with these can look like another room's
+    /// name, or reorder the text they are shown in (logs, a room list).
+    InvisibleCharacter,
+    /// The name starts or ends with white space, which makes `" lobby"` look like `"lobby"`.
+    SurroundingWhitespace,
 }
 
 impl std::fmt::Display for RoomNameError {
@@ -241,6 +281,11 @@ impl std::fmt::Display for RoomNameError {
             Self::NotUtf8 => f.write_str("room name is not valid UTF-8 after percent-decoding"),
             Self::ControlCharacter => f.write_str("room name contains a control character"),
             Self::DotSegment => f.write_str("room name is a dot segment (\".\" or \"..\")"),
+            Self::InvisibleCharacter => f.write_str(
+                "room name contains an invisible formatting character (a bidirectional \
+                 control, a line separator or a zero-width space)",
+            ),
+            Self::SurroundingWhitespace => f.write_str("room name starts or ends with white space"),
         }
     }
 }
@@ -253,7 +298,13 @@ impl From<RoomNameError> for Rejection {
     }
 }
 
-/// Checks a room name: non-empty, at most `max_len` bytes, no control characters, not `.` or `..`.
+/// Checks a room name: non-empty, at most `max_len` bytes, no control characters, no invisible
+/// formatting characters ([`RoomNameError::InvisibleCharacter`]), no white space at either
+/// end, not `.` or `..`.
+///
+/// Names are compared byte for byte, with no Unicode normalisation: `café` written with a
+/// precomposed `é` and with `e` plus a combining accent are two rooms. Normalise in a
+/// [`RoomExtractor`] if your room names come from people typing them.
 ///
 /// # Errors
 ///
@@ -268,10 +319,34 @@ pub fn validate_room_name(name: &str, max_len: usize) -> Result<(), RoomNameErro
     if name.chars().any(char::is_control) {
         return Err(RoomNameError::ControlCharacter);
     }
+    if name.chars().any(is_invisible_formatting) {
+        return Err(RoomNameError::InvisibleCharacter);
+    }
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Err(RoomNameError::SurroundingWhitespace);
+    }
     if name == "." || name == ".." {
         return Err(RoomNameError::DotSegment);
     }
     Ok(())
+}
+
+/// Characters that change how the text around them is shown without showing themselves (see
+/// [`RoomNameError::InvisibleCharacter`]). Zero-width joiners (U+200C, U+200D) are allowed:
+/// emoji sequences and several scripts need them.
+fn is_invisible_formatting(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// Percent-decodes a raw `{room}` path segment and validates the result.
@@ -417,6 +492,16 @@ mod tests {
         assert_eq!(pattern("/{room}").matches("/"), None);
     }
 
+    /// A literal written the way a client sends it matches: percent-encoded where the client
+    /// encodes, as is elsewhere (sub-delimiters, `:`, `@`, `~`).
+    #[test]
+    fn literals_written_as_clients_send_them_match() {
+        let p = pattern("/caf%C3%A9/{room}");
+        assert_eq!(p.matches("/caf%C3%A9/lobby"), Some("lobby"));
+        let p = pattern("/v1;x=1/@team~a/{room}");
+        assert_eq!(p.matches("/v1;x=1/@team~a/lobby"), Some("lobby"));
+    }
+
     #[test]
     fn wildcards_match_any_non_empty_segment() {
         let p = pattern("/t/{tenant}/chat/{room}");
@@ -447,6 +532,11 @@ mod tests {
                  no request could match",
             ),
             ("/./{room}", ". is a dot segment"),
+            ("/ws?x/{room}", "'?' or '#'"),
+            ("/chat/{room}/#top", "'?' or '#'"),
+            // Clients send these percent-encoded; the message gives the form to write.
+            ("/café/{room}", "write \"caf%C3%A9\""),
+            ("/chat room/{room}", "write \"chat%20room\""),
         ] {
             let error = RoutePattern::parse(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
@@ -627,6 +717,31 @@ mod tests {
             Err(RoomNameError::ControlCharacter)
         );
         assert_eq!(decode_room_segment("", 256), Err(RoomNameError::Empty));
+        for spoof in [
+            "%E2%80%AElobby",
+            "%E2%80%8B",
+            "a%E2%80%A8b",
+            "%EF%BB%BFx",
+            "%E2%81%A6x",
+        ] {
+            assert_eq!(
+                decode_room_segment(spoof, 256),
+                Err(RoomNameError::InvisibleCharacter),
+                "{spoof}"
+            );
+        }
+        for spaced in ["%20lobby", "lobby%20", "%E3%80%80x"] {
+            assert_eq!(
+                decode_room_segment(spaced, 256),
+                Err(RoomNameError::SurroundingWhitespace),
+                "{spaced}"
+            );
+        }
+        // Joiners stay: emoji sequences (here man, ZWJ, woman) and several scripts need them.
+        assert_eq!(
+            decode_room_segment("%F0%9F%91%A8%E2%80%8D%F0%9F%91%A9", 256).unwrap(),
+            "\u{1F468}\u{200D}\u{1F469}"
+        );
         assert_eq!(
             decode_room_segment(&"x".repeat(257), 256),
             Err(RoomNameError::TooLong { max: 256 })
@@ -657,8 +772,10 @@ mod properties {
         #[test]
         fn valid_names_survive_percent_encoding(name in "[^\\p{Cc}]{1,64}") {
             prop_assume!(name.len() <= DEFAULT_MAX_ROOM_NAME_LEN);
-            // Dot segments are refused (`RoomNameError::DotSegment`), whatever their encoding.
+            // Dot segments are refused (`RoomNameError::DotSegment`), whatever their encoding,
+            // as are invisible formatting characters and white space at either end.
             prop_assume!(name != "." && name != "..");
+            prop_assume!(!name.chars().any(is_invisible_formatting) && name.trim() == name);
             let encoded = utf8_percent_encode(&name, NON_ALPHANUMERIC).to_string();
             prop_assert_eq!(decode_room_segment(&encoded, DEFAULT_MAX_ROOM_NAME_LEN), Ok(name));
         }
@@ -668,6 +785,8 @@ mod properties {
             if let Ok(name) = decode_room_segment(&raw, max) {
                 prop_assert!(!name.is_empty() && name.len() <= max);
                 prop_assert!(!name.chars().any(char::is_control));
+                prop_assert!(!name.chars().any(is_invisible_formatting));
+                prop_assert_eq!(name.trim(), name.as_str());
             }
         }
 

@@ -471,6 +471,30 @@ async fn a_room_name_with_a_control_character_is_refused_with_400() {
     }
 }
 
+/// Names that would look like another room's (a leading space, a right-to-left override, a
+/// zero-width space) are refused before the upgrade; a space inside a name is fine.
+#[tokio::test]
+async fn a_room_name_that_could_pass_for_another_is_refused_with_400() {
+    let server = serve_default().await;
+    for path in [
+        "/ws/%E2%80%AElobby",
+        "/ws/lob%E2%80%8Bby",
+        "/ws/a%E2%80%A8b",
+    ] {
+        let response = Upgrade::new(path).send(server.addr).await;
+        response.assert_rejection(400, "invisible formatting character");
+    }
+    for path in ["/ws/%20lobby", "/ws/lobby%09%20"] {
+        let response = Upgrade::new(path).send(server.addr).await;
+        response.assert_rejection(400, "room name");
+    }
+    let response = Upgrade::new("/ws/lobby%20").send(server.addr).await;
+    response.assert_rejection(400, "starts or ends with white space");
+    let _inside = server.connect("two%20words").await;
+    wait_members(&server.hub, "two words", 1).await;
+    assert_eq!(server.hub.stats().connections, 1);
+}
+
 #[tokio::test]
 async fn a_room_name_longer_than_256_bytes_is_refused_with_400() {
     let server = serve_default().await;

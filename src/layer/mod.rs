@@ -112,6 +112,14 @@ impl HubLayer {
     ///
     /// Segments match exactly (no prefix matching); `{room}` is percent-decoded and names the
     /// room; other `{name}` segments match any one segment. May be called several times.
+    /// Literal segments are compared with the path as the client sent it, so write them
+    /// percent-encoded where clients encode (`/caf%C3%A9/{room}`).
+    ///
+    /// The layer decides by path alone, before the inner service routes anything: a pattern
+    /// claims every path it matches, including paths the inner service has routes for, and
+    /// answers a plain (non-WebSocket) request there with `426`. Keep WebSocket routes under
+    /// a prefix of their own (`/ws/{room}`): a top-level `/{room}` would also take `/health`
+    /// and `/favicon.ico` (only `/` itself, an empty segment, is left alone).
     ///
     /// Patterns are tried in the order they were added, and the first that matches a path
     /// decides: its `{room}` segment names the room (or, if it is not a valid room name, the
@@ -183,7 +191,9 @@ impl HubLayer {
     ///
     /// # Panics
     ///
-    /// If a name is empty or blank, is not a valid header value, or contains a comma.
+    /// If a name is empty or is not an HTTP token (RFC 6455 §4.1: letters, digits and
+    /// ``!#$%&'*+-.^_`|~``; no spaces, commas or other separators), which no browser could
+    /// offer: `new WebSocket(url, ["chat v1"])` throws.
     pub fn protocols<I, P>(mut self, protocols: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -194,11 +204,11 @@ impl HubLayer {
             .map(|p| {
                 let p = p.as_ref();
                 assert!(
-                    !p.contains(',') && !p.trim().is_empty(),
-                    "invalid subprotocol {p:?}"
+                    is_token(p),
+                    "invalid subprotocol {p:?}: a subprotocol name is an HTTP token (letters, \
+                     digits and !#$%&'*+-.^_`|~), with no spaces or separators"
                 );
-                HeaderValue::from_str(p.trim())
-                    .unwrap_or_else(|_| panic!("invalid subprotocol {p:?}"))
+                HeaderValue::from_str(p).expect("a token is a valid header value")
             })
             .collect();
         self
@@ -206,6 +216,9 @@ impl HubLayer {
 
     /// Whether clients must offer one of the [`protocols`](Self::protocols): without one the
     /// upgrade gets `400` with the list of supported protocols. Default: `false`.
+    ///
+    /// Applying the layer ([`Layer::layer`]) panics if this is `true` and no protocols are
+    /// set: every upgrade would be refused.
     pub fn require_protocol(mut self, required: bool) -> Self {
         self.shared_mut().protocols.required = required;
         self
@@ -300,10 +313,22 @@ fn default_remote_addr(parts: &Parts) -> Option<SocketAddr> {
     None
 }
 
+/// Whether `s` is an HTTP token (RFC 9110 §5.6.2), what RFC 6455 requires of a subprotocol name.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 impl<S> Layer<S> for HubLayer {
     type Service = HubService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        assert!(
+            !self.shared.protocols.required || !self.shared.protocols.supported.is_empty(),
+            "HubLayer::require_protocol(true) with no HubLayer::protocols: every WebSocket \
+             upgrade would be refused; name the subprotocols this server speaks"
+        );
         HubService {
             inner,
             shared: Arc::clone(&self.shared),
@@ -602,6 +627,35 @@ mod tests {
     #[should_panic(expected = "authorize_timeout must be positive (use None for no bound)")]
     fn a_zero_authorize_timeout_panics() {
         let _ = HubLayer::new(Hub::builder().build()).authorize_timeout(Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn subprotocol_names_must_be_tokens() {
+        for good in [
+            "chat",
+            "chat.v2",
+            "graphql-transport-ws",
+            "v1!#$%&'*+-.^_`|~",
+        ] {
+            assert!(is_token(good), "{good}");
+        }
+        for bad in [
+            "", "chat v1", " chat", "a;b", "a,b", "é", "a\tb", "a/b", "(x)", "a=b",
+        ] {
+            assert!(!is_token(bad), "{bad:?}");
+            let refused =
+                std::panic::catch_unwind(|| HubLayer::new(Hub::builder().build()).protocols([bad]));
+            assert!(refused.is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "require_protocol(true) with no HubLayer::protocols")]
+    fn requiring_a_protocol_without_any_panics_when_the_layer_is_applied() {
+        let layer = HubLayer::new(Hub::builder().build()).require_protocol(true);
+        let _ = layer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
     }
 
     #[test]
