@@ -10,6 +10,8 @@ use super::envelope::random_u64;
 pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
+    /// The nominal delay of the next attempt: `min`, doubled at each failure up to `max`.
+    nominal: Duration,
     failures: u32,
     rng: u64,
 }
@@ -19,6 +21,7 @@ impl Backoff {
         Self {
             min,
             max,
+            nominal: min.min(max),
             failures: 0,
             rng: random_u64() | 1,
         }
@@ -26,10 +29,8 @@ impl Backoff {
 
     /// The delay before the next attempt (and one more failure counted).
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let nominal = self
-            .min
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(self.max);
+        let nominal = self.nominal;
+        self.nominal = nominal.saturating_mul(2).min(self.max);
         self.failures = self.failures.saturating_add(1);
         // xorshift64: cheap, good enough for jitter.
         self.rng ^= self.rng << 13;
@@ -47,6 +48,7 @@ impl Backoff {
 
     /// A success: the next failure starts from `min` again.
     pub(crate) fn reset(&mut self) {
+        self.nominal = self.min.min(self.max);
         self.failures = 0;
     }
 }
@@ -71,5 +73,21 @@ mod tests {
         backoff.reset();
         assert_eq!(backoff.failures(), 0);
         assert!(backoff.next_delay() <= min);
+    }
+
+    /// However far `max` is from `min`, the delays keep doubling until they reach it (they
+    /// used to stop at `min` × 65 536 after 16 failures: 65 s for 1 ms to 120 s).
+    #[test]
+    fn delays_reach_a_distant_cap() {
+        let min = Duration::from_millis(1);
+        let max = Duration::from_secs(120);
+        let mut backoff = Backoff::new(min, max);
+        let delays: Vec<Duration> = (0..40).map(|_| backoff.next_delay()).collect();
+        assert!(delays.iter().all(|delay| *delay <= max));
+        // Nominal `max` from the 18th failure on (2^17 ms > 120 s): each at least half of it.
+        assert!(
+            delays[17..].iter().all(|delay| *delay >= max / 2),
+            "{delays:?}"
+        );
     }
 }
