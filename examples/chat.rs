@@ -6,6 +6,8 @@
 //!   other request reaches the router untouched;
 //! - publishing from application code (`POST /rooms/{room}/messages`) with `Hub::publish`;
 //! - connection hooks for logging, with the client's address from axum's `ConnectInfo`;
+//! - liveness and readiness: `/healthz` always answers `200`; `/readyz` answers `503` with the
+//!   reason while Redis is unreachable (local rooms keep working meanwhile);
 //! - graceful shutdown: on Ctrl-C or SIGTERM every client gets close code 1001 ("going away"),
 //!   then the process exits with status 0.
 //!
@@ -24,6 +26,7 @@
 //! websocat ws://127.0.0.1:3000/ws/lobby
 //! curl -i -d 'hello from curl' http://127.0.0.1:3000/rooms/lobby/messages
 //! curl http://127.0.0.1:3000/healthz
+//! curl -i http://127.0.0.1:3000/readyz
 //! ```
 
 use std::net::SocketAddr;

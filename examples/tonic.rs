@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Try it with [grpcurl](https://github.com/fullstorydev/grpcurl) (the health service has no
-//! reflection, so give it the proto file, or use `grpc-health-probe -addr=127.0.0.1:3001`) and
+//! reflection, so give it the proto file: `health.proto` from the grpc repository,
+//! <https://github.com/grpc/grpc/blob/master/src/proto/grpc/health/v1/health.proto>; or use
+//! `grpc-health-probe -addr=127.0.0.1:3001`) and
 //! [websocat](https://github.com/vi/websocat):
 //!
 //! ```text

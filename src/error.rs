@@ -24,6 +24,10 @@ pub enum PublishError {
 impl std::fmt::Display for PublishError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::InvalidRoom(error @ RoomNameError::TooLong { .. }) => write!(
+                f,
+                "cannot publish: {error} (the limit is HubBuilder::max_room_name_len)"
+            ),
             Self::InvalidRoom(error) => write!(f, "cannot publish: {error}"),
             Self::ShuttingDown => f.write_str("cannot publish: the hub is shutting down"),
             Self::BrokerUnavailable {
@@ -32,7 +36,10 @@ impl std::fmt::Display for PublishError {
             } => write!(
                 f,
                 "delivered to {delivered_locally} local member(s), but not to other instances: \
-                 {reason} (see Hub::broker_status)"
+                 {reason}. Do not publish it again: local members would get it twice. \
+                 Hub::broker_status says what the broker is doing; \
+                 Hub::publish_with_backpressure waits for room in a full publish queue \
+                 instead of failing"
             ),
         }
     }
@@ -81,7 +88,10 @@ pub enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Closed => "not sent: the connection is closed or closing",
+            Self::Closed => {
+                "not sent: the connection is closed or closing; drop this handle (on_disconnect \
+                 runs, or has run, for it)"
+            }
             Self::QueueFull => {
                 "not sent: the connection's outbound queue is full (the client reads more \
                  slowly than it is sent to); the message was dropped"

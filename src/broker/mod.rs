@@ -193,7 +193,11 @@ impl std::fmt::Display for BrokerConnectError {
         if let Some(error) = &self.status.last_error {
             write!(f, ": {error}")?;
         }
-        Ok(())
+        f.write_str(
+            ". Check that Redis runs at the configured URL and accepts this client (password, \
+             ACL user, database), or use HubBuilder::build to start without waiting (the hub \
+             then connects in the background)",
+        )
     }
 }
 

@@ -1190,7 +1190,7 @@ impl HubBuilder {
     ///
     /// # Panics
     ///
-    /// If `per_second` is not positive or `burst` is 0.
+    /// If `per_second` is not a positive, finite number or `burst` is 0.
     pub fn inbound_rate_limit(mut self, per_second: f64, burst: u32) -> Self {
         assert!(
             per_second > 0.0 && per_second.is_finite() && burst > 0,
@@ -1454,7 +1454,7 @@ impl HubBuilder {
     }
 
     /// Called once per connection after it joined its room. If it panics, the connection is
-    /// closed with 1011 and [`on_disconnect`](Self::on_disconnect) still runs.
+    /// closed with 1011 and [`on_disconnect`](Self::on_disconnect) still runs. Default: none.
     ///
     /// Runs on the connection's task, before it reads or writes anything, so it must not
     /// block: spawn a task for slow work (a database lookup, a call to another service). A
@@ -1466,7 +1466,7 @@ impl HubBuilder {
     }
 
     /// Called once per connection after it left its room, however it ended (a panicking hook
-    /// included). Like [`on_connect`](Self::on_connect), it must not block.
+    /// included). Like [`on_connect`](Self::on_connect), it must not block. Default: none.
     pub fn on_disconnect(
         mut self,
         hook: impl Fn(&ConnectionContext) + Send + Sync + 'static,

@@ -94,7 +94,9 @@ impl RedisServer {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 panic!(
-                    "redis-server on port {} exited at start ({status}); is the port taken?",
+                    "redis-server on port {} exited at start ({status}): the port may be \
+                     taken, or the redis-server is older than 7.0, which the tests need \
+                     (`--enable-debug-command`; `redis-server --version` says which)",
                     self.port
                 );
             }

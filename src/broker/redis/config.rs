@@ -172,7 +172,10 @@ impl RedisConfig {
     /// If `url` is not a valid Redis URL, or names a negative database number.
     pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
         let invalid = |error: deadpool_redis::redis::RedisError| RedisConfigError {
-            message: error.to_string(),
+            message: format!(
+                "{error} (expected redis://[[user]:password@]host[:port][/database], or \
+                 redis+unix:///path/to/socket)"
+            ),
         };
         let client = deadpool_redis::redis::Client::open(url).map_err(invalid)?;
         let db = database(&client);

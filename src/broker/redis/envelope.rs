@@ -246,7 +246,8 @@ impl fmt::Display for EnvelopeError {
                 "unsigned envelope refused: this instance requires envelopes signed with its key",
             ),
             Self::BadSignature => f.write_str(
-                "envelope signature does not match (another key, another channel, or tampered)",
+                "envelope signature does not match (another key, another channel, or tampered): \
+                 every instance and emitter must sign with the same EnvelopeKey",
             ),
         }
     }
