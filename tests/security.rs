@@ -620,6 +620,19 @@ async fn denied_requests_do_not_keep_a_connection_slot() {
         .send(server.addr)
         .await
         .assert_rejection(503, "limit");
+    // A malformed one (no key) for the third class of refusals.
+    upgrade(&server, "alpha")
+        .header("x-user", "alice")
+        .without("Sec-WebSocket-Key")
+        .send(server.addr)
+        .await
+        .assert_rejection(400, "Sec-WebSocket-Key");
+    // The stats tell the three apart.
+    let stats = server.hub.stats();
+    assert_eq!(stats.handshakes_rejected, 22, "{stats:?}");
+    assert_eq!(stats.handshakes_forbidden, 20, "{stats:?}");
+    assert_eq!(stats.handshakes_unavailable, 1, "{stats:?}");
+    assert_eq!(stats.handshakes_malformed, 1, "{stats:?}");
 }
 
 #[tokio::test]

@@ -477,9 +477,9 @@ impl Hub {
         Ok(response)
     }
 
-    /// Counts a refused upgrade.
-    pub(crate) fn note_rejection(&self) {
-        Counters::incr(&self.inner.counters.handshakes_rejected);
+    /// Counts an upgrade request refused with `status`.
+    pub(crate) fn note_rejection(&self, status: http::StatusCode) {
+        self.inner.counters.handshake_refused(status);
     }
 
     /// Logs (at most once a second, sharing the throttle of the failed hand-overs after a

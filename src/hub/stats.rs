@@ -8,6 +8,9 @@ pub(crate) struct Counters {
     pub(crate) connections_opened: AtomicU64,
     pub(crate) connections_closed: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
+    pub(crate) handshakes_malformed: AtomicU64,
+    pub(crate) handshakes_forbidden: AtomicU64,
+    pub(crate) handshakes_unavailable: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) messages_published: AtomicU64,
     pub(crate) deliveries: AtomicU64,
@@ -33,11 +36,48 @@ impl Counters {
         Self::add(counter, 1);
     }
 
+    /// Counts an upgrade request answered with `status`, in `handshakes_rejected` and in the
+    /// class its status says (server errors other than `503` are in none: they are the layer's
+    /// callbacks panicking, counted in `callback_panics`, or a server without upgrades).
+    pub(crate) fn handshake_refused(&self, status: http::StatusCode) {
+        use http::StatusCode;
+        Self::incr(&self.handshakes_rejected);
+        let class = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => &self.handshakes_forbidden,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                &self.handshakes_unavailable
+            }
+            status if status.is_client_error() => &self.handshakes_malformed,
+            _ => return,
+        };
+        Self::incr(class);
+    }
+
     /// Counts a connection closed. Release, paired with the Acquire in
     /// [`open_connections`](Self::open_connections) and `snapshot`: whoever sees this close
     /// also sees its connection's open, which happened before it in the connection's task.
     pub(crate) fn connection_closed(&self) {
         self.connections_closed.fetch_add(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn refused_handshakes_are_classed_by_status() {
+        let counters = Counters::default();
+        for status in [400, 405, 426, 404, 401, 403, 403, 503, 429, 500] {
+            counters.handshake_refused(StatusCode::from_u16(status).unwrap());
+        }
+        let stats = counters.snapshot(0);
+        assert_eq!(stats.handshakes_rejected, 10);
+        assert_eq!(stats.handshakes_malformed, 4);
+        assert_eq!(stats.handshakes_forbidden, 3);
+        assert_eq!(stats.handshakes_unavailable, 2);
     }
 }
 
@@ -65,6 +105,20 @@ pub struct HubStats {
     /// and accepted ones whose socket never came (upgrade timeout, or the shutdown grace
     /// period over first).
     pub handshakes_rejected: u64,
+    /// Of `handshakes_rejected`, those answered with a client error other than `401`, `403`
+    /// and `429`: a malformed handshake (`400`, `405`, `426`, ...), a bad room name, a missing
+    /// required subprotocol, or an authorizer's or extractor's own 4xx. A figure that grows
+    /// with nothing else says a client or a proxy sends broken upgrades (a proxy that drops
+    /// the `Upgrade` header, say) or that someone is probing.
+    pub handshakes_malformed: u64,
+    /// Of `handshakes_rejected`, those answered `401` or `403`: an `Origin` the policy refused,
+    /// or an authorizer's denial.
+    pub handshakes_forbidden: u64,
+    /// Of `handshakes_rejected`, those answered `503` or `429`: the connection limits (the
+    /// server's, a room's), a shutdown under way, an authorizer too slow to decide
+    /// (`authorize_timeouts`), or an authorizer's own `429`/`503`. A figure that grows says
+    /// this instance is full.
+    pub handshakes_unavailable: u64,
     /// Data messages received from clients.
     pub messages_received: u64,
     /// Messages published to rooms on this instance (by its clients and by
@@ -157,6 +211,9 @@ impl Counters {
             connections_opened: opened,
             connections_closed: closed,
             handshakes_rejected: get(&self.handshakes_rejected),
+            handshakes_malformed: get(&self.handshakes_malformed),
+            handshakes_forbidden: get(&self.handshakes_forbidden),
+            handshakes_unavailable: get(&self.handshakes_unavailable),
             messages_received: get(&self.messages_received),
             messages_published: get(&self.messages_published),
             deliveries: get(&self.deliveries),

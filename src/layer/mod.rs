@@ -441,7 +441,7 @@ impl Shared {
 }
 
 fn reject(hub: &Hub, rejection: Rejection) -> Response<Bytes> {
-    hub.note_rejection();
+    hub.note_rejection(rejection.status());
     tracing::debug!(status = %rejection.status(), reason = rejection.reason(),
         "tower-ws-hub: upgrade refused");
     rejection.into_response()
