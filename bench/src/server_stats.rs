@@ -13,7 +13,12 @@ pub struct ServerStats {
     pub vm_hwm_kib: u64,
     /// WebSocket connections open now.
     pub connections: u64,
-    /// CPU time (user + system) the process used since it started, µs (0 if unknown).
+    /// CPU time (user + system) the process used since it started, ms (0 if unknown). Kept
+    /// for readers of older reports; [`cpu_us`](Self::cpu_us) is the same, finer.
+    #[serde(default)]
+    pub cpu_ms: u64,
+    /// The same in µs (0 if unknown, as from a server built before it was added: see
+    /// [`cpu_time_us`](Self::cpu_time_us)).
     #[serde(default)]
     pub cpu_us: u64,
 }
@@ -30,11 +35,25 @@ impl ServerStats {
                 .and_then(|kib| kib.parse().ok())
                 .unwrap_or(0)
         };
+        let cpu = crate::sys::cpu_time();
         Self {
             vm_rss_kib: field("VmRSS:"),
             vm_hwm_kib: field("VmHWM:"),
             connections,
-            cpu_us: crate::sys::cpu_time().as_micros() as u64,
+            cpu_ms: cpu.as_millis() as u64,
+            cpu_us: cpu.as_micros() as u64,
+        }
+    }
+}
+
+impl ServerStats {
+    /// CPU time in µs: `cpu_us`, or `cpu_ms` from a server built before `cpu_us` was added
+    /// (`bench/ab_burst.sh` compares builds of older commits).
+    pub fn cpu_time_us(&self) -> u64 {
+        if self.cpu_us > 0 {
+            self.cpu_us
+        } else {
+            self.cpu_ms * 1000
         }
     }
 }
@@ -97,6 +116,19 @@ mod tests {
     fn authority_is_found_in_templates() {
         assert_eq!(authority("ws://127.0.0.1:3000/ws/{room}"), "127.0.0.1:3000");
         assert_eq!(authority("127.0.0.1:3000"), "127.0.0.1:3000");
+    }
+
+    /// A server built before `cpu_us` reports only `cpu_ms`: its CPU time is read from that,
+    /// not as 0 (which made the per-CPU figure vanish from `ab_burst.sh` comparisons).
+    #[test]
+    fn cpu_time_falls_back_to_whole_milliseconds_from_older_servers() {
+        let old: ServerStats =
+            serde_json::from_str(r#"{"vm_rss_kib":1,"vm_hwm_kib":1,"connections":0,"cpu_ms":42}"#)
+                .unwrap();
+        assert_eq!(old.cpu_time_us(), 42_000);
+        let new = ServerStats::current(0);
+        assert_eq!(new.cpu_time_us(), new.cpu_us);
+        assert_eq!(new.cpu_us / 1000, new.cpu_ms);
     }
 
     #[test]

@@ -1224,7 +1224,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     };
     let server_cpu_ms = match (&stats_before, &stats_after) {
         (Some(before), Some(after)) => {
-            let cpu = |stats: &[ServerStats]| stats.iter().map(|s| s.cpu_us).sum::<u64>();
+            let cpu =
+                |stats: &[ServerStats]| stats.iter().map(ServerStats::cpu_time_us).sum::<u64>();
             Some(round(
                 cpu(after).saturating_sub(cpu(before)) as f64 / 1000.0,
                 3,
