@@ -13,21 +13,20 @@ use percent_encoding::percent_decode_str;
 
 use crate::rejection::Rejection;
 
-/// What browsers percent-encode in a path segment (the URL Standard's path percent-encode set,
-/// plus `/` for a segment; `?`, `#`, `{` and `}` are refused in patterns before this applies).
-const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+/// What browsers percent-encode in a path (the URL Standard's path percent-encode set: controls,
+/// space, `"`, `#`, `<`, `>`, `?`, `` ` ``, `^`, `{`, `}`; and everything that is not ASCII).
+/// Route patterns refuse `?`, `#`, `{`, `}` and controls before this applies.
+const PATH_ENCODED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b' ')
     .add(b'"')
+    .add(b'#')
     .add(b'<')
     .add(b'>')
+    .add(b'?')
     .add(b'`')
-    .add(b'/');
-
-/// Whether a client sends `c` percent-encoded in a path: non-ASCII, controls, and the path
-/// percent-encode set.
-fn sent_percent_encoded(c: char) -> bool {
-    !c.is_ascii() || c.is_ascii_control() || matches!(c, ' ' | '"' | '<' | '>' | '`')
-}
+    .add(b'^')
+    .add(b'{')
+    .add(b'}');
 
 /// Default longest room name, in bytes (after percent-decoding).
 pub const DEFAULT_MAX_ROOM_NAME_LEN: usize = 256;
@@ -122,9 +121,17 @@ impl RoutePattern {
                          the fragment follow them): no request path could match"
                     )));
                 }
-                None if part.chars().any(sent_percent_encoded) => {
+                None if part.contains('\\') || part.contains(|c: char| c.is_ascii_control()) => {
+                    return Err(invalid(&format!(
+                        "{part:?} contains a backslash or a control character, which clients \
+                         turn into '/' or remove before sending: no request path could match"
+                    )));
+                }
+                None if percent_encoding::utf8_percent_encode(part, PATH_ENCODED)
+                    .any(|piece| piece != part) =>
+                {
                     let encoded: String =
-                        percent_encoding::utf8_percent_encode(part, PATH_SEGMENT).collect();
+                        percent_encoding::utf8_percent_encode(part, PATH_ENCODED).collect();
                     return Err(invalid(&format!(
                         "{part:?} has characters that clients send percent-encoded, and \
                          literal segments are compared with the path as sent: write \
@@ -263,11 +270,17 @@ pub enum RoomNameError {
     /// (A `/` sent as `%2F` is kept: `../admin` is a valid room name. Room names are opaque
     /// strings; do not build file paths from them unchecked.)
     DotSegment,
-    /// The name contains a character that changes how text around it is shown without being
-    /// seen itself: a bidirectional control (U+061C, U+200E, U+200F, U+202A–U+202E,
-    /// U+2066–U+2069), a line or paragraph separator (U+2028, U+2029), a zero-width space
-    /// (U+200B) or a byte-order mark (U+FEFF). Names with these can look like another room's
-    /// name, or reorder the text they are shown in (logs, a room list).
+    /// The name contains a character that is not shown, or that changes how the text around
+    /// it is shown without being seen itself: Unicode's default-ignorable code points
+    /// (bidirectional controls such as U+202E, zero-width spaces, U+2060–U+206F, the soft
+    /// hyphen, Hangul fillers, a byte-order mark, ...) and the line and paragraph separators
+    /// (U+2028, U+2029). Names with these can look like another room's name, or reorder the
+    /// text they are shown in (logs, a room list). Left allowed, because emoji and several
+    /// scripts need them: the zero-width joiner and non-joiner (U+200D, U+200C), variation
+    /// selectors (U+FE00–U+FE0F, U+E0100–U+E01EF, U+180B–U+180D, U+180F) and the tag
+    /// characters of flag sequences (U+E0020–U+E007F). Look-alike letters (Cyrillic `а` for
+    /// Latin `a`) are not detected: a room list shown to people who pick from it should be
+    /// checked by the application for what matters to it.
     InvisibleCharacter,
     /// The name starts or ends with white space, which makes `" lobby"` look like `"lobby"`.
     SurroundingWhitespace,
@@ -331,21 +344,35 @@ pub fn validate_room_name(name: &str, max_len: usize) -> Result<(), RoomNameErro
     Ok(())
 }
 
-/// Characters that change how the text around them is shown without showing themselves (see
-/// [`RoomNameError::InvisibleCharacter`]). Zero-width joiners (U+200C, U+200D) are allowed:
-/// emoji sequences and several scripts need them.
+/// Characters that are not shown, or change how the text around them is shown (see
+/// [`RoomNameError::InvisibleCharacter`]): Unicode's `Default_Ignorable_Code_Point` list
+/// (DerivedCoreProperties.txt) without the joiners, variation selectors and tag characters
+/// that emoji and scripts need, plus the line and paragraph separators.
 fn is_invisible_formatting(c: char) -> bool {
     matches!(
         c,
-        '\u{061C}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180E}'
             | '\u{200B}'
             | '\u{200E}'
             | '\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{2066}'..='\u{2069}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E001F}'
+            | '\u{E0080}'..='\u{E00FF}'
+            | '\u{E01F0}'..='\u{E0FFF}'
     )
 }
 
@@ -500,6 +527,9 @@ mod tests {
         assert_eq!(p.matches("/caf%C3%A9/lobby"), Some("lobby"));
         let p = pattern("/v1;x=1/@team~a/{room}");
         assert_eq!(p.matches("/v1;x=1/@team~a/lobby"), Some("lobby"));
+        // Sent as they are: `%` (an escape already), brackets, the pipe.
+        let p = pattern("/a%7C[b]|c/{room}");
+        assert_eq!(p.matches("/a%7C[b]|c/lobby"), Some("lobby"));
     }
 
     #[test]
@@ -537,6 +567,9 @@ mod tests {
             // Clients send these percent-encoded; the message gives the form to write.
             ("/café/{room}", "write \"caf%C3%A9\""),
             ("/chat room/{room}", "write \"chat%20room\""),
+            ("/a^b/{room}", "write \"a%5Eb\""),
+            ("/a\\b/{room}", "backslash"),
+            ("/a\tb/{room}", "control character"),
         ] {
             let error = RoutePattern::parse(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{bad}: {error}");
@@ -723,6 +756,10 @@ mod tests {
             "a%E2%80%A8b",
             "%EF%BB%BFx",
             "%E2%81%A6x",
+            "%E2%81%A0x",
+            "lob%C2%ADby",
+            "%E3%85%A4",
+            "x%F3%A0%80%81",
         ] {
             assert_eq!(
                 decode_room_segment(spoof, 256),
@@ -737,11 +774,21 @@ mod tests {
                 "{spaced}"
             );
         }
-        // Joiners stay: emoji sequences (here man, ZWJ, woman) and several scripts need them.
-        assert_eq!(
-            decode_room_segment("%F0%9F%91%A8%E2%80%8D%F0%9F%91%A9", 256).unwrap(),
-            "\u{1F468}\u{200D}\u{1F469}"
-        );
+        // Joiners stay: emoji sequences (here man, ZWJ, woman) and several scripts need them;
+        // so do variation selectors (a red heart: U+2764 U+FE0F) and the tag characters of
+        // flags (Scotland: a black flag, tags "gbsct", a cancel tag).
+        for emoji in [
+            "\u{1F468}\u{200D}\u{1F469}",
+            "\u{2764}\u{FE0F}",
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+        ] {
+            let encoded =
+                percent_encoding::utf8_percent_encode(emoji, percent_encoding::NON_ALPHANUMERIC);
+            assert_eq!(
+                decode_room_segment(&encoded.to_string(), 256).unwrap(),
+                emoji
+            );
+        }
         assert_eq!(
             decode_room_segment(&"x".repeat(257), 256),
             Err(RoomNameError::TooLong { max: 256 })

@@ -37,8 +37,7 @@ impl Counters {
     }
 
     /// Counts an upgrade request answered with `status`, in `handshakes_rejected` and in the
-    /// class its status says (server errors other than `503` are in none: they are the layer's
-    /// callbacks panicking, counted in `callback_panics`, or a server without upgrades).
+    /// class its status says (see `HubStats::handshakes_malformed` for what is in none).
     pub(crate) fn handshake_refused(&self, status: http::StatusCode) {
         use http::StatusCode;
         Self::incr(&self.handshakes_rejected);
@@ -107,17 +106,24 @@ pub struct HubStats {
     pub handshakes_rejected: u64,
     /// Of `handshakes_rejected`, those answered with a client error other than `401`, `403`
     /// and `429`: a malformed handshake (`400`, `405`, `426`, ...), a bad room name, a missing
-    /// required subprotocol, or an authorizer's or extractor's own 4xx. A figure that grows
-    /// with nothing else says a client or a proxy sends broken upgrades (a proxy that drops
-    /// the `Upgrade` header, say) or that someone is probing.
+    /// required subprotocol, a plain (non-WebSocket) request to a WebSocket route (`426`), or
+    /// an authorizer's or extractor's own 4xx. A figure that grows with nothing else says a
+    /// client or a proxy sends broken upgrades (a proxy that drops the `Upgrade` header, say),
+    /// or that something requests WebSocket paths over plain HTTP.
+    ///
+    /// The three classes count requests refused with an answer. `handshakes_rejected` also
+    /// counts what is in none of them: `500`s (the layer's callbacks panicking, also in
+    /// `callback_panics`, or a server without upgrade support), any other status an
+    /// authorizer chose (a redirect, say), and upgrades answered `101` whose socket never came
+    /// (the upgrade timeout, or a shutdown's grace period over first).
     pub handshakes_malformed: u64,
     /// Of `handshakes_rejected`, those answered `401` or `403`: an `Origin` the policy refused,
     /// or an authorizer's denial.
     pub handshakes_forbidden: u64,
     /// Of `handshakes_rejected`, those answered `503` or `429`: the connection limits (the
-    /// server's, a room's), a shutdown under way, an authorizer too slow to decide
-    /// (`authorize_timeouts`), or an authorizer's own `429`/`503`. A figure that grows says
-    /// this instance is full.
+    /// server's, a room's), a shutdown under way when the request came, an authorizer too slow
+    /// to decide (`authorize_timeouts`), or an authorizer's own `429`/`503`. A figure that
+    /// grows says this instance is full.
     pub handshakes_unavailable: u64,
     /// Data messages received from clients.
     pub messages_received: u64,

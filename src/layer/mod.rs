@@ -218,7 +218,9 @@ impl HubLayer {
     /// upgrade gets `400` with the list of supported protocols. Default: `false`.
     ///
     /// Applying the layer ([`Layer::layer`]) panics if this is `true` and no protocols are
-    /// set: every upgrade would be refused.
+    /// set: every upgrade would be refused. (axum's `Router::layer` applies it once, when the
+    /// router is built; a stack that applies layers per connection, as tonic's `Server::layer`
+    /// does, panics in each connection's task instead.)
     pub fn require_protocol(mut self, required: bool) -> Self {
         self.shared_mut().protocols.required = required;
         self
