@@ -433,24 +433,40 @@ async fn pair_after_one_delivery(
 /// lost (counted in `publish_failures`).
 #[tokio::test]
 async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
-    let mut redis = RedisServer::start().await;
-    // Reconnecting at once, so that the restart is over well within the idle release even on
-    // a loaded machine (the default backoff alone can take 750 ms).
-    let (a, b, mut sender, mut remote, last_batch) =
-        pair_after_one_delivery(&redis, Duration::from_millis(10), Duration::from_millis(20)).await;
+    // The test needs the restart done well within the publisher's 1 s idle release; on a
+    // machine too busy for that just then, it starts over (a few times) rather than fail.
+    for attempt in 1..=PREMISE_ATTEMPTS {
+        let mut redis = RedisServer::start().await;
+        // Reconnecting at once, so that the restart is over well within the idle release even
+        // on a loaded machine (the default backoff alone can take 750 ms).
+        let (a, b, sender, remote, last_batch) =
+            pair_after_one_delivery(&redis, Duration::from_millis(10), Duration::from_millis(20))
+                .await;
+        redis.kill();
+        eventually("A sees Redis gone", || !a.hub.broker_status().connected).await;
+        redis.restart().await;
+        wait_subscribed(&a.hub, 1).await;
+        wait_subscribed(&b.hub, 1).await;
+        let took = last_batch.elapsed();
+        if took < Duration::from_millis(800) {
+            return first_message_after_the_restart_arrives(a, sender, remote).await;
+        }
+        eprintln!("attempt {attempt}: the restart took {took:?}, past 800 ms; starting over");
+    }
+    panic!("the restart never came within 800 ms of the last batch in {PREMISE_ATTEMPTS} tries");
+}
 
-    redis.kill();
-    eventually("A sees Redis gone", || !a.hub.broker_status().connected).await;
-    redis.restart().await;
-    wait_subscribed(&a.hub, 1).await;
-    wait_subscribed(&b.hub, 1).await;
+/// Tries at a test whose premise is a timing the machine may miss when busy.
+const PREMISE_ATTEMPTS: usize = 3;
+
+/// The rest of `the_first_message_after_a_quick_redis_restart_is_not_lost`, once its premise
+/// held: A's publisher still holds the connection it had before the restart.
+async fn first_message_after_the_restart_arrives(
+    a: Server,
+    mut sender: Client,
+    mut remote: Client,
+) {
     let status = a.hub.broker_status();
-    assert!(
-        last_batch.elapsed() < Duration::from_millis(800),
-        "the test needs the restart done well within the publisher's 1 s idle release, took \
-         {:?}",
-        last_batch.elapsed()
-    );
     assert!(status.publisher_connected, "{status:?}");
 
     send_text(&mut sender, "after").await;
@@ -468,26 +484,40 @@ async fn the_first_message_after_a_quick_redis_restart_is_not_lost() {
 /// cannot hide in the timing).
 #[tokio::test]
 async fn a_broken_publisher_connection_costs_one_pipeline_not_a_backoff() {
-    let redis = RedisServer::start().await;
-    let (a, _b, mut sender, mut remote, last_batch) =
-        pair_after_one_delivery(&redis, Duration::from_secs(2), Duration::from_secs(2)).await;
+    // The next message must be sent well within the publisher's 1 s idle release (after it,
+    // the connection goes back to the pool, whose PING weeds it out); on a machine too busy
+    // for that just then, the test starts over rather than fail.
+    for attempt in 1..=PREMISE_ATTEMPTS {
+        let redis = RedisServer::start().await;
+        let (a, b, sender, remote, last_batch) =
+            pair_after_one_delivery(&redis, Duration::from_secs(2), Duration::from_secs(2)).await;
+        let mut plain = redis.patient_connection().await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut plain)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "no publisher connection to kill");
+        let took = last_batch.elapsed();
+        if took < Duration::from_millis(800) {
+            return one_pipeline_lost_then_through(a, b, sender, remote).await;
+        }
+        eprintln!("attempt {attempt}: {took:?} since the last batch, past 800 ms; starting over");
+    }
+    panic!("never within 800 ms of the last batch in {PREMISE_ATTEMPTS} tries");
+}
 
-    let mut plain = redis.patient_connection().await;
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .query_async(&mut plain)
-        .await
-        .unwrap();
-    assert!(killed >= 1, "no publisher connection to kill");
+/// The rest of `a_broken_publisher_connection_costs_one_pipeline_not_a_backoff`, once its
+/// premise held: the next message goes out on the connection Redis just killed.
+async fn one_pipeline_lost_then_through(
+    a: Server,
+    _b: Server,
+    mut sender: Client,
+    mut remote: Client,
+) {
     let reconnects = a.hub.broker_status().reconnects;
-    assert!(
-        last_batch.elapsed() < Duration::from_millis(800),
-        "the test needs the next message sent well within the publisher's 1 s idle release \
-         (after it, the connection goes back to the pool, whose PING weeds it out), took {:?}",
-        last_batch.elapsed()
-    );
 
     // Sent on the dead connection: lost, counted.
     send_text(&mut sender, "on the dead one").await;
