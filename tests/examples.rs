@@ -5,6 +5,8 @@
 //! `cargo build --examples`). Each example gets a free port through `$ADDR`; its output goes to a
 //! log file that is printed when a test fails.
 
+#[path = "support/h2.rs"]
+mod h2;
 #[cfg(feature = "redis")]
 #[path = "support/redis.rs"]
 mod redis_support;
@@ -427,6 +429,55 @@ async fn chat_serves_the_page_rooms_publishing_and_shuts_down_gracefully() {
     }
     let status = chat.wait().await;
     assert!(status.success(), "chat exited with {status}");
+}
+
+/// The plain-hyper example: the inner `service_fn` answers what is not a WebSocket route; rooms
+/// work over HTTP/1.1 and over HTTP/2 (extended CONNECT) alike, and share a room; the hooks
+/// see the client's address the example inserts; SIGTERM closes the WebSockets with 1001 and
+/// the process exits with status 0.
+#[tokio::test]
+async fn hyper_serves_its_service_and_rooms_over_both_http_versions_and_stops_on_sigterm() {
+    let mut example = Example::start("hyper").await;
+
+    let (status, body) = http("GET", &example.http_url("/"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("/ws/{room}"), "{body}");
+    let (status, _) = http("GET", &example.http_url("/elsewhere"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A plain request on a WebSocket route is the hub's: 426 with a reason.
+    let (status, body) = http("GET", &example.http_url("/ws/lobby"), "").await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "{body}");
+
+    let mut a = connect(&example.ws_url("/ws/lobby")).await;
+    let mut sender = h2::h2_connect(example.addr).await;
+    let mut over_h2 = h2::h2_websocket(&mut sender, example.addr, "lobby").await;
+    // Until the HTTP/2 client has joined, resend; then both ways.
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        a.send(WsMessage::text("to h2")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(200), h2::h2_next_text(&mut over_h2));
+        if let Ok(text) = got.await {
+            assert_eq!(text, "to h2");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the HTTP/2 client never joined"
+        );
+    }
+    over_h2.send(WsMessage::text("from h2")).await.unwrap();
+    skip_until(&mut a, "from h2").await;
+    // (The log may be coloured: look for the value, not the field name.)
+    assert!(
+        example.output().contains("Some(127.0.0.1:"),
+        "the hook saw the client's address"
+    );
+
+    example.terminate();
+    assert_eq!(close_code(&mut a).await, CloseCode::Away);
+    let status = example.wait().await;
+    assert!(status.success(), "hyper exited with {status}");
+    assert!(example.output().contains("hyper example stopped"));
 }
 
 /// Ctrl-C (SIGINT) stops the chat as SIGTERM does: clients are told "going away", the process

@@ -1,0 +1,150 @@
+//! WebSocket rooms in front of a plain hyper service: no axum, no router, just a Tower service
+//! served by hyper-util.
+//!
+//! What it shows:
+//! - `HubLayer` around a bare `tower::service_fn` (here a tiny page and a `404` for the rest):
+//!   `/ws/{room}` becomes WebSocket rooms, every other request reaches the service untouched;
+//! - serving with hyper-util's `auto::Builder` and `serve_connection_with_upgrades`, HTTP/1.1
+//!   and HTTP/2 on one port, with RFC 8441's extended CONNECT enabled so that HTTP/2 clients
+//!   can open WebSockets too;
+//! - the settings `axum::serve` does not expose: a timer, a header-read timeout (a client that
+//!   never finishes its request head is dropped), HTTP/2 keepalive pings;
+//! - the client's address handed to the hub as a `SocketAddr` request extension;
+//! - graceful shutdown: on Ctrl-C or SIGTERM every WebSocket gets 1001 ("going away"), then
+//!   the HTTP connections still open finish what they are doing (hyper-util's
+//!   `GracefulShutdown`, bounded to 5 s), and the process exits with status 0.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --example hyper                  # listens on 127.0.0.1:3003 ($ADDR to change)
+//! websocat ws://127.0.0.1:3003/ws/lobby      # in two terminals: what one sends, the other gets
+//! curl -i http://127.0.0.1:3003/
+//! ```
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tower::{Layer, ServiceBuilder};
+use tower_ws_hub::{Hub, HubLayer, OriginPolicy};
+use tracing_subscriber::EnvFilter;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open HTTP connections get to finish after the WebSockets closed at shutdown.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3003".to_owned());
+    let hub = Hub::builder()
+        .on_connect(|ctx| {
+            tracing::info!(id = %ctx.id(), room = ctx.room(), remote = ?ctx.remote_addr(), "joined");
+        })
+        .on_disconnect(|ctx| tracing::info!(id = %ctx.id(), room = ctx.room(), "left"))
+        .build();
+
+    // The application: any Tower service whose body the layer can wrap.
+    let app = tower::service_fn(|request: Request<hyper::body::Incoming>| async move {
+        let response = match request.uri().path() {
+            "/" => Response::new(Full::new(Bytes::from_static(
+                b"WebSocket rooms at /ws/{room}\n",
+            ))),
+            _ => {
+                let mut not_found = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                *not_found.status_mut() = StatusCode::NOT_FOUND;
+                not_found
+            }
+        };
+        Ok::<_, Infallible>(response)
+    });
+    let layer = HubLayer::new(hub.clone())
+        .route("/ws/{room}")
+        // Only pages served from this host may open sockets (non-browser clients send no
+        // `Origin` and are let in): see README, "Security".
+        .origin(OriginPolicy::SameOrigin);
+    let service = ServiceBuilder::new().layer(layer).service(app);
+
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|error| format!("cannot listen on $ADDR ({addr}): {error}"))?;
+    tracing::info!(local_addr = %listener.local_addr()?, "hyper example listening");
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer for the timeouts below: without one, hyper ignores them.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // RFC 8441: WebSockets over HTTP/2 (a CONNECT with `:protocol = websocket`).
+        .enable_connect_protocol()
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+
+    let graceful = GracefulShutdown::new();
+    // Resolves on Ctrl-C, SIGTERM or `Hub::shutdown`, once the hub has closed every WebSocket
+    // with 1001 and waited (up to its grace period) for them to finish.
+    let mut stop = std::pin::pin!(hub.shutdown_signal());
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // The hub writes each connection's queued frames in one go: Nagle's algorithm would
+        // only delay them.
+        let _ = stream.set_nodelay(true);
+        // The client's address, as a request extension: the layer's default `remote_addr`
+        // finder reads a `SocketAddr` extension.
+        let service = TowerToHyperService::new(
+            tower::util::MapRequestLayer::new(move |mut request: Request<_>| {
+                request.extensions_mut().insert(remote);
+                request
+            })
+            .layer(service.clone()),
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%remote, %error, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("every HTTP connection finished"),
+        () = tokio::time::sleep(HTTP_GRACE) => {
+            tracing::warn!("HTTP connections still open after {HTTP_GRACE:?}; stopping anyway");
+        }
+    }
+    tracing::info!("hyper example stopped");
+    Ok(())
+}
