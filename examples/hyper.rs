@@ -8,11 +8,16 @@
 //!   and HTTP/2 on one port, with RFC 8441's extended CONNECT enabled so that HTTP/2 clients
 //!   can open WebSockets too;
 //! - the settings `axum::serve` does not expose: a timer, a header-read timeout (a client that
-//!   never finishes its request head is dropped), HTTP/2 keepalive pings;
+//!   never finishes its HTTP/1.1 request head is dropped, and so is an idle keep-alive
+//!   connection, after 10 s), HTTP/2 keepalive pings; and a deadline for the first bytes,
+//!   which the auto builder reads without one to tell HTTP/1.1 from HTTP/2 (HTTP/2 itself has
+//!   no request-head timeout in hyper: a proxy in front should bound its connections);
 //! - the client's address handed to the hub as a `SocketAddr` request extension;
-//! - graceful shutdown: on Ctrl-C or SIGTERM every WebSocket gets 1001 ("going away"), then
-//!   the HTTP connections still open finish what they are doing (hyper-util's
-//!   `GracefulShutdown`, bounded to 5 s), and the process exits with status 0.
+//! - graceful shutdown: on Ctrl-C or SIGTERM every WebSocket gets 1001 ("going away") and
+//!   the hub waits for them to close (up to its grace period, 10 s by default; new upgrades
+//!   get `503` meanwhile, other requests are still served); then the listener closes and the
+//!   HTTP connections still open finish what they are doing (hyper-util's `GracefulShutdown`,
+//!   up to 5 s more), and the process exits with status 0.
 //!
 //! Run it:
 //!
@@ -23,6 +28,7 @@
 //! ```
 
 use std::convert::Infallible;
+use std::io::ErrorKind;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,8 +44,10 @@ use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long a client may take to send its request head.
+/// How long a client may take to send its request head (and the first bytes of its connection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// What an HTTP/2 client sends first, "prior knowledge" (h2c) style.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long open HTTP connections get to finish after the WebSockets closed at shutdown.
 const HTTP_GRACE: Duration = Duration::from_secs(5);
 
@@ -86,7 +94,8 @@ async fn main() -> Result<(), BoxError> {
     tracing::info!(local_addr = %listener.local_addr()?, "hyper example listening");
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer for the timeouts below: without one, hyper ignores them.
+    // hyper needs a timer for the timeouts and pings below (it panics without one when they
+    // are set).
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -106,6 +115,11 @@ async fn main() -> Result<(), BoxError> {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
+                // A client that gave up while in the queue: nothing to do with the listener.
+                Err(error) if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+                ) => continue,
                 Err(error) => {
                     // Out of file descriptors, say: wait a little instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -127,12 +141,19 @@ async fn main() -> Result<(), BoxError> {
             })
             .layer(service.clone()),
         );
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if !tokio::time::timeout(HEADER_READ_TIMEOUT, protocol_known(&stream))
+                .await
+                .unwrap_or(false)
+            {
+                tracing::debug!(%remote, "no request within {HEADER_READ_TIMEOUT:?}, or gone");
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%remote, %error, "connection ended with an error");
             }
         });
@@ -147,4 +168,20 @@ async fn main() -> Result<(), BoxError> {
     }
     tracing::info!("hyper example stopped");
     Ok(())
+}
+
+/// Waits until the connection's first bytes say which protocol it speaks: 24 bytes, or fewer
+/// that are already not the HTTP/2 preface. `false` if the client closed first. (The auto
+/// builder reads these bytes itself, with no deadline; the caller bounds this wait.)
+async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == first.len() || first[..n] != HTTP2_PREFACE[..n] => return true,
+            // Part of the preface so far: `peek` would return the same bytes at once, so give
+            // the rest a moment to arrive.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }

@@ -475,9 +475,36 @@ async fn hyper_serves_its_service_and_rooms_over_both_http_versions_and_stops_on
 
     example.terminate();
     assert_eq!(close_code(&mut a).await, CloseCode::Away);
+    assert_eq!(h2::h2_close_code(&mut over_h2).await, Some(1001));
+    drop(over_h2);
+    drop(sender);
     let status = example.wait().await;
     assert!(status.success(), "hyper exited with {status}");
-    assert!(example.output().contains("hyper example stopped"));
+    let output = example.output();
+    assert!(
+        output.contains("every HTTP connection finished"),
+        "the HTTP connections were drained"
+    );
+    assert!(output.contains("hyper example stopped"));
+}
+
+/// A client that connects and sends nothing, or only the start of the HTTP/2 preface, is
+/// dropped after the example's 10 s header-read timeout instead of holding a connection for
+/// ever (hyper-util's auto builder reads the first bytes without a deadline of its own).
+#[tokio::test]
+async fn hyper_drops_a_client_that_never_sends_its_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let example = Example::start("hyper").await;
+    let silent = TcpStream::connect(example.addr).await.unwrap();
+    let mut partial = TcpStream::connect(example.addr).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for mut stream in [silent, partial] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(PROMPTLY, stream.read(&mut buf))
+            .await
+            .expect("still open after the header-read timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
 }
 
 /// Ctrl-C (SIGINT) stops the chat as SIGTERM does: clients are told "going away", the process

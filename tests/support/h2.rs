@@ -103,3 +103,17 @@ pub async fn h2_next_text(ws: &mut H2WebSocket) -> String {
         }
     }
 }
+
+/// Reads until the server's close frame and returns its code (`None` for a close without one).
+pub async fn h2_close_code(ws: &mut H2WebSocket) -> Option<u16> {
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, ws.next())
+            .await
+            .expect("no close frame in time")
+            .expect("stream ended before a close frame")
+            .expect("read error");
+        if let WsMessage::Close(frame) = message {
+            return frame.map(|frame| u16::from(frame.code));
+        }
+    }
+}
