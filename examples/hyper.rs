@@ -17,7 +17,8 @@
 //!   the hub waits for them to close (up to its grace period, 10 s by default; new upgrades
 //!   get `503` meanwhile, other requests are still served); then the listener closes and the
 //!   HTTP connections still open finish what they are doing (hyper-util's `GracefulShutdown`,
-//!   up to 5 s more), and the process exits with status 0.
+//!   up to 5 s more), and the process exits with status 0. Another Ctrl-C or SIGTERM while
+//!   that is under way exits at once, with status 1.
 //!
 //! Run it:
 //!
@@ -108,6 +109,9 @@ async fn main() -> Result<(), BoxError> {
         .keep_alive_interval(Some(Duration::from_secs(20)));
 
     let graceful = GracefulShutdown::new();
+    // The first Ctrl-C or SIGTERM starts the graceful shutdown (`shutdown_signal` below hears
+    // it); a second one, while that is under way, ends the process at once.
+    tokio::spawn(exit_on_second_signal());
     // Resolves on Ctrl-C, SIGTERM or `Hub::shutdown`, once the hub has closed every WebSocket
     // with 1001 and waited (up to its grace period) for them to finish.
     let mut stop = std::pin::pin!(hub.shutdown_signal());
@@ -183,5 +187,38 @@ async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
             // the rest a moment to arrive.
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
+    }
+}
+
+/// Listens for termination signals from now on (Ctrl-C or SIGTERM; the first also reaches
+/// `Hub::shutdown_signal`) and returns a future that, at the second one, exits with status 1
+/// without waiting for anything.
+fn exit_on_second_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok((mut interrupt, mut terminate)) = signals else {
+                return;
+            };
+            for _ in 0..2 {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        for _ in 0..2 {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+        }
+        tracing::warn!("second termination signal: exiting without waiting");
+        std::process::exit(1);
     }
 }

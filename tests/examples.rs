@@ -507,6 +507,29 @@ async fn hyper_drops_a_client_that_never_sends_its_request() {
     }
 }
 
+/// A second Ctrl-C while the hyper example waits for a client that never answers its close
+/// (the hub's grace period is 10 s) exits at once with status 1, where the graceful path would
+/// have exited 0.
+#[tokio::test]
+async fn hyper_exits_at_once_on_a_second_signal() {
+    let mut example = Example::start("hyper").await;
+    let _silent = connect(&example.ws_url("/ws/lobby")).await;
+    let mut other = connect(&example.ws_url("/ws/lobby")).await;
+    example.interrupt();
+    // The shutdown is under way once a client hears 1001 (the silent one never answers).
+    assert_eq!(close_code(&mut other).await, CloseCode::Away);
+    example.interrupt();
+    let status = example.wait().await;
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        example
+            .output()
+            .contains("second termination signal: exiting without waiting"),
+        "{}",
+        example.output()
+    );
+}
+
 /// Ctrl-C (SIGINT) stops the chat as SIGTERM does: clients are told "going away", the process
 /// exits with status 0.
 #[cfg(feature = "redis")]
