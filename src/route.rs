@@ -127,18 +127,17 @@ impl RoutePattern {
                          turn into '/' or remove before sending: no request path could match"
                     )));
                 }
-                None if percent_encoding::utf8_percent_encode(part, PATH_ENCODED)
-                    .any(|piece| piece != part) =>
-                {
-                    let encoded: String =
-                        percent_encoding::utf8_percent_encode(part, PATH_ENCODED).collect();
-                    return Err(invalid(&format!(
-                        "{part:?} has characters that clients send percent-encoded, and \
-                         literal segments are compared with the path as sent: write \
-                         {encoded:?}"
-                    )));
+                None => {
+                    let sent = Cow::from(percent_encoding::utf8_percent_encode(part, PATH_ENCODED));
+                    if sent != part {
+                        return Err(invalid(&format!(
+                            "{part:?} has characters that clients send percent-encoded, and \
+                             literal segments are compared with the path as sent: write \
+                             {sent:?}"
+                        )));
+                    }
+                    Segment::Literal(part.to_owned())
                 }
-                None => Segment::Literal(part.to_owned()),
             };
             segments.push(segment);
         }

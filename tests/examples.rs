@@ -131,6 +131,20 @@ impl Example {
         assert!(status.success(), "kill -{signal} {pid} failed: {status}");
     }
 
+    /// Sends a second SIGINT (the first one's shutdown under way) and checks that the process
+    /// exits at once, with status 1 and the line saying why.
+    async fn assert_second_interrupt_exits_at_once(&mut self) {
+        self.interrupt();
+        let status = self.wait().await;
+        assert_eq!(status.code(), Some(1), "{status}");
+        assert!(
+            self.output()
+                .contains("second termination signal: exiting without waiting"),
+            "{}",
+            self.output()
+        );
+    }
+
     /// What the example logged so far.
     fn output(&self) -> String {
         std::fs::read_to_string(&self.log).expect("read the example's log")
@@ -316,13 +330,13 @@ async fn send_until_seen(sender: &mut Client, receiver: &mut Client, text: &str,
     .await;
 }
 
-/// Sends `text` from `sender` every 250 ms until `read` of `receiver` completes, within
-/// [`PROMPTLY`]; returns what `read` returned.
-async fn resend_until<T>(
+/// Sends `text` from `sender` every 250 ms until `read` of `receiver` (any kind of client)
+/// completes, within [`PROMPTLY`]; returns what `read` returned.
+async fn resend_until<R, T>(
     sender: &mut Client,
-    receiver: &mut Client,
+    receiver: &mut R,
     text: &str,
-    mut read: impl AsyncFnMut(&mut Client) -> T,
+    mut read: impl AsyncFnMut(&mut R) -> T,
 ) -> T {
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
@@ -452,19 +466,11 @@ async fn hyper_serves_its_service_and_rooms_over_both_http_versions_and_stops_on
     let mut sender = h2::h2_connect(example.addr).await;
     let mut over_h2 = h2::h2_websocket(&mut sender, example.addr, "lobby").await;
     // Until the HTTP/2 client has joined, resend; then both ways.
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        a.send(WsMessage::text("to h2")).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_millis(200), h2::h2_next_text(&mut over_h2));
-        if let Ok(text) = got.await {
-            assert_eq!(text, "to h2");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the HTTP/2 client never joined"
-        );
-    }
+    let got = resend_until(&mut a, &mut over_h2, "to h2", async |ws| {
+        h2::h2_next_text(ws).await
+    })
+    .await;
+    assert_eq!(got, "to h2");
     over_h2.send(WsMessage::text("from h2")).await.unwrap();
     skip_until(&mut a, "from h2").await;
     // (The log may be coloured: look for the value, not the field name.)
@@ -518,16 +524,7 @@ async fn hyper_exits_at_once_on_a_second_signal() {
     example.interrupt();
     // The shutdown is under way once a client hears 1001 (the silent one never answers).
     assert_eq!(close_code(&mut other).await, CloseCode::Away);
-    example.interrupt();
-    let status = example.wait().await;
-    assert_eq!(status.code(), Some(1), "{status}");
-    assert!(
-        example
-            .output()
-            .contains("second termination signal: exiting without waiting"),
-        "{}",
-        example.output()
-    );
+    example.assert_second_interrupt_exits_at_once().await;
 }
 
 /// Ctrl-C (SIGINT) stops the chat as SIGTERM does: clients are told "going away", the process
@@ -862,16 +859,7 @@ async fn tonic_exits_at_once_on_a_second_signal() {
 
     example.interrupt();
     assert_eq!(next_status(&mut watch).await, ServingStatus::NotServing);
-    example.interrupt();
-    let status = example.wait().await;
-    assert_eq!(status.code(), Some(1), "{status}");
-    assert!(
-        example
-            .output()
-            .contains("second termination signal: exiting without waiting"),
-        "{}",
-        example.output()
-    );
+    example.assert_second_interrupt_exits_at_once().await;
     // Gone without a close handshake: the socket just ends.
     let end = tokio::time::timeout(PROMPTLY, client.next())
         .await

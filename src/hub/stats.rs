@@ -60,26 +60,6 @@ impl Counters {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use http::StatusCode;
-
-    use super::*;
-
-    #[test]
-    fn refused_handshakes_are_classed_by_status() {
-        let counters = Counters::default();
-        for status in [400, 405, 426, 404, 401, 403, 403, 503, 429, 500] {
-            counters.handshake_refused(StatusCode::from_u16(status).unwrap());
-        }
-        let stats = counters.snapshot(0);
-        assert_eq!(stats.handshakes_rejected, 10);
-        assert_eq!(stats.handshakes_malformed, 4);
-        assert_eq!(stats.handshakes_forbidden, 3);
-        assert_eq!(stats.handshakes_unavailable, 2);
-    }
-}
-
 fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -235,5 +215,25 @@ impl Counters {
             discarded_on_close: get(&self.discarded_on_close),
             backlog_holds: get(&self.backlog_holds),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn refused_handshakes_are_classed_by_status() {
+        let counters = Counters::default();
+        for status in [400, 405, 426, 404, 401, 403, 403, 503, 429, 500] {
+            counters.handshake_refused(StatusCode::from_u16(status).unwrap());
+        }
+        let stats = counters.snapshot(0);
+        assert_eq!(stats.handshakes_rejected, 10);
+        assert_eq!(stats.handshakes_malformed, 4);
+        assert_eq!(stats.handshakes_forbidden, 3);
+        assert_eq!(stats.handshakes_unavailable, 2);
     }
 }

@@ -89,14 +89,18 @@ pub async fn h2_websocket(
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
 }
 
+/// The next message, within [`PROMPTLY`]; `what` names what was awaited if none comes.
+async fn h2_next(ws: &mut H2WebSocket, what: &str) -> WsMessage {
+    tokio::time::timeout(PROMPTLY, ws.next())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} in time"))
+        .unwrap_or_else(|| panic!("stream ended before a {what}"))
+        .expect("read error")
+}
+
 pub async fn h2_next_text(ws: &mut H2WebSocket) -> String {
     loop {
-        let message = tokio::time::timeout(PROMPTLY, ws.next())
-            .await
-            .expect("no message in time")
-            .expect("stream ended")
-            .expect("read error");
-        match message {
+        match h2_next(ws, "message").await {
             WsMessage::Text(text) => return text.to_string(),
             WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
             other => panic!("expected text, got {other:?}"),
@@ -107,12 +111,7 @@ pub async fn h2_next_text(ws: &mut H2WebSocket) -> String {
 /// Reads until the server's close frame and returns its code (`None` for a close without one).
 pub async fn h2_close_code(ws: &mut H2WebSocket) -> Option<u16> {
     loop {
-        let message = tokio::time::timeout(PROMPTLY, ws.next())
-            .await
-            .expect("no close frame in time")
-            .expect("stream ended before a close frame")
-            .expect("read error");
-        if let WsMessage::Close(frame) = message {
+        if let WsMessage::Close(frame) = h2_next(ws, "close frame").await {
             return frame.map(|frame| u16::from(frame.code));
         }
     }
