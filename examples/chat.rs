@@ -9,7 +9,9 @@
 //! - liveness and readiness: `/healthz` always answers `200`; `/readyz` answers `503` with the
 //!   reason while Redis is unreachable (local rooms keep working meanwhile);
 //! - graceful shutdown: on Ctrl-C or SIGTERM every client gets close code 1001 ("going away"),
-//!   then the process exits with status 0.
+//!   then the process exits with status 0; a second Ctrl-C or SIGTERM while that is under way
+//!   (a client that never answers its close holds it for the hub's 10 s grace period) exits at
+//!   once with status 1.
 //!
 //! Run it:
 //!
@@ -93,6 +95,9 @@ async fn main() -> Result<(), BoxError> {
     });
     tracing::info!(%local_addr, "chat listening: open http://{local_addr}");
 
+    // The first Ctrl-C or SIGTERM starts the graceful shutdown (`shutdown_signal` below hears
+    // it); a second one, while that is under way, ends the process at once.
+    tokio::spawn(exit_on_second_signal());
     // `shutdown_signal` waits for Ctrl-C or SIGTERM, closes every WebSocket with 1001 and waits
     // (up to the hub's grace period) for them to finish; then axum stops accepting and drains.
     axum::serve(
@@ -104,6 +109,39 @@ async fn main() -> Result<(), BoxError> {
 
     tracing::info!("chat stopped");
     Ok(())
+}
+
+/// Listens for termination signals from now on (Ctrl-C or SIGTERM; the first also reaches
+/// `Hub::shutdown_signal`) and returns a future that, at the second one, exits with status 1
+/// without waiting for anything.
+fn exit_on_second_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok((mut interrupt, mut terminate)) = signals else {
+                return;
+            };
+            for _ in 0..2 {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        for _ in 0..2 {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+        }
+        tracing::warn!("second termination signal: exiting without waiting");
+        std::process::exit(1);
+    }
 }
 
 /// Everything about how the hub is made lives here. With `$REDIS_URL` set, several chat

@@ -545,6 +545,21 @@ async fn chat_shuts_down_gracefully_on_ctrl_c() {
     assert!(status.success(), "chat exited with {status}");
 }
 
+/// A second Ctrl-C while the chat waits for a client that never answers its close (the hub's
+/// grace period is 10 s) exits at once with status 1, where the graceful path would have exited
+/// 0 after the grace period.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn chat_exits_at_once_on_a_second_signal() {
+    let mut chat = Example::start("chat").await;
+    let _silent = connect(&chat.ws_url("/ws/lobby")).await;
+    let mut other = connect(&chat.ws_url("/ws/lobby")).await;
+    chat.interrupt();
+    // The shutdown is under way once a client hears 1001 (the silent one never answers).
+    assert_eq!(close_code(&mut other).await, CloseCode::Away);
+    chat.assert_second_interrupt_exits_at_once().await;
+}
+
 /// Two processes on one Redis are one hub; while Redis is gone each serves its own members, and
 /// once it is back (restarted empty, on the same port) messages cross between them again.
 #[cfg(feature = "redis")]
