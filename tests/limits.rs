@@ -15,7 +15,8 @@ use axum::http::StatusCode;
 use futures_util::{SinkExt, StreamExt};
 use support::bystanders::Bystanders;
 use support::raw::{
-    MASK, Upgrade, encode_frame, opcode, ping_flood, tcp_with_small_receive_buffer,
+    MASK, Upgrade, empty_fragment_flood, encode_frame, opcode, ping_flood,
+    tcp_with_small_receive_buffer, unfinished_message,
 };
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -441,6 +442,54 @@ async fn unsolicited_pongs_count_against_the_inbound_rate_limit() {
     assert_eq!(server.hub.room_size("pongs"), 1);
 }
 
+/// Each frame of a fragmented message takes a token: a message that never ends, sent as an
+/// endless stream of empty fragments, would otherwise never spend one (nor reach the size
+/// limit), whatever the rate.
+#[tokio::test]
+async fn fragments_count_against_the_inbound_rate_limit() {
+    let server = serve_hub(Hub::builder().inbound_rate_limit(10.0, 5).build()).await;
+    let mut listener = server.connect("fragments").await;
+    let mut polite = Upgrade::new("/ws/fragments").open(server.addr).await;
+    let mut flooder = Upgrade::new("/ws/fragments").open(server.addr).await;
+    wait_members(&server.hub, "fragments", 3).await;
+
+    // A message in five frames fits the burst of five tokens and is delivered.
+    let mut message = encode_frame(false, 0, opcode::TEXT, Some(MASK), b"in ");
+    for part in [&b"five "[..], b"frag", b"ment"] {
+        message.extend(encode_frame(
+            false,
+            0,
+            opcode::CONTINUATION,
+            Some(MASK),
+            part,
+        ));
+    }
+    message.extend(encode_frame(
+        true,
+        0,
+        opcode::CONTINUATION,
+        Some(MASK),
+        b"s",
+    ));
+    polite.send_bytes(&message).await;
+    assert_eq!(next_text(&mut listener).await, "in five fragments");
+
+    flooder.send_bytes(&unfinished_message()).await;
+    flooder.send_bytes(&empty_fragment_flood(1000)).await;
+    let close = loop {
+        let frame = tokio::time::timeout(PROMPTLY, flooder.read_frame())
+            .await
+            .expect("the flooder is closed in time")
+            .expect("a close frame before the end of the stream");
+        if frame.opcode == opcode::CLOSE {
+            break frame;
+        }
+    };
+    assert_eq!(close.close_code(), Some(close_code::POLICY_VIOLATION));
+    assert_eq!(&close.payload[2..], b"rate limit exceeded");
+    assert_eq!(server.hub.stats().rate_limit_closes, 1);
+}
+
 #[tokio::test]
 async fn the_rate_limit_is_per_connection() {
     // Five clients each spend their whole burst at once: nobody is over its own limit.
@@ -789,6 +838,21 @@ async fn flood_pings_without_reading(server: &Server, room: &str) -> tokio::task
     tokio::spawn(async move { while flooder.try_send_bytes(&batch).await {} })
 }
 
+/// Floods `room` with empty fragments of a message that never ends, from a client that never
+/// reads (so never answers the server's pings), until the task is dropped.
+async fn flood_fragments_without_reading(
+    server: &Server,
+    room: &str,
+) -> tokio::task::JoinHandle<()> {
+    let socket = tcp_with_small_receive_buffer(server.addr).await;
+    let mut flooder = Upgrade::new(&format!("/ws/{room}")).open_on(socket).await;
+    wait_members(&server.hub, room, 1).await;
+    flooder.send_bytes(&unfinished_message()).await;
+    // Large writes, so that the socket always holds more than the server reads in a turn.
+    let batch = empty_fragment_flood(100_000);
+    tokio::spawn(async move { while flooder.try_send_bytes(&batch).await {} })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_pings_does_not_escape_the_pong_or_idle_timeout() {
     let pong = serve_hub(
@@ -811,6 +875,39 @@ async fn a_client_flooding_pings_does_not_escape_the_pong_or_idle_timeout() {
     // client's doing, and does not put off the verdict.
     let pong_flood = flood_pings_without_reading(&pong, "flood").await;
     let idle_flood = flood_pings_without_reading(&idle, "flood").await;
+    wait_members(&pong.hub, "flood", 0).await;
+    wait_members(&idle.hub, "flood", 0).await;
+    assert!(pong.hub.stats().pong_timeouts >= 1);
+    assert!(idle.hub.stats().idle_timeouts >= 1);
+    pong_flood.abort();
+    idle_flood.abort();
+}
+
+/// As with pings: a message that never ends, its empty fragments sent faster than they are
+/// read, is the client's doing and does not put off the verdict. (tungstenite reads fragments
+/// until their message is whole, so a turn of reading them ends on the connection's own
+/// fragment allowance, not on the socket running dry; a wake after it must not count as the
+/// socket's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_empty_fragments_does_not_escape_the_pong_or_idle_timeout() {
+    let pong = serve_hub(
+        Hub::builder()
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(300))
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let idle = serve_hub(
+        Hub::builder()
+            .ping_interval(None)
+            .idle_timeout(Some(Duration::from_millis(300)))
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let pong_flood = flood_fragments_without_reading(&pong, "flood").await;
+    let idle_flood = flood_fragments_without_reading(&idle, "flood").await;
     wait_members(&pong.hub, "flood", 0).await;
     wait_members(&idle.hub, "flood", 0).await;
     assert!(pong.hub.stats().pong_timeouts >= 1);

@@ -23,11 +23,18 @@ const MAX_HEADER: usize = 14;
 pub(crate) struct FrameBoundary {
     /// Bytes of a header not yet complete.
     header: [u8; MAX_HEADER],
-    header_len: usize,
+    /// (A `u8`, at most [`MAX_HEADER`]: with it `fragments` fits in the words this struct
+    /// had already, and every byte here is paid by every idle connection.)
+    header_len: u8,
     /// Payload bytes of the current frame still to come.
     payload_left: u64,
     /// A data frame without FIN was seen and its final continuation was not.
     fragmented: bool,
+    /// Data frames without FIN (a fragmented message's first frame, or a continuation that is
+    /// not its last) seen since [`take_fragments`](Self::take_fragments). tungstenite hands
+    /// over only whole messages: these are the frames it reads without the connection
+    /// hearing of them.
+    fragments: u32,
     /// Bytes seen since [`reset`](Self::reset).
     read: u64,
     /// The largest frame payload seen since [`reset`](Self::reset).
@@ -49,11 +56,12 @@ impl FrameBoundary {
                 self.payload_left -= skip as u64;
                 continue;
             }
-            let copy = (MAX_HEADER - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + copy].copy_from_slice(&bytes[..copy]);
-            let before = self.header_len;
-            self.header_len += copy;
-            let mut cursor = Cursor::new(&self.header[..self.header_len]);
+            let before = usize::from(self.header_len);
+            let copy = (MAX_HEADER - before).min(bytes.len());
+            self.header[before..before + copy].copy_from_slice(&bytes[..copy]);
+            // At most `MAX_HEADER`.
+            self.header_len = (before + copy) as u8;
+            let mut cursor = Cursor::new(&self.header[..before + copy]);
             match FrameHeader::parse(&mut cursor) {
                 Ok(Some((header, length))) => {
                     // The header may be shorter than what was copied: the rest is payload.
@@ -71,11 +79,25 @@ impl FrameBoundary {
                         OpCode::Data(_) => self.fragmented = !header.is_final,
                         OpCode::Control(_) => {}
                     }
+                    if matches!(header.opcode, OpCode::Data(_)) && !header.is_final {
+                        self.fragments = self.fragments.saturating_add(1);
+                    }
                 }
                 Ok(None) => bytes = &bytes[copy..],
                 Err(_) => self.broken = true,
             }
         }
+    }
+
+    /// Data frames without FIN seen since the last call (see `fragments`).
+    pub(crate) fn take_fragments(&mut self) -> u32 {
+        std::mem::take(&mut self.fragments)
+    }
+
+    /// Data frames without FIN seen since [`take_fragments`](Self::take_fragments) was last
+    /// called.
+    pub(crate) fn fragments(&self) -> u32 {
+        self.fragments
     }
 
     /// Every byte seen so far belongs to a complete frame, and no fragmented message is
@@ -188,6 +210,16 @@ mod tests {
             boundary.observe(&stream[range.clone()]);
             assert_eq!(boundary.at_message_boundary(), expected, "{range:?}");
         }
+        // The first frame and the middle one have no FIN; the ping and the last one do not
+        // count.
+        assert_eq!(boundary.take_fragments(), 2);
+        assert_eq!(boundary.fragments(), 0);
+        boundary.observe(&binary(5));
+        assert_eq!(
+            boundary.take_fragments(),
+            0,
+            "a whole message is no fragment"
+        );
     }
 
     #[test]

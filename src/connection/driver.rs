@@ -65,7 +65,8 @@ use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
 use crate::message::Message;
 
-/// Frames read per poll before yielding to other tasks.
+/// Messages (data, ping, pong, close) read per poll before yielding to other tasks; the
+/// fragments of messages not yet whole are held to as many again (`PollIo::fragment_allowance`).
 const READ_BUDGET: usize = 64;
 // `forward_delivered` (a `u8`) counts up to a read budget's worth.
 const _: () = assert!(READ_BUDGET <= u8::MAX as usize);
@@ -164,12 +165,14 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    /// Takes `n` tokens if there are as many.
+    fn take(&mut self, now: Instant, n: u32) -> bool {
         let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.per_second;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -699,7 +702,7 @@ where
             }
             if limited {
                 self.last_data = now;
-                if !self.spend_rate_token(now) {
+                if !self.spend_rate_tokens(now, 1) {
                     return;
                 }
             }
@@ -739,14 +742,15 @@ where
         }
     }
 
-    /// Spends a token of the inbound rate limit, if there is one, for a frame from the client
-    /// (data, ping or pong). Over the limit, the connection starts closing with 1008 and this
-    /// returns `false`.
-    fn spend_rate_token(&mut self, now: Instant) -> bool {
+    /// Spends `n` tokens of the inbound rate limit, if there is one, for frames from the
+    /// client (one per data message, ping or pong, and per fragment of a message not yet
+    /// whole). Over the limit, the connection starts closing with 1008 and this returns
+    /// `false`.
+    fn spend_rate_tokens(&mut self, now: Instant, n: u32) -> bool {
         let Some(rate) = &mut self.rate else {
             return true;
         };
-        if rate.take(now) || !matches!(self.phase, Phase::Open) {
+        if rate.take(now, n) || !matches!(self.phase, Phase::Open) {
             return true;
         }
         Counters::incr(&self.counters().rate_limit_closes);
@@ -914,6 +918,8 @@ where
         let mut read_cx = Context::from_waker(&read_waker);
         // How many messages (counting `forward`) the broker takes now; looked up when reached.
         let mut broker_room = 0;
+        // Fragments of messages not yet whole that this poll may still read.
+        let mut fragment_allowance = READ_BUDGET as u32;
         for _ in 0..READ_BUDGET {
             match self.input {
                 Input::Frames => {}
@@ -949,8 +955,19 @@ where
                 cx: &mut read_cx,
                 written: &mut self.control,
                 boundary: &mut self.boundary,
+                fragment_allowance,
             });
             self.take_control();
+            // The fragments tungstenite read on its way to a whole message (or to giving up
+            // for now) pay like messages: a message that never ends, sent as empty fragments,
+            // would otherwise cost nothing however many of them come.
+            let fragments = self.boundary.take_fragments();
+            if fragments > 0 {
+                fragment_allowance = fragment_allowance.saturating_sub(fragments);
+                if self.rate.is_some() {
+                    self.spend_rate_tokens(Instant::now(), fragments);
+                }
+            }
             match result {
                 // For a ping, tungstenite queued the pong; it writes it at its next `read`
                 // (or the flush before our close frame), and `take_control` puts it on the
@@ -961,7 +978,7 @@ where
                         self.on_pong();
                     }
                     if self.rate.is_some() {
-                        self.spend_rate_token(Instant::now());
+                        self.spend_rate_tokens(Instant::now(), 1);
                     }
                 }
                 Ok(tungstenite::Message::Frame(_)) => {}
@@ -989,6 +1006,16 @@ where
                     if let (Phase::Open, Some(message)) = (&self.phase, Message::from_ws(data)) {
                         self.on_message(message);
                     }
+                }
+                Err(WsError::Io(error))
+                    if error.kind() == io::ErrorKind::WouldBlock && fragment_allowance == 0 =>
+                {
+                    // This poll's fragments are spent, with more possibly waiting: come back
+                    // after others ran, as when the read budget is spent. (Not a wake through
+                    // `read_waker`: what the client sends faster than it is read is its own
+                    // doing, and must not put off a pong or idle verdict, see `unread`.)
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                     // The socket registered `read_waker`: it flags readiness when data comes.
@@ -1095,6 +1122,8 @@ where
             cx,
             written: &mut self.control,
             boundary: &mut self.boundary,
+            // Writes only: tungstenite reads nothing to flush or close.
+            fragment_allowance: u32::MAX,
         };
         // tungstenite keeps the pong for a ping read last until its next write, and `close`
         // would write it after the close frame, where nothing may follow (RFC 6455 §5.5.1):

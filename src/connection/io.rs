@@ -25,10 +25,19 @@ pub(crate) struct PollIo<'a, 'b, S> {
     pub(crate) written: &'a mut BytesMut,
     /// Sees every byte read, on its way to tungstenite.
     pub(crate) boundary: &'a mut FrameBoundary,
+    /// Once `boundary` has seen this many fragments (data frames without FIN), reads give
+    /// `WouldBlock` without touching the socket. tungstenite reads until a message is whole:
+    /// without this, one turn of reading a message sent as an endless stream of fragments
+    /// would go on until tokio's budget for the task ran out (see
+    /// `Driver::poll_read_frames`).
+    pub(crate) fragment_allowance: u32,
 }
 
 impl<S: AsyncRead + Unpin> Read for PollIo<'_, '_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.boundary.fragments() >= self.fragment_allowance {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let mut buf = ReadBuf::new(buf);
         match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
             Poll::Ready(Ok(())) => {

@@ -1185,7 +1185,10 @@ impl HubBuilder {
     /// second holding at most `burst`; a client that sends faster is closed with 1008
     /// ("rate limit exceeded"). Data messages, pings and pongs each take a token (a ping flood
     /// costs the server as much as a message flood; the pong that answers the hub's own ping
-    /// once per [ping interval](Self::ping_interval) takes one too). Default: `None` (no
+    /// once per [ping interval](Self::ping_interval) takes one too), and so does every frame
+    /// of a fragmented message: one sent in five frames takes five (a message that never
+    /// ends, sent as endless empty fragments, costs like a flood of messages). Set `burst` to
+    /// at least the most frames your clients split a message into. Default: `None` (no
     /// limit).
     ///
     /// # Panics

@@ -367,6 +367,20 @@ pub fn ping_flood() -> Vec<u8> {
         .collect()
 }
 
+/// The first frame of a message that never ends: an empty text frame without FIN.
+pub fn unfinished_message() -> Vec<u8> {
+    encode_frame(false, 0, opcode::TEXT, Some(MASK), b"")
+}
+
+/// One write's worth of a flood of empty continuation frames without FIN (after
+/// [`unfinished_message`]): `frames` frames of 6 bytes that never complete a message, nor
+/// grow it.
+pub fn empty_fragment_flood(frames: usize) -> Vec<u8> {
+    (0..frames)
+        .flat_map(|_| encode_frame(false, 0, opcode::CONTINUATION, Some(MASK), b""))
+        .collect()
+}
+
 /// A WebSocket client over a raw socket: sends exactly the bytes it is told to.
 #[derive(Debug)]
 pub struct RawWs {
