@@ -52,6 +52,8 @@ pub enum HandshakeError {
     DuplicateKey,
     /// HTTP/1.1 requires a `Host` header (→ 400).
     MissingHost,
+    /// More than one `Host` header (RFC 9112 §3.2; → 400).
+    DuplicateHost,
 }
 
 impl HandshakeError {
@@ -67,7 +69,8 @@ impl HandshakeError {
             | Self::MissingKey
             | Self::InvalidKey
             | Self::DuplicateKey
-            | Self::MissingHost => StatusCode::BAD_REQUEST,
+            | Self::MissingHost
+            | Self::DuplicateHost => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -85,6 +88,7 @@ impl HandshakeError {
             Self::InvalidKey => "Sec-WebSocket-Key must be base64 of 16 bytes",
             Self::DuplicateKey => "Sec-WebSocket-Key must appear exactly once",
             Self::MissingHost => "missing Host header",
+            Self::DuplicateHost => "Host must appear exactly once",
         }
     }
 }
@@ -222,9 +226,10 @@ impl Handshake {
                 if !is_valid_key(key.as_bytes()) {
                     return Err(HandshakeError::InvalidKey);
                 }
-                if !headers.contains_key(header::HOST) && request.uri().authority().is_none() {
-                    return Err(HandshakeError::MissingHost);
-                }
+                // RFC 9112 §3.2: exactly one, even with the authority in the request line.
+                sole_value(headers, &header::HOST)
+                    .map_err(|Repeated| HandshakeError::DuplicateHost)?
+                    .ok_or(HandshakeError::MissingHost)?;
                 let accept = derive_accept_key(key.as_bytes());
                 Ok(Self::Http1 {
                     accept: HeaderValue::try_from(accept)

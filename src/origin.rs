@@ -241,11 +241,16 @@ fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
     let Some(default_port) = default_port(origin.scheme) else {
         return false;
     };
-    let request_authority = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    // The request target's authority where it has one (HTTP/2's `:authority`, an HTTP/1.1
+    // request in absolute form, whose `Host` a server must ignore: RFC 9112 §3.2.2), `Host`
+    // otherwise.
+    let request_authority = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok()),
+    };
     let Some((host, port)) = request_authority.and_then(split_host_port) else {
         return false;
     };
@@ -318,6 +323,24 @@ mod tests {
         assert!(!ok("example.com", "http://example.com@evil"));
         // No Origin: not a browser, allowed.
         assert!(policy.check(&parts(Some("example.com"), None)).is_ok());
+    }
+
+    /// The request target's authority (HTTP/2's `:authority`, or an HTTP/1.1 request line in
+    /// absolute form) is the request's origin, whatever `Host` says (RFC 9112 §3.2.2).
+    #[test]
+    fn same_origin_takes_the_targets_authority_over_host() {
+        let policy = OriginPolicy::SameOrigin;
+        let absolute = |host: &str, origin: &str| {
+            let request = http::Request::get("http://app.example.com/ws/r")
+                .header(header::HOST, host)
+                .header(header::ORIGIN, origin)
+                .body(())
+                .unwrap();
+            policy.check(&request.into_parts().0).is_ok()
+        };
+        assert!(absolute("evil.example", "http://app.example.com"));
+        assert!(!absolute("evil.example", "http://evil.example"));
+        assert!(absolute("app.example.com", "http://app.example.com"));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub(crate) struct RoutePattern {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
+    /// Matched as the client sent it, but for the hex digits of percent-escapes, which are
+    /// kept upper-case here and compared in either case (RFC 3986 §6.2.2.1: `%c3%a9` and
+    /// `%C3%A9` are one URL).
     Literal(String),
     /// The `{room}` segment: matches any one non-empty segment, like a wildcard.
     Room,
@@ -136,7 +139,7 @@ impl RoutePattern {
                              {sent:?}"
                         )));
                     }
-                    Segment::Literal(part.to_owned())
+                    Segment::Literal(upper_case_escapes(part))
                 }
             };
             segments.push(segment);
@@ -159,7 +162,7 @@ impl RoutePattern {
         for segment in &self.segments {
             let part = parts.next()?;
             match segment {
-                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(literal) if literal_matches(literal, part) => {}
                 Segment::Literal(_) => return None,
                 // An empty segment is no room, as in axum's routes: `/{room}` leaves the
                 // application's `/` alone, and `/ws/` goes where unmatched paths go.
@@ -197,6 +200,45 @@ impl RoutePattern {
     }
 }
 
+/// `literal` with the hex digits of its percent-escapes upper-cased.
+fn upper_case_escapes(literal: &str) -> String {
+    let mut out = literal.as_bytes().to_vec();
+    let mut i = 0;
+    while i + 2 < out.len() {
+        if out[i] == b'%' && out[i + 1].is_ascii_hexdigit() && out[i + 2].is_ascii_hexdigit() {
+            out[i + 1].make_ascii_uppercase();
+            out[i + 2].make_ascii_uppercase();
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    // Only ASCII letters changed case.
+    String::from_utf8(out).expect("still UTF-8")
+}
+
+/// Whether path segment `part` is `literal`, the two characters after each `%` compared in
+/// either case.
+fn literal_matches(literal: &str, part: &str) -> bool {
+    if literal.len() != part.len() {
+        return false;
+    }
+    let (literal, part) = (literal.as_bytes(), part.as_bytes());
+    let mut hex = 0;
+    literal.iter().zip(part).all(|(&l, &p)| {
+        let same = if hex > 0 {
+            hex -= 1;
+            l.eq_ignore_ascii_case(&p)
+        } else {
+            l == p
+        };
+        if l == b'%' {
+            hex = 2;
+        }
+        same
+    })
+}
+
 /// What a [`RoomExtractor`] says about a request.
 #[derive(Debug, Clone)]
 pub enum RoomMatch {
@@ -218,7 +260,8 @@ pub enum RoomMatch {
 /// ```
 /// use tower_ws_hub::{RoomMatch, Rejection};
 ///
-/// // Rooms from a query string: `/chat?room=lobby`.
+/// // Rooms from a query string: `/chat?room=lobby`. Decoded as `{room}` segments are (with
+/// // the percent-encoding crate), so that `?room=caf%C3%A9` and `/ws/caf%C3%A9` are one room.
 /// let extractor = |parts: &http::request::Parts| {
 ///     if parts.uri.path() != "/chat" {
 ///         return RoomMatch::Pass;
@@ -226,9 +269,11 @@ pub enum RoomMatch {
 ///     let room = parts
 ///         .uri
 ///         .query()
-///         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("room=")));
+///         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("room=")))
+///         .map(|raw| percent_encoding::percent_decode_str(raw).decode_utf8());
 ///     match room {
-///         Some(room) => RoomMatch::Room(room.to_owned()),
+///         Some(Ok(room)) => RoomMatch::Room(room.into_owned()),
+///         Some(Err(_)) => RoomMatch::Reject(Rejection::bad_request("room is not UTF-8")),
 ///         None => RoomMatch::Reject(Rejection::bad_request("missing ?room=")),
 ///     }
 /// };
@@ -529,6 +574,43 @@ mod tests {
         // Sent as they are: `%` (an escape already), brackets, the pipe.
         let p = pattern("/a%7C[b]|c/{room}");
         assert_eq!(p.matches("/a%7C[b]|c/lobby"), Some("lobby"));
+    }
+
+    /// The hex digits of a percent-escape may come in either case, in the pattern and in the
+    /// request (RFC 3986 §6.2.2.1); everything else in a literal is compared exactly.
+    #[test]
+    fn percent_escapes_in_literals_match_in_either_case() {
+        for written in [
+            "/caf%c3%a9/{room}",
+            "/caf%C3%A9/{room}",
+            "/caf%c3%A9/{room}",
+        ] {
+            let p = pattern(written);
+            for sent in ["/caf%C3%A9/lobby", "/caf%c3%a9/lobby", "/caf%C3%a9/lobby"] {
+                assert_eq!(p.matches(sent), Some("lobby"), "{written} {sent}");
+            }
+            assert_eq!(
+                p.matches("/CAF%C3%A9/lobby"),
+                None,
+                "not the rest: {written}"
+            );
+            assert_eq!(
+                p.matches("/caf%C3%A8/lobby"),
+                None,
+                "another escape: {written}"
+            );
+        }
+        // Two spellings of one pattern are one pattern (the second is refused as shadowed).
+        let mut router = RoomRouter::default();
+        router.add_pattern(pattern("/caf%c3%a9/{room}")).unwrap();
+        assert!(router.add_pattern(pattern("/caf%C3%A9/{room}")).is_err());
+        // A `%` that starts no escape still matches itself. (What follows it compares in
+        // either case too, escape or not: a path with such a `%` is no valid URL, and no
+        // client that encodes sends one.)
+        let p = pattern("/100%/{room}");
+        assert_eq!(p.matches("/100%/lobby"), Some("lobby"));
+        let p = pattern("/a%zz/{room}");
+        assert_eq!(p.matches("/a%zz/lobby"), Some("lobby"));
     }
 
     #[test]

@@ -401,6 +401,29 @@ async fn a_missing_host_header_is_refused_with_400() {
     response.assert_rejection(400, "Host");
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host`, also when its request line
+/// names the authority (absolute form).
+#[tokio::test]
+async fn a_repeated_or_absent_host_is_refused_with_400_also_in_absolute_form() {
+    let server = serve_default().await;
+    let response = Upgrade::new("/ws/lobby")
+        .also("Host", "evil.example")
+        .send(server.addr)
+        .await;
+    response.assert_rejection(400, "Host must appear exactly once");
+    let response = Upgrade::new("http://localhost/ws/lobby")
+        .without("Host")
+        .send(server.addr)
+        .await;
+    response.assert_rejection(400, "missing Host");
+    // With its `Host`, the same absolute-form request is served.
+    let response = Upgrade::new("http://localhost/ws/lobby")
+        .send(server.addr)
+        .await;
+    assert_eq!(response.status, 101, "{}", response.text());
+    assert_eq!(server.hub.stats().handshakes_malformed, 2);
+}
+
 #[tokio::test]
 async fn rejected_handshakes_are_counted_and_never_join_a_room() {
     let server = serve_default().await;

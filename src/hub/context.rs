@@ -305,8 +305,8 @@ impl ConnectionContext {
     ///     })
     ///     .build();
     ///
-    /// // Later, anywhere: a private notice to every connection of one user (made once: each
-    /// // connection's copy shares its bytes).
+    /// // Later, anywhere: a private notice to every connection of one user (a clone of a
+    /// // `Message` shares its payload; each `send` frames a copy of its own).
     /// let notice = Message::text("you have a new invitation");
     /// for handle in sessions.lock().unwrap().get("ada").into_iter().flat_map(|open| open.values()) {
     ///     let _ = handle.send(notice.clone());

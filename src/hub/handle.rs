@@ -87,6 +87,11 @@ impl ConnectionHandle {
     /// Queues `message` for this connection only, after what is already queued for it.
     /// Never waits. Text stays text, binary stays binary.
     ///
+    /// Each call encodes the message into a frame of its own, a copy of the payload for this
+    /// connection's queue: a large message sent through many handles is held as many times.
+    /// To reach every member of a room, [`Hub::publish`](crate::Hub::publish) encodes it once
+    /// for all of them.
+    ///
     /// `Ok` means the message is queued: it is written unless the connection ends first (the
     /// client goes away, the shutdown grace period runs out). Under
     /// [`SlowConsumerPolicy::DropOldest`](crate::SlowConsumerPolicy::DropOldest), older

@@ -126,13 +126,15 @@ impl Hub {
     /// Publishes a message to every local member of `room` and, with a broker configured, to
     /// the room's members on every other instance.
     ///
-    /// Returns how many local members it was queued for. Never waits: local delivery never
-    /// waits on the broker, and a broker that cannot take the message now (Redis known to be
-    /// down, because a connection attempt failed, or a publish failed and no new connection
-    /// could be had at once; or its publish queue full because Redis is slower than you
-    /// publish, see `RedisConfig::publish_queue`) refuses it at once, counted in
-    /// [`BrokerStatus`]. Before the first connection attempt has failed,
-    /// the message is queued. To wait for room in the queue instead, use
+    /// Returns how many local members it was queued for, counting members that have begun closing
+    /// and will write no more data (their close discards it, counted in
+    /// [`HubStats::discarded_on_close`]): a count of members, not of deliveries that will happen.
+    /// Never waits: local delivery never waits on the broker, and a broker that cannot take the
+    /// message now (Redis known to be down, because a connection attempt failed, or a publish
+    /// failed and no new connection could be had at once; or its publish queue full because Redis
+    /// is slower than you publish, see `RedisConfig::publish_queue`) refuses it at once, counted in
+    /// [`BrokerStatus`]. Before the first connection attempt has failed, the message is queued. To
+    /// wait for room in the queue instead, use
     /// [`publish_with_backpressure`](Self::publish_with_backpressure).
     ///
     /// Calling it again after [`PublishError::BrokerUnavailable`] delivers the message to the

@@ -113,13 +113,22 @@ impl HubLayer {
     /// Segments match exactly (no prefix matching); `{room}` is percent-decoded and names the
     /// room; other `{name}` segments match any one segment. May be called several times.
     /// Literal segments are compared with the path as the client sent it, so write them
-    /// percent-encoded where clients encode (`/caf%C3%A9/{room}`).
+    /// percent-encoded where clients encode (`/caf%C3%A9/{room}`; the hex digits of escapes
+    /// match in either case).
     ///
-    /// The layer decides by path alone, before the inner service routes anything: a pattern
-    /// claims every path it matches, including paths the inner service has routes for, and
-    /// answers a plain (non-WebSocket) request there with `426`. Keep WebSocket routes under
-    /// a prefix of their own (`/ws/{room}`): a top-level `/{room}` would also take `/health`
-    /// and `/favicon.ico` (only `/` itself, an empty segment, is left alone).
+    /// Only `{room}` names the room: other parameters are not part of it, and rooms are one
+    /// namespace across patterns. With `/t/{tenant}/{room}`, `/t/acme/lobby` and
+    /// `/t/globex/lobby` join the same room `lobby` (as does `/ws/lobby` if `/ws/{room}` is
+    /// routed too). To keep tenants apart, name rooms with a [`RoomExtractor`] that builds
+    /// the name from both segments (`acme/lobby`), or refuse the other tenants' members in an
+    /// [`authorizer`](Self::authorize).
+    ///
+    /// The layer decides by path alone, before the inner service routes anything: a pattern claims
+    /// every path it matches, including paths the inner service has routes for, and answers a plain
+    /// (non-WebSocket) request there: `426` for an HTTP/1.1 `GET`, `405` for another method (and
+    /// for HTTP/2, anything but extended `CONNECT`). Keep WebSocket routes under a prefix of their
+    /// own (`/ws/{room}`): a top-level `/{room}` would also take `/health` and `/favicon.ico` (only
+    /// `/` itself, an empty segment, is left alone).
     ///
     /// Patterns are tried in the order they were added, and the first that matches a path
     /// decides: its `{room}` segment names the room (or, if it is not a valid room name, the
