@@ -2765,9 +2765,11 @@ async fn a_connection_found_starved_at_every_attempt_backs_off() {
     let config = RedisConfig::from_pool(pool, redis::Client::open(subscribing.url()).unwrap())
         .subscriber_connections(1)
         .probe(Duration::from_millis(200), Duration::from_secs(1));
+    let (guard, logs) = capture_logs(tracing::Level::WARN);
     let a = instance(Hub::builder(), config).await;
     let _member = a.connect("r").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(guard);
     let status = a.hub.broker_status();
     // Backing off up to 500 ms: about 10 attempts in 3 s (without it, 75 here).
     assert!(
@@ -2775,6 +2777,66 @@ async fn a_connection_found_starved_at_every_attempt_backs_off() {
         "{} starvations in 3 s; {status:?}",
         status.starvations
     );
+    // And said at most once a second, with the count of what was not.
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines = logs
+        .lines()
+        .filter(|line| line.contains("starved, replacing it"))
+        .count();
+    assert!((1..=4).contains(&lines), "{lines} lines in 3 s:\n{logs}");
+}
+
+/// Redis refusing the subscriber connection (a password it wants and was not given, a wrong
+/// one) is said as such, once a second at most, not as "cannot reach Redis": the fix is in
+/// the credentials or the ACL, not the network.
+#[tokio::test]
+async fn a_subscriber_refused_by_redis_says_so_at_a_sane_rate() {
+    let redis = RedisServer::start().await;
+    let mut admin = redis.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let port = redis.port();
+    for (url, refusal) in [
+        (format!("redis://127.0.0.1:{port}"), "NOAUTH"),
+        (
+            format!("redis://:wrong@127.0.0.1:{port}"),
+            "AuthenticationFailed",
+        ),
+    ] {
+        let config = config(&url)
+            .subscriber_connections(2)
+            .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(20));
+        let (guard, logs) = capture_logs(tracing::Level::WARN);
+        let hub = instance(Hub::builder(), config).await;
+        let member = hub.connect("r").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(guard);
+        let status = hub.hub.broker_status();
+        assert!(!status.connected, "{status:?}");
+        let error = status.last_error.clone().unwrap_or_default();
+        assert!(error.contains(refusal), "{url}: {status:?}");
+        let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+        let refused: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains("Redis refused the subscriber connection"))
+            .collect();
+        // Two subscriber connections retrying every 20 ms or less: one line a second, and a
+        // second one with the count of the others.
+        assert!((1..=2).contains(&refused.len()), "{url}:\n{logs}");
+        assert!(refused[0].contains("ACL"), "{url}:\n{logs}");
+        assert!(
+            refused[0].contains("tower-ws-hub:* and tower-ws-hub#probe:*"),
+            "{logs}"
+        );
+        assert!(!logs.contains("cannot reach Redis"), "{url}:\n{logs}");
+        drop(member);
+        hub.hub.shutdown().await;
+    }
 }
 
 /// Without a signing key, garbage on a room channel is counted in `invalid_envelopes` (README:

@@ -206,6 +206,10 @@ pub(crate) struct Shared {
     /// `publisher::Publisher::replace_broken`).
     pub(crate) broken_log: LogThrottle,
     pub(crate) invalid_log: LogThrottle,
+    /// Subscriber connections refused by Redis (credentials, ACL), across subscribers.
+    pub(crate) subscriber_refused_log: LogThrottle,
+    /// Subscriber connections found starved, across subscribers.
+    pub(crate) starved_log: LogThrottle,
     pub(crate) panic_log: LogThrottle,
 }
 
@@ -415,6 +419,8 @@ impl RedisBroker {
             refused_log: LogThrottle::per_second(),
             broken_log: LogThrottle::per_second(),
             invalid_log: LogThrottle::per_second(),
+            subscriber_refused_log: LogThrottle::per_second(),
+            starved_log: LogThrottle::per_second(),
             panic_log: LogThrottle::per_second(),
         });
         let cancel = CancellationToken::new();
@@ -620,8 +626,10 @@ impl RedisBroker {
                         room = %room,
                         similar_events_suppressed = suppressed,
                         total_dropped = shared.publish_dropped.load(Ordering::Relaxed) + 1,
-                        "tower-ws-hub: Redis publish queue full (Redis too slow?): message \
-                         delivered locally only"
+                        "tower-ws-hub: Redis publish queue full (Redis slower than this \
+                         instance publishes): message delivered locally only. Raise \
+                         RedisConfig::publish_queue for bursts, or publish with \
+                         Hub::publish_with_backpressure to wait for room"
                     );
                 }
                 Err(Self::refused(
@@ -696,9 +704,21 @@ impl RedisBroker {
             .await
             .is_err()
         {
+            // Places taken in the queues: messages not yet handed to Redis (or places about to
+            // be filled).
+            let still_queued: usize = self
+                .publishers
+                .iter()
+                .map(|publisher| publisher.queue.max_capacity() - publisher.queue.capacity())
+                .sum();
             tracing::warn!(
                 remaining = self.tasks.len(),
-                "tower-ws-hub: Redis broker tasks did not stop in time"
+                still_queued,
+                "tower-ws-hub: Redis broker tasks did not stop within {limit:?} (three times \
+                 RedisConfig::operation_timeout): publishers go on sending what was queued in \
+                 the background while the runtime lives, and count what they cannot send in \
+                 publish_failures. If Redis is slow rather than gone, a longer \
+                 operation_timeout gives the shutdown more time"
             );
         }
     }

@@ -84,6 +84,9 @@ enum Ended {
     Cancelled,
     /// Could not connect or subscribe, or the connection dropped.
     Lost(String),
+    /// Redis answered, and refused: bad credentials, or a user the ACL does not allow to
+    /// subscribe to this hub's channels.
+    Refused(String),
     /// The connection looked open but a probe did not come through.
     Starved(String),
     /// The session panicked (a bug), with the panic's payload.
@@ -136,6 +139,9 @@ impl Subscriber {
             () = self.cancel.cancelled() => Err(Ended::Cancelled),
             result = tokio::time::timeout(self.config.operation_timeout, operation) => match result {
                 Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) if is_refusal(&error) => {
+                    Err(Ended::Refused(format!("{what}: {error}")))
+                }
                 Ok(Err(error)) => Err(Ended::Lost(format!("{what}: {error}"))),
                 Err(_) => Err(Ended::Lost(format!(
                     "{what}: no reply within {:?}",
@@ -492,6 +498,13 @@ impl Subscriber {
     }
 }
 
+/// Whether Redis refused us: authentication failed (`WRONGPASS`, or a password Redis wants
+/// and we did not give, `NOAUTH`) or the ACL forbids the command or channel (`NOPERM`).
+fn is_refusal(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
 pub(crate) async fn run(subscriber: Subscriber) {
     let shared = &subscriber.shared;
     let probe_channel = format!(
@@ -542,14 +555,31 @@ pub(crate) async fn run(subscriber: Subscriber) {
                         "tower-ws-hub: Redis still unreachable");
                 }
             }
+            Ended::Refused(error) => {
+                shared.record_error(&error);
+                // Retried like any failure (the credentials or the ACL may be fixed while
+                // the hub runs), but said once a second at most: it repeats at every attempt.
+                if let Some(suppressed) = shared.subscriber_refused_log.allow() {
+                    tracing::warn!(subscriber = subscriber.index, %error,
+                        similar_events_suppressed = suppressed,
+                        channels = %format!("{0}:* and {0}#probe:*", shared.channel_prefix),
+                        "tower-ws-hub: Redis refused the subscriber connection: check the                          credentials in the Redis URL, and that the Redis user may SUBSCRIBE to                          the hub's channels (see the README's ACL line); retrying in the                          background");
+                }
+            }
             Ended::Panicked(payload) => {
                 shared.task_panicked("subscriber", subscriber.index, &*payload);
             }
             Ended::Starved(why) => {
                 shared.starvations.fetch_add(1, Ordering::Relaxed);
                 shared.record_error(&why);
-                tracing::warn!(subscriber = subscriber.index, %why,
-                    "tower-ws-hub: Redis subscriber connection starved, replacing it");
+                // A connection starved at every attempt (the pool and the subscriber client
+                // on different servers, say) is replaced as often as the backoff allows.
+                if let Some(suppressed) = shared.starved_log.allow() {
+                    tracing::warn!(subscriber = subscriber.index, %why,
+                        similar_events_suppressed = suppressed,
+                        total_starvations = shared.starvations.load(Ordering::Relaxed),
+                        "tower-ws-hub: Redis subscriber connection starved, replacing it");
+                }
             }
         }
         if was_up {
