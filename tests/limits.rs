@@ -828,90 +828,67 @@ fn rss_bytes() -> u64 {
     kib * 1024
 }
 
-/// Floods `room` with pings from a client that never reads (so never answers the server's
-/// pings) until the task is dropped.
-async fn flood_pings_without_reading(server: &Server, room: &str) -> tokio::task::JoinHandle<()> {
-    let socket = tcp_with_small_receive_buffer(server.addr).await;
-    let mut flooder = Upgrade::new(&format!("/ws/{room}")).open_on(socket).await;
-    wait_members(&server.hub, room, 1).await;
-    let batch = ping_flood();
-    tokio::spawn(async move { while flooder.try_send_bytes(&batch).await {} })
-}
-
-/// Floods `room` with empty fragments of a message that never ends, from a client that never
-/// reads (so never answers the server's pings), until the task is dropped.
-async fn flood_fragments_without_reading(
+/// Opens a client on `room` that never reads (so never answers the server's pings), sends
+/// `first`, then `batch` again and again until the task is dropped.
+async fn flood_without_reading(
     server: &Server,
     room: &str,
+    first: Vec<u8>,
+    batch: Vec<u8>,
 ) -> tokio::task::JoinHandle<()> {
     let socket = tcp_with_small_receive_buffer(server.addr).await;
     let mut flooder = Upgrade::new(&format!("/ws/{room}")).open_on(socket).await;
     wait_members(&server.hub, room, 1).await;
-    flooder.send_bytes(&unfinished_message()).await;
-    // Large writes, so that the socket always holds more than the server reads in a turn.
-    let batch = empty_fragment_flood(100_000);
+    flooder.send_bytes(&first).await;
     tokio::spawn(async move { while flooder.try_send_bytes(&batch).await {} })
+}
+
+/// A client sending `first` and then `batch` for ever, faster than it is read, never answering
+/// pings nor sending a whole data message: the pong timeout closes it on one server, the idle
+/// timeout on another. Bytes left unread at every deadline are the client's doing, and do not
+/// put off the verdict.
+async fn assert_a_flood_does_not_escape_the_pong_or_idle_timeout(first: Vec<u8>, batch: Vec<u8>) {
+    let pong = serve_hub(
+        Hub::builder()
+            .ping_interval(Some(Duration::from_millis(200)))
+            .pong_timeout(Duration::from_millis(300))
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let idle = serve_hub(
+        Hub::builder()
+            .ping_interval(None)
+            .idle_timeout(Some(Duration::from_millis(300)))
+            .close_timeout(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let pong_flood = flood_without_reading(&pong, "flood", first.clone(), batch.clone()).await;
+    let idle_flood = flood_without_reading(&idle, "flood", first, batch).await;
+    wait_members(&pong.hub, "flood", 0).await;
+    wait_members(&idle.hub, "flood", 0).await;
+    assert!(pong.hub.stats().pong_timeouts >= 1);
+    assert!(idle.hub.stats().idle_timeouts >= 1);
+    pong_flood.abort();
+    idle_flood.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_pings_does_not_escape_the_pong_or_idle_timeout() {
-    let pong = serve_hub(
-        Hub::builder()
-            .ping_interval(Some(Duration::from_millis(200)))
-            .pong_timeout(Duration::from_millis(300))
-            .close_timeout(Duration::from_millis(300))
-            .build(),
-    )
-    .await;
-    let idle = serve_hub(
-        Hub::builder()
-            .ping_interval(None)
-            .idle_timeout(Some(Duration::from_millis(300)))
-            .close_timeout(Duration::from_millis(300))
-            .build(),
-    )
-    .await;
-    // Sending faster than it is read leaves bytes unread at every deadline: that is the
-    // client's doing, and does not put off the verdict.
-    let pong_flood = flood_pings_without_reading(&pong, "flood").await;
-    let idle_flood = flood_pings_without_reading(&idle, "flood").await;
-    wait_members(&pong.hub, "flood", 0).await;
-    wait_members(&idle.hub, "flood", 0).await;
-    assert!(pong.hub.stats().pong_timeouts >= 1);
-    assert!(idle.hub.stats().idle_timeouts >= 1);
-    pong_flood.abort();
-    idle_flood.abort();
+    assert_a_flood_does_not_escape_the_pong_or_idle_timeout(Vec::new(), ping_flood()).await;
 }
 
-/// As with pings: a message that never ends, its empty fragments sent faster than they are
-/// read, is the client's doing and does not put off the verdict. (tungstenite reads fragments
-/// until their message is whole, so a turn of reading them ends on the connection's own
-/// fragment allowance, not on the socket running dry; a wake after it must not count as the
-/// socket's.)
+/// As with pings, with a message that never ends: its empty fragments. (tungstenite reads
+/// fragments until their message is whole, so a turn of reading them ends on the connection's
+/// own fragment allowance, not on the socket running dry; a wake after it must not count as
+/// the socket's.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_empty_fragments_does_not_escape_the_pong_or_idle_timeout() {
-    let pong = serve_hub(
-        Hub::builder()
-            .ping_interval(Some(Duration::from_millis(200)))
-            .pong_timeout(Duration::from_millis(300))
-            .close_timeout(Duration::from_millis(300))
-            .build(),
+    // Large writes, so that the socket always holds more than the server reads in a turn.
+    assert_a_flood_does_not_escape_the_pong_or_idle_timeout(
+        unfinished_message(),
+        empty_fragment_flood(100_000),
     )
     .await;
-    let idle = serve_hub(
-        Hub::builder()
-            .ping_interval(None)
-            .idle_timeout(Some(Duration::from_millis(300)))
-            .close_timeout(Duration::from_millis(300))
-            .build(),
-    )
-    .await;
-    let pong_flood = flood_fragments_without_reading(&pong, "flood").await;
-    let idle_flood = flood_fragments_without_reading(&idle, "flood").await;
-    wait_members(&pong.hub, "flood", 0).await;
-    wait_members(&idle.hub, "flood", 0).await;
-    assert!(pong.hub.stats().pong_timeouts >= 1);
-    assert!(idle.hub.stats().idle_timeouts >= 1);
-    pong_flood.abort();
-    idle_flood.abort();
 }
