@@ -37,6 +37,14 @@
 //! the socket; the hub logs an error saying so): serve tonic routes through `axum::serve` with
 //! `Routes::into_axum_router()`. WebSockets over HTTP/2 need the server to enable the extended
 //! CONNECT protocol (axum: the `http2` feature; hyper: `http2().enable_connect_protocol()`).
+//!
+//! ## More
+//!
+//! The README, shipped with the crate, covers what these docs do item by item, in one place: every
+//! setting with its default, the limits and the close and status codes they answer with, security
+//! (Origin checks, authorization, what your middleware must do), scaling out through Redis (the
+//! `redis` module, with the delivery guarantees, plainly), running behind a reverse proxy, and the
+//! benchmarks.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
