@@ -139,3 +139,11 @@ pub fn envelope_to_frame(
     crate::broker::redis::envelope::decode_frame_into(bytes, key, &mut runs)?;
     Ok(runs.finish().iter().map(Frames::len).sum())
 }
+
+/// Places the instance limit counts now: connections from their accepted handshake until
+/// their task has ended (a place comes back just after the connection left its room).
+pub fn reserved_places(hub: &crate::Hub) -> usize {
+    hub.inner()
+        .reserved
+        .load(std::sync::atomic::Ordering::Acquire)
+}

@@ -342,20 +342,32 @@ async fn a_client_ping_is_answered_with_a_pong_carrying_its_payload() {
     assert_eq!(reply, WsMessage::Pong(Bytes::from_static(b"are you there")));
 }
 
+/// Pongs are what keeps a client: it outlives several pong timeouts by answering pings (a
+/// server that ignored pongs would close it after the first).
 #[tokio::test]
 async fn the_server_pings_at_the_ping_interval_and_a_client_that_answers_stays() {
     let hub = Hub::builder()
         .ping_interval(Some(Duration::from_millis(200)))
-        .pong_timeout(Duration::from_secs(5))
+        .pong_timeout(Duration::from_secs(1))
         .build();
     let server = serve_hub(hub).await;
     let mut client = server.connect("beat").await;
     let mut other = server.connect("beat").await;
     wait_members(&server.hub, "beat", 2).await;
+    // `other` reads all along too, so that its pongs go out.
+    let (texts, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = other.next().await {
+            if let WsMessage::Text(text) = message {
+                let _ = texts.send(text.to_string());
+            }
+        }
+    });
 
-    // tungstenite answers each ping with a pong as the client reads.
+    // tungstenite answers each ping with a pong as the client reads: 15 pings at 200 ms are
+    // three seconds, three pong timeouts.
     let mut pings = 0;
-    while pings < 3 {
+    while pings < 15 {
         let message = tokio::time::timeout(PROMPTLY, client.next())
             .await
             .expect("no ping in time")
@@ -367,10 +379,12 @@ async fn the_server_pings_at_the_ping_interval_and_a_client_that_answers_stays()
         }
     }
     send_text(&mut client, "alive").await;
-    assert_eq!(next_text(&mut other).await, "alive");
+    let text = tokio::time::timeout(PROMPTLY, received.recv()).await;
+    assert_eq!(text.expect("in time").as_deref(), Some("alive"));
     let stats = server.hub.stats();
     assert_eq!(stats.pong_timeouts, 0);
     assert_eq!(stats.connections, 2);
+    reader.abort();
 }
 
 #[tokio::test]

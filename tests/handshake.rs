@@ -8,7 +8,7 @@ mod support;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::routing::{get, post};
-use support::raw::{RFC_ACCEPT, Upgrade};
+use support::raw::{RFC_ACCEPT, RawWs, Upgrade};
 use support::*;
 use tower_ws_hub::{Hub, HubLayer, Message, Rejection, RoomMatch};
 
@@ -644,13 +644,22 @@ async fn a_cloned_layer_can_be_configured_on_its_own() {
 #[tokio::test]
 async fn connection_header_listing_close_with_upgrade_still_upgrades() {
     let server = serve_hub(Hub::builder().build()).await;
-    let mut ws = Upgrade::new("/ws/r")
+    let mut listener = server.connect("r").await;
+    let ws = Upgrade::new("/ws/r")
         .header("Connection", "close, Upgrade")
         .open(server.addr)
         .await;
     assert_eq!(ws.response.header("sec-websocket-accept"), Some(RFC_ACCEPT));
-    wait_members(&server.hub, "r", 1).await;
+    assert_talks(&server, ws, &mut listener).await;
+}
+
+/// `ws`, upgraded in room `r` beside `listener`, is a working WebSocket: what it sends reaches
+/// the room, and nothing was taken for a broken frame.
+async fn assert_talks(server: &Server, mut ws: RawWs, listener: &mut Client) {
+    wait_members(&server.hub, "r", 2).await;
     ws.send(0x1, b"hi").await;
+    assert_eq!(next_text(listener).await, "hi");
+    assert_eq!(server.hub.stats().protocol_closes, 0);
 }
 
 /// An upgrade request with a (pointless) body is answered like any other: `101`, and the
@@ -658,11 +667,12 @@ async fn connection_header_listing_close_with_upgrade_still_upgrades() {
 #[tokio::test]
 async fn an_upgrade_request_with_a_body_still_upgrades() {
     let server = serve_hub(Hub::builder().build()).await;
+    let mut listener = server.connect("r").await;
     let request = Upgrade::new("/ws/r").header("Content-Length", "5");
-    let mut ws = request.open_with_early(server.addr, b"hello").await;
+    // `hello` read as a frame would be one with reserved bits set (`h` is 0x68): a 1002.
+    let ws = request.open_with_early(server.addr, b"hello").await;
     assert_eq!(ws.response.header("sec-websocket-accept"), Some(RFC_ACCEPT));
-    wait_members(&server.hub, "r", 1).await;
-    ws.send(0x1, b"hi").await;
+    assert_talks(&server, ws, &mut listener).await;
 }
 
 /// A refused upgrade leaves the HTTP/1.1 connection usable: the next request on it (here a
@@ -676,10 +686,10 @@ async fn a_refused_upgrade_keeps_the_connection_for_the_next_request() {
         .send_on(stream)
         .await;
     refused.assert_rejection(403, "origin");
-    let mut ws = Upgrade::new("/ws/r").open_on(stream).await;
+    let mut listener = server.connect("r").await;
+    let ws = Upgrade::new("/ws/r").open_on(stream).await;
     assert_eq!(ws.response.header("sec-websocket-accept"), Some(RFC_ACCEPT));
-    wait_members(&server.hub, "r", 1).await;
-    ws.send(0x1, b"hi").await;
+    assert_talks(&server, ws, &mut listener).await;
 }
 
 /// `.` and `..` are dot segments: a browser or an HTTP client resolves `/ws/..` to `/` before

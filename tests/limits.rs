@@ -25,7 +25,7 @@ use tower_ws_hub::{Hub, Message, close_code};
 
 // ----- helpers --------------------------------------------------------------------------------
 
-/// Asserts a `503` rejection naming `reason_part`, with a `Retry-After` in seconds.
+/// Asserts a `503` rejection naming `reason_part`, with `Retry-After: 10` (seconds).
 async fn assert_unavailable(server: &Server, room: &str, reason_part: &str) {
     let response = Upgrade::new(&format!("/ws/{room}")).send(server.addr).await;
     response.assert_rejection(503, reason_part);
@@ -35,7 +35,7 @@ async fn assert_unavailable(server: &Server, room: &str, reason_part: &str) {
     let seconds: u64 = retry_after
         .parse()
         .unwrap_or_else(|_| panic!("Retry-After {retry_after:?} is not delay-seconds"));
-    assert!(seconds > 0);
+    assert_eq!(seconds, 10, "README's limits table");
 }
 
 /// Reads until the server's close frame, then on until the stream ends (the read that follows
@@ -134,7 +134,13 @@ async fn a_full_room_gets_503_with_retry_after_while_other_rooms_work() {
     wait_members(&server.hub, "solo", 1).await;
     assert_unavailable(&server, "solo", "room is full").await;
     assert_eq!(server.hub.stats().handshakes_rejected, 2);
-    send_text(&mut other, "nobody else here").await;
+    // The other rooms worked all along.
+    server
+        .hub
+        .publish("other", Message::text("still served"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut other).await, "still served");
 }
 
 /// Sends `request` on a new connection and returns the response's status code with the
@@ -261,6 +267,12 @@ async fn requests_for_a_full_room_do_not_take_the_place_of_another_rooms() {
         })
         .await;
         // Its place comes back when its task ends, just after it left the room.
+        #[cfg(feature = "internals")]
+        eventually("its place given back", || {
+            tower_ws_hub::internals::reserved_places(&server.hub) == 1
+        })
+        .await;
+        #[cfg(not(feature = "internals"))]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -91,7 +91,8 @@ async fn an_upgrade_after_shutdown_is_refused_with_503_while_other_routes_still_
 
     let response = Upgrade::new("/ws/lobby").send(server.addr).await;
     response.assert_rejection(503, "shutting down");
-    assert!(response.header("retry-after").is_some());
+    // Sooner than for a full server: another instance is likely to take the retry.
+    assert_eq!(response.header("retry-after"), Some("5"));
     assert_eq!(server.hub.stats().connections_opened, 0);
 
     let reply = http_get(&server.http_url("/healthz")).await;

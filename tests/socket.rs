@@ -22,17 +22,22 @@ use tower_ws_hub::{Hub, HubLayer};
 /// (socket options read through it are the socket's own).
 type Accepted = Arc<Mutex<Vec<OwnedFd>>>;
 
-fn keep(accepted: &Accepted, tcp: &tokio::net::TcpStream) {
+/// Records `tcp`, after turning Nagle's algorithm off on it if `server_nodelay`, as a server
+/// may do for every connection it accepts.
+fn keep(accepted: &Accepted, tcp: &tokio::net::TcpStream, server_nodelay: bool) {
+    if server_nodelay {
+        tcp.set_nodelay(true).unwrap();
+    }
     let fd = tcp.as_fd().try_clone_to_owned().unwrap();
     accepted.lock().unwrap().push(fd);
 }
 
 /// `axum::serve` on a free port, recording each accepted socket.
-async fn serve_axum(hub: Hub, accepted: &Accepted) -> SocketAddr {
+async fn serve_axum(hub: Hub, accepted: &Accepted, server_nodelay: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::clone(accepted);
-    let listener = listener.tap_io(move |tcp| keep(&accepted, tcp));
+    let listener = listener.tap_io(move |tcp| keep(&accepted, tcp, server_nodelay));
     let app = Router::new().layer(HubLayer::new(hub).route("/ws/{room}"));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
@@ -69,21 +74,22 @@ where
 }
 
 /// hyper's HTTP/1 builder with upgrades, recording each accepted socket.
-async fn serve_hyper_http1(hub: Hub, accepted: &Accepted) -> SocketAddr {
+async fn serve_hyper_http1(hub: Hub, accepted: &Accepted, server_nodelay: bool) -> SocketAddr {
     let accepted = Arc::clone(accepted);
     serve_hyper_http1_over(hub, move |tcp| {
-        keep(&accepted, &tcp);
+        keep(&accepted, &tcp, server_nodelay);
         tcp
     })
     .await
 }
 
-/// Whether the one WebSocket the server accepted has Nagle's algorithm off.
-async fn nodelay_of_the_websocket(hub: Hub, serve: Server) -> bool {
+/// Whether the one WebSocket the server accepted has Nagle's algorithm off, the server having
+/// turned it off itself (`server_nodelay`) or left it on.
+async fn nodelay_of_the_websocket(hub: Hub, serve: Server, server_nodelay: bool) -> bool {
     let accepted = Accepted::default();
     let addr = match serve {
-        Server::Axum => serve_axum(hub.clone(), &accepted).await,
-        Server::HyperHttp1 => serve_hyper_http1(hub.clone(), &accepted).await,
+        Server::Axum => serve_axum(hub.clone(), &accepted, server_nodelay).await,
+        Server::HyperHttp1 => serve_hyper_http1(hub.clone(), &accepted, server_nodelay).await,
     };
     let _client = connect(&format!("ws://{addr}/ws/nagle")).await;
     // Joined the room: the hub has taken the socket over (and set its options).
@@ -103,20 +109,24 @@ async fn nagle_is_off_on_websockets_by_default_whichever_server_hands_them_over(
     for server in [Server::Axum, Server::HyperHttp1] {
         let hub = Hub::builder().build();
         assert!(
-            nodelay_of_the_websocket(hub, server).await,
+            nodelay_of_the_websocket(hub, server, false).await,
             "{server:?}: TCP_NODELAY not set"
         );
     }
 }
 
+/// Either way: Nagle's algorithm left on by the server stays on, turned off stays off.
 #[tokio::test]
 async fn tcp_nodelay_false_leaves_the_socket_as_the_server_made_it() {
     for server in [Server::Axum, Server::HyperHttp1] {
-        let hub = Hub::builder().tcp_nodelay(false).build();
-        assert!(
-            !nodelay_of_the_websocket(hub, server).await,
-            "{server:?}: TCP_NODELAY set"
-        );
+        for server_nodelay in [false, true] {
+            let hub = Hub::builder().tcp_nodelay(false).build();
+            assert_eq!(
+                nodelay_of_the_websocket(hub, server, server_nodelay).await,
+                server_nodelay,
+                "{server:?}: the server set TCP_NODELAY to {server_nodelay}"
+            );
+        }
     }
 }
 
@@ -126,8 +136,8 @@ async fn frames_sent_with_the_handshake_are_read_first() {
         let hub = Hub::builder().build();
         let accepted = Accepted::default();
         let addr = match server {
-            Server::Axum => serve_axum(hub.clone(), &accepted).await,
-            Server::HyperHttp1 => serve_hyper_http1(hub.clone(), &accepted).await,
+            Server::Axum => serve_axum(hub.clone(), &accepted, false).await,
+            Server::HyperHttp1 => serve_hyper_http1(hub.clone(), &accepted, false).await,
         };
         let mut listener = connect(&format!("ws://{addr}/ws/early")).await;
         wait_members(&hub, "early", 1).await;

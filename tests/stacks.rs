@@ -270,6 +270,22 @@ async fn an_http2_connect_for_another_protocol_is_refused_with_400() {
     assert_eq!(server.hub.stats().connections_opened, 0);
 }
 
+/// A plain HTTP/2 `CONNECT` (no `:protocol`) carries no path (RFC 9113 §8.5), only the
+/// authority to tunnel to: it names no WebSocket route, and goes to the inner service (here a
+/// router without routes: `404`), never counted as a refused upgrade.
+#[tokio::test]
+async fn an_http2_connect_without_protocol_is_left_to_the_inner_service() {
+    let server = serve_hub(Hub::builder().build()).await;
+    let mut sender = h2_connect(server.addr).await;
+    let mut request = h2_websocket_request(server.addr, "/ws/room", "websocket");
+    request.extensions_mut().remove::<hyper::ext::Protocol>();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let stats = server.hub.stats();
+    assert_eq!(stats.connections_opened, 0, "{stats:?}");
+    assert_eq!(stats.handshakes_rejected, 0, "{stats:?}");
+}
+
 /// Over HTTP/2 the `426` for an unsupported version names version 13 and carries no
 /// `Upgrade` or `Connection` header (connection-specific, not allowed in HTTP/2), so it reaches
 /// the client as an answer, not a broken stream.

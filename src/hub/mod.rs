@@ -72,7 +72,7 @@ pub(crate) struct HubInner {
     pub(crate) broker: Broker,
     next_id: AtomicU64,
     /// Connections from accepted handshake to end (for the instance limit).
-    reserved: AtomicUsize,
+    pub(crate) reserved: AtomicUsize,
     /// The same per room, kept only with a room limit (`max_room_connections`).
     room_reserved: Mutex<HashMap<Arc<str>, usize>>,
     shutting_down: AtomicBool,
