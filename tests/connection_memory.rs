@@ -211,6 +211,37 @@ fn sequence(payload: &[u8]) -> u64 {
     u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"))
 }
 
+/// `read_buffer_size` is what each connection reads into: with 16 KiB an idle connection
+/// holds 14 KiB more than with the default 2 KiB.
+#[tokio::test]
+async fn read_buffer_size_sets_what_an_idle_connection_reads_into() {
+    const LARGER: usize = 16 * 1024;
+    let _serial = SERIAL.lock().await;
+    let mut per_connection = Vec::new();
+    for size in [tower_ws_hub::DEFAULT_READ_BUFFER_SIZE, LARGER] {
+        let server = support::serve_hub(Hub::builder().read_buffer_size(size).build()).await;
+        let before = live();
+        let clients = warmed_clients(&server, |i| format!("buffer-{i}")).await;
+        per_connection.push(held_since(before).await);
+        // Gone before the next measurement starts, so that nothing of theirs is freed during
+        // it.
+        drop(clients);
+        eventually("every connection closed", || {
+            server.hub.stats().connections == 0
+        })
+        .await;
+        server.hub.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = per_connection[1] - per_connection[0];
+    let expected = (LARGER - tower_ws_hub::DEFAULT_READ_BUFFER_SIZE) as isize;
+    assert!(
+        (grown - expected).abs() < SMALL,
+        "a connection holds {grown} bytes more with {LARGER}-byte read buffers \
+         (expected {expected}): {per_connection:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_large_message_does_not_pin_its_size_in_the_connection() {
     let _serial = SERIAL.lock().await;
