@@ -135,18 +135,26 @@ async fn a_client_that_closes_and_stops_reading_is_dropped_after_the_close_timeo
     // Its close frame arrives while the server's socket is full: the answer waits behind a
     // half-written frame the client never reads. Without pings nothing else would ever end the
     // connection; the close timeout must, and what was left counts as discarded.
-    let server = serve_hub(
-        roomy()
-            .ping_interval(None)
-            .close_timeout(Duration::from_millis(300))
-            .build(),
-    )
-    .await;
-    let mut raw = stalled_receiver(&server).await;
-    publish_big(&server.hub, 100).await;
-    raw.send_close(close_code::NORMAL).await;
+    //
+    // A control with a close timeout far longer than the default, started first, must still
+    // hold its client when the first is gone: the timeout configured is the one that ended it
+    // (with the setting ignored, both would end at the default 5 s, the control first).
+    let stalled_for = |timeout| async move {
+        let server = serve_hub(roomy().ping_interval(None).close_timeout(timeout).build()).await;
+        let mut raw = stalled_receiver(&server).await;
+        publish_big(&server.hub, 100).await;
+        raw.send_close(close_code::NORMAL).await;
+        (server, raw)
+    };
+    let (control, _control_raw) = stalled_for(Duration::from_secs(600)).await;
+    let (server, raw) = stalled_for(Duration::from_millis(300)).await;
     let stats = stats_once_closed(&server.hub).await;
     assert!(stats.discarded_on_close > 0, "{stats:?}");
+    assert_eq!(
+        control.hub.stats().connections,
+        1,
+        "the control's client is still held"
+    );
     drop(raw);
 }
 
