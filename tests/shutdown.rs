@@ -334,8 +334,21 @@ async fn no_connection_opens_and_no_hook_runs_after_shutdown_returned() {
         .await
         .expect("shutdown returned");
     let at_return = hub.stats();
-    // The middleware lets the `101` out and the server hands the socket over.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The middleware lets the `101` out and the server hands the socket over, which the hub
+    // drops: the client reads the `101`, then the end of the stream.
+    let mut seen = Vec::new();
+    tokio::time::timeout(
+        PROMPTLY,
+        tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut seen),
+    )
+    .await
+    .expect("the socket ends")
+    .ok();
+    assert!(
+        seen.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     let now = hub.stats();
     assert_eq!(
         connects.load(Ordering::SeqCst),
