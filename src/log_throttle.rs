@@ -73,4 +73,10 @@ mod tests {
         assert_eq!(open.allow(), Some(0));
         assert_eq!(open.allow(), Some(0));
     }
+
+    /// What the docs promise everywhere: "logged at most once a second".
+    #[test]
+    fn per_second_is_one_second() {
+        assert_eq!(LogThrottle::per_second().interval_ms, 1000);
+    }
 }
