@@ -32,8 +32,9 @@ type OriginPredicate = dyn Fn(Option<&HeaderValue>, &Parts) -> bool + Send + Syn
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum OriginPolicy {
-    /// `Origin`'s host and port must equal the request's `Host` (or HTTP/2 `:authority`);
-    /// requests without `Origin` are allowed. The default.
+    /// `Origin`'s host and port must equal the request's: its target's authority where it has
+    /// one (HTTP/2's `:authority`, an HTTP/1.1 request line in absolute form), its `Host`
+    /// otherwise; requests without `Origin` are allowed. The default.
     ///
     /// Behind a reverse proxy that rewrites `Host`, use an allow-list instead (or have the
     /// proxy keep the original `Host`).
@@ -241,22 +242,25 @@ fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
     let Some(default_port) = default_port(origin.scheme) else {
         return false;
     };
-    // The request target's authority where it has one (HTTP/2's `:authority`, an HTTP/1.1
-    // request in absolute form, whose `Host` a server must ignore: RFC 9112 §3.2.2), `Host`
-    // otherwise.
-    let request_authority = match parts.uri.authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => parts
-            .headers
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok()),
-    };
-    let Some((host, port)) = request_authority.and_then(split_host_port) else {
+    let Some((host, port)) = request_authority(parts).and_then(split_host_port) else {
         return false;
     };
     // The server cannot tell whether the client spoke TLS (a proxy may have terminated it), so
     // a `Host` without a port matches an origin on its scheme's default port, whichever it is.
     origin.port == Some(port.unwrap_or(default_port)) && origin.host == host
+}
+
+/// The authority a request was sent to, as `SameOrigin` compares it: its target's authority
+/// where it has one (HTTP/2's `:authority`, an HTTP/1.1 request in absolute form, whose `Host`
+/// a server must ignore: RFC 9112 §3.2.2), its `Host` otherwise.
+pub(crate) fn request_authority(parts: &Parts) -> Option<&str> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok()),
+    }
 }
 
 /// Splits `host[:port]` (a `Host` header, or an origin's authority), checking both: a host

@@ -217,26 +217,32 @@ fn upper_case_escapes(literal: &str) -> String {
     String::from_utf8(out).expect("still UTF-8")
 }
 
-/// Whether path segment `part` is `literal`, the two characters after each `%` compared in
-/// either case.
+/// Whether path segment `part` is `literal`, the hex digits of the literal's percent-escapes
+/// compared in either case (as [`upper_case_escapes`] normalised them); everything else,
+/// including a `%` that starts no escape and what follows it, exactly.
 fn literal_matches(literal: &str, part: &str) -> bool {
+    let (literal, part) = (literal.as_bytes(), part.as_bytes());
     if literal.len() != part.len() {
         return false;
     }
-    let (literal, part) = (literal.as_bytes(), part.as_bytes());
-    let mut hex = 0;
-    literal.iter().zip(part).all(|(&l, &p)| {
-        let same = if hex > 0 {
-            hex -= 1;
-            l.eq_ignore_ascii_case(&p)
+    let mut i = 0;
+    while i < literal.len() {
+        let escape = literal[i] == b'%'
+            && literal.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && literal.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        if escape {
+            if part[i] != b'%' || !literal[i + 1..i + 3].eq_ignore_ascii_case(&part[i + 1..i + 3]) {
+                return false;
+            }
+            i += 3;
         } else {
-            l == p
-        };
-        if l == b'%' {
-            hex = 2;
+            if literal[i] != part[i] {
+                return false;
+            }
+            i += 1;
         }
-        same
-    })
+    }
+    true
 }
 
 /// What a [`RoomExtractor`] says about a request.
@@ -604,13 +610,14 @@ mod tests {
         let mut router = RoomRouter::default();
         router.add_pattern(pattern("/caf%c3%a9/{room}")).unwrap();
         assert!(router.add_pattern(pattern("/caf%C3%A9/{room}")).is_err());
-        // A `%` that starts no escape still matches itself. (What follows it compares in
-        // either case too, escape or not: a path with such a `%` is no valid URL, and no
-        // client that encodes sends one.)
+        // A `%` that starts no escape matches itself, and what follows it exactly.
         let p = pattern("/100%/{room}");
         assert_eq!(p.matches("/100%/lobby"), Some("lobby"));
         let p = pattern("/a%zz/{room}");
         assert_eq!(p.matches("/a%zz/lobby"), Some("lobby"));
+        assert_eq!(p.matches("/a%ZZ/lobby"), None);
+        let p = pattern("/a%4/{room}");
+        assert_eq!(p.matches("/a%4/lobby"), Some("lobby"));
     }
 
     #[test]

@@ -2766,10 +2766,12 @@ async fn a_connection_found_starved_at_every_attempt_backs_off() {
         .subscriber_connections(1)
         .probe(Duration::from_millis(200), Duration::from_secs(1));
     let (guard, logs) = capture_logs(tracing::Level::WARN);
+    let started = std::time::Instant::now();
     let a = instance(Hub::builder(), config).await;
     let _member = a.connect("r").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(guard);
+    let captured_for = started.elapsed();
     let status = a.hub.broker_status();
     // Backing off up to 500 ms: about 10 attempts in 3 s (without it, 75 here).
     assert!(
@@ -2783,7 +2785,11 @@ async fn a_connection_found_starved_at_every_attempt_backs_off() {
         .lines()
         .filter(|line| line.contains("starved, replacing it"))
         .count();
-    assert!((1..=4).contains(&lines), "{lines} lines in 3 s:\n{logs}");
+    let most = captured_for.as_secs() as usize + 1;
+    assert!(
+        (1..=most).contains(&lines),
+        "{lines} lines in {captured_for:?}:\n{logs}"
+    );
 }
 
 /// Redis refusing the subscriber connection (a password it wants and was not given, a wrong
@@ -2812,10 +2818,12 @@ async fn a_subscriber_refused_by_redis_says_so_at_a_sane_rate() {
             .subscriber_connections(2)
             .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(20));
         let (guard, logs) = capture_logs(tracing::Level::WARN);
+        let started = std::time::Instant::now();
         let hub = instance(Hub::builder(), config).await;
         let member = hub.connect("r").await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         drop(guard);
+        let captured_for = started.elapsed();
         let status = hub.hub.broker_status();
         assert!(!status.connected, "{status:?}");
         let error = status.last_error.clone().unwrap_or_default();
@@ -2825,9 +2833,11 @@ async fn a_subscriber_refused_by_redis_says_so_at_a_sane_rate() {
             .lines()
             .filter(|line| line.contains("Redis refused the subscriber connection"))
             .collect();
-        // Two subscriber connections retrying every 20 ms or less: one line a second, and a
-        // second one with the count of the others.
-        assert!((1..=2).contains(&refused.len()), "{url}:\n{logs}");
+        // Two subscriber connections retrying every 20 ms or less (some 75 refusals a
+        // second): one line a second, the later ones with the count of the others.
+        let most = captured_for.as_secs() as usize + 1;
+        assert!((1..=most).contains(&refused.len()), "{url}:\n{logs}");
+        assert!(!refused[0].contains("   "), "one sentence: {}", refused[0]);
         assert!(refused[0].contains("ACL"), "{url}:\n{logs}");
         assert!(
             refused[0].contains("tower-ws-hub:* and tower-ws-hub#probe:*"),

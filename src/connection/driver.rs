@@ -65,8 +65,9 @@ use crate::hub::stats::Counters;
 use crate::hub::{ConnectionContext, InboundAction, Membership};
 use crate::message::Message;
 
-/// Messages (data, ping, pong, close) read per poll before yielding to other tasks; the
-/// fragments of messages not yet whole are held to as many again (`PollIo::fragment_allowance`).
+/// Messages (data, ping, pong, close) read per poll before yielding to other tasks. Fragments
+/// of messages not yet whole are held to as many again, plus what the socket read that reaches
+/// that number brought (`PollIo::fragment_allowance`).
 const READ_BUDGET: usize = 64;
 // `forward_delivered` (a `u8`) counts up to a read budget's worth.
 const _: () = assert!(READ_BUDGET <= u8::MAX as usize);

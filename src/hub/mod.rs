@@ -524,13 +524,14 @@ impl Hub {
                 .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
         };
         let origin = header(http::header::ORIGIN);
-        let host =
-            header(http::header::HOST).or_else(|| parts.uri.authority().map(ToString::to_string));
+        // What `SameOrigin` compared it with (`Host`, unless the request target names the
+        // authority).
+        let host = crate::origin::request_authority(parts).map(str::to_owned);
         let why = match policy {
             crate::OriginPolicy::SameOrigin => {
-                "OriginPolicy::SameOrigin wants Origin to name the request's Host. Behind a \
-                 reverse proxy that rewrites Host, have it keep Host, or list your pages' \
-                 origins with OriginPolicy::allow_list"
+                "OriginPolicy::SameOrigin wants Origin to name the request's Host (or the \
+                 authority its target names). Behind a reverse proxy that rewrites Host, have \
+                 it keep Host, or list your pages' origins with OriginPolicy::allow_list"
             }
             crate::OriginPolicy::AllowList(_) => {
                 "its Origin is not in the layer's OriginPolicy::allow_list"

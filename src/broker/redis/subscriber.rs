@@ -563,7 +563,10 @@ pub(crate) async fn run(subscriber: Subscriber) {
                     tracing::warn!(subscriber = subscriber.index, %error,
                         similar_events_suppressed = suppressed,
                         channels = %format!("{0}:* and {0}#probe:*", shared.channel_prefix),
-                        "tower-ws-hub: Redis refused the subscriber connection: check the                          credentials in the Redis URL, and that the Redis user may SUBSCRIBE to                          the hub's channels (see the README's ACL line); retrying in the                          background");
+                        "tower-ws-hub: Redis refused the subscriber connection or one of its \
+                         commands (the error says which): check the credentials in the Redis \
+                         URL, and that the Redis user may SUBSCRIBE to the hub's channels (see \
+                         the README's ACL line); retrying in the background");
                 }
             }
             Ended::Panicked(payload) => {
