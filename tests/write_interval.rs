@@ -356,6 +356,20 @@ async fn at_a_maximum_between_two_multiples_the_rate_is_judged_over_the_real_wai
     );
 }
 
+/// A maximum not above the interval keeps the interval fixed: the stream that grows it above
+/// leaves it at `BASE` here.
+#[tokio::test]
+async fn a_maximum_not_above_the_interval_keeps_it_fixed() {
+    for max in [BASE, BASE / 2] {
+        let (server, mut client) = setup(growing(BASE, max).build()).await;
+        two_messages_in_one_interval(&server, &mut client).await;
+        let start = Instant::now();
+        publish(&server.hub, "4").await;
+        assert_eq!(next_text(&mut client).await, "4");
+        assert_waited_base_at_most(start, "the message after a steady stream");
+    }
+}
+
 #[tokio::test]
 async fn the_interval_does_not_grow_past_what_the_outbound_queue_can_hold() {
     // Room for 4 messages: a take of 2 is half of it, and a longer wait could overflow it.
