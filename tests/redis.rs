@@ -656,7 +656,9 @@ async fn stall_redis_confirmed(redis: &RedisServer, seconds: u64) -> tokio::task
 #[tokio::test]
 async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_gets_everything() {
     const N: usize = 50;
-    let stall = Duration::from_secs(1);
+    // Long enough for the checks made during it on a busy machine (a quarter of it asleep,
+    // then the local reads).
+    let stall = Duration::from_secs(2);
     let redis = RedisServer::start().await;
     let a = instance(Hub::builder(), patient(&redis.url(), stall)).await;
     let b = instance(Hub::builder(), patient(&redis.url(), stall)).await;
@@ -664,7 +666,7 @@ async fn publish_with_backpressure_waits_for_a_slow_redis_and_every_instance_get
     wait_subscribed(&a.hub, 1).await;
     wait_subscribed(&b.hub, 1).await;
 
-    let sleeper = stall_redis_confirmed(&redis, 1).await;
+    let sleeper = stall_redis_confirmed(&redis, stall.as_secs()).await;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publisher = tokio::spawn({
         let hub = a.hub.clone();
@@ -1048,7 +1050,9 @@ async fn a_connection_holding_a_full_budget_of_messages_for_a_full_queue_waits_w
     wait_members(&a.hub, "r", 2).await;
     wait_subscribed(&a.hub, 1).await;
 
-    let sleeper = stall_redis_confirmed(&redis, 3).await;
+    // Long enough for 2000 sends, the wait for them to be read and the 1.5 s measured, on a
+    // busy machine.
+    let sleeper = stall_redis_confirmed(&redis, 5).await;
     for i in 0..2000 {
         send_text(&mut sender, &i.to_string()).await;
     }
