@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use futures_util::{SinkExt, StreamExt};
 use support::bystanders::Bystanders;
 use support::raw::{
-    MASK, Upgrade, empty_fragment_flood, encode_frame, opcode, ping_flood,
+    MASK, RawWs, Upgrade, empty_fragment_flood, encode_frame, opcode, ping_flood,
     tcp_with_small_receive_buffer, unfinished_message,
 };
 use support::*;
@@ -645,14 +645,14 @@ async fn a_frame_over_max_frame_size_is_closed_with_1009() {
 
 #[tokio::test]
 async fn shutdown_waits_only_close_timeout_not_the_grace_for_a_client_that_never_answers() {
-    let hub = Hub::builder()
-        .shutdown_grace(Duration::from_secs(60))
-        .close_timeout(Duration::from_millis(300))
-        .build();
-    let server = serve_hub(hub).await;
+    // A control with a close timeout longer than the grace, started first, is still shutting
+    // down when this one is done: the close timeout configured is the one that ended the wait
+    // (ignored, both would wait the default 5 s, the control finishing first).
+    let (control, _control_mute) = mute_beside_polite(Duration::from_secs(600)).await;
+    let control_hub = control.hub.clone();
+    let control_shutdown = tokio::spawn(async move { control_hub.shutdown().await });
+    let (server, mute) = mute_beside_polite(Duration::from_millis(300)).await;
     let mut polite = server.connect("mixed").await;
-    // A raw client that stops reading and never answers the close frame.
-    let mute = Upgrade::new("/ws/mixed").open(server.addr).await;
     wait_members(&server.hub, "mixed", 2).await;
 
     let hub = server.hub.clone();
@@ -666,11 +666,29 @@ async fn shutdown_waits_only_close_timeout_not_the_grace_for_a_client_that_never
         .await
         .expect("shutdown waited for the grace period")
         .unwrap();
+    assert!(
+        !control_shutdown.is_finished(),
+        "the control's shutdown ended as soon: the close timeout set was not the one used"
+    );
+    control_shutdown.abort();
     let stats = server.hub.stats();
     assert_eq!(stats.connections, 0);
     assert_eq!(stats.connections_opened, stats.connections_closed);
     assert!(server.hub.rooms().is_empty());
     drop(mute);
+}
+
+/// A server with a 60 s shutdown grace and `close_timeout`, and in room `mixed` a raw client
+/// that stops reading and never answers a close frame.
+async fn mute_beside_polite(close_timeout: Duration) -> (Server, RawWs) {
+    let hub = Hub::builder()
+        .shutdown_grace(Duration::from_secs(60))
+        .close_timeout(close_timeout)
+        .build();
+    let server = serve_hub(hub).await;
+    let mute = Upgrade::new("/ws/mixed").open(server.addr).await;
+    wait_members(&server.hub, "mixed", 1).await;
+    (server, mute)
 }
 
 #[tokio::test]
