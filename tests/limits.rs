@@ -729,13 +729,13 @@ async fn shutdown_drops_a_client_that_cannot_drain_once_the_grace_is_over() {
 
 // ----- upgrade timeout ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn an_upgrade_never_handed_over_after_the_hub_answered_frees_its_slot_at_the_upgrade_timeout()
-{
-    // The hub has accepted the handshake (slot reserved, task waiting for the socket), but the
-    // stack in front never lets the 101 out: here a middleware that hangs after the layer
-    // answered. (With axum::serve alone the socket is handed over as soon as the 101 is written,
-    // or the upgrade fails at once if the client is gone.)
+/// A server with room for one connection and `upgrade_timeout`, behind a middleware that hangs
+/// after the layer answered `/ws/stalled` (the `101` never goes out), with such a request made:
+/// the hub has accepted the handshake (slot reserved, task waiting for the socket). Returns the
+/// server and the stalled request's socket.
+async fn one_slot_held_by_a_stalled_upgrade(
+    upgrade_timeout: Duration,
+) -> (Server, tokio::net::TcpStream) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -744,7 +744,7 @@ async fn an_upgrade_never_handed_over_after_the_hub_answered_frees_its_slot_at_t
 
     let hub = Hub::builder()
         .max_connections(Some(1))
-        .upgrade_timeout(Duration::from_secs(1))
+        .upgrade_timeout(upgrade_timeout)
         .build();
     let answered = Arc::new(AtomicBool::new(false));
     let hang_after_answer = {
@@ -775,11 +775,27 @@ async fn an_upgrade_never_handed_over_after_the_hub_answered_frees_its_slot_at_t
         answered.load(Ordering::SeqCst)
     })
     .await;
+    (server, stalled)
+}
+
+#[tokio::test]
+async fn an_upgrade_never_handed_over_after_the_hub_answered_frees_its_slot_at_the_upgrade_timeout()
+{
+    // The hub has accepted the handshake, but the stack in front never lets the 101 out: here
+    // a middleware that hangs after the layer answered. (With axum::serve alone the socket is
+    // handed over as soon as the 101 is written, or the upgrade fails at once if the client
+    // is gone.) A control with a 600 s upgrade timeout, set up first, still holds its slot
+    // when this one has freed its own: the timeout configured is the one that freed it (with
+    // the setting ignored, both would wait the default 10 s, the control first).
+    let (control, _control_stalled) =
+        one_slot_held_by_a_stalled_upgrade(Duration::from_secs(600)).await;
+    let (server, stalled) = one_slot_held_by_a_stalled_upgrade(Duration::from_secs(1)).await;
     // Until the upgrade timeout, the accepted but never upgraded request holds the slot.
     assert_unavailable(&server, "room", "connection limit").await;
 
     let mut client = connect_when_admitted(&server, "room").await;
     wait_members(&server.hub, "room", 1).await;
+    assert_unavailable(&control, "room", "connection limit").await;
     let stats = server.hub.stats();
     // The abandoned upgrade never became a connection; it counts as a failed handshake (on
     // top of the 503s: the one asserted above and any while waiting to be admitted).
